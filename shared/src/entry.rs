@@ -1,0 +1,533 @@
+//! Ledger entries (PROTOCOL §2, §3): the content schema, the append-time
+//! rules, and the stored/wire form (canonical content bytes plus
+//! prev/hash/sig).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::canonical;
+use crate::crypto::{Hash, Sig, chain_hash};
+use crate::id::{AgentId, EventName, IdError};
+use crate::json::{self, Mode, Object, ParseError, Value};
+
+/// Largest seq: 2^53 − 1.
+pub const MAX_SEQ: u64 = json::MAX_EXACT_INTEGER;
+
+/// Largest canonical content of one entry (PROTOCOL §3, §7).
+pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
+
+/// Top-level keys that belong to the exported line, not to the content.
+pub const RESERVED_KEYS: [&str; 3] = ["prev", "hash", "sig"];
+
+/// A position in an agent's chain. 0 means "nothing" (the empty chain's
+/// head, the "nothing stored" receipt); entries start at 1.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Seq(pub u64);
+
+impl Seq {
+    pub const ZERO: Seq = Seq(0);
+
+    pub fn next(self) -> Seq {
+        Seq(self.0 + 1)
+    }
+
+    /// The seq before this one; `Seq(0)` stays `Seq(0)`.
+    pub fn prev(self) -> Seq {
+        Seq(self.0.saturating_sub(1))
+    }
+}
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Seq({})", self.0)
+    }
+}
+
+/// An entry as stored and transmitted: canonical content bytes plus the
+/// chain fields. Copies that differ only by `sig` are the same entry.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(with = "crate::wire::bytes")]
+    pub content: Vec<u8>,
+    pub prev: Hash,
+    pub hash: Hash,
+    pub sig: Option<Sig>,
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("content", &String::from_utf8_lossy(&self.content))
+            .field("hash", &self.hash)
+            .field("signed", &self.sig.is_some())
+            .finish()
+    }
+}
+
+impl Entry {
+    /// Links canonical content to `prev`, computing its hash. Unsigned.
+    pub fn seal(content: Vec<u8>, prev: Hash) -> Entry {
+        let hash = chain_hash(&content, &prev);
+        Entry {
+            content,
+            prev,
+            hash,
+            sig: None,
+        }
+    }
+
+    /// The JSONL line of PROTOCOL §5: the content's keys plus `prev`,
+    /// `hash` and `sig` when signed. No trailing newline.
+    pub fn to_jsonl(&self) -> String {
+        let mut line = String::with_capacity(self.content.len() + 230);
+        // Canonical content is a non-empty JSON object, so it ends with '}'
+        // and has at least one key before it.
+        let body = std::str::from_utf8(&self.content).unwrap_or("{");
+        line.push_str(body.strip_suffix('}').unwrap_or(body));
+        line.push_str(",\"prev\":\"");
+        line.push_str(&self.prev.to_hex());
+        line.push_str("\",\"hash\":\"");
+        line.push_str(&self.hash.to_hex());
+        line.push('"');
+        if let Some(sig) = &self.sig {
+            line.push_str(",\"sig\":\"");
+            line.push_str(&sig.to_hex());
+            line.push('"');
+        }
+        line.push('}');
+        line
+    }
+
+    /// Parses and validates the content (PROTOCOL §2), in verifier mode.
+    pub fn header(&self) -> Result<Header, ContentError> {
+        let value = json::parse(&self.content, Mode::Verify).map_err(ContentError::Json)?;
+        Header::from_content(&value)
+    }
+}
+
+/// The fields of a content that the runtime and verifiers look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    pub agent: AgentId,
+    pub seq: Seq,
+    pub ts: String,
+    pub event: EventName,
+    pub context: Option<String>,
+}
+
+/// Why content is not a valid entry content (PROTOCOL §2, §6 check 2).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ContentError {
+    #[error("{0}")]
+    Json(ParseError),
+    #[error("content is not a JSON object")]
+    NotAnObject,
+    #[error("missing required key {0:?}")]
+    Missing(&'static str),
+    #[error("unsupported format version (v must be 1)")]
+    Version,
+    #[error("{key:?} must be {expected}, found {found}")]
+    Type {
+        key: &'static str,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("{0}")]
+    Id(IdError),
+    #[error("seq must be an integer in 1..2^53-1")]
+    SeqRange,
+    #[error("ts {0:?} is not YYYY-MM-DDTHH:MM:SS.mmmZ")]
+    Timestamp(String),
+    #[error("reserved key {0:?} inside the content")]
+    Reserved(&'static str),
+    #[error("canonical content is {0} bytes (at most 65536)")]
+    TooLarge(usize),
+    #[error("content bytes are not canonical JSON")]
+    NotCanonical,
+}
+
+fn field<'a>(object: &'a Object, key: &'static str) -> Result<&'a Value, ContentError> {
+    object.get(key).ok_or(ContentError::Missing(key))
+}
+
+fn type_error(key: &'static str, expected: &'static str, v: &Value) -> ContentError {
+    ContentError::Type {
+        key,
+        expected,
+        found: v.kind().to_owned(),
+    }
+}
+
+impl Header {
+    /// Checks a content object against PROTOCOL §2 (the content part of §6
+    /// check 2). The content must not itself hold `prev`, `hash` or `sig`.
+    pub fn from_content(content: &Value) -> Result<Header, ContentError> {
+        let object = content.as_object().ok_or(ContentError::NotAnObject)?;
+        if let Some(key) = RESERVED_KEYS.iter().find(|k| object.contains_key(k)) {
+            return Err(ContentError::Reserved(key));
+        }
+        Self::from_object(object)
+    }
+
+    /// As [`Header::from_content`] but ignoring `prev`, `hash` and `sig`
+    /// (for an exported line, whose chain fields are checked separately).
+    pub(crate) fn from_object(object: &Object) -> Result<Header, ContentError> {
+        let v = field(object, "v")?;
+        match v {
+            Value::Number(n) if *n == 1.0 => {}
+            Value::Number(_) => return Err(ContentError::Version),
+            other => return Err(type_error("v", "the number 1", other)),
+        }
+        let agent = match field(object, "agent")? {
+            Value::String(s) => AgentId::new(s.as_str()).map_err(ContentError::Id)?,
+            other => return Err(type_error("agent", "a string", other)),
+        };
+        let seq = match field(object, "seq")? {
+            v @ Value::Number(_) => match v.as_exact_u64() {
+                Some(n) if n >= 1 => Seq(n),
+                _ => return Err(ContentError::SeqRange),
+            },
+            other => return Err(type_error("seq", "a number", other)),
+        };
+        let ts = match field(object, "ts")? {
+            Value::String(s) if is_timestamp(s) => s.clone(),
+            Value::String(s) => return Err(ContentError::Timestamp(s.clone())),
+            other => return Err(type_error("ts", "a string", other)),
+        };
+        let event = match field(object, "event")? {
+            Value::String(s) => EventName::new(s.as_str()).map_err(ContentError::Id)?,
+            other => return Err(type_error("event", "a string", other)),
+        };
+        field(object, "data")?;
+        let context = match object.get("context") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => return Err(type_error("context", "a string", other)),
+        };
+        match object.get("clock") {
+            None | Some(Value::Object(_)) => {}
+            Some(other) => return Err(type_error("clock", "an object", other)),
+        }
+        Ok(Header {
+            agent,
+            seq,
+            ts,
+            event,
+            context,
+        })
+    }
+}
+
+/// Whether `s` is `YYYY-MM-DDTHH:MM:SS.mmmZ` (syntax only, as §6 says).
+pub fn is_timestamp(s: &str) -> bool {
+    const PATTERN: &[u8; 24] = b"dddd-dd-ddTdd:dd:dd.dddZ";
+    s.len() == PATTERN.len()
+        && s.bytes().zip(PATTERN).all(|(b, &p)| match p {
+            b'd' => b.is_ascii_digit(),
+            _ => b == p,
+        })
+}
+
+/// Formats milliseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+/// Times outside years 0000–9999 are clamped to that range.
+pub fn format_timestamp(unix_ms: i64) -> String {
+    const MIN_MS: i64 = -62_167_219_200_000; // 0000-01-01T00:00:00.000Z
+    const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    let ms = unix_ms.clamp(MIN_MS, MAX_MS);
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The advisory `clock` of an entry (PROTOCOL §7, clock exchange).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClockInfo {
+    pub offset_ms: i64,
+    pub rtt_ms: i64,
+    pub synced: bool,
+    pub boot: String,
+    pub mono_ms: u64,
+}
+
+impl ClockInfo {
+    fn to_value(&self) -> Value {
+        // Offsets and RTTs are milliseconds: far inside binary64's exact range.
+        #[allow(clippy::cast_precision_loss)]
+        let n = |x: i64| Value::Number(x as f64);
+        let mut o = Object::new();
+        o.insert("offset_ms", n(self.offset_ms));
+        o.insert("rtt_ms", n(self.rtt_ms));
+        o.insert("synced", Value::Bool(self.synced));
+        o.insert("boot", Value::from(self.boot.as_str()));
+        o.insert("mono_ms", Value::from(self.mono_ms));
+        Value::Object(o)
+    }
+}
+
+/// An append request as a program on the device sends it: exactly `event`,
+/// optional `context`, optional `data` (PROTOCOL §2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppendRequest {
+    pub event: EventName,
+    pub context: Option<String>,
+    pub data: Value,
+}
+
+/// Why an append was refused (PROTOCOL §3). Each names the problem.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AppendError {
+    #[error("{0}")]
+    Json(ParseError),
+    #[error("request is not a JSON object")]
+    NotAnObject,
+    #[error("unknown key {0:?} (allowed: event, context, data)")]
+    UnknownKey(String),
+    #[error("missing key \"event\"")]
+    MissingEvent,
+    #[error("{key:?} must be a string, found {found}")]
+    NotAString { key: &'static str, found: String },
+    #[error("{0}")]
+    Event(IdError),
+    #[error("event {0:?} is written only by the runtime")]
+    RuntimeEvent(String),
+    #[error("canonical content is {0} bytes (at most 65536)")]
+    TooLarge(usize),
+}
+
+impl AppendRequest {
+    /// Parses a request (append-mode JSON: the 2^53 rule applies).
+    pub fn parse(bytes: &[u8]) -> Result<AppendRequest, AppendError> {
+        // The request object adds no depth over the content: `data` sits at
+        // depth 2 in both.
+        let value = json::parse(bytes, Mode::Append).map_err(AppendError::Json)?;
+        let Value::Object(object) = value else {
+            return Err(AppendError::NotAnObject);
+        };
+        let mut event = None;
+        let mut context = None;
+        let mut data = Value::Object(Object::new());
+        for (key, v) in object.iter() {
+            match (key, v) {
+                ("event", Value::String(s)) => event = Some(s.as_str()),
+                ("context", Value::String(s)) => context = Some(s.clone()),
+                ("data", v) => data = v.clone(),
+                ("event" | "context", other) => {
+                    return Err(AppendError::NotAString {
+                        key: if key == "event" { "event" } else { "context" },
+                        found: other.kind().to_owned(),
+                    });
+                }
+                (other, _) => return Err(AppendError::UnknownKey(other.to_owned())),
+            }
+        }
+        let event = event.ok_or(AppendError::MissingEvent)?;
+        let event = EventName::new(event).map_err(AppendError::Event)?;
+        if event.is_runtime_only() {
+            return Err(AppendError::RuntimeEvent(event.to_string()));
+        }
+        Ok(AppendRequest {
+            event,
+            context: context.filter(|c| !c.is_empty()),
+            data,
+        })
+    }
+}
+
+/// What the runtime knows when it appends: the fields it sets itself.
+#[derive(Debug, Clone)]
+pub struct Stamp<'a> {
+    pub agent: &'a AgentId,
+    pub seq: Seq,
+    pub unix_ms: i64,
+    pub clock: Option<&'a ClockInfo>,
+}
+
+/// Builds the canonical content of an entry (the runtime sets `v`, `agent`,
+/// `seq`, `ts` and `clock`). An empty context is omitted, never `""`.
+pub fn build_content(
+    stamp: &Stamp<'_>,
+    event: &EventName,
+    context: Option<&str>,
+    data: &Value,
+) -> Result<Vec<u8>, AppendError> {
+    build_content_at(
+        stamp,
+        &format_timestamp(stamp.unix_ms),
+        event,
+        context,
+        data,
+    )
+}
+
+/// As [`build_content`] with `ts` given as text (re-appending an orphan keeps
+/// its original `ts`, PROTOCOL §7 rule 3c).
+pub fn build_content_at(
+    stamp: &Stamp<'_>,
+    ts: &str,
+    event: &EventName,
+    context: Option<&str>,
+    data: &Value,
+) -> Result<Vec<u8>, AppendError> {
+    let mut o = Object::new();
+    o.insert("v", Value::Number(1.0));
+    o.insert("agent", Value::from(stamp.agent.as_str()));
+    o.insert("seq", Value::from(stamp.seq.0));
+    o.insert("ts", Value::from(ts));
+    o.insert("event", Value::from(event.as_str()));
+    o.insert("data", data.clone());
+    if let Some(c) = context.filter(|c| !c.is_empty()) {
+        o.insert("context", Value::from(c));
+    }
+    if let Some(clock) = stamp.clock {
+        o.insert("clock", clock.to_value());
+    }
+    let bytes = canonical::to_vec(&Value::Object(o));
+    if bytes.len() > MAX_CONTENT_BYTES {
+        return Err(AppendError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+/// Parses content bytes, checks they are exactly canonical(parse(bytes)),
+/// within the size limit, and a valid content (PROTOCOL §3, §7 rule 6).
+pub fn check_canonical_content(bytes: &[u8]) -> Result<Header, ContentError> {
+    if bytes.len() > MAX_CONTENT_BYTES {
+        return Err(ContentError::TooLarge(bytes.len()));
+    }
+    let value = json::parse(bytes, Mode::Verify).map_err(ContentError::Json)?;
+    if canonical::to_vec(&value) != bytes {
+        return Err(ContentError::NotCanonical);
+    }
+    Header::from_content(&value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_format_and_check() {
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_timestamp(1_795_460_700_123),
+            "2026-11-23T19:05:00.123Z"
+        );
+        assert_eq!(
+            format_timestamp(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(format_timestamp(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(format_timestamp(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert!(is_timestamp("2026-11-22T19:05:00.000Z"));
+        for bad in [
+            "2026-11-22T19:05:00Z",
+            "2026-11-22t19:05:00.000Z",
+            "2026-11-22T19:05:00.000z",
+            "2026-11-22T19:05:00.0000Z",
+            "２026-11-22T19:05:00.000Z",
+        ] {
+            assert!(!is_timestamp(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn append_request_refuses_extra_keys_and_runtime_events() {
+        let ok = AppendRequest::parse(br#"{"event":"info","data":{"a":1}}"#).unwrap();
+        assert_eq!(ok.event.as_str(), "info");
+        assert_eq!(ok.context, None);
+        let empty_ctx = AppendRequest::parse(br#"{"event":"info","context":""}"#).unwrap();
+        assert_eq!(empty_ctx.context, None);
+        assert_eq!(empty_ctx.data, Value::Object(Object::new()));
+        assert_eq!(
+            AppendRequest::parse(br#"{"event":"info","seq":3}"#).unwrap_err(),
+            AppendError::UnknownKey("seq".into())
+        );
+        assert_eq!(
+            AppendRequest::parse(br#"{"event":"genesis"}"#).unwrap_err(),
+            AppendError::RuntimeEvent("genesis".into())
+        );
+        assert_eq!(
+            AppendRequest::parse(br#"{"data":{}}"#).unwrap_err(),
+            AppendError::MissingEvent
+        );
+        assert!(matches!(
+            AppendRequest::parse(br#"{"event":"info","data":{"n":9007199254740993}}"#),
+            Err(AppendError::Json(_))
+        ));
+        assert!(matches!(
+            AppendRequest::parse(br#"{"event":"Info"}"#),
+            Err(AppendError::Event(_))
+        ));
+    }
+
+    #[test]
+    fn built_content_is_canonical_and_bounded() {
+        let agent = AgentId::new("a1").unwrap();
+        let stamp = Stamp {
+            agent: &agent,
+            seq: Seq(2),
+            unix_ms: 0,
+            clock: None,
+        };
+        let event = EventName::new("info").unwrap();
+        let bytes = build_content(&stamp, &event, Some(""), &Value::Null).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"agent":"a1","data":null,"event":"info","seq":2,"ts":"1970-01-01T00:00:00.000Z","v":1}"#
+        );
+        let header = check_canonical_content(&bytes).unwrap();
+        assert_eq!(header.seq, Seq(2));
+        let big = Value::String("x".repeat(MAX_CONTENT_BYTES));
+        assert!(matches!(
+            build_content(&stamp, &event, None, &big),
+            Err(AppendError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn non_canonical_bytes_are_refused() {
+        let bytes = br#"{"v":1,"agent":"a1","seq":2,"ts":"1970-01-01T00:00:00.000Z","event":"info","data":null}"#;
+        assert_eq!(
+            check_canonical_content(bytes).unwrap_err(),
+            ContentError::NotCanonical
+        );
+    }
+
+    #[test]
+    fn reserved_keys_cannot_hide_in_content() {
+        let bytes = br#"{"agent":"a1","data":null,"event":"info","hash":"x","seq":2,"ts":"1970-01-01T00:00:00.000Z","v":1}"#;
+        assert_eq!(
+            check_canonical_content(bytes).unwrap_err(),
+            ContentError::Reserved("hash")
+        );
+    }
+}

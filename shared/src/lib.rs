@@ -1,0 +1,26 @@
+//! # baton-shared: the Baton protocol
+//!
+//! Everything the agent and the gateway must agree on, as pure code:
+//! canonical JSON ([`json`], [`canonical`]), entries and the hash chain
+//! ([`entry`]), keys, checkpoints and receipts ([`crypto`]), the streaming
+//! verifier ([`verify`]), exported forms ([`export`]), the MQTT payloads
+//! ([`wire`]), and the two delivery state machines, [`uplink`] (sender) and
+//! [`intake`] (receiver).
+//!
+//! *Invariant:* this crate does no I/O. It reads no clock (`now` is passed
+//! in), no file, no socket and no entropy; its dependency tree holds no
+//! tokio, redb or rumqttc. The contract it implements is
+//! `spec/PROTOCOL.md`, pinned by the vectors under `tests/data/`.
+
+pub mod canonical;
+pub mod crypto;
+pub mod entry;
+pub mod export;
+pub mod id;
+pub mod json;
+pub mod verify;
+pub mod wire;
+
+pub use crypto::{Hash, Nonce, PublicKey, SecretKey, Sig};
+pub use entry::{Entry, Seq};
+pub use id::{AgentId, ClusterId, EventName};
