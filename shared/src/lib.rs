@@ -12,12 +12,16 @@
 //! tokio, redb or rumqttc. The contract it implements is
 //! `spec/PROTOCOL.md`, pinned by the vectors under `tests/data/`.
 
+pub mod backoff;
 pub mod canonical;
 pub mod crypto;
 pub mod entry;
 pub mod export;
 pub mod id;
+pub mod intake;
 pub mod json;
+pub mod memory;
+pub mod uplink;
 pub mod verify;
 pub mod wire;
 

@@ -2,6 +2,8 @@
 //! `tests/data/` are copied unchanged from `spec/vectors/`; never regenerate
 //! them to make a test pass.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use baton_shared::canonical;

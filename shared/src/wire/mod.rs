@@ -11,7 +11,7 @@ mod misc;
 mod nack;
 mod receipt;
 
-pub use batch::EntryBatch;
+pub use batch::{EntryBatch, entry_wire_size};
 pub use hello::Hello;
 pub use misc::{
     Heartbeat, ImpedanceSample, PresenceState, StateMsg, SystemMetrics, TimeReply, TimeRequest,

@@ -9,11 +9,15 @@ use crate::entry::Seq;
 use crate::id::AgentId;
 
 /// When a receipt answers a `hello`: the hello's nonce, and the agent's own
-/// `sig` stored on entry `seq` (absent only for seq 0).
+/// `sig` stored on entry `seq` (absent only for seq 0). The gateway's public
+/// key rides along so that an agent configured to pin on first contact can
+/// learn it; an agent with a pinned key ignores it (a different key is an
+/// alert, never a re-pin).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloEcho {
     pub nonce: Nonce,
     pub agent_sig: Option<Sig>,
+    pub gateway_key: [u8; 32],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +75,7 @@ mod tests {
         r.hello = Some(HelloEcho {
             nonce: Nonce([1; 16]),
             agent_sig: Some(Sig([2; 64])),
+            gateway_key: key.public().to_bytes(),
         });
         check_framing(&r);
         r.seq = Seq(10);
