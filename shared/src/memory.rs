@@ -164,7 +164,8 @@ impl MemLedger {
     /// Carries out a rule-3c adoption in one step: entries after the best
     /// receipt (and after the adopted seq) become orphans, `recovery` is
     /// appended at `N + 1` with prev `H`, then the orphans' event, context,
-    /// data and original `ts` are re-appended and the head is signed.
+    /// data and original `ts` are re-appended (all but an orphaned genesis)
+    /// and the head is signed.
     pub fn adopt(&mut self, adoption: &Adoption, unix_ms: i64) -> Result<(), AppendError> {
         let r = &adoption.receipt;
         let best_seq = adoption.best_before.as_ref().map_or(Seq::ZERO, |b| b.seq);
@@ -231,6 +232,11 @@ impl MemLedger {
                 .get("event")
                 .and_then(Value::as_str)
                 .unwrap_or("info");
+            if event == "genesis" {
+                // Genesis stands only at seq 1: it stays in the set-aside
+                // run (covered by `orphaned`), never re-appended.
+                continue;
+            }
             let context = content.get("context").and_then(Value::as_str);
             let data = content.get("data").cloned().unwrap_or(Value::Null);
             self.append_at(ts, event, context, &data)?;

@@ -70,6 +70,9 @@ pub struct UplinkConfig {
     pub limits: BatchLimits,
     /// Hello again when no receipt advanced for this long (default 10 s).
     pub resend_timeout: Duration,
+    /// Hello now and then while idle, so that a gateway that lost data is
+    /// noticed even when its restart receipt was lost (default 60 s).
+    pub idle_hello: Option<Duration>,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     /// Seeds the nonce and jitter generator (the shell passes OS entropy).
@@ -92,6 +95,7 @@ impl UplinkConfig {
             window: 8,
             limits: BatchLimits::default(),
             resend_timeout: Duration::from_secs(10),
+            idle_hello: Some(Duration::from_secs(60)),
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             seed,
@@ -159,10 +163,13 @@ enum Phase {
     Offline,
     /// Connected; a hello goes out on the next poll.
     NeedHello,
-    /// Waiting for the answer to the hello with this nonce.
+    /// Waiting for the answer to the hello with this nonce; `best` is the
+    /// best receipt's seq when it was sent: only an answer below that is
+    /// evidence of data loss (a later receipt may overtake the answer).
     Hello {
         nonce: Nonce,
         sent_at: Duration,
+        best: Seq,
     },
     Streaming,
     /// Waiting for the shell to carry out an adoption.
@@ -203,6 +210,8 @@ pub struct Uplink {
     proof_from: Option<Seq>,
     /// SignHead already asked for this head.
     sign_requested: Option<Seq>,
+    /// When the last hello went out.
+    hello_at: Duration,
     queue: VecDeque<Output>,
     stats: UplinkStats,
 }
@@ -225,6 +234,7 @@ impl Uplink {
             progress_at: Duration::ZERO,
             proof_from: None,
             sign_requested: None,
+            hello_at: Duration::ZERO,
             queue: VecDeque::new(),
             stats: UplinkStats::default(),
             cfg,
@@ -321,7 +331,17 @@ impl Uplink {
                     self.stats.resends += 1;
                     return Some(self.hello(now, ledger));
                 }
-                self.transmit(now, ledger)
+                let out = self.transmit(now, ledger);
+                if out.is_none()
+                    && self.in_flight.is_empty()
+                    && self
+                        .cfg
+                        .idle_hello
+                        .is_some_and(|idle| now >= self.hello_at + idle)
+                {
+                    return Some(self.hello(now, ledger));
+                }
+                out
             }
         }
     }
@@ -340,6 +360,7 @@ impl Uplink {
             Phase::Streaming if !self.in_flight.is_empty() => {
                 Some(self.progress_at + self.cfg.resend_timeout)
             }
+            Phase::Streaming => self.cfg.idle_hello.map(|idle| self.hello_at + idle),
             _ => None,
         }
     }
@@ -351,8 +372,10 @@ impl Uplink {
         self.phase = Phase::Hello {
             nonce,
             sent_at: now,
+            best: self.best.as_ref().map_or(Seq::ZERO, |b| b.seq),
         };
         self.in_flight.clear();
+        self.hello_at = now;
         self.stats.hellos_sent += 1;
         let head = ledger.head();
         Output::Hello(Hello {
@@ -409,13 +432,16 @@ impl Uplink {
         if receipt.agent != self.cfg.agent {
             return;
         }
-        let answer_to = match &self.phase {
-            Phase::Hello { nonce, .. } => receipt
-                .hello
-                .as_ref()
-                .filter(|echo| echo.nonce == *nonce)
-                .map(|echo| echo.gateway_key),
-            _ => None,
+        let (answer_to, best_at_hello) = match &self.phase {
+            Phase::Hello { nonce, best, .. } => (
+                receipt
+                    .hello
+                    .as_ref()
+                    .filter(|echo| echo.nonce == *nonce)
+                    .map(|echo| echo.gateway_key),
+                *best,
+            ),
+            _ => (None, Seq::ZERO),
         };
         let key = match self.pinned {
             Some(k) => k,
@@ -448,7 +474,7 @@ impl Uplink {
             return;
         }
         if answer_to.is_some() {
-            self.hello_answer(now, receipt, ledger);
+            self.hello_answer(now, receipt, ledger, best_at_hello);
         } else {
             self.raise(now, receipt, ledger);
         }
@@ -462,7 +488,15 @@ impl Uplink {
     }
 
     /// Any receipt other than the hello answer: it can only raise the view.
+    /// One below the view (a gateway that restarted, perhaps without its
+    /// newest data) prompts a hello, whose answer is authoritative.
     fn raise(&mut self, now: Duration, r: &Receipt, ledger: &impl Ledger) {
+        if r.seq < self.acked
+            && self.phase == Phase::Streaming
+            && now >= self.hello_at + self.cfg.resend_timeout
+        {
+            self.phase = Phase::NeedHello;
+        }
         if self.known_hash(r.seq, ledger) == Some(r.hash) {
             self.count(now, r);
         } else if self.best.as_ref().is_none_or(|b| r.seq > b.seq) {
@@ -505,7 +539,13 @@ impl Uplink {
     }
 
     /// Rule 3: the answer to the outstanding hello, which may lower the view.
-    fn hello_answer(&mut self, now: Duration, r: &Receipt, ledger: &impl Ledger) {
+    fn hello_answer(
+        &mut self,
+        now: Duration,
+        r: &Receipt,
+        ledger: &impl Ledger,
+        best_at_hello: Seq,
+    ) {
         let n = r.seq;
         let best_seq = self.best.as_ref().map_or(Seq::ZERO, |b| b.seq);
         let local = self.known_hash(n, ledger);
@@ -513,9 +553,9 @@ impl Uplink {
         if local == Some(r.hash) || pruned {
             // a: resend from N+1; b: likewise, after an alert, and from the
             // oldest held entry with the best receipt as proof if N+1 is gone.
-            if n < best_seq {
+            if n < best_at_hello {
                 self.queue.push_back(Output::Alert(Alert::GatewayDataLoss {
-                    best: best_seq,
+                    best: best_at_hello,
                     gateway_head: n,
                 }));
             }
