@@ -335,14 +335,14 @@ impl AppendRequest {
         let mut event = None;
         let mut context = None;
         let mut data = Value::Object(Object::new());
-        for (key, v) in object.iter() {
-            match (key, v) {
-                ("event", Value::String(s)) => event = Some(s.as_str()),
-                ("context", Value::String(s)) => context = Some(s.clone()),
-                ("data", v) => data = v.clone(),
-                ("event" | "context", other) => {
+        for (key, v) in object {
+            match (key.as_str(), v) {
+                ("event", Value::String(s)) => event = Some(s),
+                ("context", Value::String(s)) => context = Some(s),
+                ("data", v) => data = v,
+                (k @ ("event" | "context"), other) => {
                     return Err(AppendError::NotAString {
-                        key: if key == "event" { "event" } else { "context" },
+                        key: if k == "event" { "event" } else { "context" },
                         found: other.kind().to_owned(),
                     });
                 }
@@ -397,20 +397,29 @@ pub fn build_content_at(
     context: Option<&str>,
     data: &Value,
 ) -> Result<Vec<u8>, AppendError> {
-    let mut o = Object::new();
-    o.insert("v", Value::Number(1.0));
-    o.insert("agent", Value::from(stamp.agent.as_str()));
-    o.insert("seq", Value::from(stamp.seq.0));
-    o.insert("ts", Value::from(ts));
-    o.insert("event", Value::from(event.as_str()));
-    o.insert("data", data.clone());
-    if let Some(c) = context.filter(|c| !c.is_empty()) {
-        o.insert("context", Value::from(c));
-    }
+    // The top-level keys are fixed, so they are written directly in their
+    // canonical (UTF-16) order: agent, clock, context, data, event, seq, ts,
+    // v. A unit test checks this against the general serializer.
+    let mut bytes = Vec::with_capacity(160 + ts.len() + context.map_or(0, str::len));
+    bytes.extend_from_slice(b"{\"agent\":");
+    canonical::write(&Value::from(stamp.agent.as_str()), &mut bytes);
     if let Some(clock) = stamp.clock {
-        o.insert("clock", clock.to_value());
+        bytes.extend_from_slice(b",\"clock\":");
+        canonical::write(&clock.to_value(), &mut bytes);
     }
-    let bytes = canonical::to_vec(&Value::Object(o));
+    if let Some(c) = context.filter(|c| !c.is_empty()) {
+        bytes.extend_from_slice(b",\"context\":");
+        canonical::write_str(c, &mut bytes);
+    }
+    bytes.extend_from_slice(b",\"data\":");
+    canonical::write(data, &mut bytes);
+    bytes.extend_from_slice(b",\"event\":");
+    canonical::write_str(event.as_str(), &mut bytes);
+    bytes.extend_from_slice(b",\"seq\":");
+    canonical::write(&Value::from(stamp.seq.0), &mut bytes);
+    bytes.extend_from_slice(b",\"ts\":");
+    canonical::write_str(ts, &mut bytes);
+    bytes.extend_from_slice(b",\"v\":1}");
     if bytes.len() > MAX_CONTENT_BYTES {
         return Err(AppendError::TooLarge(bytes.len()));
     }
@@ -423,11 +432,70 @@ pub fn check_canonical_content(bytes: &[u8]) -> Result<Header, ContentError> {
     if bytes.len() > MAX_CONTENT_BYTES {
         return Err(ContentError::TooLarge(bytes.len()));
     }
+    if let Some(header) = fast_header(bytes) {
+        return Ok(header);
+    }
+    // The slow path is the definition, and names the problem.
     let value = json::parse(bytes, Mode::Verify).map_err(ContentError::Json)?;
     if canonical::to_vec(&value) != bytes {
         return Err(ContentError::NotCanonical);
     }
     Header::from_content(&value)
+}
+
+/// The common case of [`check_canonical_content`] without building a tree:
+/// `Some` only when the bytes are canonical and every header field is in
+/// its plain form; anything else goes the slow way, which decides.
+fn fast_header(bytes: &[u8]) -> Option<Header> {
+    let mut fields: [Option<&[u8]>; 8] = [None; 8];
+    let mut reserved = false;
+    let canonical = canonical::is_canonical_object(bytes, |key, value| {
+        let slot = match key {
+            b"v" => 0,
+            b"agent" => 1,
+            b"seq" => 2,
+            b"ts" => 3,
+            b"event" => 4,
+            b"data" => 5,
+            b"context" => 6,
+            b"clock" => 7,
+            b"prev" | b"hash" | b"sig" => {
+                reserved = true;
+                return;
+            }
+            _ => return,
+        };
+        fields[slot] = Some(value);
+    });
+    if !canonical || reserved || fields[0]? != b"1" || fields[5].is_none() {
+        return None;
+    }
+    let plain = |v: &[u8]| -> Option<String> {
+        let inner = v.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+        if inner.contains(&b'\\') {
+            return None;
+        }
+        std::str::from_utf8(inner).ok().map(str::to_owned)
+    };
+    let agent = AgentId::new(plain(fields[1]?)?).ok()?;
+    let seq = std::str::from_utf8(fields[2]?).ok()?.parse::<f64>().ok()?;
+    let seq = Value::Number(seq).as_exact_u64().filter(|s| *s >= 1)?;
+    let ts = plain(fields[3]?).filter(|t| is_timestamp(t))?;
+    let event = EventName::new(plain(fields[4]?)?).ok()?;
+    let context = match fields[6] {
+        None => None,
+        Some(v) => Some(plain(v)?),
+    };
+    if fields[7].is_some_and(|c| c.first() != Some(&b'{')) {
+        return None;
+    }
+    Some(Header {
+        agent,
+        seq: Seq(seq),
+        ts,
+        event,
+        context,
+    })
 }
 
 #[cfg(test)]
@@ -511,6 +579,157 @@ mod tests {
             build_content(&stamp, &event, None, &big),
             Err(AppendError::TooLarge(_))
         ));
+    }
+
+    /// The slow definition of [`check_canonical_content`].
+    fn slow(bytes: &[u8]) -> Result<Header, ContentError> {
+        let value = json::parse(bytes, Mode::Verify).map_err(ContentError::Json)?;
+        if canonical::to_vec(&value) != bytes {
+            return Err(ContentError::NotCanonical);
+        }
+        Header::from_content(&value)
+    }
+
+    fn content_with(data: &str, context: Option<&str>) -> Vec<u8> {
+        let agent = AgentId::new("pi-7").unwrap();
+        let stamp = Stamp {
+            agent: &agent,
+            seq: Seq(42),
+            unix_ms: 1_795_460_700_123,
+            clock: None,
+        };
+        let data = json::parse(data.as_bytes(), Mode::Verify).unwrap();
+        build_content(&stamp, &EventName::new("fact").unwrap(), context, &data).unwrap()
+    }
+
+    /// Fragments that sit on the edge between canonical and not.
+    const SNIPPETS: &[&str] = &[
+        "\\/",
+        "\\u0041",
+        "\\u000a",
+        "\\u001f",
+        "\\u001F",
+        "\\u0008",
+        "\\b",
+        "\\ud83d",
+        " ",
+        "\n",
+        "1.0",
+        "-0",
+        "0",
+        "00",
+        "e+21",
+        "E5",
+        ".5",
+        "1e400",
+        "\"v\":1,",
+        "\"a\":1,",
+        "\"\":0,",
+        "\"prev\":\"x\",",
+        ",",
+        "}",
+        "{",
+        "[",
+        "]",
+        "\"",
+        "\u{7f}",
+        "é",
+        "\u{1f600}",
+        "\u{fb33}",
+        "null",
+        "true",
+        "\"seq\":2,",
+        "\\",
+        "\t",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+        /// The fast path may decline (the slow path then decides), but when
+        /// it answers, its answer is the slow path's.
+        #[test]
+        fn fast_header_agrees_with_the_definition(
+            edits in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>(), 0u8..4, 0usize..SNIPPETS.len()), 0..3),
+            ctx in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = content_with(
+                r#"{"n":[1.5,-2,1e21,1e-7],"s":"a\u0001\"b","t":true,"z":null,"é":{"\ud83d\ude00":0}}"#,
+                ctx.then_some("ctx\twith tab"),
+            );
+            for (at, byte, kind, snippet) in edits {
+                let at = at % (bytes.len() + 1);
+                match kind {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    2 if at < bytes.len() => { bytes.remove(at); }
+                    3 => {
+                        let snippet = SNIPPETS[snippet].as_bytes();
+                        bytes.splice(at..at, snippet.iter().copied());
+                    }
+                    _ => {}
+                }
+            }
+            let fast = fast_header(&bytes);
+            let slow = slow(&bytes);
+            if let Some(h) = &fast {
+                proptest::prop_assert_eq!(Ok(h.clone()), slow.clone());
+            }
+            let strict_object = json::parse(&bytes, Mode::Verify)
+                .map(|v| v.as_object().is_some() && canonical::to_vec(&v) == bytes)
+                .unwrap_or(false);
+            proptest::prop_assert_eq!(canonical::is_canonical_object(&bytes, |_, _| {}), strict_object);
+            proptest::prop_assert_eq!(check_canonical_content(&bytes), slow);
+        }
+    }
+
+    #[test]
+    fn fast_header_takes_the_common_case() {
+        let bytes = content_with(r#"{"a":[1,2.5,"x"],"b":{"c":null}}"#, Some("session-1"));
+        assert!(fast_header(&bytes).is_some());
+        assert_eq!(fast_header(&bytes).map(Ok), Some(slow(&bytes)));
+    }
+
+    #[test]
+    fn direct_writer_matches_the_general_serializer() {
+        let agent = AgentId::new("a1").unwrap();
+        let clock = ClockInfo {
+            offset_ms: -12,
+            rtt_ms: 3,
+            synced: true,
+            boot: "3f1c".into(),
+            mono_ms: 99,
+        };
+        for (context, clock) in [
+            (None, None),
+            (Some("c\n"), Some(&clock)),
+            (Some(""), Some(&clock)),
+        ] {
+            let stamp = Stamp {
+                agent: &agent,
+                seq: Seq(7),
+                unix_ms: 5,
+                clock,
+            };
+            let event = EventName::new("info").unwrap();
+            let data =
+                json::parse(br#"{"z":[1,{"b":2,"a":"\u0001"}],"a":null}"#, Mode::Verify).unwrap();
+            let direct = build_content(&stamp, &event, context, &data).unwrap();
+            let mut o = Object::new();
+            o.insert("v", Value::Number(1.0));
+            o.insert("agent", Value::from("a1"));
+            o.insert("seq", Value::from(7));
+            o.insert("ts", Value::from(format_timestamp(5)));
+            o.insert("event", Value::from("info"));
+            o.insert("data", data.clone());
+            if let Some(c) = context.filter(|c| !c.is_empty()) {
+                o.insert("context", Value::from(c));
+            }
+            if let Some(c) = clock {
+                o.insert("clock", c.to_value());
+            }
+            assert_eq!(direct, canonical::to_vec(&Value::Object(o)));
+        }
     }
 
     #[test]

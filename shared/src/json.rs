@@ -73,6 +73,15 @@ impl Object {
     }
 }
 
+impl IntoIterator for Object {
+    type Item = (String, Value);
+    type IntoIter = std::vec::IntoIter<(String, Value)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 impl FromIterator<(String, Value)> for Object {
     fn from_iter<I: IntoIterator<Item = (String, Value)>>(iter: I) -> Self {
         let mut object = Object::new();
@@ -311,7 +320,7 @@ impl Parser<'_> {
     fn object(&mut self, depth: usize) -> Result<Value, ParseError> {
         self.enter(depth)?;
         self.pos += 1; // '{'
-        let mut entries: Vec<(String, Value)> = Vec::new();
+        let mut entries: Vec<(String, Value)> = Vec::with_capacity(8);
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
@@ -374,17 +383,27 @@ impl Parser<'_> {
         }
     }
 
+    /// Bytes up to the next quote, backslash or control character.
+    fn plain_run(&self) -> usize {
+        self.bytes[self.pos..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            .unwrap_or(self.bytes.len() - self.pos)
+    }
+
     fn string(&mut self) -> Result<String, ParseError> {
         self.pos += 1; // opening quote
+        // Most strings have no escapes: one scan, one copy.
+        let run = self.plain_run();
+        if self.bytes.get(self.pos + run) == Some(&b'"') {
+            let s = self.text[self.pos..self.pos + run].to_owned();
+            self.pos += run + 1;
+            return Ok(s);
+        }
         let mut out = String::new();
         loop {
             let run_start = self.pos;
-            while let Some(b) = self.peek() {
-                if b == b'"' || b == b'\\' || b < 0x20 {
-                    break;
-                }
-                self.pos += 1;
-            }
+            self.pos += self.plain_run();
             // The input is valid UTF-8 and the run stops only at ASCII bytes,
             // so the run is on character boundaries.
             out.push_str(&self.text[run_start..self.pos]);

@@ -66,6 +66,10 @@ impl MemLedger {
         self.head_hash
     }
 
+    pub fn head_seq(&self) -> Seq {
+        self.head
+    }
+
     /// Appends with runtime-set fields; the first append must be `genesis`.
     pub fn append(
         &mut self,
