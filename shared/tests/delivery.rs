@@ -477,6 +477,20 @@ fn alerts(out: &[Output]) -> Vec<Alert> {
         .collect()
 }
 
+/// The gateway's receipt for the ledger's own entry at `seq`.
+fn receipt_at(l: &MemLedger, seq: u64) -> Receipt {
+    let hash = l.hash_at(Seq(seq)).unwrap();
+    Receipt::sign(&gw_key(), &gw_id(), &agent_id(), Seq(seq), hash)
+}
+
+/// A fresh uplink, connected, with the hello it sent first.
+fn connect(cfg: UplinkConfig, best: Option<Receipt>, l: &mut MemLedger) -> (Uplink, Hello) {
+    let mut u = Uplink::new(cfg, best);
+    u.connected(T0);
+    let hello = hello_of(&drain(&mut u, T0, l));
+    (u, hello)
+}
+
 fn answer(seq: u64, hash: Hash, hello: &Hello, agent_sig: Option<Sig>) -> Receipt {
     let mut r = Receipt::sign(&gw_key(), &gw_id(), &agent_id(), Seq(seq), hash);
     r.hello = Some(baton_shared::wire::HelloEcho {
@@ -509,13 +523,7 @@ fn hello_then_windowed_batches_then_receipts_advance() {
     // window 2: two batches in flight, then nothing until a receipt
     assert_eq!(batches(&drain(&mut u, ms(1), &mut l)), [(1, 3), (4, 6)]);
     assert_eq!(u.in_flight(), 2);
-    let r6 = Receipt::sign(
-        &gw_key(),
-        &gw_id(),
-        &agent_id(),
-        Seq(6),
-        l.hash_at(Seq(6)).unwrap(),
-    );
+    let r6 = receipt_at(&l, 6);
     u.handle_receipt(ms(2), &r6, &l);
     assert_eq!(u.acked(), Seq(6));
     assert_eq!(u.in_flight(), 0);
@@ -527,9 +535,7 @@ fn hello_then_windowed_batches_then_receipts_advance() {
 #[test]
 fn unsigned_tail_is_signed_before_it_is_sent() {
     let mut l = ledger(4, 1000); // nothing signed
-    let mut u = Uplink::new(uplink_cfg(), None);
-    u.connected(T0);
-    let hello = hello_of(&drain(&mut u, T0, &mut l));
+    let (mut u, hello) = connect(uplink_cfg(), None, &mut l);
     u.handle_receipt(T0, &answer(0, Hash::ZERO, &hello, None), &l);
     let mut saw_sign = false;
     while let Some(o) = u.poll(T0, &l) {
@@ -552,9 +558,7 @@ fn unsigned_tail_is_signed_before_it_is_sent() {
 #[test]
 fn receipts_count_only_if_signed_by_the_pinned_key_and_matching_rule_2() {
     let mut l = ledger(5, 3);
-    let mut u = Uplink::new(uplink_cfg(), None);
-    u.connected(T0);
-    let hello = hello_of(&drain(&mut u, T0, &mut l));
+    let (mut u, hello) = connect(uplink_cfg(), None, &mut l);
     u.handle_receipt(T0, &answer(0, Hash::ZERO, &hello, None), &l);
     drain(&mut u, T0, &mut l);
     let h3 = l.hash_at(Seq(3)).unwrap();
@@ -579,17 +583,7 @@ fn receipts_count_only_if_signed_by_the_pinned_key_and_matching_rule_2() {
         [Alert::ReceiptMismatch { seq: Seq(3) }]
     );
     // a genuine one counts; an older one never lowers the view
-    u.handle_receipt(
-        ms(3),
-        &Receipt::sign(
-            &gw_key(),
-            &gw_id(),
-            &agent_id(),
-            Seq(6),
-            l.hash_at(Seq(6)).unwrap(),
-        ),
-        &l,
-    );
+    u.handle_receipt(ms(3), &receipt_at(&l, 6), &l);
     u.handle_receipt(
         ms(4),
         &Receipt::sign(&gw_key(), &gw_id(), &agent_id(), Seq(3), h3),
@@ -602,9 +596,7 @@ fn receipts_count_only_if_signed_by_the_pinned_key_and_matching_rule_2() {
 #[test]
 fn no_receipt_for_resend_timeout_means_hello_again_rule_3() {
     let mut l = ledger(5, 3);
-    let mut u = Uplink::new(uplink_cfg(), None);
-    u.connected(T0);
-    let hello = hello_of(&drain(&mut u, T0, &mut l));
+    let (mut u, hello) = connect(uplink_cfg(), None, &mut l);
     u.handle_receipt(T0, &answer(0, Hash::ZERO, &hello, None), &l);
     assert!(!batches(&drain(&mut u, T0, &mut l)).is_empty());
     assert_eq!(u.poll_timeout(), Some(ms(1000)));
@@ -630,17 +622,9 @@ fn no_receipt_for_resend_timeout_means_hello_again_rule_3() {
 #[test]
 fn gateway_behind_the_best_receipt_is_alerted_and_refilled_rule_3b() {
     let mut l = ledger(8, 3);
-    let best = Receipt::sign(
-        &gw_key(),
-        &gw_id(),
-        &agent_id(),
-        Seq(6),
-        l.hash_at(Seq(6)).unwrap(),
-    );
+    let best = receipt_at(&l, 6);
     l.best = Some(best.clone());
-    let mut u = Uplink::new(uplink_cfg(), Some(best.clone()));
-    u.connected(T0);
-    let hello = hello_of(&drain(&mut u, T0, &mut l));
+    let (mut u, hello) = connect(uplink_cfg(), Some(best.clone()), &mut l);
     u.handle_receipt(T0, &answer(3, l.hash_at(Seq(3)).unwrap(), &hello, None), &l);
     let out = drain(&mut u, T0, &mut l);
     assert_eq!(
@@ -655,9 +639,7 @@ fn gateway_behind_the_best_receipt_is_alerted_and_refilled_rule_3b() {
 
     // same, but the agent already pruned 4..6: send from 7 with the proof
     l.prune_through(Seq(6));
-    let mut u = Uplink::new(uplink_cfg(), Some(best.clone()));
-    u.connected(T0);
-    let hello = hello_of(&drain(&mut u, T0, &mut l));
+    let (mut u, hello) = connect(uplink_cfg(), Some(best.clone()), &mut l);
     u.handle_receipt(T0, &answer(3, Hash([1; 32]), &hello, None), &l);
     let out = drain(&mut u, T0, &mut l);
     let proofs: Vec<_> = out
@@ -675,21 +657,13 @@ fn a_gateway_ahead_is_adopted_only_with_the_agents_own_signature_rule_3c() {
     // the device was restored from an image holding 1..3; the gateway holds 1..6
     let full = ledger(5, 3);
     let mut l = ledger(2, 3);
-    let r3 = Receipt::sign(
-        &gw_key(),
-        &gw_id(),
-        &agent_id(),
-        Seq(3),
-        l.hash_at(Seq(3)).unwrap(),
-    );
+    let r3 = receipt_at(&l, 3);
     l.best = Some(r3.clone());
     let (n, h) = (Seq(6), full.hash_at(Seq(6)).unwrap());
     let sig6 = full.range(Seq(6), Seq(6))[0].sig.unwrap();
 
     // a head the agent never signed: refused, nothing sent, hello retried
-    let mut u = Uplink::new(uplink_cfg(), Some(r3.clone()));
-    u.connected(T0);
-    let hello = hello_of(&drain(&mut u, T0, &mut l));
+    let (mut u, hello) = connect(uplink_cfg(), Some(r3.clone()), &mut l);
     let fabricated = Hash([0xab; 32]);
     u.handle_receipt(T0, &answer(6, fabricated, &hello, Some(sig6)), &l);
     let out = drain(&mut u, T0, &mut l);
@@ -707,9 +681,7 @@ fn a_gateway_ahead_is_adopted_only_with_the_agents_own_signature_rule_3c() {
     assert!(matches!(u.poll(retry, &l), Some(Output::Hello(_))));
 
     // the genuine head: adopted
-    let mut u = Uplink::new(uplink_cfg(), Some(r3));
-    u.connected(T0);
-    let hello = hello_of(&drain(&mut u, T0, &mut l));
+    let (mut u, hello) = connect(uplink_cfg(), Some(r3), &mut l);
     u.handle_receipt(T0, &answer(6, h, &hello, Some(sig6)), &l);
     let out = drain(&mut u, T0, &mut l);
     let Some(Output::Adopt(adoption)) = out.iter().find(|o| matches!(o, Output::Adopt(_))) else {
@@ -734,9 +706,7 @@ fn a_gateway_ahead_is_adopted_only_with_the_agents_own_signature_rule_3c() {
 #[test]
 fn a_reject_stops_transmission_and_hello_retries_with_backoff_rule_3d() {
     let mut l = ledger(5, 3);
-    let mut u = Uplink::new(uplink_cfg(), None);
-    u.connected(T0);
-    let hello = hello_of(&drain(&mut u, T0, &mut l));
+    let (mut u, hello) = connect(uplink_cfg(), None, &mut l);
     u.handle_receipt(T0, &answer(0, Hash::ZERO, &hello, None), &l);
     drain(&mut u, T0, &mut l);
     let reject = Nack {
@@ -774,22 +744,10 @@ fn a_reject_stops_transmission_and_hello_retries_with_backoff_rule_3d() {
 #[test]
 fn resend_nacks_at_or_below_the_best_receipt_are_ignored() {
     let mut l = ledger(8, 3);
-    let mut u = Uplink::new(uplink_cfg(), None);
-    u.connected(T0);
-    let hello = hello_of(&drain(&mut u, T0, &mut l));
+    let (mut u, hello) = connect(uplink_cfg(), None, &mut l);
     u.handle_receipt(T0, &answer(0, Hash::ZERO, &hello, None), &l);
     drain(&mut u, T0, &mut l);
-    u.handle_receipt(
-        T0,
-        &Receipt::sign(
-            &gw_key(),
-            &gw_id(),
-            &agent_id(),
-            Seq(3),
-            l.hash_at(Seq(3)).unwrap(),
-        ),
-        &l,
-    );
+    u.handle_receipt(T0, &receipt_at(&l, 3), &l);
     drain(&mut u, T0, &mut l);
     let resend = |from| Nack {
         gateway: gw_id(),

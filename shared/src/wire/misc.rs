@@ -39,7 +39,7 @@ pub struct SystemMetrics {
     pub class: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub agent: AgentId,
     /// The agent's wall clock, ms since the Unix epoch.
@@ -51,13 +51,6 @@ pub struct Heartbeat {
     pub backlog: u64,
     pub impedance: ImpedanceSample,
     pub system: SystemMetrics,
-}
-
-impl Default for AgentId {
-    fn default() -> Self {
-        // "0" is a valid id; the default exists only for struct-update syntax.
-        AgentId::new("0").unwrap_or_else(|_| unreachable!())
-    }
 }
 
 impl Message for Heartbeat {
