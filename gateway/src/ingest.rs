@@ -1,0 +1,682 @@
+//! Ingest: MQTT payloads in, staged writes and answers out.
+//!
+//! [`Ingest::handle`] judges one message with the agent's `intake` state
+//! machine and stages what must be stored; answers that need no commit
+//! (duplicates, nacks, hello answers) come back at once. [`Ingest::commit`]
+//! writes everything staged in one durable transaction (many batches per
+//! fsync when they arrive together) and only then returns the receipts for
+//! the batches it covered (PROTOCOL §7 rule 1). No I/O happens here except
+//! through the [`Store`]; the MQTT loop lives in `mqtt.rs`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_shared::intake::{Enrollment, Head, Intake, IntakeConfig, Verdict};
+use baton_shared::memory::Layered;
+use baton_shared::wire::{DecodeError, EntryBatch, Hello, Message, Nack, NackKind, RejectReason};
+use baton_shared::{AgentId, ClusterId, Hash, PublicKey, SecretKey, Seq};
+use tracing::{info, warn};
+
+use crate::metrics::{BadInput, Metrics};
+use crate::own_chain::{self, OwnChain};
+use crate::store::{AgentRecord, EnrolledBy, Store, StoreError, Write};
+
+const WINDOW_KEY: &str = "enroll_window_until_ms";
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub gateway: AgentId,
+    pub cluster: ClusterId,
+    pub resend_timeout: Duration,
+    pub software: String,
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outbound {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// New entries made durable by a commit, for live watchers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    pub agent: AgentId,
+    pub first: Seq,
+    pub last: Seq,
+}
+
+/// What one commit produced.
+#[derive(Debug, Default)]
+pub struct CommitOutcome {
+    pub receipts: Vec<Outbound>,
+    pub committed: Vec<Committed>,
+}
+
+#[derive(Debug)]
+pub struct Ingest {
+    cfg: IngestConfig,
+    key: SecretKey,
+    store: Arc<Store>,
+    own: OwnChain,
+    intakes: HashMap<AgentId, Intake>,
+    /// Accepted but not yet committed, per agent: seq → hash.
+    pending: HashMap<AgentId, BTreeMap<u64, Hash>>,
+    staged: Vec<Write>,
+    staged_entries: u64,
+    answer_after_commit: BTreeSet<AgentId>,
+    window_until_ms: Option<i64>,
+    metrics: Arc<Metrics>,
+    last_logged: HashMap<(String, &'static str), Duration>,
+    checkpointed: HashMap<AgentId, Seq>,
+}
+
+/// Topic of a message for `agent` under this cluster.
+pub fn topic(cluster: &ClusterId, agent: &AgentId, suffix: &str) -> String {
+    format!("baton/v1/{cluster}/{agent}/{suffix}")
+}
+
+impl Ingest {
+    /// Opens ingest over `store`; a new gateway writes its genesis and
+    /// enrolls its own key in the same first commit.
+    pub fn open(
+        cfg: IngestConfig,
+        key: SecretKey,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        unix_ms: i64,
+    ) -> Result<Ingest, StoreError> {
+        let head = store.head(&cfg.gateway)?;
+        let own = OwnChain::new(cfg.gateway.clone(), key.clone(), head);
+        let window_until_ms = store
+            .meta(WINDOW_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(i64::from_be_bytes);
+        let mut ingest = Ingest {
+            cfg,
+            key,
+            store,
+            own,
+            intakes: HashMap::new(),
+            pending: HashMap::new(),
+            staged: Vec::new(),
+            staged_entries: 0,
+            answer_after_commit: BTreeSet::new(),
+            window_until_ms,
+            metrics,
+            last_logged: HashMap::new(),
+            checkpointed: HashMap::new(),
+        };
+        if head.seq == Seq::ZERO {
+            let genesis = ingest.own.genesis(unix_ms, &ingest.cfg.software);
+            let record = AgentRecord {
+                public_key: ingest.key.public().to_bytes(),
+                start_seq: None,
+                revoked_from_seq: None,
+                enrolled_by: EnrolledBy::SelfChain,
+                enrolled_ms: unix_ms,
+            };
+            ingest.store.commit(&[
+                genesis,
+                Write::Enroll {
+                    agent: ingest.cfg.gateway.clone(),
+                    record,
+                },
+            ])?;
+        }
+        Ok(ingest)
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn own_head(&self) -> Head {
+        self.own.head()
+    }
+
+    /// The filters to subscribe to (on every ConnAck).
+    pub fn subscriptions(&self) -> Vec<String> {
+        let c = &self.cfg.cluster;
+        vec![
+            format!("baton/v1/{c}/+/hello"),
+            format!("baton/v1/{c}/+/entries"),
+        ]
+    }
+
+    /// On start, the current receipt on every known agent's `ack`
+    /// (PROTOCOL §7 rule 3).
+    pub fn startup_receipts(&mut self) -> Result<Vec<Outbound>, StoreError> {
+        let mut out = Vec::new();
+        for (agent, record) in self.store.agents()? {
+            if record.enrolled_by == EnrolledBy::SelfChain {
+                continue;
+            }
+            if self.ensure_intake(&agent)?
+                && let Some(intake) = self.intakes.get(&agent)
+            {
+                let r = intake.receipt(&self.key);
+                out.push(Outbound {
+                    topic: topic(&self.cfg.cluster, &agent, "ack"),
+                    payload: r.encode(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes sure an enrolled agent has its intake; false if not enrolled.
+    fn ensure_intake(&mut self, agent: &AgentId) -> Result<bool, StoreError> {
+        Ok(self.intake(agent)?.is_some())
+    }
+
+    fn intake(&mut self, agent: &AgentId) -> Result<Option<&mut Intake>, StoreError> {
+        if !self.intakes.contains_key(agent) {
+            let Some(record) = self.store.agent(agent)? else {
+                return Ok(None);
+            };
+            let Some(key) = record
+                .key()
+                .filter(|_| record.enrolled_by != EnrolledBy::SelfChain)
+            else {
+                return Ok(None);
+            };
+            let intake = Intake::new(
+                IntakeConfig {
+                    gateway: self.cfg.gateway.clone(),
+                    gateway_key: self.key.public(),
+                    resend_timeout: self.cfg.resend_timeout,
+                },
+                Enrollment {
+                    agent: agent.clone(),
+                    key,
+                    start_seq: record.start_seq,
+                    revoked_from_seq: record.revoked_from_seq,
+                },
+                self.store.head(agent)?,
+                self.store.halted(agent)?,
+            );
+            self.intakes.insert(agent.clone(), intake);
+        }
+        Ok(self.intakes.get_mut(agent))
+    }
+
+    /// Logs bad input at most once per agent and kind per minute; always counts.
+    fn bad(&mut self, now: Duration, agent: &str, kind: BadInput, detail: &str) {
+        self.metrics.bad_input(kind);
+        let key = (agent.to_owned(), kind.as_str());
+        let due = self
+            .last_logged
+            .get(&key)
+            .is_none_or(|at| now >= *at + Duration::from_secs(60));
+        if due {
+            warn!(agent, kind = kind.as_str(), detail, "bad input dropped");
+            self.last_logged.insert(key, now);
+        }
+    }
+
+    fn nack(&self, agent: &AgentId, kind: NackKind) -> Outbound {
+        Outbound {
+            topic: topic(&self.cfg.cluster, agent, "nack"),
+            payload: Nack {
+                gateway: self.cfg.gateway.clone(),
+                agent: agent.clone(),
+                kind,
+            }
+            .encode(),
+        }
+    }
+
+    /// Whether an enrollment window is open at `unix_ms`.
+    pub fn window_open(&self, unix_ms: i64) -> bool {
+        self.window_until_ms.is_some_and(|until| unix_ms < until)
+    }
+
+    /// Judges one message. Returns the answers that need no commit.
+    pub fn handle(
+        &mut self,
+        now: Duration,
+        unix_ms: i64,
+        topic: &str,
+        payload: &[u8],
+    ) -> Vec<Outbound> {
+        match self.try_handle(now, unix_ms, topic, payload) {
+            Ok(out) => out,
+            Err(e) => {
+                // A read failed: answer nothing; the agent's resend timer
+                // brings the message back, and the next commit surfaces a
+                // broken store.
+                warn!(error = %e, topic, "store read failed while judging a message");
+                Vec::new()
+            }
+        }
+    }
+
+    fn try_handle(
+        &mut self,
+        now: Duration,
+        unix_ms: i64,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<Vec<Outbound>, StoreError> {
+        let parts: Vec<&str> = topic.split('/').collect();
+        let (agent, kind) = match parts.as_slice() {
+            ["baton", "v1", cluster, agent, kind] if *cluster == self.cfg.cluster.as_str() => {
+                match AgentId::new(*agent) {
+                    Ok(a) => (a, *kind),
+                    Err(_) => {
+                        self.bad(now, "-", BadInput::Topic, topic);
+                        return Ok(Vec::new());
+                    }
+                }
+            }
+            _ => {
+                self.bad(now, "-", BadInput::Topic, topic);
+                return Ok(Vec::new());
+            }
+        };
+        match kind {
+            "hello" => self.hello(now, unix_ms, &agent, payload),
+            "entries" => self.entries(now, unix_ms, &agent, payload),
+            _ => {
+                self.bad(now, agent.as_str(), BadInput::Topic, topic);
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn decode_failed(&mut self, now: Duration, agent: &AgentId, e: &DecodeError) {
+        let kind = match e {
+            DecodeError::Version(_) => BadInput::Version,
+            DecodeError::TooLarge { .. } => BadInput::TooLarge,
+            _ => BadInput::Undecodable,
+        };
+        self.bad(now, agent.as_str(), kind, &e.to_string());
+    }
+
+    fn hello(
+        &mut self,
+        now: Duration,
+        unix_ms: i64,
+        agent: &AgentId,
+        payload: &[u8],
+    ) -> Result<Vec<Outbound>, StoreError> {
+        let hello = match Hello::decode(payload) {
+            Ok(h) => h,
+            Err(e) => {
+                self.decode_failed(now, agent, &e);
+                return Ok(Vec::new());
+            }
+        };
+        if hello.agent != *agent {
+            self.bad(
+                now,
+                agent.as_str(),
+                BadInput::AgentMismatch,
+                hello.agent.as_str(),
+            );
+            return Ok(Vec::new());
+        }
+        if self.intake(agent)?.is_none() && !self.enroll_on_first_use(now, unix_ms, &hello)? {
+            self.bad(
+                now,
+                agent.as_str(),
+                BadInput::UnknownAgent,
+                "hello from an unenrolled agent",
+            );
+            return Ok(vec![self.nack(
+                agent,
+                NackKind::Reject {
+                    reason: RejectReason::UnknownAgent,
+                    seq: Seq::ZERO,
+                },
+            )]);
+        }
+        self.metrics
+            .hellos
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = self.key.clone();
+        let Some(intake) = self.intake(agent)? else {
+            return Ok(Vec::new());
+        };
+        let out = match intake.answer_hello(&hello, &key) {
+            Ok(r) => Outbound {
+                topic: topic(&self.cfg.cluster, agent, "ack"),
+                payload: r.encode(),
+            },
+            Err(kind) => self.nack(agent, kind),
+        };
+        Ok(vec![out])
+    }
+
+    /// Trust on first use, only inside an operator-opened window: the first
+    /// key seen for an id is enrolled; later keys meet that record.
+    fn enroll_on_first_use(
+        &mut self,
+        now: Duration,
+        unix_ms: i64,
+        hello: &Hello,
+    ) -> Result<bool, StoreError> {
+        if !self.window_open(unix_ms) {
+            return Ok(false);
+        }
+        let Ok(key) = PublicKey::trusted(&hello.public_key) else {
+            self.bad(
+                now,
+                hello.agent.as_str(),
+                BadInput::UnknownAgent,
+                "small-order key refused",
+            );
+            return Ok(false);
+        };
+        info!(agent = %hello.agent, key = %key, "enrolled on first use");
+        self.stage_enrollment(
+            unix_ms,
+            &hello.agent,
+            AgentRecord {
+                public_key: key.to_bytes(),
+                start_seq: None,
+                revoked_from_seq: None,
+                enrolled_by: EnrolledBy::TrustOnFirstUse,
+                enrolled_ms: unix_ms,
+            },
+        );
+        // The record must be readable for the intake: commit it now.
+        self.store.commit(&std::mem::take(&mut self.staged))?;
+        Ok(true)
+    }
+
+    /// Stages an enrollment and its `enroll` entry in the gateway's chain.
+    pub fn stage_enrollment(&mut self, unix_ms: i64, agent: &AgentId, record: AgentRecord) {
+        let entry = self.own.append(
+            unix_ms,
+            "enroll",
+            own_chain::enroll_data(agent, &record.public_key, self.cfg.cluster.as_str()),
+        );
+        self.staged.push(Write::Enroll {
+            agent: agent.clone(),
+            record,
+        });
+        self.staged.push(entry);
+        self.intakes.remove(agent);
+    }
+
+    fn entries(
+        &mut self,
+        now: Duration,
+        unix_ms: i64,
+        agent: &AgentId,
+        payload: &[u8],
+    ) -> Result<Vec<Outbound>, StoreError> {
+        let batch = match EntryBatch::decode(payload) {
+            Ok(b) => b,
+            Err(e) => {
+                self.decode_failed(now, agent, &e);
+                return Ok(Vec::new());
+            }
+        };
+        if batch.agent != *agent {
+            self.bad(
+                now,
+                agent.as_str(),
+                BadInput::AgentMismatch,
+                batch.agent.as_str(),
+            );
+            return Ok(Vec::new());
+        }
+        let pending = self.pending.entry(agent.clone()).or_default().clone();
+        let store = Arc::clone(&self.store);
+        if !self.ensure_intake(agent)? {
+            self.bad(
+                now,
+                agent.as_str(),
+                BadInput::UnknownAgent,
+                "batch from an unenrolled agent",
+            );
+            return Ok(vec![self.nack(
+                agent,
+                NackKind::Reject {
+                    reason: RejectReason::UnknownAgent,
+                    seq: Seq::ZERO,
+                },
+            )]);
+        }
+        let Some(intake) = self.intakes.get_mut(agent) else {
+            return Ok(Vec::new());
+        };
+        let view = Layered {
+            durable: &store.view(agent),
+            pending: &pending,
+        };
+        let verdict = intake.handle_batch(now, &batch, &view);
+        // Duplicates and suppressed resends are answered with the current
+        // receipt at once (rule 4: one answer per decoded batch).
+        let answer_now = match &verdict {
+            Verdict::Duplicate | Verdict::ResendSuppressed => Some(Outbound {
+                topic: topic(&self.cfg.cluster, agent, "ack"),
+                payload: intake.receipt(&self.key).encode(),
+            }),
+            _ => None,
+        };
+        match verdict {
+            Verdict::Accepted {
+                first,
+                entries,
+                gap,
+            } => {
+                let p = self.pending.entry(agent.clone()).or_default();
+                for (i, e) in entries.iter().enumerate() {
+                    p.insert(first.0 + i as u64, e.hash);
+                }
+                self.staged_entries += entries.len() as u64;
+                self.metrics
+                    .batches_accepted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some((from, to)) = gap {
+                    warn!(%agent, %from, %to, "gateway data loss: agent refilled past a hole");
+                    self.staged.push(Write::Gap {
+                        agent: agent.clone(),
+                        from,
+                        to,
+                    });
+                    let e = self
+                        .own
+                        .append(unix_ms, "gap", own_chain::gap_data(agent, from, to));
+                    self.staged.push(e);
+                }
+                self.staged.push(Write::Entries {
+                    agent: agent.clone(),
+                    first,
+                    entries,
+                });
+                self.answer_after_commit.insert(agent.clone());
+                Ok(Vec::new())
+            }
+            Verdict::Duplicate => {
+                self.metrics
+                    .batches_duplicate
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(answer_now.into_iter().collect())
+            }
+            Verdict::ResendSuppressed => Ok(answer_now.into_iter().collect()),
+            Verdict::Resend { from } => {
+                self.metrics
+                    .resend_nacks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(vec![self.nack(agent, NackKind::Resend { from })])
+            }
+            Verdict::Rejected {
+                reason,
+                seq,
+                detail,
+            } => {
+                self.metrics.rejected(reason);
+                let key = (agent.to_string(), reason.as_str());
+                let due = self
+                    .last_logged
+                    .get(&key)
+                    .is_none_or(|at| now >= *at + Duration::from_secs(60));
+                if due {
+                    warn!(%agent, %reason, %seq, detail, "batch rejected");
+                    self.last_logged.insert(key, now);
+                }
+                Ok(vec![self.nack(agent, NackKind::Reject { reason, seq })])
+            }
+            Verdict::Fork { seq, evidence } => {
+                self.metrics.rejected(RejectReason::Fork);
+                warn!(%agent, %seq, "fork: evidence kept, agent halted until `baton-gateway resolve`");
+                self.staged.push(Write::Fork {
+                    agent: agent.clone(),
+                    seq,
+                    evidence,
+                });
+                let alert = self.own.append(
+                    unix_ms,
+                    "alert",
+                    own_chain::alert_data("fork", agent, &format!("two entries at seq {seq}")),
+                );
+                self.staged.push(alert);
+                Ok(vec![self.nack(
+                    agent,
+                    NackKind::Reject {
+                        reason: RejectReason::Fork,
+                        seq,
+                    },
+                )])
+            }
+            Verdict::Halted { seq } => {
+                self.metrics.rejected(RejectReason::Halted);
+                Ok(vec![self.nack(
+                    agent,
+                    NackKind::Reject {
+                        reason: RejectReason::Fork,
+                        seq,
+                    },
+                )])
+            }
+        }
+    }
+
+    /// `checkpoint` entries in the gateway's chain for every agent whose
+    /// receipted head moved since the last one.
+    pub fn stage_checkpoints(&mut self, unix_ms: i64) {
+        let mut moved: Vec<(AgentId, Head)> = self
+            .intakes
+            .iter()
+            .filter(|(a, i)| {
+                let h = i.durable_head();
+                h.seq > Seq::ZERO && self.checkpointed.get(*a).is_none_or(|s| *s < h.seq)
+            })
+            .map(|(a, i)| (a.clone(), i.durable_head()))
+            .collect();
+        moved.sort_by(|a, b| a.0.cmp(&b.0));
+        for (agent, head) in moved {
+            let e = self.own.append(
+                unix_ms,
+                "checkpoint",
+                own_chain::checkpoint_data(&agent, &head),
+            );
+            self.staged.push(e);
+            self.checkpointed.insert(agent, head.seq);
+        }
+    }
+
+    pub fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    /// One durable group commit of everything staged, then the receipts.
+    pub fn commit(&mut self) -> Result<CommitOutcome, StoreError> {
+        if self.staged.is_empty() {
+            return Ok(CommitOutcome::default());
+        }
+        let staged = std::mem::take(&mut self.staged);
+        let entries = std::mem::take(&mut self.staged_entries);
+        if let Err(e) = self.store.commit(&staged) {
+            self.metrics
+                .commit_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            for agent in self.pending.keys() {
+                if let Some(i) = self.intakes.get_mut(agent) {
+                    i.abandon_pending();
+                }
+            }
+            self.pending.clear();
+            self.answer_after_commit.clear();
+            // checkpoints staged with the failed commit are made again
+            self.checkpointed.clear();
+            if let Ok(head) = self.store.head(&self.cfg.gateway) {
+                self.own.reset(head);
+            }
+            return Err(e);
+        }
+        self.metrics
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .entries_accepted
+            .fetch_add(entries, std::sync::atomic::Ordering::Relaxed);
+        let mut committed = Vec::new();
+        for w in &staged {
+            if let Write::Entries {
+                agent,
+                first,
+                entries,
+            } = w
+                && *agent != self.cfg.gateway
+            {
+                committed.push(Committed {
+                    agent: agent.clone(),
+                    first: *first,
+                    last: Seq(first.0 + entries.len() as u64 - 1),
+                });
+            }
+        }
+        for (agent, p) in self.pending.drain() {
+            if let (Some(i), Some((&last, _))) = (self.intakes.get_mut(&agent), p.last_key_value())
+            {
+                i.committed(Seq(last));
+            }
+        }
+        let mut receipts = Vec::new();
+        for agent in std::mem::take(&mut self.answer_after_commit) {
+            if let Some(i) = self.intakes.get(&agent) {
+                receipts.push(Outbound {
+                    topic: topic(&self.cfg.cluster, &agent, "ack"),
+                    payload: i.receipt(&self.key).encode(),
+                });
+            }
+        }
+        Ok(CommitOutcome {
+            receipts,
+            committed,
+        })
+    }
+
+    /// After the store was reopened: forget volatile state and read the
+    /// durable state again.
+    pub fn replace_store(&mut self, store: Arc<Store>) -> Result<(), StoreError> {
+        self.own.reset(store.head(&self.cfg.gateway)?);
+        self.store = store;
+        self.intakes.clear();
+        self.pending.clear();
+        self.staged.clear();
+        self.staged_entries = 0;
+        self.answer_after_commit.clear();
+        Ok(())
+    }
+
+    /// Opens (or closes, with `None`) the trust-on-first-use window.
+    pub fn set_window(&mut self, until_ms: Option<i64>) -> Result<(), StoreError> {
+        self.store
+            .set_meta(WINDOW_KEY, &until_ms.unwrap_or(i64::MIN).to_be_bytes())?;
+        self.window_until_ms = until_ms;
+        Ok(())
+    }
+}
+
+/// Opens the enrollment window in a stopped gateway's store.
+pub fn open_window(store: &Store, until_ms: i64) -> Result<(), StoreError> {
+    store.set_meta(WINDOW_KEY, &until_ms.to_be_bytes())
+}

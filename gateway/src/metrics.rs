@@ -1,0 +1,248 @@
+//! Counters behind `/metrics`. Each event that is counted is also logged
+//! (rate-limited for bad input), so logs and metrics never disagree.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use baton_shared::wire::RejectReason;
+
+/// Why a payload was dropped without an answer, or refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadInput {
+    /// Not on a topic this gateway serves.
+    Topic,
+    /// Did not decode (or trailing bytes, empty batch).
+    Undecodable,
+    /// Another wire version.
+    Version,
+    /// Over its size limit.
+    TooLarge,
+    /// The topic's `{agent}` differs from the payload's.
+    AgentMismatch,
+    /// No enrolled key for the agent.
+    UnknownAgent,
+}
+
+impl BadInput {
+    pub const ALL: [BadInput; 6] = [
+        BadInput::Topic,
+        BadInput::Undecodable,
+        BadInput::Version,
+        BadInput::TooLarge,
+        BadInput::AgentMismatch,
+        BadInput::UnknownAgent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadInput::Topic => "topic",
+            BadInput::Undecodable => "undecodable",
+            BadInput::Version => "version",
+            BadInput::TooLarge => "too_large",
+            BadInput::AgentMismatch => "agent_mismatch",
+            BadInput::UnknownAgent => "unknown_agent",
+        }
+    }
+}
+
+/// A gauge family computed at scrape time: `(labels, value)` samples.
+#[derive(Debug, Clone)]
+pub struct Gauge {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub samples: Vec<(String, f64)>,
+}
+
+/// Upper bounds of the commit latency histogram, in seconds.
+const COMMIT_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub entries_accepted: AtomicU64,
+    pub batches_accepted: AtomicU64,
+    pub batches_duplicate: AtomicU64,
+    pub resend_nacks: AtomicU64,
+    pub hellos: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_errors: AtomicU64,
+    rejected: [AtomicU64; 7],
+    bad_input: [AtomicU64; 6],
+    commit_buckets: [AtomicU64; 10],
+    commit_count: AtomicU64,
+    commit_micros: AtomicU64,
+}
+
+impl Metrics {
+    pub fn rejected(&self, reason: RejectReason) {
+        let i = RejectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.rejected[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn rejected_count(&self, reason: RejectReason) -> u64 {
+        let i = RejectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.rejected[i].load(Relaxed)
+    }
+
+    pub fn bad_input(&self, kind: BadInput) {
+        let i = BadInput::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.bad_input[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn bad_input_count(&self, kind: BadInput) -> u64 {
+        let i = BadInput::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.bad_input[i].load(Relaxed)
+    }
+
+    pub fn commit_took(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.commit_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.commit_count.fetch_add(1, Relaxed);
+        self.commit_micros
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Prometheus text exposition. `gauges` are appended as given.
+    pub fn render(&self, gauges: &[Gauge]) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", v.load(Relaxed));
+        };
+        counter(
+            &mut out,
+            "baton_entries_accepted_total",
+            "Entries verified and durably stored.",
+            &self.entries_accepted,
+        );
+        counter(
+            &mut out,
+            "baton_batches_accepted_total",
+            "Batches that added entries.",
+            &self.batches_accepted,
+        );
+        counter(
+            &mut out,
+            "baton_batches_duplicate_total",
+            "Batches whose entries were all held already.",
+            &self.batches_duplicate,
+        );
+        counter(
+            &mut out,
+            "baton_resend_nacks_total",
+            "Resend nacks sent for out-of-order batches.",
+            &self.resend_nacks,
+        );
+        counter(
+            &mut out,
+            "baton_hellos_total",
+            "Hellos answered.",
+            &self.hellos,
+        );
+        counter(
+            &mut out,
+            "baton_commits_total",
+            "Durable group commits.",
+            &self.commits,
+        );
+        counter(
+            &mut out,
+            "baton_commit_errors_total",
+            "Group commits that failed (nothing receipted).",
+            &self.commit_errors,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP baton_batches_rejected_total Batches refused whole, by reason.\n# TYPE baton_batches_rejected_total counter"
+        );
+        for (i, r) in RejectReason::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "baton_batches_rejected_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.rejected[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP baton_bad_input_total Payloads dropped as bad input, by kind.\n# TYPE baton_bad_input_total counter"
+        );
+        for (i, k) in BadInput::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "baton_bad_input_total{{kind=\"{}\"}} {}",
+                k.as_str(),
+                self.bad_input[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP baton_commit_duration_seconds Durable group commit latency.\n# TYPE baton_commit_duration_seconds histogram"
+        );
+        for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "baton_commit_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                self.commit_buckets[i].load(Relaxed)
+            );
+        }
+        let count = self.commit_count.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "baton_commit_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        #[allow(clippy::cast_precision_loss)]
+        let sum = self.commit_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "baton_commit_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "baton_commit_duration_seconds_count {count}");
+        for Gauge {
+            name,
+            help,
+            samples,
+        } in gauges
+        {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (labels, v) in samples {
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{name} {v}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histogram_and_gauges() {
+        let m = Metrics::default();
+        m.rejected(RejectReason::BadSignature);
+        m.bad_input(BadInput::TooLarge);
+        m.commit_took(Duration::from_millis(3));
+        let text = m.render(&[Gauge {
+            name: "baton_agents",
+            help: "Agents by state.",
+            samples: vec![("state=\"active\"".into(), 2.0)],
+        }]);
+        assert!(text.contains("baton_batches_rejected_total{reason=\"bad_signature\"} 1"));
+        assert!(text.contains("baton_bad_input_total{kind=\"too_large\"} 1"));
+        assert!(text.contains("baton_commit_duration_seconds_bucket{le=\"0.002\"} 0"));
+        assert!(text.contains("baton_commit_duration_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("baton_agents{state=\"active\"} 2"));
+    }
+}

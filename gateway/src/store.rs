@@ -1,0 +1,477 @@
+//! The gateway's durable store: one redb file.
+//!
+//! Durability contract: [`Store::commit`] applies a group of writes in one
+//! write transaction with `Durability::Immediate`; when it returns `Ok`,
+//! every write of the group survives a crash or power cut, and when it
+//! returns `Err`, none does. Receipts are published only after `Ok`
+//! (PROTOCOL §7 rule 1).
+
+use std::path::{Path, PathBuf};
+
+use baton_shared::intake::{ChainView, Head};
+use baton_shared::{AgentId, Entry, Hash, PublicKey, Seq, Sig};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// Entries by (agent, seq): postcard-encoded [`Entry`].
+const ENTRIES: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("entries");
+/// The contiguous head per agent: postcard [`StoredHead`].
+const HEADS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("heads");
+/// The registry of trusted agents: postcard [`AgentRecord`].
+const AGENTS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("agents");
+/// Agents halted after a fork: the fork's seq.
+const HALTED: TableDefinition<'static, &str, u64> = TableDefinition::new("halted");
+/// Fork evidence: (agent, n) → postcard `Vec<Entry>`.
+const EVIDENCE: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("evidence");
+/// Holes recorded under rule 3b: (agent, from) → to.
+const GAPS: TableDefinition<'static, (&str, u64), u64> = TableDefinition::new("gaps");
+/// Small named values (the enrollment window).
+const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    #[error("store transaction: {0}")]
+    Transaction(#[from] redb::TransactionError),
+    #[error("store table: {0}")]
+    Table(#[from] redb::TableError),
+    #[error("store access: {0}")]
+    Storage(#[from] redb::StorageError),
+    #[error("store commit: {0}")]
+    Commit(#[from] redb::CommitError),
+    #[error("stored record {what} does not decode: {source}")]
+    Corrupt {
+        what: String,
+        source: postcard::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct StoredHead {
+    seq: Seq,
+    hash: Hash,
+    sig: Option<Sig>,
+}
+
+/// How an agent came to be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnrolledBy {
+    /// `baton-gateway enroll --agent … --pubkey …`
+    Operator,
+    /// A `<agent-id>.pub` file in the keys directory.
+    KeyFile,
+    /// First key seen inside an operator-opened enrollment window.
+    TrustOnFirstUse,
+    /// The gateway itself.
+    SelfChain,
+}
+
+/// A trusted agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub public_key: [u8; 32],
+    pub start_seq: Option<Seq>,
+    pub revoked_from_seq: Option<Seq>,
+    pub enrolled_by: EnrolledBy,
+    pub enrolled_ms: i64,
+}
+
+impl AgentRecord {
+    pub fn key(&self) -> Option<PublicKey> {
+        PublicKey::trusted(&self.public_key).ok()
+    }
+}
+
+/// One write of a group commit.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Contiguous entries from `first`; the head moves to the last one.
+    Entries {
+        agent: AgentId,
+        first: Seq,
+        entries: Vec<Entry>,
+    },
+    Gap {
+        agent: AgentId,
+        from: Seq,
+        to: Seq,
+    },
+    Fork {
+        agent: AgentId,
+        seq: Seq,
+        evidence: Vec<Entry>,
+    },
+    Enroll {
+        agent: AgentId,
+        record: AgentRecord,
+    },
+}
+
+fn corrupt(what: impl Into<String>) -> impl FnOnce(postcard::Error) -> StoreError {
+    let what = what.into();
+    move |source| StoreError::Corrupt { what, source }
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these plain structs into a Vec cannot fail.
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store and its tables.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = Database::create(path).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(ENTRIES)?;
+            txn.open_table(HEADS)?;
+            txn.open_table(AGENTS)?;
+            txn.open_table(HALTED)?;
+            txn.open_table(EVIDENCE)?;
+            txn.open_table(GAPS)?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        Ok(Store {
+            db,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies a group of writes in one durable transaction.
+    pub fn commit(&self, writes: &[Write]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut entries = txn.open_table(ENTRIES)?;
+            let mut heads = txn.open_table(HEADS)?;
+            let mut agents = txn.open_table(AGENTS)?;
+            let mut halted = txn.open_table(HALTED)?;
+            let mut evidence = txn.open_table(EVIDENCE)?;
+            let mut gaps = txn.open_table(GAPS)?;
+            for w in writes {
+                match w {
+                    Write::Entries {
+                        agent,
+                        first,
+                        entries: batch,
+                    } => {
+                        let id = agent.as_str();
+                        for (i, e) in batch.iter().enumerate() {
+                            entries.insert((id, first.0 + i as u64), encode(e).as_slice())?;
+                        }
+                        if let Some(last) = batch.last() {
+                            let head = StoredHead {
+                                seq: Seq(first.0 + batch.len() as u64 - 1),
+                                hash: last.hash,
+                                sig: last.sig,
+                            };
+                            heads.insert(id, encode(&head).as_slice())?;
+                        }
+                    }
+                    Write::Gap { agent, from, to } => {
+                        gaps.insert((agent.as_str(), from.0), to.0)?;
+                    }
+                    Write::Fork {
+                        agent,
+                        seq,
+                        evidence: batch,
+                    } => {
+                        let id = agent.as_str();
+                        let n = evidence
+                            .range((id, 0)..=(id, u64::MAX))?
+                            .next_back()
+                            .transpose()?
+                            .map_or(0, |(k, _)| k.value().1 + 1);
+                        evidence.insert((id, n), encode(batch).as_slice())?;
+                        halted.insert(id, seq.0)?;
+                    }
+                    Write::Enroll { agent, record } => {
+                        agents.insert(agent.as_str(), encode(record).as_slice())?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Lifts a fork halt (operator action).
+    pub fn resolve(&self, agent: &AgentId) -> Result<Option<Seq>> {
+        let txn = self.db.begin_write()?;
+        let was = {
+            let mut halted = txn.open_table(HALTED)?;
+            halted.remove(agent.as_str())?.map(|v| Seq(v.value()))
+        };
+        txn.commit()?;
+        Ok(was)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?.insert(key, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(META)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn head(&self, agent: &AgentId) -> Result<Head> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(HEADS)?;
+        match t.get(agent.as_str())? {
+            None => Ok(Head::EMPTY),
+            Some(v) => {
+                let h: StoredHead =
+                    postcard::from_bytes(v.value()).map_err(corrupt(format!("head of {agent}")))?;
+                Ok(Head {
+                    seq: h.seq,
+                    hash: h.hash,
+                    sig: h.sig,
+                })
+            }
+        }
+    }
+
+    pub fn halted(&self, agent: &AgentId) -> Result<Option<Seq>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(HALTED)?;
+        Ok(t.get(agent.as_str())?.map(|v| Seq(v.value())))
+    }
+
+    pub fn agent(&self, agent: &AgentId) -> Result<Option<AgentRecord>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(AGENTS)?;
+        t.get(agent.as_str())?
+            .map(|v| postcard::from_bytes(v.value()).map_err(corrupt(format!("record of {agent}"))))
+            .transpose()
+    }
+
+    /// Every enrolled agent, by id.
+    pub fn agents(&self) -> Result<Vec<(AgentId, AgentRecord)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(AGENTS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let Ok(id) = AgentId::new(k.value()) else {
+                continue;
+            };
+            let record =
+                postcard::from_bytes(v.value()).map_err(corrupt(format!("record of {id}")))?;
+            out.push((id, record));
+        }
+        Ok(out)
+    }
+
+    /// The stored entry at `seq`, if any.
+    pub fn entry(&self, agent: &AgentId, seq: Seq) -> Result<Option<Entry>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        t.get((agent.as_str(), seq.0))?
+            .map(|v| {
+                postcard::from_bytes(v.value()).map_err(corrupt(format!("entry {seq} of {agent}")))
+            })
+            .transpose()
+    }
+
+    /// Up to `limit` stored entries with seq ≥ `from`, in seq order.
+    pub fn range(&self, agent: &AgentId, from: Seq, limit: usize) -> Result<Vec<(Seq, Entry)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        let id = agent.as_str();
+        let mut out = Vec::new();
+        for item in t.range((id, from.0)..=(id, u64::MAX))?.take(limit) {
+            let (k, v) = item?;
+            let seq = Seq(k.value().1);
+            let e = postcard::from_bytes(v.value())
+                .map_err(corrupt(format!("entry {seq} of {agent}")))?;
+            out.push((seq, e));
+        }
+        Ok(out)
+    }
+
+    /// Gaps recorded for `agent`: `(from, to)` pairs.
+    pub fn gaps(&self, agent: &AgentId) -> Result<Vec<(Seq, Seq)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(GAPS)?;
+        let id = agent.as_str();
+        let mut out = Vec::new();
+        for item in t.range((id, 0)..=(id, u64::MAX))? {
+            let (k, v) = item?;
+            out.push((Seq(k.value().1), Seq(v.value())));
+        }
+        Ok(out)
+    }
+
+    /// Count of stored fork evidence batches for `agent`.
+    pub fn evidence_count(&self, agent: &AgentId) -> Result<usize> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(EVIDENCE)?;
+        let id = agent.as_str();
+        Ok(t.range((id, 0)..=(id, u64::MAX))?.count())
+    }
+
+    /// A view of one agent's stored hashes for the intake.
+    pub fn view<'a>(&'a self, agent: &'a AgentId) -> StoreView<'a> {
+        StoreView { store: self, agent }
+    }
+
+    /// Bytes of the store file.
+    pub fn file_size(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+}
+
+/// One agent's stored chain, as the intake reads it.
+#[derive(Debug)]
+pub struct StoreView<'a> {
+    store: &'a Store,
+    agent: &'a AgentId,
+}
+
+impl ChainView for StoreView<'_> {
+    fn hash_at(&self, seq: Seq) -> Option<Hash> {
+        if seq == Seq::ZERO {
+            return Some(Hash::ZERO);
+        }
+        // A read error reads as "not held": the batch is then judged without
+        // that comparison and the commit that follows surfaces the error.
+        self.store
+            .entry(self.agent, seq)
+            .ok()
+            .flatten()
+            .map(|e| e.hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_shared::SecretKey;
+    use baton_shared::json::{Object, Value};
+    use baton_shared::memory::MemLedger;
+    use baton_shared::uplink::Ledger;
+
+    fn ledger(n: u64) -> MemLedger {
+        let mut l = MemLedger::new(
+            AgentId::new("pi-1").unwrap(),
+            SecretKey::from_seed(&[1; 32]),
+        );
+        l.checkpoint_every = 4;
+        l.append(0, "genesis", None, Value::Object(Object::new()))
+            .unwrap();
+        for i in 0..n {
+            l.append(i as i64, "info", None, Value::from(i)).unwrap();
+        }
+        l.sign_head();
+        l
+    }
+
+    #[test]
+    fn committed_groups_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.redb");
+        let l = ledger(9);
+        let agent = l.agent().clone();
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .commit(&[
+                    Write::Entries {
+                        agent: agent.clone(),
+                        first: Seq(1),
+                        entries: l.range(Seq(1), Seq(4)),
+                    },
+                    Write::Entries {
+                        agent: agent.clone(),
+                        first: Seq(5),
+                        entries: l.range(Seq(5), Seq(10)),
+                    },
+                    Write::Gap {
+                        agent: agent.clone(),
+                        from: Seq(20),
+                        to: Seq(29),
+                    },
+                ])
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let head = store.head(&agent).unwrap();
+        assert_eq!(head.seq, Seq(10));
+        assert_eq!(head.hash, l.hash_at(Seq(10)).unwrap());
+        assert_eq!(head.sig, l.range(Seq(10), Seq(10))[0].sig);
+        let all = store.range(&agent, Seq(1), 100).unwrap();
+        assert_eq!(all.len(), 10);
+        assert!(all.iter().zip(l.held()).all(|((_, a), b)| a == b));
+        assert_eq!(store.range(&agent, Seq(8), 2).unwrap()[0].0, Seq(8));
+        assert_eq!(store.gaps(&agent).unwrap(), vec![(Seq(20), Seq(29))]);
+        assert_eq!(store.view(&agent).hash_at(Seq(3)), l.hash_at(Seq(3)));
+        assert_eq!(store.view(&agent).hash_at(Seq(11)), None);
+    }
+
+    #[test]
+    fn forks_are_halted_with_evidence_until_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("g.redb")).unwrap();
+        let l = ledger(3);
+        let agent = l.agent().clone();
+        for _ in 0..2 {
+            store
+                .commit(&[Write::Fork {
+                    agent: agent.clone(),
+                    seq: Seq(2),
+                    evidence: l.range(Seq(1), Seq(4)),
+                }])
+                .unwrap();
+        }
+        assert_eq!(store.halted(&agent).unwrap(), Some(Seq(2)));
+        assert_eq!(store.evidence_count(&agent).unwrap(), 2);
+        assert_eq!(store.resolve(&agent).unwrap(), Some(Seq(2)));
+        assert_eq!(store.halted(&agent).unwrap(), None);
+    }
+
+    #[test]
+    fn enrollment_records_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("g.redb")).unwrap();
+        let agent = AgentId::new("pi-2").unwrap();
+        let record = AgentRecord {
+            public_key: SecretKey::from_seed(&[2; 32]).public().to_bytes(),
+            start_seq: Some(Seq(40)),
+            revoked_from_seq: None,
+            enrolled_by: EnrolledBy::Operator,
+            enrolled_ms: 5,
+        };
+        store
+            .commit(&[Write::Enroll {
+                agent: agent.clone(),
+                record: record.clone(),
+            }])
+            .unwrap();
+        assert_eq!(store.agent(&agent).unwrap(), Some(record.clone()));
+        assert_eq!(store.agents().unwrap(), vec![(agent, record)]);
+    }
+}

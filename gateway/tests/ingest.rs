@@ -1,0 +1,458 @@
+//! The ingest core against a real redb store, without MQTT.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_gateway::ingest::{Ingest, IngestConfig, Outbound};
+use baton_gateway::metrics::{BadInput, Metrics};
+use baton_gateway::store::{AgentRecord, EnrolledBy, Store, Write};
+use baton_shared::json::{Object, Value};
+use baton_shared::memory::MemLedger;
+use baton_shared::uplink::Ledger;
+use baton_shared::verify::{Verdict, Verifier};
+use baton_shared::wire::{EntryBatch, Hello, Message, Nack, NackKind, Receipt, RejectReason};
+use baton_shared::{AgentId, ClusterId, Hash, Nonce, SecretKey, Seq};
+
+const T: Duration = Duration::ZERO;
+const NOW_MS: i64 = 1_795_460_700_000;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    ingest: Ingest,
+    metrics: Arc<Metrics>,
+    gw_key: SecretKey,
+}
+
+fn cfg() -> IngestConfig {
+    IngestConfig {
+        gateway: AgentId::new("gw-1").unwrap(),
+        cluster: ClusterId::new("c07").unwrap(),
+        resend_timeout: Duration::from_secs(10),
+        software: "test".into(),
+    }
+}
+
+fn open(dir: tempfile::TempDir) -> Fixture {
+    let path = dir.path().join("gateway.redb");
+    let store = Arc::new(Store::open(&path).unwrap());
+    let metrics = Arc::new(Metrics::default());
+    let gw_key = SecretKey::from_seed(&[0x77; 32]);
+    let ingest = Ingest::open(cfg(), gw_key.clone(), store, Arc::clone(&metrics), NOW_MS).unwrap();
+    Fixture {
+        _dir: dir,
+        path,
+        ingest,
+        metrics,
+        gw_key,
+    }
+}
+
+fn fixture() -> Fixture {
+    open(tempfile::tempdir().unwrap())
+}
+
+fn agent_ledger(name: &str, seed: u8, n: u64) -> MemLedger {
+    let mut l = MemLedger::new(
+        AgentId::new(name).unwrap(),
+        SecretKey::from_seed(&[seed; 32]),
+    );
+    l.checkpoint_every = 4;
+    l.append(NOW_MS, "genesis", None, Value::Object(Object::new()))
+        .unwrap();
+    for i in 0..n {
+        l.append(NOW_MS + i as i64, "info", Some("test"), Value::from(i))
+            .unwrap();
+    }
+    l.sign_head();
+    l
+}
+
+fn enroll(f: &mut Fixture, l: &MemLedger) {
+    f.ingest.stage_enrollment(
+        NOW_MS,
+        l.agent(),
+        AgentRecord {
+            public_key: l.key().public().to_bytes(),
+            start_seq: None,
+            revoked_from_seq: None,
+            enrolled_by: EnrolledBy::Operator,
+            enrolled_ms: NOW_MS,
+        },
+    );
+    f.ingest.commit().unwrap();
+}
+
+fn topic(agent: &str, kind: &str) -> String {
+    format!("baton/v1/c07/{agent}/{kind}")
+}
+
+fn send_batch(f: &mut Fixture, l: &MemLedger, from: u64, to: u64) -> Vec<Outbound> {
+    let b = l.batch(Seq(from), Seq(to), None);
+    f.ingest.handle(
+        T,
+        NOW_MS,
+        &topic(l.agent().as_str(), "entries"),
+        &b.encode(),
+    )
+}
+
+fn hello(l: &MemLedger, nonce: u8) -> Hello {
+    Hello {
+        agent: l.agent().clone(),
+        public_key: l.key().public().to_bytes(),
+        head_seq: l.head(),
+        head_hash: l.head_hash(),
+        nonce: Nonce([nonce; 16]),
+        software: "test".into(),
+    }
+}
+
+fn receipt_of(out: &Outbound) -> Receipt {
+    assert!(out.topic.ends_with("/ack"), "{}", out.topic);
+    Receipt::decode(&out.payload).unwrap()
+}
+
+fn nack_of(out: &Outbound) -> NackKind {
+    assert!(out.topic.ends_with("/nack"), "{}", out.topic);
+    Nack::decode(&out.payload).unwrap().kind
+}
+
+#[test]
+fn receipts_follow_the_durable_commit() {
+    let mut f = fixture();
+    let l = agent_ledger("pi-1", 1, 11); // signed at 4, 8, 12
+    enroll(&mut f, &l);
+    let out = f
+        .ingest
+        .handle(T, NOW_MS, &topic("pi-1", "hello"), &hello(&l, 5).encode());
+    let r = receipt_of(&out[0]);
+    assert_eq!((r.seq, r.hash), (Seq(0), Hash::ZERO));
+    assert_eq!(r.hello.as_ref().unwrap().nonce, Nonce([5; 16]));
+    assert!(r.verify(&f.gw_key.public()));
+
+    assert!(
+        send_batch(&mut f, &l, 1, 4).is_empty(),
+        "no receipt before the commit"
+    );
+    assert!(send_batch(&mut f, &l, 5, 8).is_empty());
+    let outcome = f.ingest.commit().unwrap();
+    assert_eq!(
+        outcome.receipts.len(),
+        1,
+        "one cumulative receipt for the group"
+    );
+    let r = receipt_of(&outcome.receipts[0]);
+    assert_eq!((r.seq, r.hash), (Seq(8), l.hash_at(Seq(8)).unwrap()));
+    assert_eq!(
+        f.metrics
+            .entries_accepted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        8
+    );
+
+    // a re-sent batch is a duplicate, answered at once with the receipt
+    let out = send_batch(&mut f, &l, 5, 8);
+    assert_eq!(receipt_of(&out[0]).seq, Seq(8));
+
+    // the hello answer now carries the agent's own sig on entry 8
+    let out = f
+        .ingest
+        .handle(T, NOW_MS, &topic("pi-1", "hello"), &hello(&l, 6).encode());
+    let echo = receipt_of(&out[0]).hello.unwrap();
+    assert_eq!(echo.agent_sig, l.range(Seq(8), Seq(8))[0].sig);
+}
+
+#[test]
+fn bad_input_is_counted_answered_or_dropped_and_never_stops_others() {
+    let mut f = fixture();
+    let good = agent_ledger("pi-1", 1, 3);
+    let other = agent_ledger("pi-2", 2, 3);
+    enroll(&mut f, &good);
+    let m = Arc::clone(&f.metrics);
+
+    // garbage, another version, oversized: dropped and counted
+    assert!(
+        f.ingest
+            .handle(T, NOW_MS, &topic("pi-1", "entries"), b"\x01garbage")
+            .is_empty()
+    );
+    let mut v2 = good.batch(Seq(1), Seq(4), None).encode();
+    v2[0] = 2;
+    assert!(
+        f.ingest
+            .handle(T, NOW_MS, &topic("pi-1", "entries"), &v2)
+            .is_empty()
+    );
+    let huge = vec![1u8; 300 * 1024];
+    assert!(
+        f.ingest
+            .handle(T, NOW_MS, &topic("pi-1", "entries"), &huge)
+            .is_empty()
+    );
+    // a batch of pi-1 published on pi-2's topic
+    let b = good.batch(Seq(1), Seq(4), None).encode();
+    assert!(
+        f.ingest
+            .handle(T, NOW_MS, &topic("pi-2", "entries"), &b)
+            .is_empty()
+    );
+    // a topic of another cluster
+    assert!(
+        f.ingest
+            .handle(T, NOW_MS, "baton/v1/other/pi-1/entries", &b)
+            .is_empty()
+    );
+    assert_eq!(m.bad_input_count(BadInput::Undecodable), 1);
+    assert_eq!(m.bad_input_count(BadInput::Version), 1);
+    assert_eq!(m.bad_input_count(BadInput::TooLarge), 1);
+    assert_eq!(m.bad_input_count(BadInput::AgentMismatch), 1);
+    assert_eq!(m.bad_input_count(BadInput::Topic), 1);
+
+    // an unknown agent: told, counted
+    let out = send_batch(&mut f, &other, 1, 4);
+    assert_eq!(
+        nack_of(&out[0]),
+        NackKind::Reject {
+            reason: RejectReason::UnknownAgent,
+            seq: Seq(0)
+        }
+    );
+    assert_eq!(m.bad_input_count(BadInput::UnknownAgent), 1);
+
+    // a forged signature: rejected whole
+    let mut forged = good.batch(Seq(1), Seq(4), None);
+    let last = forged.entries.last_mut().unwrap();
+    last.sig = Some(
+        other
+            .key()
+            .sign_checkpoint(good.agent(), Seq(4), &last.hash),
+    );
+    let out = f
+        .ingest
+        .handle(T, NOW_MS, &topic("pi-1", "entries"), &forged.encode());
+    assert_eq!(
+        nack_of(&out[0]),
+        NackKind::Reject {
+            reason: RejectReason::BadSignature,
+            seq: Seq(4)
+        }
+    );
+    assert_eq!(m.rejected_count(RejectReason::BadSignature), 1);
+
+    // non-canonical content
+    let mut bent = good.batch(Seq(1), Seq(4), None);
+    bent.entries[0].content.insert(1, b' ');
+    let out = f
+        .ingest
+        .handle(T, NOW_MS, &topic("pi-1", "entries"), &bent.encode());
+    assert!(matches!(
+        nack_of(&out[0]),
+        NackKind::Reject {
+            reason: RejectReason::NotCanonical,
+            ..
+        }
+    ));
+
+    // and the genuine batch still goes through
+    assert!(send_batch(&mut f, &good, 1, 4).is_empty());
+    let outcome = f.ingest.commit().unwrap();
+    assert_eq!(receipt_of(&outcome.receipts[0]).seq, Seq(4));
+    assert_eq!(
+        f.ingest
+            .store()
+            .range(good.agent(), Seq(1), 100)
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
+/// Two histories of one agent sharing 1..4: the genuine one up to 8, and a
+/// fork with another entry 5.
+fn diverging() -> (MemLedger, EntryBatch) {
+    let base = agent_ledger("pi-1", 1, 3); // 1..4, signed at 4
+    let mut genuine = base.clone();
+    for i in 0..4 {
+        genuine
+            .append(NOW_MS + 10 + i, "info", None, Value::from(i as u64))
+            .unwrap();
+    }
+    genuine.sign_head();
+    let mut fork = base;
+    fork.append(NOW_MS, "fact", None, Value::from("the other history"))
+        .unwrap();
+    fork.sign_head();
+    (genuine, fork.batch(Seq(5), Seq(5), None))
+}
+
+#[test]
+fn a_fork_halts_the_agent_durably_with_evidence_and_an_alert() {
+    let mut f = fixture();
+    let (l, fork) = diverging();
+    enroll(&mut f, &l);
+    send_batch(&mut f, &l, 1, 8);
+    f.ingest.commit().unwrap();
+    let out = f
+        .ingest
+        .handle(T, NOW_MS, &topic("pi-1", "entries"), &fork.encode());
+    assert_eq!(
+        nack_of(&out[0]),
+        NackKind::Reject {
+            reason: RejectReason::Fork,
+            seq: Seq(5)
+        }
+    );
+    f.ingest.commit().unwrap();
+    let store = Arc::clone(f.ingest.store());
+    assert_eq!(store.halted(l.agent()).unwrap(), Some(Seq(5)));
+    assert_eq!(store.evidence_count(l.agent()).unwrap(), 1);
+    assert_eq!(
+        store.entry(l.agent(), Seq(5)).unwrap().unwrap().hash,
+        l.hash_at(Seq(5)).unwrap()
+    );
+
+    // the gateway's own chain names it, and verifies
+    let gw = AgentId::new("gw-1").unwrap();
+    let own = store.range(&gw, Seq(1), 100).unwrap();
+    let events: Vec<String> = own
+        .iter()
+        .map(|(_, e)| e.header().unwrap().event.to_string())
+        .collect();
+    assert_eq!(events, ["genesis", "enroll", "alert"]);
+    let mut v = Verifier::new(Some(f.gw_key.public()));
+    for (_, e) in &own {
+        v.push_line(e.to_jsonl().as_bytes()).unwrap();
+    }
+    assert!(matches!(v.finish(), Verdict::Valid(_)));
+
+    // the halt survives a restart: hellos get the fork reject
+    drop(store);
+    let mut again = reopen(f);
+    let out = again
+        .ingest
+        .handle(T, NOW_MS, &topic("pi-1", "hello"), &hello(&l, 1).encode());
+    assert_eq!(
+        nack_of(&out[0]),
+        NackKind::Reject {
+            reason: RejectReason::Fork,
+            seq: Seq(5)
+        }
+    );
+    // and only the operator lifts it
+    again.ingest.store().resolve(l.agent()).unwrap();
+    let mut lifted = reopen(again);
+    let out = lifted
+        .ingest
+        .handle(T, NOW_MS, &topic("pi-1", "hello"), &hello(&l, 2).encode());
+    assert_eq!(receipt_of(&out[0]).seq, Seq(8));
+}
+
+/// Stops the gateway (dropping its store) and opens the same directory.
+fn reopen(f: Fixture) -> Fixture {
+    let Fixture { _dir, ingest, .. } = f;
+    drop(ingest);
+    open(_dir)
+}
+
+#[test]
+fn trust_on_first_use_only_inside_the_window() {
+    let mut f = fixture();
+    let l = agent_ledger("pi-9", 9, 3);
+    // no window: refused
+    let out = f
+        .ingest
+        .handle(T, NOW_MS, &topic("pi-9", "hello"), &hello(&l, 1).encode());
+    assert!(matches!(
+        nack_of(&out[0]),
+        NackKind::Reject {
+            reason: RejectReason::UnknownAgent,
+            ..
+        }
+    ));
+    // window open: the first key seen is enrolled
+    f.ingest.set_window(Some(NOW_MS + 600_000)).unwrap();
+    let out = f
+        .ingest
+        .handle(T, NOW_MS, &topic("pi-9", "hello"), &hello(&l, 2).encode());
+    assert_eq!(receipt_of(&out[0]).seq, Seq(0));
+    let record = f.ingest.store().agent(l.agent()).unwrap().unwrap();
+    assert_eq!(record.enrolled_by, EnrolledBy::TrustOnFirstUse);
+    assert_eq!(record.public_key, l.key().public().to_bytes());
+    // another key for the same id, even inside the window, gets nowhere
+    let impostor = agent_ledger("pi-9", 10, 3);
+    let out = send_batch(&mut f, &impostor, 1, 4);
+    assert!(matches!(
+        nack_of(&out[0]),
+        NackKind::Reject {
+            reason: RejectReason::BadSignature,
+            ..
+        }
+    ));
+    // after the window: a new id is refused again
+    let late = agent_ledger("pi-10", 11, 1);
+    let out = f.ingest.handle(
+        T,
+        NOW_MS + 600_001,
+        &topic("pi-10", "hello"),
+        &hello(&late, 3).encode(),
+    );
+    assert!(matches!(
+        nack_of(&out[0]),
+        NackKind::Reject {
+            reason: RejectReason::UnknownAgent,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_restarted_gateway_sends_identical_receipts() {
+    let mut f = fixture();
+    let l = agent_ledger("pi-1", 1, 7);
+    enroll(&mut f, &l);
+    send_batch(&mut f, &l, 1, 8);
+    let before = receipt_of(&f.ingest.commit().unwrap().receipts[0]);
+    let mut again = reopen(f);
+    let startup = again.ingest.startup_receipts().unwrap();
+    assert_eq!(startup.len(), 1);
+    assert_eq!(receipt_of(&startup[0]), before);
+    // a re-sent batch after the restart gets the same receipt
+    let out = send_batch(&mut again, &l, 5, 8);
+    assert_eq!(receipt_of(&out[0]), before);
+}
+
+#[test]
+fn a_write_group_lands_whole_or_not_at_all() {
+    // Enrollment plus entries in one commit: after a reopen either both are
+    // there or neither (here: both, since the commit returned Ok).
+    let f = fixture();
+    let l = agent_ledger("pi-5", 5, 3);
+    let store = Arc::clone(f.ingest.store());
+    store
+        .commit(&[
+            Write::Enroll {
+                agent: l.agent().clone(),
+                record: AgentRecord {
+                    public_key: l.key().public().to_bytes(),
+                    start_seq: None,
+                    revoked_from_seq: None,
+                    enrolled_by: EnrolledBy::Operator,
+                    enrolled_ms: 0,
+                },
+            },
+            Write::Entries {
+                agent: l.agent().clone(),
+                first: Seq(1),
+                entries: l.range(Seq(1), Seq(4)),
+            },
+        ])
+        .unwrap();
+    drop(f.ingest);
+    drop(store);
+    let reopened = Store::open(&f.path).unwrap();
+    assert!(reopened.agent(l.agent()).unwrap().is_some());
+    assert_eq!(reopened.head(l.agent()).unwrap().seq, Seq(4));
+}
