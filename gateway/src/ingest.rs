@@ -593,7 +593,10 @@ impl Ingest {
         }
         let staged = std::mem::take(&mut self.staged);
         let entries = std::mem::take(&mut self.staged_entries);
-        if let Err(e) = self.store.commit(&staged) {
+        let started = std::time::Instant::now();
+        let result = self.store.commit(&staged);
+        self.metrics.commit_took(started.elapsed());
+        if let Err(e) = result {
             self.metrics
                 .commit_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

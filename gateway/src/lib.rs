@@ -4,7 +4,16 @@
 //! protocol's `intake` state machine, durable storage in redb, signed
 //! receipts, and the gateway's own chain.
 
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod http;
 pub mod ingest;
+pub mod keys;
 pub mod metrics;
 pub mod own_chain;
+pub mod server;
+
+pub use config::Config;
+pub use server::run;
 pub mod store;

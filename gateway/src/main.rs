@@ -1,1 +1,319 @@
-fn main() {}
+//! `baton-gateway`: the cluster lead. See `--help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use baton_gateway::cli;
+use baton_gateway::config::{Config, DEFAULT_CONFIG, RawConfig};
+use baton_shared::{AgentId, ClusterId};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "baton-gateway",
+    version,
+    about = "Baton's cluster lead: verifies, stores and receipts every agent's ledger"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct DataDir {
+    /// The gateway's state directory (redb store, default key location).
+    #[arg(long, env = "BATON_GATEWAY_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The gateway's key file (default: <data-dir>/gateway.key).
+    #[arg(long, env = "BATON_GATEWAY_KEY")]
+    key: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A TOML config file; flags and environment override it.
+    #[arg(long, env = "BATON_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "BATON_GATEWAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "BATON_GATEWAY_KEY")]
+    key: Option<PathBuf>,
+    /// This gateway's id (also its own chain's agent id).
+    #[arg(long, env = "BATON_GATEWAY_ID")]
+    id: Option<String>,
+    #[arg(long, env = "BATON_GATEWAY_CLUSTER")]
+    cluster: Option<String>,
+    /// Where the embedded broker listens (ignored with --broker).
+    #[arg(long, env = "BATON_GATEWAY_MQTT_LISTEN")]
+    mqtt_listen: Option<String>,
+    #[arg(long, env = "BATON_GATEWAY_HTTP_LISTEN")]
+    http_listen: Option<String>,
+    /// An external broker, mqtt://HOST:PORT (Mosquitto in production).
+    #[arg(long, env = "BATON_GATEWAY_BROKER")]
+    broker: Option<String>,
+    #[arg(long, env = "BATON_GATEWAY_BROKER_USERNAME")]
+    broker_username: Option<String>,
+    #[arg(long, env = "BATON_GATEWAY_BROKER_PASSWORD", hide_env_values = true)]
+    broker_password: Option<String>,
+    /// A directory of <agent-id>.pub files to trust.
+    #[arg(long, env = "BATON_GATEWAY_KEYS_DIR")]
+    keys_dir: Option<PathBuf>,
+    /// Rate limit of resend nacks, e.g. "10s".
+    #[arg(long, env = "BATON_GATEWAY_RESEND_TIMEOUT")]
+    resend_timeout: Option<String>,
+    /// How often the own chain records held heads, e.g. "60s".
+    #[arg(long, env = "BATON_GATEWAY_CHECKPOINT_INTERVAL")]
+    checkpoint_interval: Option<String>,
+    #[arg(long, env = "BATON_GATEWAY_MAX_AGENTS")]
+    max_agents: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the gateway's identity (refuses to overwrite one).
+    Keygen(DataDir),
+    /// Print the gateway's public key, hex.
+    Pubkey(DataDir),
+    /// Run the gateway (embedded broker unless --broker mqtt://…).
+    Run(RunArgs),
+    /// Trust an agent's key, or open a trust-on-first-use window.
+    Enroll {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long, required_unless_present = "window")]
+        agent: Option<String>,
+        /// The agent's public key, 64 hex characters.
+        #[arg(long, requires = "agent")]
+        pubkey: Option<String>,
+        /// The first seq this gateway expects (the agent already pruned).
+        #[arg(long)]
+        start_seq: Option<u64>,
+        /// Refuse entries at or after this seq.
+        #[arg(long)]
+        revoked_from_seq: Option<u64>,
+        /// Open a trust-on-first-use window for this long, e.g. "10m".
+        #[arg(long, conflicts_with = "agent")]
+        window: Option<String>,
+        /// This gateway's id, if it has never run.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Lift a fork halt after inspecting the evidence.
+    Resolve {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        agent: String,
+    },
+    /// The agent registry.
+    Agents {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify stored chains (all agents, or one).
+    Verify {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Export an agent's chain.
+    Export {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        agent: String,
+        /// Only jsonl so far.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Output file (default stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the commented default configuration.
+    PrintDefaultConfig,
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // rumqttd logs ordinary disconnects at ERROR
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match real_main(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("baton-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Keygen(d) => {
+            let path = cli::key_path(&d.data_dir, d.key);
+            let key = baton_gateway::keys::generate(&path)?;
+            println!("{}", key.public().to_hex());
+        }
+        Command::Pubkey(d) => {
+            let key = baton_gateway::keys::load(&cli::key_path(&d.data_dir, d.key))?;
+            println!("{}", key.public().to_hex());
+        }
+        Command::Run(a) => {
+            let file = match &a.config {
+                Some(p) => RawConfig::from_file(p)?,
+                None => RawConfig::default(),
+            };
+            let flags = RawConfig {
+                id: a.id,
+                cluster: a.cluster,
+                data_dir: a.data_dir,
+                key: a.key,
+                keys_dir: a.keys_dir,
+                mqtt_listen: a.mqtt_listen,
+                http_listen: a.http_listen,
+                broker: a.broker,
+                broker_username: a.broker_username,
+                broker_password: a.broker_password,
+                resend_timeout: a.resend_timeout,
+                checkpoint_interval: a.checkpoint_interval,
+                max_agents: a.max_agents,
+            };
+            let config = Config::validate(file.merge(flags))?;
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            rt.block_on(async {
+                let store = cli::open_store(&config.data_dir)?;
+                cli::remember_identity(&store, &config.id, &config.cluster)?;
+                drop(store);
+                let shutdown = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                };
+                baton_gateway::run(config, shutdown, None).await
+            })?;
+        }
+        Command::Enroll {
+            dir,
+            agent,
+            pubkey,
+            start_seq,
+            revoked_from_seq,
+            window,
+            id,
+            cluster,
+        } => {
+            let id = id.map(AgentId::new).transpose()?;
+            let cluster = cluster.map(ClusterId::new).transpose()?;
+            let mut ingest = cli::open_offline(&dir.data_dir, dir.key, id, cluster)?;
+            if let Some(w) = window {
+                let d = humantime::parse_duration(&w).with_context(|| format!("--window {w:?}"))?;
+                let until = baton_gateway::server::unix_ms()
+                    + i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                ingest.set_window(Some(until))?;
+                println!(
+                    "enrollment window open for {w}: the first key each new agent presents will be trusted"
+                );
+            } else if let (Some(agent), Some(pubkey)) = (agent, pubkey) {
+                let agent = AgentId::new(agent)?;
+                cli::enroll(
+                    &mut ingest,
+                    &cli::EnrollArgs {
+                        agent: agent.clone(),
+                        pubkey,
+                        start_seq,
+                        revoked_from_seq,
+                    },
+                )?;
+                println!("enrolled {agent}");
+            } else {
+                anyhow::bail!("--agent needs --pubkey");
+            }
+        }
+        Command::Resolve { dir, agent } => {
+            let store = cli::open_store(&dir.data_dir)?;
+            let agent = AgentId::new(agent)?;
+            match store.resolve(&agent)? {
+                Some(seq) => println!("{agent}: fork halt at seq {seq} lifted"),
+                None => println!("{agent} was not halted"),
+            }
+        }
+        Command::Agents { dir, json } => {
+            let store = cli::open_store(&dir.data_dir)?;
+            let agents = store.agents()?;
+            if json {
+                let rows: Vec<String> = agents
+                    .iter()
+                    .map(|(id, r)| {
+                        let head = store.head(id).map(|h| h.seq.0).unwrap_or(0);
+                        format!(
+                            "{{\"id\":\"{id}\",\"enrolled_by\":\"{:?}\",\"head_seq\":{head}}}",
+                            r.enrolled_by
+                        )
+                    })
+                    .collect();
+                println!("[{}]", rows.join(","));
+            } else {
+                println!("{:<32} {:<16} {:>10} STATE", "AGENT", "ENROLLED BY", "HEAD");
+                for (id, r) in &agents {
+                    let head = store.head(id)?.seq;
+                    let state = match store.halted(id)? {
+                        Some(s) => format!("halted (fork at {s})"),
+                        None => "ok".into(),
+                    };
+                    println!(
+                        "{:<32} {:<16} {:>10} {state}",
+                        id.as_str(),
+                        format!("{:?}", r.enrolled_by),
+                        head.0
+                    );
+                }
+            }
+        }
+        Command::Verify { dir, agent } => {
+            let store = cli::open_store(&dir.data_dir)?;
+            let agents = match agent {
+                Some(a) => vec![AgentId::new(a)?],
+                None => store.agents()?.into_iter().map(|(id, _)| id).collect(),
+            };
+            let ok = cli::verify(&store, &agents, &mut std::io::stdout())?;
+            if !ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Export {
+            dir,
+            agent,
+            format,
+            out,
+        } => {
+            if format != "jsonl" {
+                anyhow::bail!("--format {format}: only jsonl is implemented so far");
+            }
+            let store = cli::open_store(&dir.data_dir)?;
+            let agent = AgentId::new(agent)?;
+            match out {
+                Some(p) => {
+                    let mut f = std::io::BufWriter::new(
+                        std::fs::File::create(&p)
+                            .with_context(|| format!("creating {}", p.display()))?,
+                    );
+                    cli::export_jsonl(&store, &agent, &mut f)?;
+                }
+                None => {
+                    cli::export_jsonl(&store, &agent, &mut std::io::stdout().lock())?;
+                }
+            }
+        }
+        Command::PrintDefaultConfig => print!("{DEFAULT_CONFIG}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

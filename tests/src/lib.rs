@@ -1,5 +1,22 @@
-//! End-to-end tests of Baton over real MQTT: real brokers (the embedded one,
-//! and Mosquitto in CI), real agent and gateway processes, real redb files.
-//!
-//! The crate is empty until the gateway and agent land (issues 3 and 4);
-//! the protocol core's tests live in `shared/tests/`.
+//! End-to-end test support for Baton: real brokers, real gateways, and test
+//! publishers built from `baton-shared` (a real rumqttc client driving the
+//! real `uplink` state machine over an in-memory ledger).
+
+#![allow(clippy::unwrap_used)]
+
+pub mod http;
+pub mod publisher;
+
+use std::time::Duration;
+
+/// Waits for `cond`, polling, up to `limit`; never a fixed sleep.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}

@@ -1,0 +1,308 @@
+//! Configuration: a TOML file (every key optional) overridden by flags and
+//! environment variables, validated into a [`Config`] that cannot be wrong.
+//! Unknown keys and bad values are errors that name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baton_shared::{AgentId, ClusterId};
+use serde::Deserialize;
+
+/// The file's shape; every field optional so flags can fill the rest.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub id: Option<String>,
+    pub cluster: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub keys_dir: Option<PathBuf>,
+    pub mqtt_listen: Option<String>,
+    pub http_listen: Option<String>,
+    pub broker: Option<String>,
+    pub broker_username: Option<String>,
+    pub broker_password: Option<String>,
+    pub resend_timeout: Option<String>,
+    pub checkpoint_interval: Option<String>,
+    pub max_agents: Option<usize>,
+}
+
+impl RawConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            error: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            error: e.to_string(),
+        })
+    }
+
+    /// Values in `over` win.
+    pub fn merge(self, over: RawConfig) -> RawConfig {
+        RawConfig {
+            id: over.id.or(self.id),
+            cluster: over.cluster.or(self.cluster),
+            data_dir: over.data_dir.or(self.data_dir),
+            key: over.key.or(self.key),
+            keys_dir: over.keys_dir.or(self.keys_dir),
+            mqtt_listen: over.mqtt_listen.or(self.mqtt_listen),
+            http_listen: over.http_listen.or(self.http_listen),
+            broker: over.broker.or(self.broker),
+            broker_username: over.broker_username.or(self.broker_username),
+            broker_password: over.broker_password.or(self.broker_password),
+            resend_timeout: over.resend_timeout.or(self.resend_timeout),
+            checkpoint_interval: over.checkpoint_interval.or(self.checkpoint_interval),
+            max_agents: over.max_agents.or(self.max_agents),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {error}")]
+    Read { path: PathBuf, error: String },
+    #[error("config {path}: {error}")]
+    Parse { path: PathBuf, error: String },
+    #[error("config key {key:?} is required")]
+    Missing { key: &'static str },
+    #[error("config key {key:?}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+/// Where MQTT comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broker {
+    /// rumqttd in-process, listening on `listen`.
+    Embedded { listen: SocketAddr },
+    /// An external broker (Mosquitto, EMQX, NanoMQ).
+    External {
+        host: String,
+        port: u16,
+        username: Option<String>,
+        password: Option<String>,
+    },
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: AgentId,
+    pub cluster: ClusterId,
+    pub data_dir: PathBuf,
+    pub key: PathBuf,
+    pub keys_dir: Option<PathBuf>,
+    pub broker: Broker,
+    pub http_listen: SocketAddr,
+    pub resend_timeout: Duration,
+    pub checkpoint_interval: Duration,
+    pub max_agents: usize,
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+fn duration(
+    key: &'static str,
+    v: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s).map_err(|e| invalid(key, format!("{s:?}: {e}"))),
+    }
+}
+
+fn addr(key: &'static str, v: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let s = v.unwrap_or(default);
+    s.parse().map_err(|e| invalid(key, format!("{s:?}: {e}")))
+}
+
+/// `mqtt://host:port` → (host, port).
+pub fn parse_mqtt_url(key: &'static str, url: &str) -> Result<(String, u16), ConfigError> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .ok_or_else(|| invalid(key, format!("{url:?} must start with mqtt://")))?;
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.trim_end_matches('/')
+                .parse::<u16>()
+                .map_err(|e| invalid(key, format!("{url:?}: port {e}")))?,
+        ),
+        None => (rest.trim_end_matches('/'), 1883),
+    };
+    if host.is_empty() {
+        return Err(invalid(key, format!("{url:?} has no host")));
+    }
+    Ok((host.to_owned(), port))
+}
+
+impl Config {
+    pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let id = raw.id.ok_or(ConfigError::Missing { key: "id" })?;
+        let id = AgentId::new(id).map_err(|e| invalid("id", e.to_string()))?;
+        let cluster = raw.cluster.ok_or(ConfigError::Missing { key: "cluster" })?;
+        let cluster = ClusterId::new(cluster).map_err(|e| invalid("cluster", e.to_string()))?;
+        let data_dir = raw
+            .data_dir
+            .ok_or(ConfigError::Missing { key: "data_dir" })?;
+        let key = raw.key.unwrap_or_else(|| data_dir.join("gateway.key"));
+        let broker = match raw.broker {
+            None => Broker::Embedded {
+                listen: addr("mqtt_listen", raw.mqtt_listen.as_deref(), "127.0.0.1:1883")?,
+            },
+            Some(url) => {
+                let (host, port) = parse_mqtt_url("broker", &url)?;
+                Broker::External {
+                    host,
+                    port,
+                    username: raw.broker_username,
+                    password: raw.broker_password,
+                }
+            }
+        };
+        Ok(Config {
+            id,
+            cluster,
+            data_dir,
+            key,
+            keys_dir: raw.keys_dir,
+            broker,
+            http_listen: addr("http_listen", raw.http_listen.as_deref(), "127.0.0.1:8080")?,
+            resend_timeout: duration(
+                "resend_timeout",
+                raw.resend_timeout.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            checkpoint_interval: duration(
+                "checkpoint_interval",
+                raw.checkpoint_interval.as_deref(),
+                Duration::from_secs(60),
+            )?,
+            max_agents: raw.max_agents.unwrap_or(1000),
+        })
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("gateway.redb")
+    }
+}
+
+/// The commented default configuration (`print-default-config`).
+pub const DEFAULT_CONFIG: &str = r#"# baton-gateway configuration. Every key can also be given as a flag
+# (--data-dir, --id, …) or an environment variable (BATON_GATEWAY_DATA_DIR, …);
+# flags win over the environment, which wins over this file.
+
+# This gateway's id (also the agent id of its own chain) and its cluster.
+id = "gw-1"
+cluster = "c1"
+
+# State: the redb store lives here; the key defaults to <data_dir>/gateway.key.
+data_dir = "/var/lib/baton-gateway"
+# key = "/etc/baton/gateway.key"
+
+# Trusted agent keys: a directory of <agent-id>.pub files (64 hex characters).
+# keys_dir = "/etc/baton/agents"
+
+# MQTT: the embedded broker listens here unless `broker` names an external one.
+mqtt_listen = "127.0.0.1:1883"
+# broker = "mqtt://127.0.0.1:1883"
+# broker_username = "gw-1"
+# broker_password = "…"
+
+# HTTP read side: /healthz, /metrics, /api/v1/…
+http_listen = "127.0.0.1:8080"
+
+# Delivery: rate limit of resend nacks (rule 5).
+resend_timeout = "10s"
+# How often the gateway's own chain records the heads it holds.
+checkpoint_interval = "60s"
+
+# Embedded broker connection limit (headroom is added on top).
+max_agents = 1000
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_parses_and_validates() {
+        let raw: RawConfig = toml::from_str(DEFAULT_CONFIG).unwrap();
+        let c = Config::validate(raw).unwrap();
+        assert_eq!(c.resend_timeout, Duration::from_secs(10));
+        assert_eq!(c.key, PathBuf::from("/var/lib/baton-gateway/gateway.key"));
+        assert!(matches!(c.broker, Broker::Embedded { .. }));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let unknown = toml::from_str::<RawConfig>("idd = \"x\"").unwrap_err();
+        assert!(unknown.to_string().contains("idd"), "{unknown}");
+        let raw = RawConfig {
+            id: Some("gw".into()),
+            cluster: Some("c".into()),
+            data_dir: Some("/tmp".into()),
+            resend_timeout: Some("soon".into()),
+            ..Default::default()
+        };
+        let e = Config::validate(raw.clone()).unwrap_err();
+        assert!(
+            e.to_string().starts_with("config key \"resend_timeout\""),
+            "{e}"
+        );
+        let e = Config::validate(RawConfig {
+            id: Some("GW".into()),
+            ..raw.clone()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("\"id\""), "{e}");
+        let e = Config::validate(RawConfig {
+            broker: Some("tcp://x".into()),
+            ..raw.clone()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("\"broker\""), "{e}");
+        assert_eq!(
+            Config::validate(RawConfig { id: None, ..raw }).unwrap_err(),
+            ConfigError::Missing { key: "id" }
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = RawConfig {
+            id: Some("a".into()),
+            cluster: Some("c".into()),
+            ..Default::default()
+        };
+        let flags = RawConfig {
+            id: Some("b".into()),
+            ..Default::default()
+        };
+        let merged = file.merge(flags);
+        assert_eq!(merged.id.as_deref(), Some("b"));
+        assert_eq!(merged.cluster.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn mqtt_urls() {
+        assert_eq!(
+            parse_mqtt_url("broker", "mqtt://h:1884").unwrap(),
+            ("h".into(), 1884)
+        );
+        assert_eq!(
+            parse_mqtt_url("broker", "mqtt://h").unwrap(),
+            ("h".into(), 1883)
+        );
+        assert!(parse_mqtt_url("broker", "mqtt://:1").is_err());
+    }
+}

@@ -1,0 +1,309 @@
+//! The running gateway: broker, MQTT client, ingest thread and HTTP.
+//!
+//! One task only polls the rumqttc event loop and forwards publishes to the
+//! ingest thread (publishing from the polling task can deadlock). The ingest
+//! thread judges every message it has, commits them as one durable group,
+//! then publishes the receipts with `try_publish`; if the client's queue is
+//! full a receipt is dropped and the agent's resend timer asks again.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use baton_shared::wire::MQTT_MAX_PACKET;
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::{Broker, Config};
+use crate::ingest::{Ingest, IngestConfig, Outbound};
+use crate::metrics::Metrics;
+use crate::store::{AgentRecord, EnrolledBy, Store};
+use crate::{broker, http, keys};
+
+/// Milliseconds since the Unix epoch, from the wall clock.
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+enum Inbound {
+    Connected,
+    Message { topic: String, payload: Vec<u8> },
+    Tick,
+}
+
+/// Addresses the gateway ended up serving on (port 0 resolved).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub mqtt: Option<SocketAddr>,
+    pub http: SocketAddr,
+}
+
+/// Reads `<agent-id>.pub` files (64 hex characters) and enrolls new ones.
+fn enroll_key_files(ingest: &mut Ingest, dir: &std::path::Path) -> anyhow::Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("reading keys_dir {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".pub"))
+        else {
+            continue;
+        };
+        let agent = baton_shared::AgentId::new(stem).with_context(|| {
+            format!("key file {}: file name is not an agent id", path.display())
+        })?;
+        let text = std::fs::read_to_string(&path)?;
+        let key = baton_shared::PublicKey::trusted_hex(text.trim())
+            .with_context(|| format!("key file {}", path.display()))?;
+        match ingest.store().agent(&agent)? {
+            Some(r) if r.public_key == key.to_bytes() => {}
+            Some(_) => {
+                warn!(%agent, file = %path.display(), "key file differs from the enrolled key; the enrolled key stays")
+            }
+            None => ingest.stage_enrollment(
+                unix_ms(),
+                &agent,
+                AgentRecord {
+                    public_key: key.to_bytes(),
+                    start_seq: None,
+                    revoked_from_seq: None,
+                    enrolled_by: EnrolledBy::KeyFile,
+                    enrolled_ms: unix_ms(),
+                },
+            ),
+        }
+    }
+    ingest.commit()?;
+    Ok(())
+}
+
+/// Runs the gateway until `shutdown` resolves. `ready` receives the bound
+/// addresses once the broker, MQTT client and HTTP listener are up.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: Option<tokio::sync::oneshot::Sender<Bound>>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let key = keys::load(&config.key)?;
+    let store_path = config.store_path();
+    let store = Arc::new(
+        Store::open(&store_path)
+            .with_context(|| format!("opening store {}", store_path.display()))?,
+    );
+    let metrics = Arc::new(Metrics::default());
+    let mut ingest = Ingest::open(
+        IngestConfig {
+            gateway: config.id.clone(),
+            cluster: config.cluster.clone(),
+            resend_timeout: config.resend_timeout,
+            software: format!("baton-gateway {}", env!("CARGO_PKG_VERSION")),
+        },
+        key,
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        unix_ms(),
+    )?;
+    if let Some(dir) = &config.keys_dir {
+        enroll_key_files(&mut ingest, dir)?;
+    }
+
+    let client_id = format!("baton-gateway-{}", config.id);
+    let (host, port, username, password, mqtt_bound) = match &config.broker {
+        Broker::Embedded { listen } => {
+            let listen = if listen.port() == 0 {
+                // resolve a free port for the broker, which binds itself
+                std::net::TcpListener::bind(listen)?.local_addr()?
+            } else {
+                *listen
+            };
+            broker::start(listen, config.max_agents)
+                .with_context(|| format!("starting the embedded broker on {listen}"))?;
+            info!(%listen, "embedded broker listening");
+            (
+                listen.ip().to_string(),
+                listen.port(),
+                client_id.clone(),
+                String::new(),
+                Some(listen),
+            )
+        }
+        Broker::External {
+            host,
+            port,
+            username,
+            password,
+        } => (
+            host.clone(),
+            *port,
+            username.clone().unwrap_or_else(|| client_id.clone()),
+            password.clone().unwrap_or_default(),
+            None,
+        ),
+    };
+    let mut opts = MqttOptions::new(&client_id, host, port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET);
+    opts.set_clean_session(true);
+    opts.set_credentials(username, password);
+    opts.set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(opts, 65_536);
+    let mut net = NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(30);
+    eventloop.set_network_options(net);
+
+    let (tx, mut rx) = mpsc::channel::<Inbound>(8192);
+    let subscriptions = ingest.subscriptions();
+
+    // The poller: nothing but the event loop.
+    let poll_tx = tx.clone();
+    let poll_client = client.clone();
+    let poller = tokio::spawn(async move {
+        let mut backoff = baton_shared::backoff::Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+            u64::try_from(unix_ms()).unwrap_or(1),
+        );
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff.reset();
+                    for f in &subscriptions {
+                        if let Err(e) = poll_client.try_subscribe(f, QoS::AtLeastOnce) {
+                            warn!(filter = %f, error = %e, "subscribe failed");
+                        }
+                    }
+                    if poll_tx.send(Inbound::Connected).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let msg = Inbound::Message {
+                        topic: p.topic,
+                        payload: p.payload.to_vec(),
+                    };
+                    if poll_tx.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let d = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?d, "MQTT connection lost");
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+    });
+
+    // Checkpoints of the heads the gateway holds, in its own chain.
+    let tick_tx = tx.clone();
+    let interval = config.checkpoint_interval;
+    let ticker = tokio::spawn(async move {
+        let mut t = tokio::time::interval(interval);
+        t.tick().await;
+        loop {
+            t.tick().await;
+            if tick_tx.send(Inbound::Tick).await.is_err() {
+                return;
+            }
+        }
+    });
+    drop(tx);
+
+    // The ingest thread: judge, group-commit, then receipts.
+    let ingest_client = client.clone();
+    let ingest_thread = std::thread::Builder::new()
+        .name("baton-ingest".into())
+        .spawn(move || {
+            let origin = Instant::now();
+            let publish = |out: Vec<Outbound>| {
+                for o in out {
+                    if let Err(e) = ingest_client.try_publish(o.topic, QoS::AtLeastOnce, false, o.payload) {
+                        warn!(error = %e, "publish queue full; the agent's resend timer will ask again");
+                    }
+                }
+            };
+            while let Some(first) = rx.blocking_recv() {
+                let mut next = Some(first);
+                let mut drained = 0;
+                while let Some(msg) = next.take() {
+                    match msg {
+                        Inbound::Connected => match ingest.startup_receipts() {
+                            Ok(out) => publish(out),
+                            Err(e) => warn!(error = %e, "reading the registry for startup receipts"),
+                        },
+                        Inbound::Message { topic, payload } => {
+                            let out = ingest.handle(origin.elapsed(), unix_ms(), &topic, &payload);
+                            publish(out);
+                        }
+                        Inbound::Tick => ingest.stage_checkpoints(unix_ms()),
+                    }
+                    drained += 1;
+                    if drained < 4096 {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                match ingest.commit() {
+                    Ok(outcome) => publish(outcome.receipts),
+                    Err(e) => {
+                        warn!(error = %e, "group commit failed; nothing of it was receipted");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+            // channel closed: shutting down; commit what is staged
+            if let Err(e) = ingest.commit() {
+                warn!(error = %e, "final commit failed; nothing of it was receipted");
+            }
+        })?;
+
+    // HTTP
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding http_listen {}", config.http_listen))?;
+    let http_bound = listener.local_addr()?;
+    info!(%http_bound, "HTTP listening");
+    let app = http::router(http::AppState {
+        store: Arc::clone(&store),
+        metrics: Arc::clone(&metrics),
+        gateway: config.id.clone(),
+    });
+    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    if let Some(ready) = ready {
+        let _ = ready.send(Bound {
+            mqtt: mqtt_bound,
+            http: http_bound,
+        });
+    }
+
+    shutdown.await;
+    info!("shutting down");
+    poller.abort();
+    ticker.abort();
+    let _ = poller.await;
+    let _ = ticker.await;
+    let _ = client.try_disconnect();
+    let _ = stop_http.send(());
+    let _ = http_task.await;
+    tokio::task::spawn_blocking(move || ingest_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the ingest thread panicked"))?;
+    Ok(())
+}
