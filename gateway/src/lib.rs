@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod keys;
 pub mod metrics;
 pub mod own_chain;
+pub mod publisher;
 pub mod server;
 
 pub use config::Config;

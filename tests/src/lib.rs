@@ -1,11 +1,10 @@
-//! End-to-end test support for Baton: real brokers, real gateways, and test
-//! publishers built from `baton-shared` (a real rumqttc client driving the
-//! real `uplink` state machine over an in-memory ledger).
+//! End-to-end test support for Baton: real brokers, real gateways, and the
+//! gateway's test publishers (`baton_gateway::publisher`: a real rumqttc
+//! client driving the real `uplink` state machine over an in-memory ledger).
 
 #![allow(clippy::unwrap_used)]
 
 pub mod http;
-pub mod publisher;
 
 use std::time::Duration;
 

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use baton_gateway::config::{Broker, Config};
+use baton_gateway::publisher::publish_all;
 use baton_gateway::server::Bound;
 use baton_shared::json::{Object, Value};
 use baton_shared::memory::MemLedger;
@@ -15,7 +16,6 @@ use baton_shared::verify::{Verdict, verify_text};
 use baton_shared::wire::{MQTT_MAX_PACKET, Message};
 use baton_shared::{AgentId, ClusterId, PublicKey, SecretKey, Seq};
 use baton_tests::http;
-use baton_tests::publisher::publish_all;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 struct Gateway {

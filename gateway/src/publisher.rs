@@ -1,5 +1,6 @@
-//! A test publisher: plays an agent with a real MQTT client and the real
-//! `uplink` state machine over an in-memory ledger.
+//! A publisher that plays an agent: a real MQTT client driving the real
+//! `uplink` state machine over an in-memory ledger. The end-to-end tests
+//! use it as their agents, and `bench` as its load generator.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,15 +23,37 @@ fn topic(cluster: &str, agent: &str, suffix: &str) -> String {
     format!("baton/v1/{cluster}/{agent}/{suffix}")
 }
 
+/// Entries the publisher appends while it runs, like a live agent.
+#[derive(Debug, Clone, Copy)]
+pub struct Feed {
+    pub entries: u64,
+    pub every: Duration,
+}
+
 /// Sends everything in `ledger` to the gateway behind `broker` until the
 /// gateway's receipts cover its head, or `limit` passes.
 pub async fn publish_all(
     broker: SocketAddr,
     cluster: &str,
-    mut ledger: MemLedger,
+    ledger: MemLedger,
     gateway_key: PublicKey,
     limit: Duration,
 ) -> anyhow::Result<Published> {
+    publish(broker, cluster, ledger, gateway_key, None, limit).await
+}
+
+/// As [`publish_all`], appending `feed.entries` more entries one by one
+/// every `feed.every` while publishing.
+pub async fn publish(
+    broker: SocketAddr,
+    cluster: &str,
+    mut ledger: MemLedger,
+    gateway_key: PublicKey,
+    feed: Option<Feed>,
+    limit: Duration,
+) -> anyhow::Result<Published> {
+    let mut to_append = feed.map_or(0, |f| f.entries);
+    let every = feed.map_or(Duration::from_secs(3600), |f| f.every);
     let agent = ledger.agent().clone();
     let mut opts = MqttOptions::new(agent.as_str(), broker.ip().to_string(), broker.port());
     opts.set_keep_alive(Duration::from_secs(30));
@@ -54,9 +77,21 @@ pub async fn publish_all(
     let origin = tokio::time::Instant::now();
     let deadline = origin + limit;
     let mut alerts = Vec::new();
+    let mut next_append = origin;
     loop {
+        while to_append > 0 && tokio::time::Instant::now() >= next_append {
+            let n = ledger.head().0;
+            ledger.append(
+                1_795_460_700_000 + n as i64,
+                "info",
+                None,
+                baton_shared::json::Value::from(n),
+            )?;
+            to_append -= 1;
+            next_append += every;
+        }
         let receipted = uplink.best().map_or(Seq::ZERO, |r| r.seq);
-        if receipted == ledger.head() {
+        if receipted == ledger.head() && to_append == 0 {
             let _ = client.try_disconnect();
             return Ok(Published {
                 ledger,
@@ -70,10 +105,13 @@ pub async fn publish_all(
                 ledger.head()
             );
         }
-        let wake = uplink
+        let mut wake = uplink
             .poll_timeout()
             .map_or(deadline, |t| origin + t)
             .min(deadline);
+        if to_append > 0 {
+            wake = wake.min(next_append);
+        }
         tokio::select! {
             event = eventloop.poll() => {
                 let now = origin.elapsed();

@@ -1,0 +1,203 @@
+//! SIGKILL of the real gateway process during sustained ingest, restarted
+//! over and over: no receipted entry may be lost, the stored chains must
+//! verify, and what is stored must equal what the agents hold.
+//!
+//! `BATON_KILL_ROUNDS` sets the number of kills (default 20).
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_gateway::publisher::{Feed, publish};
+use baton_gateway::store::Store;
+use baton_shared::json::{Object, Value};
+use baton_shared::memory::MemLedger;
+use baton_shared::uplink::Ledger;
+use baton_shared::verify::{Verdict, Verifier};
+use baton_shared::{AgentId, PublicKey, SecretKey, Seq};
+
+const BIN: &str = env!("CARGO_BIN_EXE_baton-gateway");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_gateway(dir: &Path, mqtt: SocketAddr, http: SocketAddr) -> Child {
+    Command::new(BIN)
+        .args([
+            "run",
+            "--id",
+            "gw-kill",
+            "--cluster",
+            "c1",
+            "--resend-timeout",
+            "1s",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--keys-dir")
+        .arg(dir.join("agents"))
+        .arg("--mqtt-listen")
+        .arg(mqtt.to_string())
+        .arg("--http-listen")
+        .arg(http.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_listening(addr: SocketAddr) {
+    for _ in 0..500 {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("gateway did not listen on {addr}");
+}
+
+fn ledger(name: &str, seed: u8, n: u64) -> MemLedger {
+    let mut l = MemLedger::new(
+        AgentId::new(name).unwrap(),
+        SecretKey::from_seed(&[seed; 32]),
+    );
+    l.checkpoint_every = 8;
+    l.append(
+        1_795_460_700_000,
+        "genesis",
+        None,
+        Value::Object(Object::new()),
+    )
+    .unwrap();
+    for i in 0..n {
+        l.append(1_795_460_700_000 + i as i64, "info", None, Value::from(i))
+            .unwrap();
+    }
+    l
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_ingest_loses_no_receipted_entry() {
+    let rounds: usize = std::env::var("BATON_KILL_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(BIN)
+        .args(["keygen", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let gw_key = PublicKey::trusted_hex(String::from_utf8(status.stdout).unwrap().trim()).unwrap();
+    let agents: Vec<MemLedger> = (0..4)
+        .map(|i| ledger(&format!("pi-{i}"), i as u8 + 1, 10))
+        .collect();
+    std::fs::create_dir_all(dir.path().join("agents")).unwrap();
+    for l in &agents {
+        std::fs::write(
+            dir.path().join("agents").join(format!("{}.pub", l.agent())),
+            l.key().public().to_hex(),
+        )
+        .unwrap();
+    }
+    let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Arc::new(Mutex::new(spawn_gateway(dir.path(), mqtt, http)));
+    wait_listening(mqtt);
+
+    // The agents append live (one entry every 2 ms each) for longer than
+    // the kills take, so every kill lands in sustained ingest.
+    let unfinished = Arc::new(std::sync::atomic::AtomicUsize::new(agents.len()));
+    let mut tasks = Vec::new();
+    for l in agents {
+        let unfinished = Arc::clone(&unfinished);
+        let feed = Feed {
+            entries: 3000 + 200 * rounds as u64,
+            every: Duration::from_millis(2),
+        };
+        tasks.push(tokio::spawn(async move {
+            let r = publish(mqtt, "c1", l, gw_key, Some(feed), Duration::from_secs(300)).await;
+            unfinished.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            r
+        }));
+    }
+
+    // The killer: SIGKILL at random moments, restart at once.
+    let killer_child = Arc::clone(&child);
+    let data_dir = dir.path().to_owned();
+    let busy = Arc::clone(&unfinished);
+    let killer = tokio::task::spawn_blocking(move || {
+        let mut rng = baton_shared::backoff::SplitMix64::new(7);
+        let mut during_ingest = 0;
+        for _ in 0..rounds {
+            std::thread::sleep(Duration::from_millis(100 + rng.below(300)));
+            if busy.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                during_ingest += 1;
+            }
+            let mut c = killer_child.lock().unwrap();
+            c.kill().unwrap(); // SIGKILL
+            c.wait().unwrap();
+            *c = spawn_gateway(&data_dir, mqtt, http);
+            drop(c);
+            wait_listening(mqtt);
+        }
+        during_ingest
+    });
+    let during_ingest = killer.await.unwrap();
+    assert_eq!(
+        during_ingest, rounds,
+        "every kill must hit sustained ingest"
+    );
+    let mut published = Vec::new();
+    for t in tasks {
+        published.push(t.await.unwrap().unwrap());
+    }
+
+    // Stop the gateway and read its store directly.
+    {
+        let mut c = child.lock().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    let store = Store::open(&dir.path().join("gateway.redb")).unwrap();
+    for p in &published {
+        let agent = p.ledger.agent();
+        assert!(p.alerts.is_empty(), "{agent}: {:?}", p.alerts);
+        assert_eq!(
+            p.receipted,
+            p.ledger.head(),
+            "{agent}: everything receipted"
+        );
+        let stored = store.range(agent, Seq(1), 100_000).unwrap();
+        assert_eq!(
+            stored.len() as u64,
+            p.ledger.head().0,
+            "{agent}: nothing lost, nothing twice"
+        );
+        let mut v = Verifier::new(Some(p.ledger.key().public()));
+        for ((seq, e), mine) in stored.iter().zip(p.ledger.held()) {
+            assert_eq!(e.hash, mine.hash, "{agent}: entry {seq} differs");
+            v.push_line(e.to_jsonl().as_bytes()).unwrap();
+        }
+        assert!(matches!(v.finish(), Verdict::Valid(_)));
+    }
+    // The gateway's own chain survived every kill and verifies.
+    let own = store
+        .range(&AgentId::new("gw-kill").unwrap(), Seq(1), 100_000)
+        .unwrap();
+    let mut v = Verifier::new(Some(gw_key));
+    for (_, e) in &own {
+        v.push_line(e.to_jsonl().as_bytes()).unwrap();
+    }
+    assert!(matches!(v.finish(), Verdict::Valid(_)));
+}
