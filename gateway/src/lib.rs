@@ -11,6 +11,7 @@ pub mod http;
 pub mod ingest;
 pub mod keys;
 pub mod metrics;
+pub mod mosquitto;
 pub mod own_chain;
 pub mod publisher;
 pub mod server;

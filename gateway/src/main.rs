@@ -137,6 +137,15 @@ enum Command {
     },
     /// Print the commented default configuration.
     PrintDefaultConfig,
+    /// Print a ready Mosquitto drop-in config for production.
+    PrintMosquittoConfig {
+        /// Agents expected (sets the connection limit).
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// The listener address.
+        #[arg(long, default_value = "0.0.0.0:1883")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -314,6 +323,16 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::PrintDefaultConfig => print!("{DEFAULT_CONFIG}"),
+        Command::PrintMosquittoConfig { agents, listen } => {
+            print!(
+                "{}",
+                baton_gateway::mosquitto::config(&baton_gateway::mosquitto::MosquittoOptions {
+                    listen,
+                    agents,
+                    allow_anonymous: false,
+                })
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod bins;
 pub mod http;
+pub mod mosquitto;
 
 use std::time::Duration;
 

@@ -23,6 +23,7 @@ struct Gateway {
     key: PublicKey,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    external: Option<SocketAddr>,
 }
 
 impl Gateway {
@@ -34,11 +35,20 @@ impl Gateway {
     }
 
     fn mqtt(&self) -> SocketAddr {
-        self.bound.mqtt.unwrap()
+        self.bound.mqtt.or(self.external).unwrap()
     }
 }
 
 async fn start_gateway(dir: &Path, agents: &[&MemLedger]) -> Gateway {
+    start_gateway_with(dir, agents, None).await
+}
+
+/// With `external`, the gateway uses that broker instead of its own.
+async fn start_gateway_with(
+    dir: &Path,
+    agents: &[&MemLedger],
+    external: Option<SocketAddr>,
+) -> Gateway {
     let key_path = dir.join("gateway.key");
     let key = baton_gateway::keys::generate(&key_path).unwrap();
     let keys_dir = dir.join("agents");
@@ -56,8 +66,16 @@ async fn start_gateway(dir: &Path, agents: &[&MemLedger]) -> Gateway {
         data_dir: dir.to_owned(),
         key: key_path,
         keys_dir: Some(keys_dir),
-        broker: Broker::Embedded {
-            listen: "127.0.0.1:0".parse().unwrap(),
+        broker: match external {
+            None => Broker::Embedded {
+                listen: "127.0.0.1:0".parse().unwrap(),
+            },
+            Some(a) => Broker::External {
+                host: a.ip().to_string(),
+                port: a.port(),
+                username: None,
+                password: None,
+            },
         },
         http_listen: "127.0.0.1:0".parse().unwrap(),
         resend_timeout: Duration::from_secs(2),
@@ -82,6 +100,7 @@ async fn start_gateway(dir: &Path, agents: &[&MemLedger]) -> Gateway {
         key: key.public(),
         stop: Some(stop),
         task,
+        external,
     }
 }
 
@@ -123,11 +142,23 @@ fn metric(body: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_agents_are_verified_stored_and_receipted() {
+    many_agents(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_agents_are_verified_stored_and_receipted_through_mosquitto() {
+    let Some(m) = baton_tests::mosquitto::Mosquitto::start() else {
+        return;
+    };
+    many_agents(Some(m.addr)).await;
+}
+
+async fn many_agents(external: Option<SocketAddr>) {
     let dir = tempfile::tempdir().unwrap();
     let ledgers: Vec<MemLedger> = (0..6)
         .map(|i| ledger(&format!("pi-{i}"), i as u8 + 1, 300))
         .collect();
-    let gw = start_gateway(dir.path(), &ledgers.iter().collect::<Vec<_>>()).await;
+    let gw = start_gateway_with(dir.path(), &ledgers.iter().collect::<Vec<_>>(), external).await;
     let mut tasks = Vec::new();
     for l in ledgers {
         tasks.push(tokio::spawn(publish_all(

@@ -1,6 +1,8 @@
 //! SIGKILL of the real gateway process during sustained ingest, restarted
 //! over and over: no receipted entry may be lost, the stored chains must
-//! verify, and what is stored must equal what the agents hold.
+//! verify, and what is stored must equal what the agents hold. Once with the
+//! embedded broker (which dies with the gateway), once with Mosquitto
+//! (which stays up while the gateway dies).
 //!
 //! `BATON_KILL_ROUNDS` sets the number of kills (default 20).
 
@@ -20,7 +22,22 @@ use baton_shared::uplink::Ledger;
 use baton_shared::verify::{Verdict, Verifier};
 use baton_shared::{AgentId, PublicKey, SecretKey, Seq};
 
-const BIN: &str = env!("CARGO_BIN_EXE_baton-gateway");
+/// Where the gateway gets MQTT from.
+#[derive(Clone, Copy)]
+enum Via {
+    /// Its embedded broker, listening here.
+    Embedded(SocketAddr),
+    /// A Mosquitto listening here.
+    External(SocketAddr),
+}
+
+impl Via {
+    fn broker(self) -> SocketAddr {
+        match self {
+            Via::Embedded(a) | Via::External(a) => a,
+        }
+    }
+}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -30,24 +47,26 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_gateway(dir: &Path, mqtt: SocketAddr, http: SocketAddr) -> Child {
-    Command::new(BIN)
-        .args([
-            "run",
-            "--id",
-            "gw-kill",
-            "--cluster",
-            "c1",
-            "--resend-timeout",
-            "1s",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--keys-dir")
-        .arg(dir.join("agents"))
-        .arg("--mqtt-listen")
-        .arg(mqtt.to_string())
-        .arg("--http-listen")
+fn spawn_gateway(dir: &Path, via: Via, http: SocketAddr) -> Child {
+    let mut cmd = Command::new(baton_tests::bins::gateway());
+    cmd.args([
+        "run",
+        "--id",
+        "gw-kill",
+        "--cluster",
+        "c1",
+        "--resend-timeout",
+        "1s",
+    ])
+    .arg("--data-dir")
+    .arg(dir)
+    .arg("--keys-dir")
+    .arg(dir.join("agents"));
+    match via {
+        Via::Embedded(a) => cmd.arg("--mqtt-listen").arg(a.to_string()),
+        Via::External(a) => cmd.arg("--broker").arg(format!("mqtt://{a}")),
+    };
+    cmd.arg("--http-listen")
         .arg(http.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -86,13 +105,26 @@ fn ledger(name: &str, seed: u8, n: u64) -> MemLedger {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_ingest_loses_no_receipted_entry() {
+async fn sigkill_during_ingest_loses_no_receipted_entry_embedded_broker() {
+    let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    kill_rounds(Via::Embedded(mqtt)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_ingest_loses_no_receipted_entry_mosquitto() {
+    let Some(m) = baton_tests::mosquitto::Mosquitto::start() else {
+        return;
+    };
+    kill_rounds(Via::External(m.addr)).await;
+}
+
+async fn kill_rounds(via: Via) {
     let rounds: usize = std::env::var("BATON_KILL_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
-    let status = Command::new(BIN)
+    let status = Command::new(baton_tests::bins::gateway())
         .args(["keygen", "--data-dir"])
         .arg(dir.path())
         .output()
@@ -110,10 +142,10 @@ async fn sigkill_during_ingest_loses_no_receipted_entry() {
         )
         .unwrap();
     }
-    let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mqtt = via.broker();
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let child = Arc::new(Mutex::new(spawn_gateway(dir.path(), mqtt, http)));
-    wait_listening(mqtt);
+    let child = Arc::new(Mutex::new(spawn_gateway(dir.path(), via, http)));
+    wait_listening(http);
 
     // The agents append live (one entry every 2 ms each) for longer than
     // the kills take, so every kill lands in sustained ingest.
@@ -147,9 +179,9 @@ async fn sigkill_during_ingest_loses_no_receipted_entry() {
             let mut c = killer_child.lock().unwrap();
             c.kill().unwrap(); // SIGKILL
             c.wait().unwrap();
-            *c = spawn_gateway(&data_dir, mqtt, http);
+            *c = spawn_gateway(&data_dir, via, http);
             drop(c);
-            wait_listening(mqtt);
+            wait_listening(http);
         }
         during_ingest
     });
