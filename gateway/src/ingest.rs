@@ -425,8 +425,6 @@ impl Ingest {
             );
             return Ok(Vec::new());
         }
-        let pending = self.pending.entry(agent.clone()).or_default().clone();
-        let store = Arc::clone(&self.store);
         if !self.ensure_intake(agent)? {
             self.bad(
                 now,
@@ -442,12 +440,13 @@ impl Ingest {
                 },
             )]);
         }
+        let pending = self.pending.entry(agent.clone()).or_default();
         let Some(intake) = self.intakes.get_mut(agent) else {
             return Ok(Vec::new());
         };
         let view = Layered {
-            durable: &store.view(agent),
-            pending: &pending,
+            durable: &self.store.view(agent),
+            pending,
         };
         let verdict = intake.handle_batch(now, &batch, &view);
         // Duplicates and suppressed resends are answered with the current

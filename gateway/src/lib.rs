@@ -4,6 +4,7 @@
 //! protocol's `intake` state machine, durable storage in redb, signed
 //! receipts, and the gateway's own chain.
 
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;

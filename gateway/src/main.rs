@@ -137,6 +137,18 @@ enum Command {
     },
     /// Print the commented default configuration.
     PrintDefaultConfig,
+    /// Measure raw broker throughput against durable ingest (see BENCHMARKS.md).
+    Bench {
+        /// Agent counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+        agents: Vec<usize>,
+        /// Entries per run, split over the agents.
+        #[arg(long, default_value_t = 262_144)]
+        entries: u64,
+        /// Skip the Mosquitto runs.
+        #[arg(long)]
+        no_mosquitto: bool,
+    },
     /// Print a ready Mosquitto drop-in config for production.
     PrintMosquittoConfig {
         /// Agents expected (sets the connection limit).
@@ -323,6 +335,21 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::PrintDefaultConfig => print!("{DEFAULT_CONFIG}"),
+        Command::Bench {
+            agents,
+            entries,
+            no_mosquitto,
+        } => {
+            let exe = std::env::current_exe().context("locating this binary")?;
+            let args = baton_gateway::bench::BenchArgs {
+                agents,
+                total_entries: entries,
+                mosquitto: !no_mosquitto,
+            };
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let rows = rt.block_on(baton_gateway::bench::run(&args, &exe))?;
+            print!("{}", baton_gateway::bench::table(&rows));
+        }
         Command::PrintMosquittoConfig { agents, listen } => {
             print!(
                 "{}",

@@ -30,6 +30,28 @@ pub struct Feed {
     pub every: Duration,
 }
 
+/// How the publisher sends.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Batches in flight.
+    pub window: usize,
+    /// Most entries per batch.
+    pub max_batch_entries: usize,
+    pub resend_timeout: Duration,
+    pub feed: Option<Feed>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            window: 8,
+            max_batch_entries: 1024,
+            resend_timeout: Duration::from_secs(2),
+            feed: None,
+        }
+    }
+}
+
 /// Sends everything in `ledger` to the gateway behind `broker` until the
 /// gateway's receipts cover its head, or `limit` passes.
 pub async fn publish_all(
@@ -39,19 +61,28 @@ pub async fn publish_all(
     gateway_key: PublicKey,
     limit: Duration,
 ) -> anyhow::Result<Published> {
-    publish(broker, cluster, ledger, gateway_key, None, limit).await
+    publish(
+        broker,
+        cluster,
+        ledger,
+        gateway_key,
+        Options::default(),
+        limit,
+    )
+    .await
 }
 
-/// As [`publish_all`], appending `feed.entries` more entries one by one
-/// every `feed.every` while publishing.
+/// As [`publish_all`] with explicit options; with a feed it appends
+/// `feed.entries` more entries one by one every `feed.every`.
 pub async fn publish(
     broker: SocketAddr,
     cluster: &str,
     mut ledger: MemLedger,
     gateway_key: PublicKey,
-    feed: Option<Feed>,
+    options: Options,
     limit: Duration,
 ) -> anyhow::Result<Published> {
+    let feed = options.feed;
     let mut to_append = feed.map_or(0, |f| f.entries);
     let every = feed.map_or(Duration::from_secs(3600), |f| f.every);
     let agent = ledger.agent().clone();
@@ -67,8 +98,9 @@ pub async fn publish(
     eventloop.set_network_options(net);
 
     let mut cfg = UplinkConfig::new(agent.clone(), ledger.key().public(), Some(gateway_key), 42);
-    cfg.resend_timeout = Duration::from_secs(2);
-    cfg.window = 8;
+    cfg.resend_timeout = options.resend_timeout;
+    cfg.window = options.window;
+    cfg.limits.max_entries = options.max_batch_entries;
     let mut uplink = Uplink::new(cfg, ledger.best.clone());
     let (ack, nack) = (
         topic(cluster, agent.as_str(), "ack"),

@@ -161,7 +161,9 @@ pub async fn run(
     net.set_connection_timeout(30);
     eventloop.set_network_options(net);
 
-    let (tx, mut rx) = mpsc::channel::<Inbound>(8192);
+    // Small on purpose: when ingest is the bottleneck, backpressure reaches
+    // the broker instead of queueing ~28 KB batches in this process.
+    let (tx, mut rx) = mpsc::channel::<Inbound>(256);
     let subscriptions = ingest.subscriptions();
 
     // The poller: nothing but the event loop.

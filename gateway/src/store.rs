@@ -13,6 +13,9 @@ use baton_shared::{AgentId, Entry, Hash, PublicKey, Seq, Sig};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+/// redb page cache.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Entries by (agent, seq): postcard-encoded [`Entry`].
 const ENTRIES: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("entries");
 /// The contiguous head per agent: postcard [`StoredHead`].
@@ -132,10 +135,15 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store and its tables.
     pub fn open(path: &Path) -> Result<Store> {
-        let db = Database::create(path).map_err(|source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+        // redb's default page cache grows to 1 GiB; ingest writes and
+        // rarely re-reads, so a small cache keeps the gateway's RSS flat.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
         let txn = db.begin_write()?;
         {
             txn.open_table(ENTRIES)?;

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_gateway::publisher::{Feed, publish};
+use baton_gateway::publisher::{Feed, Options, publish};
 use baton_gateway::store::Store;
 use baton_shared::json::{Object, Value};
 use baton_shared::memory::MemLedger;
@@ -158,7 +158,18 @@ async fn kill_rounds(via: Via) {
             every: Duration::from_millis(2),
         };
         tasks.push(tokio::spawn(async move {
-            let r = publish(mqtt, "c1", l, gw_key, Some(feed), Duration::from_secs(300)).await;
+            let r = publish(
+                mqtt,
+                "c1",
+                l,
+                gw_key,
+                Options {
+                    feed: Some(feed),
+                    ..Options::default()
+                },
+                Duration::from_secs(300),
+            )
+            .await;
             unfinished.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             r
         }));

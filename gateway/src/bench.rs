@@ -1,0 +1,408 @@
+//! `baton-gateway bench`: raw broker throughput against durable gateway
+//! ingest, for several agent counts, with the embedded broker and (when
+//! installed) Mosquitto. Prints a table; BENCHMARKS.md records the figures.
+//!
+//! - raw: N clients each publish 64-entry batch payloads (QoS 1, 8 in
+//!   flight per client) to a broker; one subscriber counts them. No gateway.
+//! - ingest: a `baton-gateway run` child process; N agents (the test
+//!   publisher: real MQTT client + uplink state machine) send the same
+//!   batches; timed until every agent holds a receipt for its head, i.e.
+//!   published → verified → fsync'd → receipt received. The child's peak RSS
+//!   is read from /proc.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use baton_shared::json::{Object, Value};
+use baton_shared::memory::MemLedger;
+use baton_shared::uplink::Ledger;
+use baton_shared::wire::{MQTT_MAX_PACKET, Message};
+use baton_shared::{AgentId, SecretKey, Seq};
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
+
+use crate::mosquitto::{MosquittoOptions, config};
+use crate::publisher::{Options, publish};
+
+const BATCH: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    pub agents: Vec<usize>,
+    /// Entries per run, split over the agents (at least one batch each).
+    pub total_entries: u64,
+    /// Also run against Mosquitto, if installed.
+    pub mosquitto: bool,
+}
+
+/// One row of the report.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub broker: &'static str,
+    pub agents: usize,
+    pub raw_msgs_per_s: f64,
+    pub raw_delivered: f64,
+    pub ingest_entries_per_s: f64,
+    pub ingest_msgs_per_s: f64,
+    pub rss_peak_mb: f64,
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..1000 {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("nothing listens on {addr}")
+}
+
+fn ledger(i: usize, entries: u64) -> anyhow::Result<MemLedger> {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+    let mut l = MemLedger::new(
+        AgentId::new(format!("bench-{i}"))?,
+        SecretKey::from_seed(&seed),
+    );
+    l.checkpoint_every = BATCH;
+    l.append(
+        1_795_460_700_000,
+        "genesis",
+        None,
+        Value::Object(Object::new()),
+    )?;
+    let filler = "x".repeat(224);
+    for n in 1..entries {
+        let mut d = Object::new();
+        d.insert("n", Value::from(n));
+        d.insert("payload", Value::from(filler.as_str()));
+        l.append(
+            1_795_460_700_000 + n as i64,
+            "info",
+            Some("bench"),
+            Value::Object(d),
+        )?;
+    }
+    l.sign_head();
+    Ok(l)
+}
+
+fn client(id: &str, broker: SocketAddr, inflight: u16) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut o = MqttOptions::new(id, broker.ip().to_string(), broker.port());
+    o.set_credentials(id, "");
+    o.set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET);
+    o.set_keep_alive(Duration::from_secs(60));
+    o.set_inflight(inflight);
+    let (c, mut el) = AsyncClient::new(o, 256);
+    let mut net = NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(30);
+    el.set_network_options(net);
+    (c, el)
+}
+
+/// Raw broker: messages/s delivered publish → subscribe, and the fraction
+/// delivered.
+async fn raw_broker(
+    broker: SocketAddr,
+    agents: usize,
+    per_agent: u64,
+    payload: Arc<Vec<u8>>,
+) -> anyhow::Result<(f64, f64)> {
+    let received = Arc::new(AtomicU64::new(0));
+    let (sub, mut sub_el) = client("bench-sub", broker, 100);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let counter = Arc::clone(&received);
+    let sub_task = tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        loop {
+            match sub_el.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    sub.subscribe("bench/+/entries", QoS::AtLeastOnce).await?;
+    tokio::time::timeout(Duration::from_secs(20), ready_rx).await??;
+    let total = agents as u64 * per_agent;
+    let start = Instant::now();
+    let mut pubs = Vec::new();
+    for i in 0..agents {
+        let payload = Arc::clone(&payload);
+        pubs.push(tokio::spawn(async move {
+            let id = format!("bench-raw-{i}");
+            let (c, mut el) = client(&id, broker, 8);
+            let poller = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+            let topic = format!("bench/{id}/entries");
+            for _ in 0..per_agent {
+                if c.publish(&topic, QoS::AtLeastOnce, false, payload.as_slice().to_vec())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            (c, poller)
+        }));
+    }
+    let mut last = 0;
+    let mut last_change = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = received.load(Ordering::Relaxed);
+        if now >= total {
+            break;
+        }
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > Duration::from_secs(3) {
+            break; // the broker dropped the rest
+        }
+    }
+    let took = start.elapsed().as_secs_f64()
+        - if received.load(Ordering::Relaxed) < total {
+            3.0
+        } else {
+            0.0
+        };
+    for p in pubs {
+        if let Ok((c, poller)) = p.await {
+            let _ = c.disconnect().await;
+            poller.abort();
+        }
+    }
+    sub_task.abort();
+    #[allow(clippy::cast_precision_loss)]
+    let got = received.load(Ordering::Relaxed) as f64;
+    #[allow(clippy::cast_precision_loss)]
+    Ok((got / took.max(1e-9), got / total as f64))
+}
+
+fn rss_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Durable ingest: entries/s and batches/s until every agent is receipted,
+/// and the gateway's peak RSS in MiB.
+async fn ingest(
+    exe: &Path,
+    external: Option<SocketAddr>,
+    ledgers: Vec<MemLedger>,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let dir = tempfile_dir()?;
+    let key = crate::keys::generate(&dir.join("gateway.key"))?;
+    let keys_dir = dir.join("agents");
+    std::fs::create_dir_all(&keys_dir)?;
+    for l in &ledgers {
+        std::fs::write(
+            keys_dir.join(format!("{}.pub", l.agent())),
+            l.key().public().to_hex(),
+        )?;
+    }
+    let http = free_addr()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["run", "--id", "gw-bench", "--cluster", "bench"])
+        .arg("--data-dir")
+        .arg(&dir)
+        .arg("--keys-dir")
+        .arg(&keys_dir)
+        .arg("--http-listen")
+        .arg(http.to_string())
+        .arg("--max-agents")
+        .arg((ledgers.len() + 10).to_string());
+    let broker = match external {
+        Some(a) => {
+            cmd.arg("--broker").arg(format!("mqtt://{a}"));
+            a
+        }
+        None => {
+            let a = free_addr()?;
+            cmd.arg("--mqtt-listen").arg(a.to_string());
+            a
+        }
+    };
+    let child = ChildGuard(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    wait_listening(http)?;
+    wait_listening(broker)?;
+    let entries: u64 = ledgers.iter().map(|l| l.head().0).sum();
+    let batches: u64 = ledgers
+        .iter()
+        .map(|l| l.head().0.div_ceil(BATCH as u64))
+        .sum();
+    let opts = Options {
+        window: 8,
+        max_batch_entries: BATCH,
+        ..Options::default()
+    };
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for l in ledgers {
+        let gw = key.public();
+        tasks.push(tokio::spawn(async move {
+            publish(broker, "bench", l, gw, opts, Duration::from_secs(600)).await
+        }));
+    }
+    for t in tasks {
+        let p = t.await??;
+        if p.receipted != p.ledger.head() {
+            bail!(
+                "{} receipted {} of {}",
+                p.ledger.agent(),
+                p.receipted,
+                p.ledger.head()
+            );
+        }
+    }
+    let took = start.elapsed().as_secs_f64();
+    let peak = rss_kb(child.0.id(), "VmHWM:");
+    drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+    #[allow(clippy::cast_precision_loss)]
+    Ok((
+        entries as f64 / took,
+        batches as f64 / took,
+        peak as f64 / 1024.0,
+    ))
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let mut n = [0u8; 8];
+    getrandom::fill(&mut n).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let dir = std::env::temp_dir().join(format!("baton-bench-{}", u64::from_le_bytes(n)));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn mosquitto_binary() -> Option<PathBuf> {
+    [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}
+
+/// Runs the whole benchmark; `exe` is this binary (for the gateway child).
+pub async fn run(args: &BenchArgs, exe: &Path) -> anyhow::Result<Vec<Row>> {
+    let mut brokers: Vec<(&'static str, Option<SocketAddr>)> = vec![("embedded", None)];
+    let mut mosquitto = None;
+    if args.mosquitto {
+        match mosquitto_binary() {
+            Some(bin) => {
+                let addr = free_addr()?;
+                let dir = tempfile_dir()?;
+                let conf = dir.join("mosquitto.conf");
+                std::fs::write(
+                    &conf,
+                    config(&MosquittoOptions {
+                        listen: addr,
+                        agents: args.agents.iter().copied().max().unwrap_or(1) + 10,
+                        allow_anonymous: true,
+                    }),
+                )?;
+                let child = Command::new(bin)
+                    .arg("-c")
+                    .arg(&conf)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting mosquitto")?;
+                mosquitto = Some(ChildGuard(child));
+                wait_listening(addr)?;
+                brokers.push(("mosquitto", Some(addr)));
+            }
+            None => eprintln!("mosquitto is not installed: embedded broker only"),
+        }
+    }
+    // A bare embedded broker for the raw figures.
+    let raw_embedded = free_addr()?;
+    crate::broker::start(
+        raw_embedded,
+        args.agents.iter().copied().max().unwrap_or(1) + 10,
+    )?;
+    let mut rows = Vec::new();
+    for (name, external) in &brokers {
+        for &n in &args.agents {
+            let per_agent =
+                (args.total_entries / n as u64).max(BATCH as u64) / BATCH as u64 * BATCH as u64;
+            let ledgers = (0..n)
+                .map(|i| ledger(i, per_agent))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let payload = Arc::new(ledgers[0].batch(Seq(1), Seq(BATCH as u64), None).encode());
+            let raw_at = external.unwrap_or(raw_embedded);
+            let (raw_msgs, delivered) =
+                raw_broker(raw_at, n, per_agent / BATCH as u64, payload).await?;
+            let (eps, mps, rss) = ingest(exe, *external, ledgers).await?;
+            let row = Row {
+                broker: name,
+                agents: n,
+                raw_msgs_per_s: raw_msgs,
+                raw_delivered: delivered,
+                ingest_entries_per_s: eps,
+                ingest_msgs_per_s: mps,
+                rss_peak_mb: rss,
+            };
+            eprintln!("{row:?}");
+            rows.push(row);
+        }
+    }
+    drop(mosquitto);
+    Ok(rows)
+}
+
+/// The report as a Markdown table.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| broker | agents | raw broker QoS 1 msgs/s (delivered) | durable ingest entries/s | ingest batches/s | ingest entries/s ÷ raw msgs/s | gateway peak RSS |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {:.0} ({:.0}%) | {:.0} | {:.0} | {:.2}x | {:.1} MiB |\n",
+            r.broker,
+            r.agents,
+            r.raw_msgs_per_s,
+            r.raw_delivered * 100.0,
+            r.ingest_entries_per_s,
+            r.ingest_msgs_per_s,
+            r.ingest_entries_per_s / r.raw_msgs_per_s.max(1e-9),
+            r.rss_peak_mb
+        ));
+    }
+    out
+}
