@@ -1,12 +1,13 @@
 //! The offline subcommands: they work on a stopped gateway's data directory
 //! (redb admits one process at a time).
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use baton_shared::verify::{Verdict, Verifier};
-use baton_shared::{AgentId, ClusterId, PublicKey, Seq};
+use baton_shared::{AgentId, ClusterId, Entry, PublicKey, Seq};
 
 use crate::ingest::{Ingest, IngestConfig};
 use crate::keys;
@@ -162,22 +163,26 @@ pub fn verify(
     Ok(all_ok)
 }
 
-/// Writes the run that contains the head as JSONL.
-pub fn export_jsonl(
+/// The first seq of the run that contains the head (runs are split by
+/// the holes this gateway recorded as gaps).
+fn head_run_start(store: &Store, agent: &AgentId) -> anyhow::Result<Seq> {
+    let head = store.head(agent)?.seq;
+    Ok(store
+        .gaps(agent)?
+        .into_iter()
+        .filter(|(_, to)| *to < head)
+        .map(|(_, to)| to.next())
+        .max()
+        .unwrap_or(Seq(1)))
+}
+
+/// Calls `f` with every entry of the run that contains the head, in order.
+pub fn for_each_in_head_run(
     store: &Store,
     agent: &AgentId,
-    out: &mut impl std::io::Write,
+    mut f: impl FnMut(Seq, &Entry) -> anyhow::Result<()>,
 ) -> anyhow::Result<usize> {
-    let head = store.head(agent)?.seq;
-    // walk back from the head to the start of its run
-    let mut start = Seq(1);
-    let gaps = store.gaps(agent)?;
-    for (_, to) in gaps {
-        if to < head {
-            start = start.max(to.next());
-        }
-    }
-    let mut from = start;
+    let mut from = head_run_start(store, agent)?;
     let mut n = 0;
     loop {
         let rows = store.range(agent, from, 4096)?;
@@ -185,11 +190,104 @@ pub fn export_jsonl(
             break;
         }
         for (seq, e) in &rows {
-            writeln!(out, "{}", e.to_jsonl())?;
+            f(*seq, e)?;
             n += 1;
             from = seq.next();
         }
     }
+    Ok(n)
+}
+
+/// Writes the run that contains the head as JSONL.
+pub fn export_jsonl(
+    store: &Store,
+    agent: &AgentId,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<usize> {
+    let n = for_each_in_head_run(store, agent, |_, e| {
+        writeln!(out, "{}", e.to_jsonl())?;
+        Ok(())
+    })?;
     out.flush()?;
     Ok(n)
+}
+
+/// Writes `<dir>/<agent>/YYYY-MM-DD.jsonl` files (PROTOCOL §5, daily).
+pub fn export_daily(store: &Store, agent: &AgentId, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let agent_dir = dir.join(agent.as_str());
+    std::fs::create_dir_all(&agent_dir)
+        .with_context(|| format!("creating {}", agent_dir.display()))?;
+    let mut files: std::collections::BTreeMap<String, std::io::BufWriter<std::fs::File>> =
+        std::collections::BTreeMap::new();
+    for_each_in_head_run(store, agent, |_, e| {
+        let ts = e.header()?.ts;
+        let day = baton_shared::export::daily_file_stem(&ts).to_owned();
+        if !files.contains_key(&day) {
+            let path = agent_dir.join(format!("{day}.jsonl"));
+            let f = std::fs::File::create(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            files.insert(day.clone(), std::io::BufWriter::new(f));
+        }
+        if let Some(w) = files.get_mut(&day) {
+            writeln!(w, "{}", e.to_jsonl())?;
+        }
+        Ok(())
+    })?;
+    let mut paths = Vec::new();
+    for (day, mut w) in files {
+        w.flush()?;
+        paths.push(agent_dir.join(format!("{day}.jsonl")));
+    }
+    Ok(paths)
+}
+
+/// The head run as a baton document (PROTOCOL §5), with the agent's signed
+/// head and this gateway's receipt for it.
+pub fn export_baton(
+    store: &Store,
+    agent: &AgentId,
+    gateway: &AgentId,
+    key: &baton_shared::SecretKey,
+) -> anyhow::Result<Vec<u8>> {
+    use baton_shared::export::{BatonDoc, BatonReceipt, SignedPoint};
+    let record = store
+        .agent(agent)?
+        .with_context(|| format!("unknown agent {agent}"))?;
+    let mut entries = Vec::new();
+    for_each_in_head_run(store, agent, |_, e| {
+        entries.push(e.clone());
+        Ok(())
+    })?;
+    let head = store.head(agent)?;
+    let signed_head = head.sig.map(|sig| SignedPoint {
+        seq: head.seq,
+        hash: head.hash,
+        sig,
+    });
+    let receipt = (head.seq > Seq::ZERO).then(|| {
+        let r = baton_shared::wire::Receipt::sign(key, gateway, agent, head.seq, head.hash);
+        BatonReceipt {
+            gateway: gateway.clone(),
+            point: SignedPoint {
+                seq: r.seq,
+                hash: r.hash,
+                sig: r.sig,
+            },
+        }
+    });
+    let doc = BatonDoc {
+        agent: agent.clone(),
+        public_key: record
+            .public_key
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        context: None,
+        exported_at: baton_shared::entry::format_timestamp(unix_ms()),
+        entries,
+        head: signed_head,
+        receipt,
+        notes: Vec::new(),
+    };
+    Ok(doc.to_json())
 }

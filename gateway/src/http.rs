@@ -7,10 +7,11 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use baton_shared::{AgentId, Seq};
 use serde::Deserialize;
 
+use crate::ingest::Committed;
 use crate::metrics::{Gauge, Metrics};
 use crate::store::Store;
 
@@ -19,6 +20,10 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub gateway: AgentId,
+    /// Signs the receipt inside exported batons.
+    pub key: baton_shared::SecretKey,
+    /// New durable entries, as the ingest thread commits them.
+    pub committed: tokio::sync::broadcast::Sender<Committed>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -27,7 +32,165 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/agents/{id}/entries", get(entries))
+        .route("/api/v1/agents/{id}/export", get(export))
+        .route("/api/v1/load", post(load))
+        .route("/api/v1/watch", get(watch))
         .with_state(state)
+}
+
+/// The enrolled agent named in a path, or the error to answer with.
+fn known_agent(s: &AppState, id: String) -> Result<AgentId, (StatusCode, String)> {
+    let agent = AgentId::new(id).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    match s.store.agent(&agent) {
+        Ok(Some(_)) => Ok(agent),
+        Ok(None) => Err((StatusCode::NOT_FOUND, format!("unknown agent {agent}"))),
+        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ExportQuery {
+    format: Option<String>,
+}
+
+/// `format=baton` (default) or `jsonl`: the run holding the head.
+async fn export(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<ExportQuery>,
+) -> Response {
+    let agent = match known_agent(&s, id) {
+        Ok(a) => a,
+        Err((status, message)) => return error(status, message),
+    };
+    match q.format.as_deref().unwrap_or("baton") {
+        "baton" => match crate::cli::export_baton(&s.store, &agent, &s.gateway, &s.key) {
+            Ok(doc) => ([(header::CONTENT_TYPE, "application/json")], doc).into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        },
+        "jsonl" => {
+            let mut body = Vec::new();
+            match crate::cli::export_jsonl(&s.store, &agent, &mut body) {
+                Ok(_) => ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response(),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+            }
+        }
+        other => error(
+            StatusCode::BAD_REQUEST,
+            format!("format {other:?}: use baton or jsonl"),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LoadQuery {
+    /// Load without a trusted key (the result is marked unauthenticated).
+    unauthenticated: Option<bool>,
+}
+
+/// Verifies a baton whole against the key this gateway trusts for its
+/// agent, and reports what it holds; any failure refuses it whole.
+async fn load(
+    State(s): State<AppState>,
+    Query(q): Query<LoadQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    use baton_shared::export::{BatonTrust, load_baton};
+    // Find the agent first, to look up the key this gateway trusts for it.
+    let agent = baton_shared::json::parse_with(
+        &body,
+        baton_shared::json::Mode::Verify,
+        baton_shared::json::MAX_DEPTH + 2,
+    )
+    .ok()
+    .and_then(|v| v.as_object()?.get("agent")?.as_str().map(str::to_owned))
+    .and_then(|a| AgentId::new(a).ok());
+    let trusted = match &agent {
+        Some(a) => match s.store.agent(a) {
+            Ok(r) => r.and_then(|r| r.key()),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        None => None,
+    };
+    let trust = match (&trusted, q.unauthenticated.unwrap_or(false)) {
+        (Some(k), _) => BatonTrust::Key(k),
+        (None, true) => BatonTrust::Unauthenticated,
+        (None, false) => BatonTrust::None,
+    };
+    match load_baton(&body, trust) {
+        Ok(b) => {
+            let body = format!(
+                "{{\"agent\":\"{}\",\"first_seq\":{},\"last_seq\":{},\"authenticated\":{},\"authenticated_through\":{},\"unsigned_tail\":{},\"truncated\":{}}}",
+                b.agent,
+                b.summary.first_seq,
+                b.summary.head_seq,
+                b.authenticated,
+                b.summary.authenticated_through,
+                b.summary.unsigned_tail,
+                b.truncated
+            );
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(e) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("baton refused: {e}"),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct WatchQuery {
+    agent: Option<String>,
+}
+
+/// Server-sent events: one `entry` event (a JSONL line) per new durable
+/// entry, optionally of one agent.
+async fn watch(State(s): State<AppState>, Query(q): Query<WatchQuery>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let filter = match q.agent.map(AgentId::new).transpose() {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let rx = s.committed.subscribe();
+    let store = Arc::clone(&s.store);
+    let stream = futures_util::stream::unfold(
+        (
+            rx,
+            store,
+            filter,
+            std::collections::VecDeque::<String>::new(),
+        ),
+        |(mut rx, store, filter, mut queued)| async move {
+            loop {
+                if let Some(line) = queued.pop_front() {
+                    let ev = Event::default().event("entry").data(line);
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(ev),
+                        (rx, store, filter, queued),
+                    ));
+                }
+                match rx.recv().await {
+                    Ok(c) => {
+                        if filter.as_ref().is_some_and(|f| *f != c.agent) {
+                            continue;
+                        }
+                        let n = usize::try_from(c.last.0 - c.first.0 + 1).unwrap_or(0);
+                        if let Ok(rows) = store.range(&c.agent, c.first, n) {
+                            queued.extend(rows.iter().map(|(_, e)| e.to_jsonl()));
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let ev = Event::default().event("lagged").data(n.to_string());
+                        return Some((Ok(ev), (rx, store, filter, queued)));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -110,15 +273,10 @@ async fn entries(
     Path(id): Path<String>,
     Query(q): Query<EntriesQuery>,
 ) -> Response {
-    let agent = match AgentId::new(id) {
+    let agent = match known_agent(&s, id) {
         Ok(a) => a,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err((status, message)) => return error(status, message),
     };
-    match s.store.agent(&agent) {
-        Ok(Some(_)) => {}
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("unknown agent {agent}")),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
     let limit = q.limit.unwrap_or(1000).min(10_000);
     match s.store.range(&agent, Seq(q.from.unwrap_or(1)), limit) {
         Ok(rows) => {

@@ -132,6 +132,10 @@ impl Ingest {
         &self.store
     }
 
+    pub fn key(&self) -> &SecretKey {
+        &self.key
+    }
+
     pub fn own_head(&self) -> Head {
         self.own.head()
     }

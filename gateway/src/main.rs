@@ -128,10 +128,11 @@ enum Command {
         dir: DataDir,
         #[arg(long)]
         agent: String,
-        /// Only jsonl so far.
-        #[arg(long, default_value = "jsonl")]
+        /// jsonl (the run holding the head), daily (<out>/<agent>/YYYY-MM-DD.jsonl)
+        /// or baton (one document with the signed head and this gateway's receipt).
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "daily", "baton"])]
         format: String,
-        /// Output file (default stdout).
+        /// Output file (a directory for daily; default stdout).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -316,22 +317,43 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             out,
         } => {
-            if format != "jsonl" {
-                anyhow::bail!("--format {format}: only jsonl is implemented so far");
-            }
             let store = cli::open_store(&dir.data_dir)?;
             let agent = AgentId::new(agent)?;
-            match out {
-                Some(p) => {
-                    let mut f = std::io::BufWriter::new(
-                        std::fs::File::create(&p)
-                            .with_context(|| format!("creating {}", p.display()))?,
-                    );
-                    cli::export_jsonl(&store, &agent, &mut f)?;
+            if store.agent(&agent)?.is_none() {
+                anyhow::bail!("unknown agent {agent}");
+            }
+            match format.as_str() {
+                "daily" => {
+                    let out = out.context("--format daily needs --out DIR")?;
+                    for path in cli::export_daily(&store, &agent, &out)? {
+                        println!("{}", path.display());
+                    }
                 }
-                None => {
-                    cli::export_jsonl(&store, &agent, &mut std::io::stdout().lock())?;
+                "baton" => {
+                    let id = store.meta(cli::ID_KEY)?.context(
+                        "this data directory has no gateway id yet (run the gateway once)",
+                    )?;
+                    let gateway = AgentId::new(String::from_utf8_lossy(&id).into_owned())?;
+                    let key = baton_gateway::keys::load(&cli::key_path(&dir.data_dir, dir.key))?;
+                    let doc = cli::export_baton(&store, &agent, &gateway, &key)?;
+                    match out {
+                        Some(p) => std::fs::write(&p, &doc)
+                            .with_context(|| format!("writing {}", p.display()))?,
+                        None => println!("{}", String::from_utf8_lossy(&doc)),
+                    }
                 }
+                _ => match out {
+                    Some(p) => {
+                        let mut f = std::io::BufWriter::new(
+                            std::fs::File::create(&p)
+                                .with_context(|| format!("creating {}", p.display()))?,
+                        );
+                        cli::export_jsonl(&store, &agent, &mut f)?;
+                    }
+                    None => {
+                        cli::export_jsonl(&store, &agent, &mut std::io::stdout().lock())?;
+                    }
+                },
             }
         }
         Command::PrintDefaultConfig => print!("{DEFAULT_CONFIG}"),

@@ -164,6 +164,9 @@ pub async fn run(
     // Small on purpose: when ingest is the bottleneck, backpressure reaches
     // the broker instead of queueing ~28 KB batches in this process.
     let (tx, mut rx) = mpsc::channel::<Inbound>(256);
+    let (committed_tx, _) = tokio::sync::broadcast::channel(4096);
+    let ingest_committed = committed_tx.clone();
+    let http_key = ingest.key().clone();
     let subscriptions = ingest.subscriptions();
 
     // The poller: nothing but the event loop.
@@ -256,7 +259,13 @@ pub async fn run(
                     }
                 }
                 match ingest.commit() {
-                    Ok(outcome) => publish(outcome.receipts),
+                    Ok(outcome) => {
+                        publish(outcome.receipts);
+                        for c in outcome.committed {
+                            // nobody watching is fine
+                            let _ = ingest_committed.send(c);
+                        }
+                    }
                     Err(e) => {
                         warn!(error = %e, "group commit failed; nothing of it was receipted");
                         std::thread::sleep(Duration::from_millis(100));
@@ -279,6 +288,8 @@ pub async fn run(
         store: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
         gateway: config.id.clone(),
+        key: http_key,
+        committed: committed_tx,
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {

@@ -42,3 +42,58 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// Status code and body of `POST path` with `body`.
+pub fn post(addr: SocketAddr, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+/// Opens a server-sent-events stream; `next_data` returns each `data:` line.
+#[derive(Debug)]
+pub struct EventStream {
+    reader: std::io::BufReader<TcpStream>,
+}
+
+impl EventStream {
+    pub fn open(addr: SocketAddr, path: &str) -> std::io::Result<EventStream> {
+        let mut s = TcpStream::connect(addr)?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n"
+        )?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+        Ok(EventStream {
+            reader: std::io::BufReader::new(s),
+        })
+    }
+
+    /// The next `data:` payload (chunk framing lines are skipped).
+    pub fn next_data(&mut self) -> std::io::Result<String> {
+        use std::io::BufRead;
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if let Some(data) = line.trim_end().strip_prefix("data: ") {
+                return Ok(data.to_owned());
+            }
+        }
+    }
+}

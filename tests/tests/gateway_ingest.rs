@@ -159,6 +159,16 @@ async fn many_agents(external: Option<SocketAddr>) {
         .map(|i| ledger(&format!("pi-{i}"), i as u8 + 1, 300))
         .collect();
     let gw = start_gateway_with(dir.path(), &ledgers.iter().collect::<Vec<_>>(), external).await;
+    // a live watcher of one agent, opened before anything arrives
+    let http_addr = gw.bound.http;
+    let watcher = std::thread::spawn(move || {
+        let mut s = http::EventStream::open(http_addr, "/api/v1/watch?agent=pi-2").unwrap();
+        (0..301)
+            .map(|_| s.next_data().unwrap())
+            .collect::<Vec<String>>()
+    });
+    // the stream is subscribed once the response headers are out
+    std::thread::sleep(Duration::from_millis(200));
     let mut tasks = Vec::new();
     for l in ledgers {
         tasks.push(tokio::spawn(publish_all(
@@ -197,6 +207,49 @@ async fn many_agents(external: Option<SocketAddr>) {
         metric(&metrics, "baton_entries_accepted_total"),
         6.0 * 301.0
     );
+
+    // the watcher saw pi-2's entries, in order, and nobody else's
+    let seen = watcher.join().unwrap();
+    let pi2 = published
+        .iter()
+        .find(|p| p.ledger.agent().as_str() == "pi-2")
+        .unwrap();
+    let expected: Vec<String> = pi2.ledger.held().map(|e| e.to_jsonl()).collect();
+    assert_eq!(seen, expected);
+
+    // a baton export verifies under the agent's key and loads back
+    let (status, doc) =
+        http::get(gw.bound.http, "/api/v1/agents/pi-2/export?format=baton").unwrap();
+    assert_eq!(status, 200, "{doc}");
+    let loaded = baton_shared::export::load_baton(
+        doc.as_bytes(),
+        baton_shared::export::BatonTrust::Key(&pi2.ledger.key().public()),
+    )
+    .unwrap();
+    assert_eq!(
+        loaded.entries,
+        pi2.ledger.held().cloned().collect::<Vec<_>>()
+    );
+    let receipt = loaded.receipt.unwrap();
+    assert!(gw.key.verify_receipt(
+        &receipt.gateway,
+        pi2.ledger.agent(),
+        receipt.point.seq,
+        &receipt.point.hash,
+        &receipt.point.sig
+    ));
+    let (status, body) = http::post(gw.bound.http, "/api/v1/load", doc.as_bytes()).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"authenticated\":true") && body.contains("\"last_seq\":301"),
+        "{body}"
+    );
+    // one changed value and the whole document is refused, with the reason
+    let tampered = doc.replacen("\"i\":7,", "\"i\":8,", 1);
+    assert_ne!(tampered, doc);
+    let (status, body) = http::post(gw.bound.http, "/api/v1/load", tampered.as_bytes()).unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("baton refused"), "{body}");
     let (status, agents) = http::get(gw.bound.http, "/api/v1/agents").unwrap();
     assert_eq!(status, 200);
     assert!(
