@@ -612,6 +612,16 @@ impl Ingest {
             self.answer_after_commit.clear();
             // checkpoints staged with the failed commit are made again
             self.checkpointed.clear();
+            // redb refuses every transaction after an I/O error until the
+            // file is closed and opened again: reopen now, not crash-loop.
+            match self.store.reopen() {
+                Ok(()) => {
+                    info!(path = %self.store.path().display(), "store reopened after a failed commit")
+                }
+                Err(e) => {
+                    warn!(error = %e, "reopening the store failed; the next commit tries again")
+                }
+            }
             if let Ok(head) = self.store.head(&self.cfg.gateway) {
                 self.own.reset(head);
             }

@@ -51,6 +51,8 @@ pub enum StoreError {
         what: String,
         source: postcard::Error,
     },
+    #[error("store is closed (reopening after an I/O error failed)")]
+    Closed,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -126,24 +128,53 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).unwrap_or_default()
 }
 
-#[derive(Debug)]
+/// Opens the database file (again): a file backend normally, a
+/// fault-injecting one in tests.
+pub type Opener =
+    Box<dyn Fn(&Path) -> std::result::Result<Database, redb::DatabaseError> + Send + Sync>;
+
+/// The store. The database sits behind a lock so that it can be closed and
+/// reopened after an I/O error (redb refuses further transactions then)
+/// while readers keep their `Arc<Store>`.
 pub struct Store {
-    db: Database,
+    db: std::sync::RwLock<Option<Database>>,
     path: PathBuf,
+    opener: Opener,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// The production opener. redb's default page cache grows to 1 GiB; ingest
+/// writes and rarely re-reads, so a small cache keeps the gateway's RSS flat.
+fn open_file(path: &Path) -> std::result::Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
 }
 
 impl Store {
     /// Opens (or creates) the store and its tables.
     pub fn open(path: &Path) -> Result<Store> {
-        // redb's default page cache grows to 1 GiB; ingest writes and
-        // rarely re-reads, so a small cache keeps the gateway's RSS flat.
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|source| StoreError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+        Self::open_with(path, Box::new(open_file))
+    }
+
+    /// Opens with a given opener (tests inject storage faults this way).
+    pub fn open_with(path: &Path, opener: Opener) -> Result<Store> {
+        let db = Self::open_db(path, &opener)?;
+        Ok(Store {
+            db: std::sync::RwLock::new(Some(db)),
+            path: path.to_owned(),
+            opener,
+        })
+    }
+
+    fn open_db(path: &Path, opener: &Opener) -> Result<Database> {
+        let db = opener(path).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
         let txn = db.begin_write()?;
         {
             txn.open_table(ENTRIES)?;
@@ -155,10 +186,60 @@ impl Store {
             txn.open_table(META)?;
         }
         txn.commit()?;
-        Ok(Store {
-            db,
-            path: path.to_owned(),
-        })
+        Ok(db)
+    }
+
+    /// Closes the database and opens it again (after an I/O error). What
+    /// was committed is there; what failed to commit is not.
+    pub fn reopen(&self) -> Result<()> {
+        let mut slot = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The old handle must be gone before the file can be opened again.
+        drop(slot.take());
+        *slot = Some(Self::open_db(&self.path, &self.opener)?);
+        Ok(())
+    }
+
+    /// The open database; a store left closed by a failed reopen tries to
+    /// open again on its next use.
+    fn db(&self) -> Result<std::sync::RwLockReadGuard<'_, Option<Database>>> {
+        let guard = self
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.is_some() {
+            return Ok(guard);
+        }
+        drop(guard);
+        {
+            let mut slot = self
+                .db
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if slot.is_none() {
+                *slot = Some(Self::open_db(&self.path, &self.opener)?);
+            }
+        }
+        Ok(self
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction> {
+        match self.db()?.as_ref() {
+            Some(db) => Ok(db.begin_write()?),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction> {
+        match self.db()?.as_ref() {
+            Some(db) => Ok(db.begin_read()?),
+            None => Err(StoreError::Closed),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -167,7 +248,7 @@ impl Store {
 
     /// Applies a group of writes in one durable transaction.
     pub fn commit(&self, writes: &[Write]) -> Result<()> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         {
             let mut entries = txn.open_table(ENTRIES)?;
             let mut heads = txn.open_table(HEADS)?;
@@ -224,7 +305,7 @@ impl Store {
 
     /// Lifts a fork halt (operator action).
     pub fn resolve(&self, agent: &AgentId) -> Result<Option<Seq>> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let was = {
             let mut halted = txn.open_table(HALTED)?;
             halted.remove(agent.as_str())?.map(|v| Seq(v.value()))
@@ -234,20 +315,20 @@ impl Store {
     }
 
     pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         txn.open_table(META)?.insert(key, value)?;
         txn.commit()?;
         Ok(())
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(META)?;
         Ok(t.get(key)?.map(|v| v.value().to_vec()))
     }
 
     pub fn head(&self, agent: &AgentId) -> Result<Head> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(HEADS)?;
         match t.get(agent.as_str())? {
             None => Ok(Head::EMPTY),
@@ -264,13 +345,13 @@ impl Store {
     }
 
     pub fn halted(&self, agent: &AgentId) -> Result<Option<Seq>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(HALTED)?;
         Ok(t.get(agent.as_str())?.map(|v| Seq(v.value())))
     }
 
     pub fn agent(&self, agent: &AgentId) -> Result<Option<AgentRecord>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(AGENTS)?;
         t.get(agent.as_str())?
             .map(|v| postcard::from_bytes(v.value()).map_err(corrupt(format!("record of {agent}"))))
@@ -279,7 +360,7 @@ impl Store {
 
     /// Every enrolled agent, by id.
     pub fn agents(&self) -> Result<Vec<(AgentId, AgentRecord)>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(AGENTS)?;
         let mut out = Vec::new();
         for item in t.iter()? {
@@ -296,7 +377,7 @@ impl Store {
 
     /// The stored entry at `seq`, if any.
     pub fn entry(&self, agent: &AgentId, seq: Seq) -> Result<Option<Entry>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(ENTRIES)?;
         t.get((agent.as_str(), seq.0))?
             .map(|v| {
@@ -307,7 +388,7 @@ impl Store {
 
     /// Up to `limit` stored entries with seq ≥ `from`, in seq order.
     pub fn range(&self, agent: &AgentId, from: Seq, limit: usize) -> Result<Vec<(Seq, Entry)>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(ENTRIES)?;
         let id = agent.as_str();
         let mut out = Vec::new();
@@ -323,7 +404,7 @@ impl Store {
 
     /// Gaps recorded for `agent`: `(from, to)` pairs.
     pub fn gaps(&self, agent: &AgentId) -> Result<Vec<(Seq, Seq)>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(GAPS)?;
         let id = agent.as_str();
         let mut out = Vec::new();
@@ -336,7 +417,7 @@ impl Store {
 
     /// Count of stored fork evidence batches for `agent`.
     pub fn evidence_count(&self, agent: &AgentId) -> Result<usize> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(EVIDENCE)?;
         let id = agent.as_str();
         Ok(t.range((id, 0)..=(id, u64::MAX))?.count())

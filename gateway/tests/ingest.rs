@@ -456,3 +456,153 @@ fn a_write_group_lands_whole_or_not_at_all() {
     assert!(reopened.agent(l.agent()).unwrap().is_some());
     assert_eq!(reopened.head(l.agent()).unwrap().seq, Seq(4));
 }
+
+/// A redb backend over the real file that fails writes and syncs on demand.
+#[derive(Debug)]
+struct Flaky {
+    inner: redb::backends::FileBackend,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Flaky {
+    fn check(&self) -> Result<(), std::io::Error> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(std::io::Error::other("injected I/O error"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl redb::StorageBackend for Flaky {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.inner.close()
+    }
+    fn try_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+    fn lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.inner.lock_range(start, end)
+    }
+    fn lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.inner.lock_shared_range(start, end)
+    }
+    fn unlock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+}
+
+#[test]
+fn an_io_error_fails_the_commit_without_receipts_and_the_store_is_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.redb");
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&failing);
+    let opener: baton_gateway::store::Opener = Box::new(move |p| {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(p)
+            .map_err(redb::DatabaseError::from)?;
+        let inner = redb::backends::FileBackend::new(file)?;
+        redb::Database::builder().create_with_backend(Flaky {
+            inner,
+            failing: Arc::clone(&flag),
+        })
+    });
+    let store = Arc::new(Store::open_with(&path, opener).unwrap());
+    let metrics = Arc::new(Metrics::default());
+    let gw_key = SecretKey::from_seed(&[0x77; 32]);
+    let ingest = Ingest::open(
+        cfg(),
+        gw_key.clone(),
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        NOW_MS,
+    )
+    .unwrap();
+    let mut f = Fixture {
+        _dir: dir,
+        path,
+        ingest,
+        metrics,
+        gw_key,
+    };
+    let l = agent_ledger("pi-1", 1, 11);
+    enroll(&mut f, &l);
+    assert!(send_batch(&mut f, &l, 1, 4).is_empty());
+    f.ingest.commit().unwrap();
+
+    // the disk fails: the commit fails, nothing is receipted
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(send_batch(&mut f, &l, 5, 8).is_empty());
+    assert!(f.ingest.commit().is_err());
+    assert_eq!(
+        f.metrics
+            .commit_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // a hello now still names the durable head, 4
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let out = f
+        .ingest
+        .handle(T, NOW_MS, &topic("pi-1", "hello"), &hello(&l, 9).encode());
+    assert_eq!(receipt_of(&out[0]).seq, Seq(4));
+
+    // the disk is back: the reopened store takes the resent batch
+    assert!(send_batch(&mut f, &l, 5, 8).is_empty());
+    let outcome = f.ingest.commit().unwrap();
+    assert_eq!(receipt_of(&outcome.receipts[0]).seq, Seq(8));
+    assert!(send_batch(&mut f, &l, 9, 12).is_empty());
+    assert_eq!(
+        receipt_of(&f.ingest.commit().unwrap().receipts[0]).seq,
+        Seq(12)
+    );
+    let stored = store.range(l.agent(), Seq(1), 100).unwrap();
+    assert_eq!(stored.len(), 12);
+    assert!(stored.iter().zip(l.held()).all(|((_, a), b)| a == b));
+}
