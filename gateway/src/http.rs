@@ -24,6 +24,8 @@ pub struct AppState {
     pub key: baton_shared::SecretKey,
     /// New durable entries, as the ingest thread commits them.
     pub committed: tokio::sync::broadcast::Sender<Committed>,
+    /// Operator commands for the ingest thread.
+    pub commands: tokio::sync::mpsc::Sender<crate::server::Inbound>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -35,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agents/{id}/export", get(export))
         .route("/api/v1/load", post(load))
         .route("/api/v1/watch", get(watch))
+        .route("/api/v1/enroll", post(enroll))
         .with_state(state)
 }
 
@@ -45,6 +48,89 @@ fn known_agent(s: &AppState, id: String) -> Result<AgentId, (StatusCode, String)
         Ok(Some(_)) => Ok(agent),
         Ok(None) => Err((StatusCode::NOT_FOUND, format!("unknown agent {agent}"))),
         Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// `{"agent": ID, "public_key": HEX, "start_seq"?: N, "revoked_from_seq"?: N}`
+/// enrolls an agent; `{"window": "10m"}` opens a trust-on-first-use window.
+/// Answered after the enrollment (and its `enroll` entry) is durable.
+async fn enroll(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    use crate::server::{Command, Inbound};
+    use baton_shared::json::{self, Mode, Value};
+    let v = match json::parse(&body, Mode::Verify) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    let Some(o) = v.as_object() else {
+        return error(StatusCode::BAD_REQUEST, "body is not a JSON object");
+    };
+    let seq = |key: &str| -> Result<Option<Seq>, String> {
+        match o.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_exact_u64()
+                .map(|n| Some(Seq(n)))
+                .ok_or_else(|| format!("{key} is not an integer")),
+        }
+    };
+    let cmd = if let Some(w) = o.get("window") {
+        let Some(d) = w.as_str().and_then(|w| humantime::parse_duration(w).ok()) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "window must be a duration like \"10m\"",
+            );
+        };
+        let until_ms = crate::server::unix_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Command::Window { until_ms }
+    } else {
+        let agent = match o.get("agent").and_then(Value::as_str).map(AgentId::new) {
+            Some(Ok(a)) => a,
+            Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+            None => return error(StatusCode::BAD_REQUEST, "agent is missing"),
+        };
+        let key = match o
+            .get("public_key")
+            .and_then(Value::as_str)
+            .map(baton_shared::PublicKey::trusted_hex)
+        {
+            Some(Ok(k)) => k,
+            Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("public_key: {e}")),
+            None => return error(StatusCode::BAD_REQUEST, "public_key is missing"),
+        };
+        let (start_seq, revoked_from_seq) = match (seq("start_seq"), seq("revoked_from_seq")) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        Command::Enroll {
+            agent,
+            record: crate::store::AgentRecord {
+                public_key: key.to_bytes(),
+                start_seq,
+                revoked_from_seq,
+                enrolled_by: crate::store::EnrolledBy::Operator,
+                enrolled_ms: crate::server::unix_ms(),
+            },
+        }
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if s.commands.send(Inbound::Command(cmd, reply)).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is shutting down",
+        );
+    }
+    match answer.await {
+        Ok(Ok(done)) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            format!("{{\"ok\":{done:?}}}"),
+        )
+            .into_response(),
+        Ok(Err(e)) if e.contains("another key") => error(StatusCode::CONFLICT, e),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is shutting down",
+        ),
     }
 }
 

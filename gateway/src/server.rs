@@ -30,10 +30,63 @@ pub fn unix_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-enum Inbound {
+/// What the ingest thread is handed.
+#[derive(Debug)]
+pub enum Inbound {
     Connected,
-    Message { topic: String, payload: Vec<u8> },
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
     Tick,
+    /// An operator command from HTTP; answered after the durable commit.
+    Command(
+        Command,
+        tokio::sync::oneshot::Sender<Result<String, String>>,
+    ),
+}
+
+/// Operator commands a running gateway takes over HTTP.
+#[derive(Debug)]
+pub enum Command {
+    Enroll {
+        agent: baton_shared::AgentId,
+        record: AgentRecord,
+    },
+    Window {
+        until_ms: i64,
+    },
+}
+
+/// Carries out an operator command; the caller answers after the commit.
+fn run_command(ingest: &mut Ingest, cmd: Command) -> Result<String, String> {
+    match cmd {
+        Command::Enroll { agent, record } => {
+            match ingest.store().agent(&agent) {
+                Ok(Some(existing)) if existing.public_key == record.public_key => {
+                    return Ok(format!("{agent} was already enrolled with this key"));
+                }
+                Ok(Some(_)) => {
+                    return Err(format!(
+                        "{agent} is enrolled with another key; a key change is a new agent id"
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            ingest.stage_enrollment(unix_ms(), &agent, record);
+            Ok(format!("enrolled {agent}"))
+        }
+        Command::Window { until_ms } => {
+            ingest
+                .set_window(Some(until_ms))
+                .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "enrollment window open until {}",
+                baton_shared::entry::format_timestamp(until_ms)
+            ))
+        }
+    }
 }
 
 /// Addresses the gateway ended up serving on (port 0 resolved).
@@ -165,6 +218,7 @@ pub async fn run(
     // the broker instead of queueing ~28 KB batches in this process.
     let (tx, mut rx) = mpsc::channel::<Inbound>(256);
     let (committed_tx, _) = tokio::sync::broadcast::channel(4096);
+    let command_tx = tx.clone();
     let ingest_committed = committed_tx.clone();
     let http_key = ingest.key().clone();
     let subscriptions = ingest.subscriptions();
@@ -238,6 +292,7 @@ pub async fn run(
                     }
                 }
             };
+            let mut replies = Vec::new();
             while let Some(first) = rx.blocking_recv() {
                 let mut next = Some(first);
                 let mut drained = 0;
@@ -252,6 +307,12 @@ pub async fn run(
                             publish(out);
                         }
                         Inbound::Tick => ingest.stage_checkpoints(unix_ms()),
+                        Inbound::Command(cmd, reply) => match run_command(&mut ingest, cmd) {
+                            Ok(done) => replies.push((reply, done)),
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                            }
+                        },
                     }
                     drained += 1;
                     if drained < 4096 {
@@ -265,9 +326,15 @@ pub async fn run(
                             // nobody watching is fine
                             let _ = ingest_committed.send(c);
                         }
+                        for (reply, done) in replies.drain(..) {
+                            let _ = reply.send(Ok(done));
+                        }
                     }
                     Err(e) => {
                         warn!(error = %e, "group commit failed; nothing of it was receipted");
+                        for (reply, _) in replies.drain(..) {
+                            let _ = reply.send(Err(format!("not stored: {e}")));
+                        }
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
@@ -290,6 +357,7 @@ pub async fn run(
         gateway: config.id.clone(),
         key: http_key,
         committed: committed_tx,
+        commands: command_tx,
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {

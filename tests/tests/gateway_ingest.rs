@@ -407,3 +407,48 @@ async fn a_client_with_an_invalid_id_reconnecting_in_a_loop_does_not_lock_others
     assert_eq!(p.receipted, Seq(26));
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_gateway_enrolls_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway(dir.path(), &[]).await;
+    let l = ledger("pi-new", 7, 30);
+    // unknown: refused
+    let refused = publish_all(gw.mqtt(), "c1", l.clone(), gw.key, Duration::from_secs(3)).await;
+    assert!(refused.is_err());
+    let body = format!(
+        "{{\"agent\":\"pi-new\",\"public_key\":\"{}\"}}",
+        l.key().public().to_hex()
+    );
+    let (status, answer) = http::post(gw.bound.http, "/api/v1/enroll", body.as_bytes()).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let p = publish_all(gw.mqtt(), "c1", l, gw.key, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(p.receipted, Seq(31));
+    // another key for the same id is a conflict
+    let other = SecretKey::from_seed(&[99; 32]).public().to_hex();
+    let body = format!("{{\"agent\":\"pi-new\",\"public_key\":\"{other}\"}}");
+    let (status, answer) = http::post(gw.bound.http, "/api/v1/enroll", body.as_bytes()).unwrap();
+    assert_eq!(status, 409, "{answer}");
+    // bad requests say what was wrong
+    let (status, answer) =
+        http::post(gw.bound.http, "/api/v1/enroll", b"{\"agent\":\"Pi/1\"}").unwrap();
+    assert_eq!(status, 400);
+    assert!(answer.contains("position 0"), "{answer}");
+    // a window lets the first key of a new agent in
+    let (status, answer) =
+        http::post(gw.bound.http, "/api/v1/enroll", b"{\"window\":\"5m\"}").unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let tofu = ledger("pi-tofu", 8, 10);
+    let p = publish_all(gw.mqtt(), "c1", tofu, gw.key, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(p.receipted, Seq(11));
+    let (_, agents) = http::get(gw.bound.http, "/api/v1/agents").unwrap();
+    assert!(
+        agents.contains("\"id\":\"pi-tofu\"") && agents.contains("TrustOnFirstUse"),
+        "{agents}"
+    );
+    gw.stop().await;
+}
