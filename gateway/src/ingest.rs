@@ -299,6 +299,31 @@ impl Ingest {
         self.bad(now, agent.as_str(), kind, &e.to_string());
     }
 
+    /// Decodes a payload from `agent`'s topic. Undecodable payloads and a
+    /// payload naming another agent than its topic are bad input: counted,
+    /// logged at most once a minute, dropped (PROTOCOL §7).
+    fn decode<M: Message>(
+        &mut self,
+        now: Duration,
+        agent: &AgentId,
+        payload: &[u8],
+        agent_of: fn(&M) -> &AgentId,
+    ) -> Option<M> {
+        let msg = match M::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                self.decode_failed(now, agent, &e);
+                return None;
+            }
+        };
+        if agent_of(&msg) != agent {
+            let named = agent_of(&msg).to_string();
+            self.bad(now, agent.as_str(), BadInput::AgentMismatch, &named);
+            return None;
+        }
+        Some(msg)
+    }
+
     fn hello(
         &mut self,
         now: Duration,
@@ -306,22 +331,9 @@ impl Ingest {
         agent: &AgentId,
         payload: &[u8],
     ) -> Result<Vec<Outbound>, StoreError> {
-        let hello = match Hello::decode(payload) {
-            Ok(h) => h,
-            Err(e) => {
-                self.decode_failed(now, agent, &e);
-                return Ok(Vec::new());
-            }
-        };
-        if hello.agent != *agent {
-            self.bad(
-                now,
-                agent.as_str(),
-                BadInput::AgentMismatch,
-                hello.agent.as_str(),
-            );
+        let Some(hello) = self.decode::<Hello>(now, agent, payload, |h| &h.agent) else {
             return Ok(Vec::new());
-        }
+        };
         if self.intake(agent)?.is_none() && !self.enroll_on_first_use(now, unix_ms, &hello)? {
             self.bad(
                 now,
@@ -413,22 +425,9 @@ impl Ingest {
         agent: &AgentId,
         payload: &[u8],
     ) -> Result<Vec<Outbound>, StoreError> {
-        let batch = match EntryBatch::decode(payload) {
-            Ok(b) => b,
-            Err(e) => {
-                self.decode_failed(now, agent, &e);
-                return Ok(Vec::new());
-            }
-        };
-        if batch.agent != *agent {
-            self.bad(
-                now,
-                agent.as_str(),
-                BadInput::AgentMismatch,
-                batch.agent.as_str(),
-            );
+        let Some(batch) = self.decode::<EntryBatch>(now, agent, payload, |b| &b.agent) else {
             return Ok(Vec::new());
-        }
+        };
         if !self.ensure_intake(agent)? {
             self.bad(
                 now,

@@ -10,6 +10,40 @@ pub mod mosquitto;
 
 use std::time::Duration;
 
+use baton_shared::json::{Object, Value};
+use baton_shared::memory::MemLedger;
+use baton_shared::{AgentId, SecretKey};
+
+/// An agent's ledger: genesis and `n` entries of ~200 B data, signed every
+/// `every` entries (the tail may stay unsigned; the uplink signs it).
+pub fn ledger(name: &str, seed: u8, n: u64, every: usize) -> MemLedger {
+    let mut l = MemLedger::new(
+        AgentId::new(name).unwrap(),
+        SecretKey::from_seed(&[seed; 32]),
+    );
+    l.checkpoint_every = every;
+    l.append(
+        1_795_460_700_000,
+        "genesis",
+        None,
+        Value::Object(Object::new()),
+    )
+    .unwrap();
+    for i in 0..n {
+        let mut d = Object::new();
+        d.insert("i", Value::from(i));
+        d.insert("note", Value::from("x".repeat(200)));
+        l.append(
+            1_795_460_700_000 + i as i64,
+            "info",
+            Some("e2e"),
+            Value::Object(d),
+        )
+        .unwrap();
+    }
+    l
+}
+
 /// Waits for `cond`, polling, up to `limit`; never a fixed sleep.
 pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;

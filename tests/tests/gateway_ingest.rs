@@ -10,7 +10,6 @@ use std::time::Duration;
 use baton_gateway::config::{Broker, Config};
 use baton_gateway::publisher::publish_all;
 use baton_gateway::server::Bound;
-use baton_shared::json::{Object, Value};
 use baton_shared::memory::MemLedger;
 use baton_shared::verify::{Verdict, verify_text};
 use baton_shared::wire::{MQTT_MAX_PACKET, Message};
@@ -105,31 +104,7 @@ async fn start_gateway_with(
 }
 
 fn ledger(name: &str, seed: u8, n: u64) -> MemLedger {
-    let mut l = MemLedger::new(
-        AgentId::new(name).unwrap(),
-        SecretKey::from_seed(&[seed; 32]),
-    );
-    l.checkpoint_every = 16;
-    l.append(
-        1_795_460_700_000,
-        "genesis",
-        None,
-        Value::Object(Object::new()),
-    )
-    .unwrap();
-    for i in 0..n {
-        let mut d = Object::new();
-        d.insert("i", Value::from(i));
-        d.insert("note", Value::from("x".repeat(200)));
-        l.append(
-            1_795_460_700_000 + i as i64,
-            "info",
-            Some("e2e"),
-            Value::Object(d),
-        )
-        .unwrap();
-    }
-    l
+    baton_tests::ledger(name, seed, n, 16)
 }
 
 fn metric(body: &str, name: &str) -> f64 {

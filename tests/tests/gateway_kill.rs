@@ -16,11 +16,10 @@ use std::time::Duration;
 
 use baton_gateway::publisher::{Feed, Options, publish};
 use baton_gateway::store::Store;
-use baton_shared::json::{Object, Value};
 use baton_shared::memory::MemLedger;
 use baton_shared::uplink::Ledger;
 use baton_shared::verify::{Verdict, Verifier};
-use baton_shared::{AgentId, PublicKey, SecretKey, Seq};
+use baton_shared::{AgentId, PublicKey, Seq};
 
 /// Where the gateway gets MQTT from.
 #[derive(Clone, Copy)]
@@ -85,23 +84,7 @@ fn wait_listening(addr: SocketAddr) {
 }
 
 fn ledger(name: &str, seed: u8, n: u64) -> MemLedger {
-    let mut l = MemLedger::new(
-        AgentId::new(name).unwrap(),
-        SecretKey::from_seed(&[seed; 32]),
-    );
-    l.checkpoint_every = 8;
-    l.append(
-        1_795_460_700_000,
-        "genesis",
-        None,
-        Value::Object(Object::new()),
-    )
-    .unwrap();
-    for i in 0..n {
-        l.append(1_795_460_700_000 + i as i64, "info", None, Value::from(i))
-            .unwrap();
-    }
-    l
+    baton_tests::ledger(name, seed, n, 8)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
