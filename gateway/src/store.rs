@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
 /// redb page cache.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Entries by (agent, seq): postcard-encoded [`Entry`].
-const ENTRIES: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("entries");
+/// Runs of entries by (agent, first seq): postcard-encoded `Vec<Entry>`.
+/// One row per accepted run rather than per entry: a group commit then
+/// inserts one value per batch, which is what bounds durable ingest.
+const RUNS: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("runs");
 /// The contiguous head per agent: postcard [`StoredHead`].
 const HEADS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("heads");
 /// The registry of trusted agents: postcard [`AgentRecord`].
@@ -177,7 +179,7 @@ impl Store {
         })?;
         let txn = db.begin_write()?;
         {
-            txn.open_table(ENTRIES)?;
+            txn.open_table(RUNS)?;
             txn.open_table(HEADS)?;
             txn.open_table(AGENTS)?;
             txn.open_table(HALTED)?;
@@ -250,7 +252,7 @@ impl Store {
     pub fn commit(&self, writes: &[Write]) -> Result<()> {
         let txn = self.begin_write()?;
         {
-            let mut entries = txn.open_table(ENTRIES)?;
+            let mut entries = txn.open_table(RUNS)?;
             let mut heads = txn.open_table(HEADS)?;
             let mut agents = txn.open_table(AGENTS)?;
             let mut halted = txn.open_table(HALTED)?;
@@ -264,8 +266,8 @@ impl Store {
                         entries: batch,
                     } => {
                         let id = agent.as_str();
-                        for (i, e) in batch.iter().enumerate() {
-                            entries.insert((id, first.0 + i as u64), encode(e).as_slice())?;
+                        if !batch.is_empty() {
+                            entries.insert((id, first.0), encode(batch).as_slice())?;
                         }
                         if let Some(last) = batch.last() {
                             let head = StoredHead {
@@ -377,27 +379,39 @@ impl Store {
 
     /// The stored entry at `seq`, if any.
     pub fn entry(&self, agent: &AgentId, seq: Seq) -> Result<Option<Entry>> {
-        let txn = self.begin_read()?;
-        let t = txn.open_table(ENTRIES)?;
-        t.get((agent.as_str(), seq.0))?
-            .map(|v| {
-                postcard::from_bytes(v.value()).map_err(corrupt(format!("entry {seq} of {agent}")))
-            })
-            .transpose()
+        Ok(self
+            .range(agent, seq, 1)?
+            .into_iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, e)| e))
     }
 
     /// Up to `limit` stored entries with seq ≥ `from`, in seq order.
     pub fn range(&self, agent: &AgentId, from: Seq, limit: usize) -> Result<Vec<(Seq, Entry)>> {
         let txn = self.begin_read()?;
-        let t = txn.open_table(ENTRIES)?;
+        let t = txn.open_table(RUNS)?;
         let id = agent.as_str();
+        // Start at the run holding `from`, if one does.
+        let start = t
+            .range((id, 0)..=(id, from.0))?
+            .next_back()
+            .transpose()?
+            .map_or(from.0, |(k, _)| k.value().1);
         let mut out = Vec::new();
-        for item in t.range((id, from.0)..=(id, u64::MAX))?.take(limit) {
+        for item in t.range((id, start)..=(id, u64::MAX))? {
             let (k, v) = item?;
-            let seq = Seq(k.value().1);
-            let e = postcard::from_bytes(v.value())
-                .map_err(corrupt(format!("entry {seq} of {agent}")))?;
-            out.push((seq, e));
+            let first = k.value().1;
+            let run: Vec<Entry> = postcard::from_bytes(v.value())
+                .map_err(corrupt(format!("entries from {first} of {agent}")))?;
+            for (i, e) in run.into_iter().enumerate() {
+                let seq = Seq(first + i as u64);
+                if seq >= from {
+                    out.push((seq, e));
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
         }
         Ok(out)
     }
