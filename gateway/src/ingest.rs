@@ -24,6 +24,9 @@ use crate::store::{AgentRecord, EnrolledBy, Store, StoreError, Write};
 
 const WINDOW_KEY: &str = "enroll_window_until_ms";
 
+/// Beyond this many remembered (agent, kind) log times, expired ones go.
+const LOG_LIMITER_ENTRIES: usize = 4096;
+
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
     pub gateway: AgentId,
@@ -206,17 +209,30 @@ impl Ingest {
         Ok(self.intakes.get_mut(agent))
     }
 
-    /// Logs bad input at most once per agent and kind per minute; always counts.
-    fn bad(&mut self, now: Duration, agent: &str, kind: BadInput, detail: &str) {
-        self.metrics.bad_input(kind);
-        let key = (agent.to_owned(), kind.as_str());
+    /// Whether a problem of `kind` from `agent` may be logged now: at most
+    /// once a minute per agent and kind. The ids come from topics any client
+    /// can publish on, so expired entries are forgotten once there are many.
+    fn log_due(&mut self, now: Duration, agent: &str, kind: &'static str) -> bool {
+        const EVERY: Duration = Duration::from_secs(60);
+        if self.last_logged.len() >= LOG_LIMITER_ENTRIES {
+            self.last_logged.retain(|_, at| now < *at + EVERY);
+        }
+        let key = (agent.to_owned(), kind);
         let due = self
             .last_logged
             .get(&key)
-            .is_none_or(|at| now >= *at + Duration::from_secs(60));
+            .is_none_or(|at| now >= *at + EVERY);
         if due {
-            warn!(agent, kind = kind.as_str(), detail, "bad input dropped");
             self.last_logged.insert(key, now);
+        }
+        due
+    }
+
+    /// Counts bad input; logs it at most once per agent and kind per minute.
+    fn bad(&mut self, now: Duration, agent: &str, kind: BadInput, detail: &str) {
+        self.metrics.bad_input(kind);
+        if self.log_due(now, agent, kind.as_str()) {
+            warn!(agent, kind = kind.as_str(), detail, "bad input dropped");
         }
     }
 
@@ -514,14 +530,8 @@ impl Ingest {
                 detail,
             } => {
                 self.metrics.rejected(reason);
-                let key = (agent.to_string(), reason.as_str());
-                let due = self
-                    .last_logged
-                    .get(&key)
-                    .is_none_or(|at| now >= *at + Duration::from_secs(60));
-                if due {
+                if self.log_due(now, agent.as_str(), reason.as_str()) {
                     warn!(%agent, %reason, %seq, detail, "batch rejected");
-                    self.last_logged.insert(key, now);
                 }
                 Ok(vec![self.nack(agent, NackKind::Reject { reason, seq })])
             }
@@ -694,4 +704,54 @@ impl Ingest {
 /// Opens the enrollment window in a stopped gateway's store.
 pub fn open_window(store: &Store, until_ms: i64) -> Result<(), StoreError> {
     store.set_meta(WINDOW_KEY, &until_ms.to_be_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_limiter_limits_and_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("g.redb")).unwrap());
+        let cfg = IngestConfig {
+            gateway: AgentId::new("gw").unwrap(),
+            cluster: ClusterId::new("c").unwrap(),
+            resend_timeout: Duration::from_secs(10),
+            software: String::new(),
+        };
+        let metrics = Arc::new(Metrics::default());
+        let mut i = Ingest::open(
+            cfg,
+            SecretKey::from_seed(&[1; 32]),
+            store,
+            Arc::clone(&metrics),
+            0,
+        )
+        .unwrap();
+        let t0 = Duration::from_secs(1);
+        assert!(i.log_due(t0, "pi-1", "too_large"));
+        assert!(!i.log_due(t0 + Duration::from_secs(59), "pi-1", "too_large"));
+        assert!(i.log_due(t0, "pi-1", "version"), "kinds are limited apart");
+        assert!(i.log_due(t0 + Duration::from_secs(60), "pi-1", "too_large"));
+        // a flood of distinct ids is counted in full but remembered boundedly
+        for n in 0..3 * LOG_LIMITER_ENTRIES {
+            i.bad(t0, &format!("flood-{n}"), BadInput::Undecodable, "x");
+        }
+        assert_eq!(
+            metrics.bad_input_count(BadInput::Undecodable),
+            3 * LOG_LIMITER_ENTRIES as u64
+        );
+        i.bad(
+            t0 + Duration::from_secs(120),
+            "late",
+            BadInput::Undecodable,
+            "x",
+        );
+        assert!(
+            i.last_logged.len() <= LOG_LIMITER_ENTRIES,
+            "{}",
+            i.last_logged.len()
+        );
+    }
 }
