@@ -10,7 +10,10 @@
 //!   that stay resident at ~1.7 GB;
 //! - no `alerts` metrics without `meters` (that combination panics);
 //! - the gateway keeps its own state table and never relies on retained
-//!   wildcard snapshots.
+//!   wildcard snapshots;
+//! - no TCP_NODELAY on accepted sockets (10× slower windowed delivery):
+//!   the workspace builds rumqttd from `vendor/rumqttd`, patched to set it
+//!   (`vendor/rumqttd/BATON-PATCH.md`).
 //!
 //! Because an auth hook is set, rumqttd refuses a CONNECT without a
 //! username; Baton's clients always send one (their client id).
