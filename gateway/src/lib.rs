@@ -10,7 +10,8 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ingest;
-pub mod keys;
+/// Key files (shared with the agent).
+pub use baton_agent::keys;
 pub mod metrics;
 pub mod mosquitto;
 pub mod own_chain;

@@ -3,7 +3,7 @@
 //! agent's. Each entry is signed as it is made (the chain is slow), and is
 //! committed in the same transaction as the ingest writes it describes.
 
-use baton_shared::entry::{self, Entry, Seq, Stamp};
+use baton_shared::entry::{self, Entry, Seq, Stamp, a_now};
 use baton_shared::intake::Head;
 use baton_shared::json::{Object, Value};
 use baton_shared::{AgentId, EventName, SecretKey};
@@ -74,15 +74,6 @@ impl OwnChain {
         d.insert("software", Value::from(software));
         self.append(unix_ms, "genesis", Value::Object(d))
     }
-}
-
-/// `YYYYMMDDHHMMSS` for the genesis entry.
-fn a_now(unix_ms: i64) -> String {
-    entry::format_timestamp(unix_ms)
-        .chars()
-        .filter(char::is_ascii_digit)
-        .take(14)
-        .collect()
 }
 
 /// `{"agent": A, "seq": N, "hash": H, "sig": S}`: a head the gateway holds.

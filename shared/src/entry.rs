@@ -268,6 +268,15 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (y, m, d)
 }
 
+/// `YYYYMMDDHHMMSS` (UTC), as `genesis` records the time of first start.
+pub fn a_now(unix_ms: i64) -> String {
+    format_timestamp(unix_ms)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(14)
+        .collect()
+}
+
 /// The advisory `clock` of an entry (PROTOCOL §7, clock exchange).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClockInfo {

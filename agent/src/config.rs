@@ -1,0 +1,300 @@
+//! Configuration: a TOML file (every key optional) overridden by the
+//! environment and flags, validated into a [`Config`]. Unknown keys and bad
+//! values are errors that name the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baton_shared::{AgentId, ClusterId, PublicKey};
+use serde::Deserialize;
+
+/// The file's shape; every field optional so flags can fill the rest.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub id: Option<String>,
+    pub cluster: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub gateway: Option<String>,
+    pub gateway_key: Option<String>,
+    pub broker_password: Option<String>,
+    pub resend_timeout: Option<String>,
+    pub checkpoint_interval: Option<String>,
+    pub window: Option<usize>,
+}
+
+impl RawConfig {
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            error: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            error: e.to_string(),
+        })
+    }
+
+    /// Values in `over` win.
+    pub fn merge(self, over: RawConfig) -> RawConfig {
+        RawConfig {
+            id: over.id.or(self.id),
+            cluster: over.cluster.or(self.cluster),
+            data_dir: over.data_dir.or(self.data_dir),
+            key: over.key.or(self.key),
+            socket: over.socket.or(self.socket),
+            gateway: over.gateway.or(self.gateway),
+            gateway_key: over.gateway_key.or(self.gateway_key),
+            broker_password: over.broker_password.or(self.broker_password),
+            resend_timeout: over.resend_timeout.or(self.resend_timeout),
+            checkpoint_interval: over.checkpoint_interval.or(self.checkpoint_interval),
+            window: over.window.or(self.window),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {error}")]
+    Read { path: PathBuf, error: String },
+    #[error("config {path}: {error}")]
+    Parse { path: PathBuf, error: String },
+    #[error("config key {key:?} is required")]
+    Missing { key: &'static str },
+    #[error("config key {key:?}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+fn duration(
+    key: &'static str,
+    v: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s).map_err(|e| invalid(key, format!("{s:?}: {e}"))),
+    }
+}
+
+/// Where the gateway's broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uplink {
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: AgentId,
+    pub cluster: ClusterId,
+    pub data_dir: PathBuf,
+    pub key: PathBuf,
+    pub socket: PathBuf,
+    /// `None`: no uplink configured; the ledger still takes appends.
+    pub gateway: Option<Uplink>,
+    /// The gateway key to pin; without it the first gateway that answers
+    /// is pinned (and kept, durably).
+    pub gateway_key: Option<PublicKey>,
+    pub resend_timeout: Duration,
+    pub checkpoint_interval: Duration,
+    pub window: usize,
+}
+
+/// `mqtt://host:port` → (host, port).
+pub fn parse_mqtt_url(key: &'static str, url: &str) -> Result<(String, u16), ConfigError> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .ok_or_else(|| invalid(key, format!("{url:?} must start with mqtt://")))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|e| invalid(key, format!("{url:?}: port {e}")))?,
+        ),
+        None => (rest, 1883),
+    };
+    if host.is_empty() {
+        return Err(invalid(key, format!("{url:?} has no host")));
+    }
+    Ok((host.to_owned(), port))
+}
+
+impl Config {
+    pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let id = raw.id.ok_or(ConfigError::Missing { key: "id" })?;
+        let id = AgentId::new(id).map_err(|e| invalid("id", e.to_string()))?;
+        let cluster = raw.cluster.ok_or(ConfigError::Missing { key: "cluster" })?;
+        let cluster = ClusterId::new(cluster).map_err(|e| invalid("cluster", e.to_string()))?;
+        let data_dir = raw
+            .data_dir
+            .ok_or(ConfigError::Missing { key: "data_dir" })?;
+        let gateway = raw
+            .gateway
+            .map(|url| {
+                parse_mqtt_url("gateway", &url).map(|(host, port)| Uplink {
+                    host,
+                    port,
+                    password: raw.broker_password.clone(),
+                })
+            })
+            .transpose()?;
+        let gateway_key = raw
+            .gateway_key
+            .map(|k| {
+                PublicKey::trusted_hex(k.trim()).map_err(|e| invalid("gateway_key", e.to_string()))
+            })
+            .transpose()?;
+        let window = raw.window.unwrap_or(8);
+        if !(1..=64).contains(&window) {
+            return Err(invalid("window", format!("{window} is outside 1..=64")));
+        }
+        Ok(Config {
+            key: raw.key.unwrap_or_else(|| data_dir.join("agent.key")),
+            socket: raw.socket.unwrap_or_else(|| data_dir.join("agent.sock")),
+            id,
+            cluster,
+            data_dir,
+            gateway,
+            gateway_key,
+            resend_timeout: duration(
+                "resend_timeout",
+                raw.resend_timeout.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            checkpoint_interval: duration(
+                "checkpoint_interval",
+                raw.checkpoint_interval.as_deref(),
+                Duration::from_secs(5),
+            )?,
+            window,
+        })
+    }
+
+    pub fn ledger_path(&self) -> PathBuf {
+        ledger_path(&self.data_dir)
+    }
+
+    pub fn status_path(&self) -> PathBuf {
+        status_path(&self.data_dir)
+    }
+}
+
+pub fn ledger_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("ledger.redb")
+}
+
+pub fn status_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("status.json")
+}
+
+/// The commented default configuration (`print-default-config`).
+pub const DEFAULT_CONFIG: &str = r#"# baton-agent configuration. Every key can also be given as a flag
+# (--data-dir, --id, …) or an environment variable (BATON_AGENT_DATA_DIR, …);
+# flags win over the environment, which wins over this file.
+
+# This device's agent id and its cluster.
+id = "pi-001"
+cluster = "c1"
+
+# State: ledger.redb and status.json live here.
+data_dir = "/var/lib/baton"
+# The identity lives outside the ledger, so a restored store keeps it.
+key = "/etc/baton/agent.key"
+# The local append API (mode 0660).
+socket = "/run/baton/agent.sock"
+
+# The gateway's broker. Without it the agent keeps its ledger offline.
+gateway = "mqtt://gateway.local:1883"
+# The gateway's public key (hex). Without it, the first gateway to answer is
+# pinned and kept.
+# gateway_key = "…"
+# broker_password = "…"
+
+# Hello again when no receipt advanced for this long.
+resend_timeout = "10s"
+# Sign a checkpoint at least this often while entries arrive.
+checkpoint_interval = "5s"
+# Batches in flight before a receipt must arrive.
+window = 8
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_validates() {
+        let raw: RawConfig = toml::from_str(DEFAULT_CONFIG).unwrap();
+        let c = Config::validate(raw).unwrap();
+        assert_eq!(c.key, PathBuf::from("/etc/baton/agent.key"));
+        assert_eq!(c.gateway.unwrap().port, 1883);
+        assert_eq!(c.checkpoint_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = toml::from_str::<RawConfig>("gateway_url = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("gateway_url"), "{e}");
+        let raw = RawConfig {
+            id: Some("pi-1".into()),
+            cluster: Some("c".into()),
+            data_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        };
+        let c = Config::validate(raw.clone()).unwrap();
+        assert_eq!(c.key, PathBuf::from("/tmp/x/agent.key"));
+        assert!(c.gateway.is_none());
+        for (bad, key) in [
+            (
+                RawConfig {
+                    resend_timeout: Some("soon".into()),
+                    ..raw.clone()
+                },
+                "\"resend_timeout\"",
+            ),
+            (
+                RawConfig {
+                    gateway: Some("tcp://h".into()),
+                    ..raw.clone()
+                },
+                "\"gateway\"",
+            ),
+            (
+                RawConfig {
+                    gateway_key: Some("00".into()),
+                    ..raw.clone()
+                },
+                "\"gateway_key\"",
+            ),
+            (
+                RawConfig {
+                    window: Some(0),
+                    ..raw.clone()
+                },
+                "\"window\"",
+            ),
+            (
+                RawConfig {
+                    id: Some("Pi 1".into()),
+                    ..raw.clone()
+                },
+                "\"id\"",
+            ),
+        ] {
+            let e = Config::validate(bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
+}

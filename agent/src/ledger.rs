@@ -1,0 +1,800 @@
+//! The agent's ledger: one redb file holding the chain by seq, the head, the
+//! best receipt and the pinned gateway key.
+//!
+//! Durability contract: every change goes through [`Ledger::commit`] (one
+//! write transaction, `Durability::Immediate`); when it returns `Ok` the
+//! change survives a crash or power cut, and when it returns `Err` none of it
+//! does and the in-memory head is put back. Callers are answered only after
+//! `Ok` (PROTOCOL §7 rule 0).
+//!
+//! Memory stays flat however long the chain: the uplink reads entries from
+//! the file as it needs them ([`View`]); nothing is indexed in memory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use baton_shared::entry::{self, AppendError, AppendRequest, ClockInfo, Entry, Seq, Stamp};
+use baton_shared::json::{Object, Value};
+use baton_shared::uplink::{Adoption, BatchLimits};
+use baton_shared::wire::{EntryBatch, Message, Receipt, entry_wire_size};
+use baton_shared::{AgentId, EventName, Hash, PublicKey, SecretKey};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// Entries by seq: postcard [`Entry`] (canonical content, prev, hash, sig).
+const ENTRIES: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("entries");
+/// Entries set aside by an adoption (rule 3c): (adoption number, seq).
+const ORPHANS: TableDefinition<'static, (u64, u64), &[u8]> = TableDefinition::new("orphans");
+/// Named values: identity, head, best receipt, pinned gateway key.
+const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta");
+
+const IDENTITY: &str = "identity";
+const HEAD: &str = "head";
+const BEST: &str = "best_receipt";
+const GATEWAY_KEY: &str = "gateway_key";
+const ADOPTIONS: &str = "adoptions";
+
+/// Sign a checkpoint at least every this many entries (PROTOCOL §4).
+pub const CHECKPOINT_EVERY: u64 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("opening ledger {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    #[error("ledger transaction: {0}")]
+    Transaction(#[from] redb::TransactionError),
+    #[error("ledger table: {0}")]
+    Table(#[from] redb::TableError),
+    #[error("ledger access: {0}")]
+    Storage(#[from] redb::StorageError),
+    #[error("ledger commit: {0}")]
+    Commit(#[from] redb::CommitError),
+    #[error("ledger record {what} is damaged: {problem}")]
+    Damaged { what: String, problem: String },
+    #[error("this ledger belongs to agent {stored}, not {configured}")]
+    WrongAgent { stored: String, configured: String },
+}
+
+type Result<T> = std::result::Result<T, LedgerError>;
+
+fn damaged(what: impl Into<String>, problem: impl ToString) -> LedgerError {
+    LedgerError::Damaged {
+        what: what.into(),
+        problem: problem.to_string(),
+    }
+}
+
+/// Where the chain stands. `oldest` is the first held seq; after an
+/// adoption the run continues from `anchor` (seq `oldest - 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub seq: Seq,
+    pub hash: Hash,
+    pub oldest: Seq,
+    pub anchor: Option<(Seq, Hash)>,
+    /// Entries after the newest checkpoint.
+    pub unsigned: u64,
+}
+
+impl Head {
+    const EMPTY: Head = Head {
+        seq: Seq::ZERO,
+        hash: Hash::ZERO,
+        oldest: Seq(1),
+        anchor: None,
+        unsigned: 0,
+    };
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Plain structs into a Vec: cannot fail.
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+fn decode_entry(seq: u64, bytes: &[u8]) -> Result<Entry> {
+    postcard::from_bytes(bytes).map_err(|e| damaged(format!("entry {seq}"), e))
+}
+
+/// The durable ledger. Cheap to clone; reads may run on any thread while
+/// one [`Writer`](crate::writer) commits.
+#[derive(Clone)]
+pub struct Ledger {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("path", &self.path).finish()
+    }
+}
+
+/// What a fresh open found.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub ledger: Ledger,
+    pub head: Head,
+    pub best: Option<Receipt>,
+    pub gateway_key: Option<PublicKey>,
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger of `agent` at `path`.
+    pub fn open(path: &Path, agent: &AgentId) -> Result<Opened> {
+        let db = Database::builder()
+            .set_cache_size(16 * 1024 * 1024)
+            .create(path)
+            .map_err(|source| LedgerError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(ENTRIES)?;
+            txn.open_table(ORPHANS)?;
+            let mut meta = txn.open_table(META)?;
+            let stored = meta.get(IDENTITY)?.map(|v| v.value().to_vec());
+            match stored {
+                Some(s) if s != agent.as_str().as_bytes() => {
+                    return Err(LedgerError::WrongAgent {
+                        stored: String::from_utf8_lossy(&s).into_owned(),
+                        configured: agent.to_string(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert(IDENTITY, agent.as_str().as_bytes())?;
+                }
+            }
+        }
+        txn.commit()?;
+        let ledger = Ledger {
+            db: Arc::new(db),
+            path: path.to_owned(),
+        };
+        let head = ledger.head()?;
+        let best = ledger.best()?;
+        let gateway_key = ledger.gateway_key()?;
+        Ok(Opened {
+            ledger,
+            head,
+            best,
+            gateway_key,
+        })
+    }
+
+    /// The agent a ledger file belongs to.
+    pub fn identity(path: &Path) -> Result<AgentId> {
+        let db = Database::open(path).map_err(|source| LedgerError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let txn = db.begin_read()?;
+        let t = txn.open_table(META)?;
+        let id = t
+            .get(IDENTITY)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned())
+            .ok_or_else(|| damaged("identity", "missing"))?;
+        AgentId::new(id).map_err(|e| damaged("identity", e))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(META)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn head(&self) -> Result<Head> {
+        match self.meta(HEAD)? {
+            None => Ok(Head::EMPTY),
+            Some(b) => postcard::from_bytes(&b).map_err(|e| damaged("head", e)),
+        }
+    }
+
+    pub fn best(&self) -> Result<Option<Receipt>> {
+        self.meta(BEST)?
+            .map(|b| Receipt::decode(&b).map_err(|e| damaged("best receipt", e)))
+            .transpose()
+    }
+
+    pub fn gateway_key(&self) -> Result<Option<PublicKey>> {
+        let Some(b) = self.meta(GATEWAY_KEY)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 32] = b
+            .as_slice()
+            .try_into()
+            .map_err(|_| damaged("gateway key", "not 32 bytes"))?;
+        PublicKey::trusted(&bytes)
+            .map(Some)
+            .map_err(|e| damaged("gateway key", e))
+    }
+
+    /// Held entries `from..=to`, oldest first.
+    pub fn entries(&self, from: Seq, to: Seq) -> Result<Vec<Entry>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        let mut out = Vec::new();
+        for row in t.range(from.0..=to.0)? {
+            let (k, v) = row?;
+            out.push(decode_entry(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` with every held entry from `from` in order, in pages, so
+    /// that exporting a long chain needs no memory for it.
+    pub fn for_each(
+        &self,
+        from: Seq,
+        to: Seq,
+        mut f: impl FnMut(Seq, &Entry) -> Result<()>,
+    ) -> Result<()> {
+        const PAGE: u64 = 4096;
+        let mut next = from.0;
+        while next <= to.0 {
+            let end = next.saturating_add(PAGE - 1).min(to.0);
+            let page = self.entries(Seq(next), Seq(end))?;
+            if page.is_empty() && self.next_held(Seq(next))?.is_none_or(|s| s > to) {
+                break;
+            }
+            for (i, e) in page.iter().enumerate() {
+                f(Seq(next + i as u64), e)?;
+            }
+            next = end + 1;
+        }
+        Ok(())
+    }
+
+    fn next_held(&self, from: Seq) -> Result<Option<Seq>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        let next = t.range(from.0..)?.next().transpose()?;
+        Ok(next.map(|(k, _)| Seq(k.value())))
+    }
+
+    /// Runs set aside by adoptions (rule 3c), each oldest first.
+    pub fn orphan_runs(&self) -> Result<Vec<Vec<Entry>>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ORPHANS)?;
+        let mut runs: Vec<(u64, Vec<Entry>)> = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (n, seq) = k.value();
+            let e = decode_entry(seq, v.value())?;
+            match runs.last_mut() {
+                Some((m, run)) if *m == n => run.push(e),
+                _ => runs.push((n, vec![e])),
+            }
+        }
+        Ok(runs.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Bytes the file takes on disk.
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// A read view for the uplink at `head`.
+    pub fn view(&self, head: Head) -> View<'_> {
+        View { ledger: self, head }
+    }
+
+    /// The batch `from..=to` as the uplink asked for it.
+    pub fn batch(
+        &self,
+        agent: &AgentId,
+        from: Seq,
+        to: Seq,
+        proof: Option<Receipt>,
+    ) -> Result<EntryBatch> {
+        Ok(EntryBatch {
+            agent: agent.clone(),
+            proof,
+            entries: self.entries(from, to)?,
+        })
+    }
+
+    /// Checks the held chain from `from` to the head: every link, every
+    /// hash, canonical content with the right agent and seq, and every
+    /// signature under `key`. Returns the number of entries checked, or the
+    /// first problem with its seq.
+    pub fn verify(&self, agent: &AgentId, key: &PublicKey, head: &Head, from: Seq) -> Result<u64> {
+        let from = from.max(head.oldest);
+        // The link into the first checked entry: known unless the entries
+        // before it were pruned (then its `prev` is taken as given).
+        let mut prev: Option<Hash> = if from > head.oldest {
+            let before = self.entries(from.prev(), from.prev())?;
+            Some(
+                before
+                    .first()
+                    .map(|e| e.hash)
+                    .ok_or_else(|| damaged(format!("entry {}", from.prev()), "missing"))?,
+            )
+        } else {
+            match head.anchor {
+                Some((s, h)) if s == from.prev() => Some(h),
+                _ if from == Seq(1) => Some(Hash::ZERO),
+                _ => None,
+            }
+        };
+        let mut expect = from;
+        let mut checked = 0;
+        self.for_each(from, head.seq, |seq, e| {
+            let at = |p: &str| damaged(format!("entry {seq}"), p);
+            if seq != expect {
+                return Err(damaged(format!("entry {expect}"), "missing"));
+            }
+            let h = entry::check_canonical_content(&e.content).map_err(|e| at(&e.to_string()))?;
+            if h.agent != *agent || h.seq != seq {
+                return Err(at("content names another agent or seq"));
+            }
+            if prev.is_some_and(|p| p != e.prev) {
+                return Err(at("prev does not link to the entry before"));
+            }
+            if baton_shared::crypto::chain_hash(&e.content, &e.prev) != e.hash {
+                return Err(at("hash does not match the content"));
+            }
+            if let Some(sig) = &e.sig
+                && !key.verify_checkpoint(agent, seq, &e.hash, sig)
+            {
+                return Err(at("checkpoint signature does not verify"));
+            }
+            prev = Some(e.hash);
+            expect = seq.next();
+            checked += 1;
+            Ok(())
+        })?;
+        if expect != head.seq.next() {
+            return Err(damaged(format!("entry {expect}"), "missing"));
+        }
+        if head.seq >= head.oldest && prev != Some(head.hash) {
+            return Err(damaged("head", "does not match the newest entry"));
+        }
+        Ok(checked)
+    }
+}
+
+/// The ledger as the uplink state machine reads it.
+#[derive(Debug)]
+pub struct View<'a> {
+    ledger: &'a Ledger,
+    head: Head,
+}
+
+impl baton_shared::uplink::Ledger for View<'_> {
+    fn head(&self) -> Seq {
+        self.head.seq
+    }
+
+    fn oldest(&self) -> Seq {
+        self.head.oldest
+    }
+
+    fn hash_at(&self, seq: Seq) -> Option<Hash> {
+        if seq == Seq::ZERO {
+            return Some(Hash::ZERO);
+        }
+        if seq == self.head.seq {
+            return Some(self.head.hash);
+        }
+        if seq >= self.head.oldest && seq < self.head.seq {
+            return self.ledger.entries(seq, seq).ok()?.first().map(|e| e.hash);
+        }
+        self.head
+            .anchor
+            .filter(|(s, _)| *s == seq && seq == self.head.oldest.prev())
+            .map(|(_, h)| h)
+    }
+
+    fn batch_end(&self, from: Seq, limits: BatchLimits) -> Option<Seq> {
+        if from < self.head.oldest || from > self.head.seq {
+            return None;
+        }
+        // Read a bounded page: a batch never exceeds max_entries unless a
+        // single span does, and spans are at most CHECKPOINT_EVERY long.
+        let span = limits.max_entries.max(CHECKPOINT_EVERY as usize) as u64;
+        let to = Seq(from.0.saturating_add(span)).min(self.head.seq);
+        let entries = self.ledger.entries(from, to).ok()?;
+        let mut bytes = 0;
+        let mut end = None;
+        for (i, e) in entries.iter().enumerate() {
+            bytes += entry_wire_size(e);
+            let within = i < limits.max_entries && bytes <= limits.max_bytes;
+            if !within && end.is_some() {
+                break;
+            }
+            if e.sig.is_some() {
+                end = Some(Seq(from.0 + i as u64));
+                if !within {
+                    break;
+                }
+            }
+        }
+        end
+    }
+}
+
+/// A change to make durable, carried out by [`Ledger::commit`].
+pub struct Txn<'a> {
+    txn: redb::WriteTransaction,
+    agent: &'a AgentId,
+    key: &'a SecretKey,
+    head: Head,
+}
+
+impl Ledger {
+    /// Starts a group of changes from `head`.
+    pub fn begin<'a>(&self, agent: &'a AgentId, key: &'a SecretKey, head: Head) -> Result<Txn<'a>> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)
+            .map_err(|e| damaged("durability", e))?;
+        Ok(Txn {
+            txn,
+            agent,
+            key,
+            head,
+        })
+    }
+}
+
+impl std::fmt::Debug for Txn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Txn").field("head", &self.head).finish()
+    }
+}
+
+impl Txn<'_> {
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    /// Appends an entry the runtime or a caller asked for.
+    pub fn append(
+        &mut self,
+        unix_ms: i64,
+        clock: Option<&ClockInfo>,
+        event: &EventName,
+        context: Option<&str>,
+        data: &Value,
+    ) -> std::result::Result<(Seq, Hash), AppendFailure> {
+        let ts = entry::format_timestamp(unix_ms);
+        self.append_at(&ts, clock, event, context, data)
+    }
+
+    /// Appends a caller's request.
+    pub fn append_request(
+        &mut self,
+        unix_ms: i64,
+        req: &AppendRequest,
+    ) -> std::result::Result<(Seq, Hash), AppendFailure> {
+        self.append(unix_ms, None, &req.event, req.context.as_deref(), &req.data)
+    }
+
+    fn append_at(
+        &mut self,
+        ts: &str,
+        clock: Option<&ClockInfo>,
+        event: &EventName,
+        context: Option<&str>,
+        data: &Value,
+    ) -> std::result::Result<(Seq, Hash), AppendFailure> {
+        let seq = self.head.seq.next();
+        let stamp = Stamp {
+            agent: self.agent,
+            seq,
+            unix_ms: 0,
+            clock,
+        };
+        let content = entry::build_content_at(&stamp, ts, event, context, data)
+            .map_err(AppendFailure::Request)?;
+        let mut e = Entry::seal(content, self.head.hash);
+        let hash = e.hash;
+        self.head.unsigned += 1;
+        if self.head.unsigned >= CHECKPOINT_EVERY {
+            e.sig = Some(self.key.sign_checkpoint(self.agent, seq, &hash));
+            self.head.unsigned = 0;
+        }
+        let mut t = self.txn.open_table(ENTRIES).map_err(LedgerError::from)?;
+        t.insert(seq.0, encode(&e).as_slice())
+            .map_err(LedgerError::from)?;
+        self.head.seq = seq;
+        self.head.hash = hash;
+        Ok((seq, hash))
+    }
+
+    /// Signs the head as a checkpoint if it is unsigned.
+    pub fn sign_head(&mut self) -> Result<()> {
+        if self.head.unsigned == 0 || self.head.seq == Seq::ZERO {
+            return Ok(());
+        }
+        let seq = self.head.seq;
+        let mut t = self.txn.open_table(ENTRIES)?;
+        let mut e = match t.get(seq.0)? {
+            Some(v) => decode_entry(seq.0, v.value())?,
+            None => return Err(damaged(format!("entry {seq}"), "head entry missing")),
+        };
+        e.sig = Some(self.key.sign_checkpoint(self.agent, seq, &e.hash));
+        t.insert(seq.0, encode(&e).as_slice())?;
+        self.head.unsigned = 0;
+        Ok(())
+    }
+
+    pub fn store_best(&mut self, r: &Receipt) -> Result<()> {
+        let mut m = self.txn.open_table(META)?;
+        m.insert(BEST, r.encode().as_slice())?;
+        Ok(())
+    }
+
+    pub fn pin_gateway_key(&mut self, k: &PublicKey) -> Result<()> {
+        let mut m = self.txn.open_table(META)?;
+        m.insert(GATEWAY_KEY, k.to_bytes().as_slice())?;
+        Ok(())
+    }
+
+    /// Deletes held entries up to `seq` (never the head, never past `best`).
+    pub fn prune_through(&mut self, seq: Seq, best: Seq) -> Result<u64> {
+        let upto = seq.min(best).min(self.head.seq.prev());
+        if upto < self.head.oldest {
+            return Ok(0);
+        }
+        let mut t = self.txn.open_table(ENTRIES)?;
+        let n = upto.0 + 1 - self.head.oldest.0;
+        t.retain_in(self.head.oldest.0..=upto.0, |_, _| false)?;
+        self.head.oldest = upto.next();
+        Ok(n)
+    }
+
+    /// The oldest held entry's content size and seq, for retention.
+    pub fn oldest_entry_bytes(&self) -> Result<Option<(Seq, usize)>> {
+        let t = self.txn.open_table(ENTRIES)?;
+        let first = t.first()?;
+        Ok(first.map(|(k, v)| (Seq(k.value()), v.value().len())))
+    }
+
+    /// Rule 3c in one commit: entries after the best receipt become an
+    /// orphaned run, `recovery` is appended at `receipt.seq + 1` linking to
+    /// the adopted hash, the orphans are re-appended (all but an orphaned
+    /// genesis) with their original `ts`, and the head is signed.
+    pub fn adopt(&mut self, a: &Adoption, unix_ms: i64, reason: &str) -> Result<()> {
+        let r = &a.receipt;
+        let best_seq = a.best_before.as_ref().map_or(Seq::ZERO, |b| b.seq);
+        let keep_through = best_seq.min(r.seq);
+        let local_head = (self.head.seq > Seq::ZERO).then_some((self.head.seq, self.head.hash));
+        let n = {
+            let mut m = self.txn.open_table(META)?;
+            let n = m
+                .get(ADOPTIONS)?
+                .and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes))
+                .unwrap_or(0)
+                + 1;
+            m.insert(ADOPTIONS, n.to_le_bytes().as_slice())?;
+            n
+        };
+        // The whole held run is set aside (the chain continues from the
+        // gateway's head); entries after `keep_through` are the orphans.
+        let mut orphans = Vec::new();
+        {
+            let mut t = self.txn.open_table(ENTRIES)?;
+            let mut o = self.txn.open_table(ORPHANS)?;
+            for row in t.iter()? {
+                let (k, v) = row?;
+                o.insert((n, k.value()), v.value())?;
+                if k.value() > keep_through.0 {
+                    orphans.push(decode_entry(k.value(), v.value())?);
+                }
+            }
+            t.retain(|_, _| false)?;
+        }
+        let mut data = Object::new();
+        data.insert("reason", Value::from(reason));
+        data.insert("gateway", Value::from(r.gateway.as_str()));
+        let mut adopted = Object::new();
+        adopted.insert("seq", Value::from(r.seq.0));
+        adopted.insert("hash", Value::from(r.hash.to_hex()));
+        adopted.insert("sig", Value::from(a.agent_sig.to_hex()));
+        data.insert("adopted", Value::Object(adopted));
+        data.insert(
+            "local_head",
+            local_head.map_or(Value::Null, |(s, h)| {
+                let mut o = Object::new();
+                o.insert("seq", Value::from(s.0));
+                o.insert("hash", Value::from(h.to_hex()));
+                Value::Object(o)
+            }),
+        );
+        let orphaned = match orphans.last() {
+            Some(last) => {
+                let mut o = Object::new();
+                o.insert("from", Value::from(keep_through.0 + 1));
+                o.insert("to", Value::from(keep_through.0 + orphans.len() as u64));
+                o.insert("head_hash", Value::from(last.hash.to_hex()));
+                Value::Object(o)
+            }
+            None => Value::Null,
+        };
+        data.insert("orphaned", orphaned);
+        self.head = Head {
+            seq: r.seq,
+            hash: r.hash,
+            oldest: r.seq.next(),
+            anchor: Some((r.seq, r.hash)),
+            unsigned: 0,
+        };
+        let recovery = runtime_event("recovery");
+        self.append(unix_ms, None, &recovery, None, &Value::Object(data))
+            .map_err(|e| damaged("recovery entry", e))?;
+        for orphan in &orphans {
+            let Ok(Value::Object(content)) =
+                baton_shared::json::parse(&orphan.content, baton_shared::json::Mode::Verify)
+            else {
+                continue;
+            };
+            let text = |k: &str| content.get(k).and_then(Value::as_str);
+            let event = text("event").unwrap_or("info");
+            if event == "genesis" {
+                // Genesis stands only at seq 1 (it stays in the orphaned run).
+                continue;
+            }
+            let Ok(event) = EventName::new(event) else {
+                continue;
+            };
+            let data = content.get("data").cloned().unwrap_or(Value::Null);
+            self.append_at(
+                text("ts").unwrap_or_default(),
+                None,
+                &event,
+                text("context"),
+                &data,
+            )
+            .map_err(|e| damaged("re-appended orphan", e))?;
+        }
+        self.sign_head()
+    }
+
+    /// Makes the group durable; returns the new head.
+    pub fn commit(self) -> Result<Head> {
+        {
+            let mut m = self.txn.open_table(META)?;
+            m.insert(HEAD, encode(&self.head).as_slice())?;
+        }
+        self.txn.commit()?;
+        Ok(self.head)
+    }
+}
+
+/// Why an append failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendFailure {
+    /// The request itself is wrong; nothing changed.
+    #[error("{0}")]
+    Request(AppendError),
+    /// The store failed.
+    #[error("{0}")]
+    Ledger(#[from] LedgerError),
+}
+
+/// A runtime-only event name (always valid).
+pub fn runtime_event(name: &str) -> EventName {
+    EventName::new(name).unwrap_or_else(|_| unreachable!("{name:?} is a valid event name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_shared::uplink::Ledger as _;
+
+    fn agent() -> (AgentId, SecretKey) {
+        (
+            AgentId::new("pi-1").unwrap(),
+            SecretKey::from_seed(&[7; 32]),
+        )
+    }
+
+    fn append_n(l: &Ledger, a: &AgentId, k: &SecretKey, head: Head, n: u64) -> Head {
+        let mut t = l.begin(a, k, head).unwrap();
+        for i in 0..n {
+            let ev = if t.head().seq == Seq::ZERO {
+                "genesis"
+            } else {
+                "info"
+            };
+            t.append(
+                1_795_460_700_000,
+                None,
+                &runtime_event(ev),
+                None,
+                &Value::from(i),
+            )
+            .unwrap();
+        }
+        t.commit().unwrap()
+    }
+
+    #[test]
+    fn appends_survive_reopen_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, k) = agent();
+        let path = dir.path().join("ledger.redb");
+        let o = Ledger::open(&path, &a).unwrap();
+        let head = append_n(&o.ledger, &a, &k, o.head, 2500);
+        assert_eq!(head.seq, Seq(2500));
+        // two automatic checkpoints at 1000 and 2000
+        assert_eq!(head.unsigned, 500);
+        drop(o);
+        let o = Ledger::open(&path, &a).unwrap();
+        assert_eq!(o.head, head);
+        assert_eq!(
+            o.ledger.verify(&a, &k.public(), &o.head, Seq(1)).unwrap(),
+            2500
+        );
+        let v = o.ledger.view(o.head);
+        assert_eq!(v.batch_end(Seq(1), BatchLimits::default()), Some(Seq(1000)));
+        assert_eq!(v.batch_end(Seq(2001), BatchLimits::default()), None);
+        let other = AgentId::new("pi-2").unwrap();
+        drop(o);
+        assert!(matches!(
+            Ledger::open(&path, &other),
+            Err(LedgerError::WrongAgent { .. })
+        ));
+    }
+
+    #[test]
+    fn verify_names_the_first_damaged_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, k) = agent();
+        let o = Ledger::open(&dir.path().join("l.redb"), &a).unwrap();
+        let head = append_n(&o.ledger, &a, &k, o.head, 10);
+        // Rewrite entry 6 with one changed content byte, through redb.
+        let mut e = o.ledger.entries(Seq(6), Seq(6)).unwrap().remove(0);
+        let at = e.content.len() - 3;
+        e.content[at] ^= 1;
+        let txn = o.ledger.db.begin_write().unwrap();
+        txn.open_table(ENTRIES)
+            .unwrap()
+            .insert(6, encode(&e).as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let err = o.ledger.verify(&a, &k.public(), &head, Seq(1)).unwrap_err();
+        assert!(err.to_string().contains("entry 6"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_request_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, k) = agent();
+        let o = Ledger::open(&dir.path().join("l.redb"), &a).unwrap();
+        let head = append_n(&o.ledger, &a, &k, o.head, 3);
+        let mut t = o.ledger.begin(&a, &k, head).unwrap();
+        let big = Value::from("x".repeat(70_000));
+        assert!(matches!(
+            t.append(0, None, &runtime_event("info"), None, &big),
+            Err(AppendFailure::Request(AppendError::TooLarge(_)))
+        ));
+        assert_eq!(t.head(), head);
+    }
+
+    #[test]
+    fn prune_never_passes_the_best_receipt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, k) = agent();
+        let o = Ledger::open(&dir.path().join("l.redb"), &a).unwrap();
+        let head = append_n(&o.ledger, &a, &k, o.head, 100);
+        let mut t = o.ledger.begin(&a, &k, head).unwrap();
+        assert_eq!(t.prune_through(Seq(90), Seq(40)).unwrap(), 40);
+        let head = t.commit().unwrap();
+        assert_eq!(head.oldest, Seq(41));
+        assert_eq!(o.ledger.entries(Seq(1), Seq(100)).unwrap().len(), 60);
+        assert_eq!(
+            o.ledger.verify(&a, &k.public(), &head, Seq(41)).unwrap(),
+            60
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! baton-agent: the device daemon. A durable, hash-chained, signed local
+//! ledger (redb), a Unix-socket append API, and an uplink that delivers the
+//! ledger to the gateway without loss (PROTOCOL §7), driven by
+//! `baton-shared`'s `uplink` state machine.
+//!
+//! [`run`] is the daemon: it takes a validated [`Config`] and a shutdown
+//! future, so tests and the gateway's demo run agents in-process.
+
+pub mod cli;
+pub mod config;
+pub mod keys;
+pub mod ledger;
+pub mod link;
+pub mod socket;
+pub mod status;
+pub mod writer;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use baton_shared::json::{Object, Value};
+use baton_shared::{AgentId, Seq};
+use tracing::{error, info, warn};
+
+pub use config::{Config, RawConfig};
+use ledger::{Ledger, LedgerError, Opened};
+use status::Shared;
+use writer::Writer;
+
+/// Wall-clock milliseconds since the epoch (0 before 1970).
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The class hint from the device-tree model (DESIGN.md, Agent).
+pub fn class_hint(model: Option<&str>) -> &'static str {
+    match model {
+        Some(m) if m.contains("Raspberry Pi") => "CLASS_E_LOCAL",
+        Some(m) if m.contains("Jetson") || m.contains("NVIDIA") => "CLASS_D_GPU",
+        _ => "CLASS_C_PERSISTENT",
+    }
+}
+
+fn device_model() -> Option<String> {
+    let raw = std::fs::read("/proc/device-tree/model").ok()?;
+    let s = String::from_utf8_lossy(&raw);
+    Some(s.trim_end_matches('\0').trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+/// What a started agent serves.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub socket: PathBuf,
+    pub writer: Writer,
+    pub shared: Arc<Shared>,
+}
+
+/// Writes the first entry of a new chain and opens appends.
+async fn begin_chain(writer: &Writer, shared: &Shared) {
+    let model = device_model();
+    let mut d = Object::new();
+    d.insert("a_now", Value::from(baton_shared::entry::a_now(unix_ms())));
+    d.insert("class", Value::from(class_hint(model.as_deref())));
+    d.insert("model", model.map_or(Value::Null, Value::from));
+    d.insert(
+        "software",
+        Value::from(format!("baton-agent {}", env!("CARGO_PKG_VERSION"))),
+    );
+    match writer.runtime(unix_ms(), "genesis", Value::Object(d)).await {
+        Ok(_) => shared.rebuilding.store(false, Ordering::Relaxed),
+        Err(e) => shared.error(unix_ms(), format!("writing genesis: {e}")),
+    }
+}
+
+/// Opens the ledger and checks it from the entry the best receipt covers.
+/// A damaged file is moved aside (never deleted) and a fresh one opened:
+/// the caller then rebuilds from the gateway (rule 3, `local_corruption`).
+fn open_checked(
+    path: &Path,
+    agent: &AgentId,
+    key: &baton_shared::PublicKey,
+) -> anyhow::Result<(Opened, Option<String>)> {
+    let problem = match Ledger::open(path, agent) {
+        Ok(o) => {
+            let from = o.best.as_ref().map_or(Seq(1), |b| b.seq);
+            match o.ledger.verify(agent, key, &o.head, from) {
+                Ok(n) => {
+                    info!(entries = n, head = %o.head.seq, "ledger checked from the receipted entry");
+                    return Ok((o, None));
+                }
+                Err(e) => e.to_string(),
+            }
+        }
+        Err(e @ LedgerError::WrongAgent { .. }) => return Err(e.into()),
+        Err(e) => e.to_string(),
+    };
+    let aside = path.with_extension(format!("redb.damaged-{}", unix_ms()));
+    error!(problem, kept_at = %aside.display(), "ledger damaged: kept aside, rebuilding from the gateway");
+    std::fs::rename(path, &aside)
+        .with_context(|| format!("moving the damaged ledger aside to {}", aside.display()))?;
+    let o = Ledger::open(path, agent)?;
+    Ok((
+        o,
+        Some(format!(
+            "ledger damaged ({problem}); kept at {}",
+            aside.display()
+        )),
+    ))
+}
+
+/// Runs the agent until `shutdown` resolves. `ready` hears where it serves
+/// once the ledger is open and the socket bound.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: Option<tokio::sync::oneshot::Sender<Ready>>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let key = keys::load(&config.key)?;
+    let public = key.public();
+    let (opened, damage) = open_checked(&config.ledger_path(), &config.id, &public)?;
+    let Opened {
+        ledger,
+        head,
+        best,
+        gateway_key: pinned,
+    } = opened;
+    let shared = Arc::new(Shared::default());
+    let writer = Writer::start(ledger.clone(), config.id.clone(), key, head)
+        .context("starting the ledger writer")?;
+    if let Some(d) = &damage {
+        shared.alert(d.clone());
+        shared.rebuilding.store(true, Ordering::Relaxed);
+        if config.gateway.is_none() {
+            // Nothing to rebuild from: say so loudly and start a new chain
+            // (the alert entry records why).
+            warn!("no gateway configured: starting a new chain after the damage");
+            begin_chain(&writer, &shared).await;
+            alert_entry(&writer, "local_corruption", d).await;
+        }
+    } else if head.seq == Seq::ZERO {
+        begin_chain(&writer, &shared).await;
+    }
+
+    let listener = socket::bind(&config.socket)
+        .with_context(|| format!("binding append socket {}", config.socket.display()))?;
+    info!(agent = %config.id, socket = %config.socket.display(), head = %writer.head().seq, "agent ready");
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(socket::serve(listener, writer.clone(), shared.clone()));
+    tasks.spawn(checkpoint_timer(writer.clone(), config.checkpoint_interval));
+    tasks.spawn(status_writer(
+        config.status_path(),
+        config.id.to_string(),
+        writer.clone(),
+        shared.clone(),
+        config.gateway.is_some(),
+    ));
+    if let Some(broker) = config.gateway.clone() {
+        let link = link::Link {
+            agent_key: public,
+            pinned,
+            best,
+            ledger: ledger.clone(),
+            writer: writer.clone(),
+            shared: shared.clone(),
+            broker,
+            config: config.clone(),
+        };
+        tasks.spawn(link.run());
+    }
+    if let Some(tx) = ready {
+        let _ = tx.send(Ready {
+            socket: config.socket.clone(),
+            writer: writer.clone(),
+            shared: shared.clone(),
+        });
+    }
+    shutdown.await;
+    tasks.shutdown().await;
+    // A last status, and the socket file goes.
+    let doc = shared.document(config.id.as_str(), &writer.head(), false, unix_ms());
+    let _ = status::write(&config.status_path(), &doc);
+    let _ = std::fs::remove_file(&config.socket);
+    info!(agent = %config.id, "agent stopped");
+    Ok(())
+}
+
+/// An `alert` entry in the agent's own chain.
+pub(crate) async fn alert_entry(writer: &Writer, kind: &str, detail: &str) {
+    let mut d = Object::new();
+    d.insert("kind", Value::from(kind));
+    d.insert("detail", Value::from(detail));
+    if let Err(e) = writer.runtime(unix_ms(), "alert", Value::Object(d)).await {
+        error!(error = %e, "could not record the alert entry");
+    }
+}
+
+/// Signs a checkpoint every `every` while unsigned entries wait (PROTOCOL
+/// §4: at least every 1,000 entries, which the ledger does, and 5 s).
+async fn checkpoint_timer(writer: Writer, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if writer.head().unsigned > 0 {
+            let _ = writer.sign_head().await;
+        }
+    }
+}
+
+/// Rewrites `status.json` every second.
+async fn status_writer(
+    path: PathBuf,
+    agent: String,
+    writer: Writer,
+    shared: Arc<Shared>,
+    uplink: bool,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let doc = shared.document(&agent, &writer.head(), uplink, unix_ms());
+        if let Err(e) = status::write(&path, &doc) {
+            warn!(error = %e, path = %path.display(), "writing status.json failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_hints_follow_the_model() {
+        assert_eq!(
+            class_hint(Some("Raspberry Pi 4 Model B Rev 1.5")),
+            "CLASS_E_LOCAL"
+        );
+        assert_eq!(
+            class_hint(Some("NVIDIA Jetson AGX Orin Developer Kit")),
+            "CLASS_D_GPU"
+        );
+        assert_eq!(class_hint(None), "CLASS_C_PERSISTENT");
+    }
+}

@@ -1,0 +1,224 @@
+//! The uplink shell: one rumqttc connection driven by `baton-shared`'s
+//! `uplink` state machine. The MQTT event loop is only polled here;
+//! publishing uses `try_publish` and never blocks it. What is resent comes
+//! from the ledger, never from rumqttc's memory: the session is clean, and
+//! every (re)connect starts with a hello (PROTOCOL §7).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use baton_shared::uplink::{Output, Uplink, UplinkConfig};
+use baton_shared::wire::{MQTT_MAX_PACKET, Message, Nack, Receipt};
+use baton_shared::{AgentId, PublicKey, Seq};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, QoS};
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, Uplink as Broker};
+use crate::ledger::Ledger;
+use crate::status::Shared;
+use crate::writer::Writer;
+
+fn topic(cluster: &str, agent: &AgentId, suffix: &str) -> String {
+    format!("baton/v1/{cluster}/{agent}/{suffix}")
+}
+
+/// Everything the uplink task needs.
+#[derive(Debug)]
+pub struct Link {
+    pub config: Config,
+    pub broker: Broker,
+    pub agent_key: PublicKey,
+    pub pinned: Option<PublicKey>,
+    pub best: Option<Receipt>,
+    pub ledger: Ledger,
+    pub writer: Writer,
+    pub shared: Arc<Shared>,
+}
+
+impl Link {
+    /// Runs until the task is dropped.
+    pub async fn run(self) {
+        let Link {
+            config,
+            broker,
+            agent_key,
+            pinned,
+            best,
+            ledger,
+            writer,
+            shared,
+        } = self;
+        let agent = config.id.clone();
+        let cluster = config.cluster.as_str().to_owned();
+        let t = |s: &str| topic(&cluster, &agent, s);
+        let (hello_t, entries_t, ack_t, nack_t, state_t) =
+            (t("hello"), t("entries"), t("ack"), t("nack"), t("state"));
+
+        let mut opts = MqttOptions::new(agent.as_str(), broker.host.clone(), broker.port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET);
+        opts.set_clean_session(true);
+        opts.set_credentials(agent.as_str(), broker.password.clone().unwrap_or_default());
+        opts.set_last_will(LastWill::new(&state_t, "offline", QoS::AtLeastOnce, true));
+        let (client, mut eventloop) = AsyncClient::new(opts, 256);
+        let mut net = NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        net.set_connection_timeout(30);
+        eventloop.set_network_options(net);
+
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        let gateway_key = config.gateway_key.or(pinned);
+        let mut cfg = UplinkConfig::new(
+            agent.clone(),
+            agent_key,
+            gateway_key,
+            u64::from_le_bytes(seed),
+        );
+        cfg.pin_on_first_contact = gateway_key.is_none();
+        cfg.software = format!("baton-agent {}", env!("CARGO_PKG_VERSION"));
+        cfg.window = config.window;
+        cfg.resend_timeout = config.resend_timeout;
+        if let Some(b) = &best {
+            shared.set_receipt(b);
+        }
+        let mut uplink = Uplink::new(cfg, best);
+        let mut heads = writer.watch();
+        let origin = tokio::time::Instant::now();
+        let mut reconnect_at: Option<tokio::time::Instant> = None;
+        loop {
+            let wake = uplink
+                .poll_timeout()
+                .map_or(origin + Duration::from_secs(3600), |d| origin + d);
+            tokio::select! {
+                () = async {
+                    if let Some(at) = reconnect_at {
+                        tokio::time::sleep_until(at).await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                } => { reconnect_at = None; }
+                event = eventloop.poll(), if reconnect_at.is_none() => {
+                    let now = origin.elapsed();
+                    match event {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            info!(broker = %broker.host, port = broker.port, "connected to the gateway's broker");
+                            shared.set_connected(true);
+                            let _ = client.try_subscribe(&ack_t, QoS::AtLeastOnce);
+                            let _ = client.try_subscribe(&nack_t, QoS::AtLeastOnce);
+                            let _ = client.try_publish(&state_t, QoS::AtLeastOnce, true, "online");
+                            uplink.connected(now);
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            if p.topic == ack_t {
+                                match Receipt::decode(&p.payload) {
+                                    Ok(r) => {
+                                        let hello_empty = r.hello.is_some() && r.seq == Seq::ZERO;
+                                        uplink.handle_receipt(now, &r, &ledger.view(writer.head()));
+                                        if hello_empty && shared.rebuilding.load(Ordering::Relaxed) {
+                                            // The gateway holds nothing of ours: start anew.
+                                            crate::begin_chain(&writer, &shared).await;
+                                        }
+                                    }
+                                    Err(e) => debug!(error = %e, "undecodable receipt dropped"),
+                                }
+                            } else if p.topic == nack_t {
+                                match Nack::decode(&p.payload) {
+                                    Ok(n) => uplink.handle_nack(now, &n),
+                                    Err(e) => debug!(error = %e, "undecodable nack dropped"),
+                                }
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            if shared.set_connected_was(false) {
+                                warn!(error = %e, "lost the gateway's broker; entries stay in the ledger");
+                            }
+                            uplink.disconnected(now);
+                            // rumqttc reconnects on the next poll: pace it.
+                            reconnect_at = Some(tokio::time::Instant::now() + Duration::from_millis(500));
+                        }
+                    }
+                }
+                changed = heads.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            let now = origin.elapsed();
+            loop {
+                let head = writer.head();
+                let Some(out) = uplink.poll(now, &ledger.view(head)) else {
+                    break;
+                };
+                match out {
+                    Output::Hello(h) => {
+                        let _ = client.try_publish(&hello_t, QoS::AtLeastOnce, false, h.encode());
+                    }
+                    Output::Batch { from, to, proof } => {
+                        match ledger.batch(&agent, from, to, proof) {
+                            Ok(b) => {
+                                let _ = client.try_publish(
+                                    &entries_t,
+                                    QoS::AtLeastOnce,
+                                    false,
+                                    b.encode(),
+                                );
+                            }
+                            Err(e) => {
+                                warn!(error = %e, %from, %to, "reading a batch failed");
+                                shared.error(crate::unix_ms(), e.to_string());
+                            }
+                        }
+                    }
+                    Output::SignHead { .. } => {
+                        if let Err(e) = writer.sign_head().await {
+                            shared.error(crate::unix_ms(), e);
+                        }
+                    }
+                    Output::StoreBestReceipt(r) => {
+                        shared.set_receipt(&r);
+                        if let Err(e) = writer.store_best(r).await {
+                            shared.error(crate::unix_ms(), e);
+                        }
+                    }
+                    Output::PinGatewayKey(k) => {
+                        info!(key = %k, "pinned the gateway's key on first contact");
+                        if let Err(e) = writer.pin_gateway_key(k).await {
+                            shared.error(crate::unix_ms(), e);
+                        }
+                    }
+                    Output::Adopt(a) => {
+                        let reason = if shared.rebuilding.load(Ordering::Relaxed) {
+                            "local_corruption"
+                        } else {
+                            "gateway_ahead"
+                        };
+                        warn!(seq = %a.receipt.seq, reason, "adopting the gateway's head (it carries our signature)");
+                        match writer.adopt(a.clone(), crate::unix_ms(), reason).await {
+                            Ok(()) => {
+                                uplink.adopted(now, &a);
+                                if shared.rebuilding.swap(false, Ordering::Relaxed) {
+                                    crate::alert_entry(
+                                        &writer,
+                                        "local_corruption",
+                                        "ledger rebuilt from the gateway's head",
+                                    )
+                                    .await;
+                                }
+                            }
+                            Err(e) => shared.error(crate::unix_ms(), e),
+                        }
+                    }
+                    Output::Alert(a) => {
+                        warn!(alert = ?a, "uplink alert");
+                        shared.alert(format!("{a:?}"));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The local append API: a Unix socket taking newline-delimited JSON
+//! requests `{"event": …, "context": …, "data": …}` and answering each, in
+//! order, with `{"seq": N, "hash": "…"}` once the entry is durable, or
+//! `{"error": "…"}` (nothing changed). A client may pipeline many requests
+//! before reading answers; they share group commits.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use baton_shared::entry::AppendRequest;
+use baton_shared::json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::status::Shared;
+use crate::writer::{AppendRefused, AppendResult, Writer};
+
+/// Longest request line accepted (content is at most 64 KiB; escapes and
+/// the request's own keys add some).
+pub const MAX_LINE: usize = 256 * 1024;
+/// Answers a connection may have outstanding before its reader waits.
+const PIPELINE: usize = 4096;
+
+/// Binds the socket (replacing a stale file) with mode 0660.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        // A live daemon answers on it; a stale file from a crash does not.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is served by a running agent", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+/// Serves connections until the listener fails or the task is dropped.
+pub async fn serve(listener: UnixListener, writer: Writer, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, writer.clone(), shared.clone()));
+            }
+            Err(e) => {
+                warn!(error = %e, "append socket accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// What to answer for one line, in order.
+enum Pending {
+    Now(String),
+    Later(oneshot::Receiver<AppendResult>),
+}
+
+async fn connection(stream: UnixStream, writer: Writer, shared: Arc<Shared>) {
+    let (read, write) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE);
+    let answers = tokio::spawn(async move {
+        let mut out = BufWriter::new(write);
+        while let Some(p) = rx.recv().await {
+            let line = match p {
+                Pending::Now(s) => s,
+                Pending::Later(r) => answer(r.await.unwrap_or(Err(AppendRefused::Stopped))),
+            };
+            if out.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+            // Flush when nothing more is ready, so pipelined answers batch.
+            if rx.is_empty() && out.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = out.flush().await;
+    });
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        line.clear();
+        let n = match (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                debug!(error = %e, "append socket read failed");
+                break;
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        let pending = if line.last() != Some(&b'\n') && line.len() > MAX_LINE {
+            // Skip the rest of the overlong line, then refuse it.
+            if skip_line(&mut reader).await.is_err() {
+                break;
+            }
+            Pending::Now(error_line(&format!(
+                "request line longer than {MAX_LINE} bytes"
+            )))
+        } else {
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            if text.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match AppendRequest::parse(text) {
+                Ok(_) if shared.rebuilding.load(Ordering::Relaxed) => Pending::Now(error_line(
+                    "alert: the ledger is being rebuilt from the gateway after damage; retry later",
+                )),
+                Ok(req) => Pending::Later(writer.append_queued(crate::unix_ms(), req).await),
+                Err(e) => {
+                    writer
+                        .stats
+                        .refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Pending::Now(error_line(&e.to_string()))
+                }
+            }
+        };
+        if tx.send(pending).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = answers.await;
+}
+
+async fn skip_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<()> {
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            r.consume(i + 1);
+            return Ok(());
+        }
+        let n = buf.len();
+        r.consume(n);
+    }
+}
+
+fn error_line(msg: &str) -> String {
+    let mut o = baton_shared::json::Object::new();
+    o.insert("error", Value::from(msg));
+    let mut s = baton_shared::canonical::to_vec(&Value::Object(o));
+    s.push(b'\n');
+    String::from_utf8_lossy(&s).into_owned()
+}
+
+fn answer(r: AppendResult) -> String {
+    match r {
+        Ok((seq, hash)) => format!("{{\"hash\":\"{}\",\"seq\":{}}}\n", hash.to_hex(), seq.0),
+        Err(e) => error_line(&e.to_string()),
+    }
+}
+
+/// A client of the socket (the CLI's `append` and `ingest`).
+pub mod client {
+    use super::*;
+
+    /// One answer: `Ok((seq, hash))` or the error message.
+    pub type Answer = Result<(u64, String), String>;
+
+    pub fn parse_answer(line: &str) -> Answer {
+        let v =
+            baton_shared::json::parse(line.trim_end().as_bytes(), baton_shared::json::Mode::Verify)
+                .map_err(|e| format!("unreadable answer {line:?}: {e}"))?;
+        let o = v
+            .as_object()
+            .ok_or_else(|| format!("unreadable answer {line:?}"))?;
+        if let Some(e) = o.get("error").and_then(Value::as_str) {
+            return Err(e.to_owned());
+        }
+        let seq = o.get("seq").and_then(Value::as_f64);
+        let hash = o.get("hash").and_then(Value::as_str);
+        match (seq, hash) {
+            // seqs are below 2^53: exact in binary64
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            (Some(s), Some(h)) => Ok((s as u64, h.to_owned())),
+            _ => Err(format!("unreadable answer {line:?}")),
+        }
+    }
+
+    /// Sends every line and collects the answers in order (pipelined).
+    pub async fn send_lines(socket: &Path, lines: Vec<Vec<u8>>) -> std::io::Result<Vec<Answer>> {
+        let stream = UnixStream::connect(socket).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("connecting to {}: {e}", socket.display()))
+        })?;
+        let (read, mut write) = stream.into_split();
+        let n = lines.len();
+        let sender = tokio::spawn(async move {
+            let mut w = BufWriter::new(&mut write);
+            for mut l in lines {
+                l.push(b'\n');
+                w.write_all(&l).await?;
+            }
+            w.flush().await?;
+            Ok::<_, std::io::Error>(write)
+        });
+        let mut reader = BufReader::new(read);
+        let mut answers = Vec::with_capacity(n);
+        let mut line = String::new();
+        while answers.len() < n {
+            line.clear();
+            if reader.read_line(&mut line).await? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the agent closed the socket after {} answers",
+                        answers.len()
+                    ),
+                ));
+            }
+            answers.push(parse_answer(&line));
+        }
+        sender.await.map_err(std::io::Error::other)??;
+        Ok(answers)
+    }
+}

@@ -1,0 +1,189 @@
+//! What the agent reports about itself: `status.json` in the data directory
+//! (written to a temp file and renamed, so a reader never sees it torn) and
+//! `baton-agent status`.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use baton_shared::json::{Object, Value};
+use baton_shared::wire::Receipt;
+
+use crate::ledger::Head;
+
+/// State the daemon's tasks share for reporting.
+#[derive(Debug, Default)]
+pub struct Shared {
+    inner: Mutex<Inner>,
+    /// The ledger is being rebuilt from the gateway: appends wait.
+    pub rebuilding: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    connected: bool,
+    receipt: Option<Receipt>,
+    last_error: Option<(i64, String)>,
+    alert: Option<String>,
+    last_heartbeat_ms: Option<i64>,
+}
+
+impl Shared {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        // A poisoned lock only means a reporting task panicked mid-update;
+        // the data is still the best we have.
+        let mut g = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut g)
+    }
+
+    pub fn set_connected(&self, c: bool) {
+        self.with(|i| i.connected = c);
+    }
+
+    /// Sets the connection flag; returns the previous one.
+    pub fn set_connected_was(&self, c: bool) -> bool {
+        self.with(|i| std::mem::replace(&mut i.connected, c))
+    }
+
+    pub fn set_receipt(&self, r: &Receipt) {
+        self.with(|i| i.receipt = Some(r.clone()));
+    }
+
+    pub fn error(&self, unix_ms: i64, e: impl Into<String>) {
+        let e = e.into();
+        self.with(|i| i.last_error = Some((unix_ms, e)));
+    }
+
+    pub fn alert(&self, what: impl Into<String>) {
+        let a = what.into();
+        self.with(|i| i.alert = Some(a));
+    }
+
+    pub fn heartbeat(&self, unix_ms: i64) {
+        self.with(|i| i.last_heartbeat_ms = Some(unix_ms));
+    }
+
+    pub fn receipted(&self) -> u64 {
+        self.with(|i| i.receipt.as_ref().map_or(0, |r| r.seq.0))
+    }
+
+    /// The status document.
+    pub fn document(&self, agent: &str, head: &Head, uplink: bool, unix_ms: i64) -> Value {
+        let rebuilding = self.rebuilding.load(Ordering::Relaxed);
+        self.with(|i| {
+            let receipted = i.receipt.as_ref().map_or(0, |r| r.seq.0);
+            let backlog = head.seq.0.saturating_sub(receipted);
+            let recent_error = i
+                .last_error
+                .as_ref()
+                .is_some_and(|(t, _)| unix_ms - t < 60_000);
+            let state = if i.alert.is_some() || rebuilding {
+                "alert"
+            } else if recent_error {
+                "error"
+            } else if uplink && !i.connected {
+                "offline"
+            } else if backlog > 0 {
+                "busy"
+            } else {
+                "idle"
+            };
+            let mut o = Object::new();
+            o.insert("agent", Value::from(agent));
+            o.insert("state", Value::from(state));
+            let mut h = Object::new();
+            h.insert("seq", Value::from(head.seq.0));
+            h.insert("hash", Value::from(head.hash.to_hex()));
+            o.insert("head", Value::Object(h));
+            o.insert("oldest_held", Value::from(head.oldest.0));
+            o.insert(
+                "last_receipt",
+                i.receipt.as_ref().map_or(Value::Null, |r| {
+                    let mut o = Object::new();
+                    o.insert("gateway", Value::from(r.gateway.as_str()));
+                    o.insert("seq", Value::from(r.seq.0));
+                    o.insert("hash", Value::from(r.hash.to_hex()));
+                    Value::Object(o)
+                }),
+            );
+            o.insert("backlog", Value::from(backlog));
+            o.insert("connected", Value::Bool(i.connected));
+            o.insert("alert", i.alert.as_deref().map_or(Value::Null, Value::from));
+            o.insert(
+                "last_error",
+                i.last_error
+                    .as_ref()
+                    .map_or(Value::Null, |(_, e)| Value::from(e.as_str())),
+            );
+            o.insert(
+                "last_heartbeat",
+                i.last_heartbeat_ms.map_or(Value::Null, |t| {
+                    Value::from(baton_shared::entry::format_timestamp(t))
+                }),
+            );
+            o.insert(
+                "updated",
+                Value::from(baton_shared::entry::format_timestamp(unix_ms)),
+            );
+            Value::Object(o)
+        })
+    }
+}
+
+/// Writes `doc` to `path` via a temp file and a rename.
+pub fn write(path: &Path, doc: &Value) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut bytes = baton_shared::canonical::to_vec(doc);
+    bytes.push(b'\n');
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// `status.json` as a table for people.
+pub fn table(doc: &Value) -> String {
+    let Some(o) = doc.as_object() else {
+        return String::new();
+    };
+    let get = |path: &[&str]| -> String {
+        let mut v = Some(doc);
+        for k in path {
+            v = v.and_then(|v| v.as_object()?.get(k));
+        }
+        match v {
+            None | Some(Value::Null) => "-".to_owned(),
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => String::from_utf8_lossy(&baton_shared::canonical::to_vec(v)).into_owned(),
+        }
+    };
+    let _ = o;
+    let rows = [
+        ("agent", get(&["agent"])),
+        ("state", get(&["state"])),
+        (
+            "head",
+            format!("{} {}", get(&["head", "seq"]), get(&["head", "hash"])),
+        ),
+        (
+            "receipted",
+            format!(
+                "{} by {}",
+                get(&["last_receipt", "seq"]),
+                get(&["last_receipt", "gateway"])
+            ),
+        ),
+        ("backlog", get(&["backlog"])),
+        ("connected", get(&["connected"])),
+        ("alert", get(&["alert"])),
+        ("last error", get(&["last_error"])),
+        ("last heartbeat", get(&["last_heartbeat"])),
+        ("updated", get(&["updated"])),
+    ];
+    let mut s = String::new();
+    for (k, v) in rows {
+        s.push_str(&format!("{k:<15} {v}\n"));
+    }
+    s
+}

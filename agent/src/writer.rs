@@ -1,0 +1,420 @@
+//! The ledger's single writer: a thread that takes changes from every
+//! caller (socket clients, the uplink, timers), applies all that are waiting
+//! in one write transaction, commits it durably, and only then answers each
+//! caller (group commit, PROTOCOL §7 rule 0).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use baton_shared::entry::{AppendRequest, Seq};
+use baton_shared::json::Value;
+use baton_shared::uplink::Adoption;
+use baton_shared::wire::Receipt;
+use baton_shared::{AgentId, Hash, PublicKey, SecretKey};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, warn};
+
+use crate::ledger::{AppendFailure, Head, Ledger, LedgerError, runtime_event};
+
+/// Most changes per commit.
+const MAX_GROUP: usize = 16 * 1024;
+
+/// What an append answers.
+pub type AppendResult = Result<(Seq, Hash), AppendRefused>;
+
+/// Why an append was refused. `Request` means the caller's request is
+/// wrong; the others are the device's problem and say so.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendRefused {
+    #[error("{0}")]
+    Request(String),
+    #[error("ledger: {0}")]
+    Ledger(String),
+    #[error("ledger writer stopped")]
+    Stopped,
+}
+
+enum Op {
+    Append {
+        unix_ms: i64,
+        req: AppendRequest,
+        reply: oneshot::Sender<AppendResult>,
+    },
+    Runtime {
+        unix_ms: i64,
+        event: &'static str,
+        data: Value,
+        reply: oneshot::Sender<AppendResult>,
+    },
+    SignHead(oneshot::Sender<Result<(), String>>),
+    StoreBest(Receipt, oneshot::Sender<Result<(), String>>),
+    Pin(PublicKey, oneshot::Sender<Result<(), String>>),
+    Adopt {
+        adoption: Box<Adoption>,
+        unix_ms: i64,
+        reason: &'static str,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Prune(Seq, Seq, oneshot::Sender<Result<u64, String>>),
+}
+
+/// Counters the writer keeps.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub appended: AtomicU64,
+    pub refused: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_errors: AtomicU64,
+}
+
+/// A handle to the writer thread; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Op>,
+    head: watch::Receiver<Head>,
+    pub stats: Arc<WriterStats>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("head", &*self.head.borrow())
+            .finish()
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread over `ledger` at `head`.
+    pub fn start(
+        ledger: Ledger,
+        agent: AgentId,
+        key: SecretKey,
+        head: Head,
+    ) -> std::io::Result<Writer> {
+        let (tx, rx) = mpsc::channel(MAX_GROUP);
+        let (head_tx, head_rx) = watch::channel(head);
+        let stats = Arc::new(WriterStats::default());
+        let thread_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || write_loop(&ledger, &agent, &key, head, rx, &head_tx, &thread_stats))?;
+        Ok(Writer {
+            tx,
+            head: head_rx,
+            stats,
+        })
+    }
+
+    /// The durable head (changes after every commit).
+    pub fn head(&self) -> Head {
+        *self.head.borrow()
+    }
+
+    /// A receiver that changes after every commit.
+    pub fn watch(&self) -> watch::Receiver<Head> {
+        self.head.clone()
+    }
+
+    async fn call<T>(&self, op: Op, rx: oneshot::Receiver<Result<T, String>>) -> Result<T, String> {
+        self.tx
+            .send(op)
+            .await
+            .map_err(|_| "ledger writer stopped".to_owned())?;
+        rx.await
+            .unwrap_or_else(|_| Err("ledger writer stopped".to_owned()))
+    }
+
+    /// Appends a caller's request; answers once it is durable.
+    pub async fn append(&self, unix_ms: i64, req: AppendRequest) -> AppendResult {
+        let (reply, rx) = oneshot::channel();
+        self.send_append(Op::Append {
+            unix_ms,
+            req,
+            reply,
+        })
+        .await?;
+        rx.await.unwrap_or(Err(AppendRefused::Stopped))
+    }
+
+    /// Queues an append and returns at once; the receiver answers after the
+    /// commit. Lets one connection pipeline many appends into one commit.
+    pub async fn append_queued(
+        &self,
+        unix_ms: i64,
+        req: AppendRequest,
+    ) -> oneshot::Receiver<AppendResult> {
+        let (reply, rx) = oneshot::channel();
+        // A stopped writer drops `reply`, which the receiver reports.
+        let _ = self
+            .tx
+            .send(Op::Append {
+                unix_ms,
+                req,
+                reply,
+            })
+            .await;
+        rx
+    }
+
+    async fn send_append(&self, op: Op) -> Result<(), AppendRefused> {
+        self.tx.send(op).await.map_err(|_| AppendRefused::Stopped)
+    }
+
+    /// Appends a runtime entry (`genesis`, `alert`, …).
+    pub async fn runtime(&self, unix_ms: i64, event: &'static str, data: Value) -> AppendResult {
+        let (reply, rx) = oneshot::channel();
+        self.send_append(Op::Runtime {
+            unix_ms,
+            event,
+            data,
+            reply,
+        })
+        .await?;
+        rx.await.unwrap_or(Err(AppendRefused::Stopped))
+    }
+
+    /// Signs the head as a checkpoint (if unsigned), durably.
+    pub async fn sign_head(&self) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Op::SignHead(reply), rx).await
+    }
+
+    pub async fn store_best(&self, r: Receipt) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Op::StoreBest(r, reply), rx).await
+    }
+
+    pub async fn pin_gateway_key(&self, k: PublicKey) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Op::Pin(k, reply), rx).await
+    }
+
+    pub async fn adopt(
+        &self,
+        adoption: Box<Adoption>,
+        unix_ms: i64,
+        reason: &'static str,
+    ) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.call(
+            Op::Adopt {
+                adoption,
+                unix_ms,
+                reason,
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
+    /// Deletes entries through `seq`, never past `best` (rule 2).
+    pub async fn prune(&self, seq: Seq, best: Seq) -> Result<u64, String> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Op::Prune(seq, best, reply), rx).await
+    }
+}
+
+/// An answer to send once the group is durable.
+enum Reply {
+    Append(oneshot::Sender<AppendResult>, AppendResult),
+    Unit(oneshot::Sender<Result<(), String>>),
+    Count(oneshot::Sender<Result<u64, String>>, u64),
+}
+
+impl Reply {
+    fn send_ok(self, stats: &WriterStats) {
+        match self {
+            Reply::Append(tx, r) => {
+                let counter = if r.is_ok() {
+                    &stats.appended
+                } else {
+                    &stats.refused
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(r);
+            }
+            Reply::Unit(tx) => {
+                let _ = tx.send(Ok(()));
+            }
+            Reply::Count(tx, n) => {
+                let _ = tx.send(Ok(n));
+            }
+        }
+    }
+
+    fn send_err(self, e: &str, stats: &WriterStats) {
+        match self {
+            Reply::Append(tx, _) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(Err(AppendRefused::Ledger(e.to_owned())));
+            }
+            Reply::Unit(tx) => {
+                let _ = tx.send(Err(e.to_owned()));
+            }
+            Reply::Count(tx, _) => {
+                let _ = tx.send(Err(e.to_owned()));
+            }
+        }
+    }
+}
+
+fn write_loop(
+    ledger: &Ledger,
+    agent: &AgentId,
+    key: &SecretKey,
+    mut head: Head,
+    mut rx: mpsc::Receiver<Op>,
+    head_tx: &watch::Sender<Head>,
+    stats: &WriterStats,
+) {
+    let mut group = Vec::with_capacity(1024);
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::with_capacity(group.len());
+        let result = apply_group(ledger, agent, key, head, group.drain(..), &mut replies);
+        match result {
+            Ok(new_head) => {
+                head = new_head;
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                head_tx.send_replace(head);
+                for r in replies {
+                    r.send_ok(stats);
+                }
+            }
+            Err(e) => {
+                // Nothing of the group is durable: the head stays where it
+                // was and every caller hears why.
+                stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+                error!(error = %e, "ledger commit failed; nothing of this group was stored");
+                let msg = e.to_string();
+                for r in replies {
+                    r.send_err(&msg, stats);
+                }
+            }
+        }
+    }
+}
+
+fn apply_group(
+    ledger: &Ledger,
+    agent: &AgentId,
+    key: &SecretKey,
+    head: Head,
+    ops: impl Iterator<Item = Op>,
+    replies: &mut Vec<Reply>,
+) -> Result<Head, LedgerError> {
+    let mut txn = ledger.begin(agent, key, head)?;
+    let mut failed: Option<LedgerError> = None;
+    for op in ops {
+        if let Some(e) = &failed {
+            // The transaction is already lost: refuse the rest the same way.
+            let msg = e.to_string();
+            match op {
+                Op::Append { reply, .. } | Op::Runtime { reply, .. } => {
+                    replies.push(Reply::Append(reply, Err(AppendRefused::Ledger(msg))));
+                }
+                Op::SignHead(reply)
+                | Op::StoreBest(_, reply)
+                | Op::Pin(_, reply)
+                | Op::Adopt { reply, .. } => replies.push(Reply::Unit(reply)),
+                Op::Prune(_, _, reply) => replies.push(Reply::Count(reply, 0)),
+            }
+            continue;
+        }
+        let outcome = match op {
+            Op::Append {
+                unix_ms,
+                req,
+                reply,
+            } => match txn.append_request(unix_ms, &req) {
+                Ok(r) => {
+                    replies.push(Reply::Append(reply, Ok(r)));
+                    Ok(())
+                }
+                Err(AppendFailure::Request(e)) => {
+                    replies.push(Reply::Append(
+                        reply,
+                        Err(AppendRefused::Request(e.to_string())),
+                    ));
+                    Ok(())
+                }
+                Err(AppendFailure::Ledger(e)) => {
+                    replies.push(Reply::Append(reply, Ok((Seq::ZERO, Hash::ZERO))));
+                    Err(e)
+                }
+            },
+            Op::Runtime {
+                unix_ms,
+                event,
+                data,
+                reply,
+            } => {
+                let r = txn.append(unix_ms, None, &runtime_event(event), None, &data);
+                match r {
+                    Ok(r) => {
+                        replies.push(Reply::Append(reply, Ok(r)));
+                        // Runtime entries are checkpoints: signed at once.
+                        txn.sign_head()
+                    }
+                    Err(AppendFailure::Request(e)) => {
+                        warn!(event, error = %e, "runtime entry refused");
+                        replies.push(Reply::Append(
+                            reply,
+                            Err(AppendRefused::Request(e.to_string())),
+                        ));
+                        Ok(())
+                    }
+                    Err(AppendFailure::Ledger(e)) => {
+                        replies.push(Reply::Append(reply, Ok((Seq::ZERO, Hash::ZERO))));
+                        Err(e)
+                    }
+                }
+            }
+            Op::SignHead(reply) => {
+                replies.push(Reply::Unit(reply));
+                txn.sign_head()
+            }
+            Op::StoreBest(r, reply) => {
+                replies.push(Reply::Unit(reply));
+                txn.store_best(&r)
+            }
+            Op::Pin(k, reply) => {
+                replies.push(Reply::Unit(reply));
+                txn.pin_gateway_key(&k)
+            }
+            Op::Adopt {
+                adoption,
+                unix_ms,
+                reason,
+                reply,
+            } => {
+                replies.push(Reply::Unit(reply));
+                txn.adopt(&adoption, unix_ms, reason)
+            }
+            Op::Prune(seq, best, reply) => match txn.prune_through(seq, best) {
+                Ok(n) => {
+                    replies.push(Reply::Count(reply, n));
+                    Ok(())
+                }
+                Err(e) => {
+                    replies.push(Reply::Count(reply, 0));
+                    Err(e)
+                }
+            },
+        };
+        if let Err(e) = outcome {
+            failed = Some(e);
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => txn.commit(),
+    }
+}
