@@ -192,6 +192,22 @@ pub async fn run(
     Ok(())
 }
 
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
 /// An `alert` entry in the agent's own chain.
 pub(crate) async fn alert_entry(writer: &Writer, kind: &str, detail: &str) {
     let mut d = Object::new();

@@ -202,7 +202,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pubkey { dir } => println!("{}", keys::load(&key_path(&dir))?.public().to_hex()),
         Command::Run(args) => {
             let config = Config::validate(raw_config(args)?)?;
-            runtime()?.block_on(baton_agent::run(config, shutdown_signal(), None))?;
+            runtime()?.block_on(baton_agent::run(
+                config,
+                baton_agent::shutdown_signal(),
+                None,
+            ))?;
         }
         Command::Append {
             socket,
@@ -313,20 +317,4 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::PrintDefaultConfig => print!("{DEFAULT_CONFIG}"),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }

@@ -138,6 +138,23 @@ enum Command {
     },
     /// Print the commented default configuration.
     PrintDefaultConfig,
+    /// A gateway, its embedded broker and N local agents appending sample
+    /// events, in one process (Ctrl-C stops it).
+    Demo {
+        #[arg(long, default_value_t = 3)]
+        agents: usize,
+        /// Where to keep the demo's state (default: a new temp directory).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_listen: String,
+        /// Events per second per agent.
+        #[arg(long, default_value_t = 5)]
+        rate: u32,
+        /// Stop after this long, e.g. "30s" (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<String>,
+    },
     /// Measure raw broker throughput against durable ingest (see BENCHMARKS.md).
     Bench {
         /// Agent counts to run, comma-separated.
@@ -162,15 +179,22 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let cli = Cli::parse();
+    // The demo prints its own lines; its logs say only what went wrong.
+    let default = if matches!(cli.command, Command::Demo { .. }) {
+        "warn,rumqttd=off"
+    } else {
         // rumqttd logs ordinary disconnects at ERROR
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+        "info,rumqttd=off"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match real_main(Cli::parse()) {
+    match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("baton-gateway: {e:#}");
@@ -217,10 +241,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 let store = cli::open_store(&config.data_dir)?;
                 cli::remember_identity(&store, &config.id, &config.cluster)?;
                 drop(store);
-                let shutdown = async {
-                    let _ = tokio::signal::ctrl_c().await;
-                };
-                baton_gateway::run(config, shutdown, None).await
+                baton_gateway::run(config, baton_agent::shutdown_signal(), None).await
             })?;
         }
         Command::Enroll {
@@ -357,6 +378,29 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::PrintDefaultConfig => print!("{DEFAULT_CONFIG}"),
+        Command::Demo {
+            agents,
+            data_dir,
+            http_listen,
+            rate,
+            duration,
+        } => {
+            let duration = duration
+                .map(|d| humantime::parse_duration(&d).with_context(|| format!("--duration {d:?}")))
+                .transpose()?;
+            let args = baton_gateway::demo::DemoArgs {
+                agents,
+                data_dir,
+                http_listen,
+                rate,
+                duration,
+            };
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            rt.block_on(baton_gateway::demo::run(
+                args,
+                baton_agent::shutdown_signal(),
+            ))?;
+        }
         Command::Bench {
             agents,
             entries,
