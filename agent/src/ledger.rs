@@ -36,6 +36,10 @@ const ADOPTIONS: &str = "adoptions";
 
 /// Sign a checkpoint at least every this many entries (PROTOCOL §4).
 pub const CHECKPOINT_EVERY: u64 = 1000;
+/// ... and once the unsigned entries reach this many wire bytes, so that a
+/// span (which a batch never splits) always fits a batch: at most this plus
+/// one maximal entry, far below `MAX_BATCH_BYTES`.
+pub const CHECKPOINT_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -60,6 +64,37 @@ pub enum LedgerError {
 
 type Result<T> = std::result::Result<T, LedgerError>;
 
+fn storage_damage(e: &redb::StorageError) -> bool {
+    match e {
+        redb::StorageError::Corrupted(_) => true,
+        redb::StorageError::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+        ),
+        _ => false,
+    }
+}
+
+impl LedgerError {
+    /// Whether the file's contents are damaged (as opposed to the file
+    /// being busy, unreadable for permissions, or the disk failing now):
+    /// only damage justifies setting the file aside and rebuilding.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            LedgerError::Damaged { .. } => true,
+            LedgerError::Open { source, .. } => match source {
+                redb::DatabaseError::Storage(s) => storage_damage(s),
+                redb::DatabaseError::RepairAborted => true,
+                _ => false,
+            },
+            LedgerError::Storage(s) => storage_damage(s),
+            LedgerError::Table(redb::TableError::Storage(s)) => storage_damage(s),
+            LedgerError::Transaction(redb::TransactionError::Storage(s)) => storage_damage(s),
+            _ => false,
+        }
+    }
+}
+
 fn damaged(what: impl Into<String>, problem: impl ToString) -> LedgerError {
     LedgerError::Damaged {
         what: what.into(),
@@ -77,6 +112,8 @@ pub struct Head {
     pub anchor: Option<(Seq, Hash)>,
     /// Entries after the newest checkpoint.
     pub unsigned: u64,
+    /// Their wire bytes.
+    pub unsigned_bytes: u64,
 }
 
 impl Head {
@@ -86,6 +123,7 @@ impl Head {
         oldest: Seq(1),
         anchor: None,
         unsigned: 0,
+        unsigned_bytes: 0,
     };
 }
 
@@ -498,9 +536,11 @@ impl Txn<'_> {
         let mut e = Entry::seal(content, self.head.hash);
         let hash = e.hash;
         self.head.unsigned += 1;
-        if self.head.unsigned >= CHECKPOINT_EVERY {
+        self.head.unsigned_bytes += entry_wire_size(&e) as u64;
+        if self.head.unsigned >= CHECKPOINT_EVERY || self.head.unsigned_bytes >= CHECKPOINT_BYTES {
             e.sig = Some(self.key.sign_checkpoint(self.agent, seq, &hash));
             self.head.unsigned = 0;
+            self.head.unsigned_bytes = 0;
         }
         let mut t = self.txn.open_table(ENTRIES).map_err(LedgerError::from)?;
         t.insert(seq.0, encode(&e).as_slice())
@@ -524,6 +564,7 @@ impl Txn<'_> {
         e.sig = Some(self.key.sign_checkpoint(self.agent, seq, &e.hash));
         t.insert(seq.0, encode(&e).as_slice())?;
         self.head.unsigned = 0;
+        self.head.unsigned_bytes = 0;
         Ok(())
     }
 
@@ -627,6 +668,7 @@ impl Txn<'_> {
             oldest: r.seq.next(),
             anchor: Some((r.seq, r.hash)),
             unsigned: 0,
+            unsigned_bytes: 0,
         };
         let recovery = runtime_event("recovery");
         self.append(unix_ms, None, &recovery, None, &Value::Object(data))
@@ -726,8 +768,9 @@ mod tests {
         let o = Ledger::open(&path, &a).unwrap();
         let head = append_n(&o.ledger, &a, &k, o.head, 2500);
         assert_eq!(head.seq, Seq(2500));
-        // two automatic checkpoints at 1000 and 2000
-        assert_eq!(head.unsigned, 500);
+        // automatic checkpoints: by count and by bytes
+        assert!(head.unsigned > 0 && head.unsigned < CHECKPOINT_EVERY);
+        assert!(head.unsigned_bytes < CHECKPOINT_BYTES);
         drop(o);
         let o = Ledger::open(&path, &a).unwrap();
         assert_eq!(o.head, head);
@@ -736,14 +779,50 @@ mod tests {
             2500
         );
         let v = o.ledger.view(o.head);
-        assert_eq!(v.batch_end(Seq(1), BatchLimits::default()), Some(Seq(1000)));
-        assert_eq!(v.batch_end(Seq(2001), BatchLimits::default()), None);
+        let first = v.batch_end(Seq(1), BatchLimits::default()).unwrap();
+        assert!(first <= Seq(1000));
+        let tail = Seq(head.seq.0 - head.unsigned + 1);
+        assert_eq!(
+            v.batch_end(tail, BatchLimits::default()),
+            None,
+            "the unsigned tail waits"
+        );
         let other = AgentId::new("pi-2").unwrap();
         drop(o);
         assert!(matches!(
             Ledger::open(&path, &other),
             Err(LedgerError::WrongAgent { .. })
         ));
+    }
+
+    #[test]
+    fn large_entries_are_signed_before_a_span_outgrows_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, k) = agent();
+        let o = Ledger::open(&dir.path().join("l.redb"), &a).unwrap();
+        let mut t = o.ledger.begin(&a, &k, o.head).unwrap();
+        t.append(0, None, &runtime_event("genesis"), None, &Value::Null)
+            .unwrap();
+        let big = Value::from("y".repeat(20_000));
+        for _ in 0..50 {
+            t.append(0, None, &runtime_event("info"), None, &big)
+                .unwrap();
+        }
+        let head = t.commit().unwrap();
+        let v = o.ledger.view(head);
+        let mut from = Seq(1);
+        while let Some(end) = v.batch_end(from, BatchLimits::default()) {
+            let bytes: usize = o
+                .ledger
+                .entries(from, end)
+                .unwrap()
+                .iter()
+                .map(entry_wire_size)
+                .sum();
+            assert!(bytes <= baton_shared::wire::MAX_BATCH_BYTES, "{bytes}");
+            from = end.next();
+        }
+        assert!(from > Seq(40), "most of the chain is in signed spans");
     }
 
     #[test]

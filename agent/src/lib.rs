@@ -27,7 +27,7 @@ use baton_shared::{AgentId, Seq};
 use tracing::{error, info, warn};
 
 pub use config::{Config, RawConfig};
-use ledger::{Ledger, LedgerError, Opened};
+use ledger::{Ledger, Opened};
 use status::Shared;
 use writer::Writer;
 
@@ -86,18 +86,18 @@ fn open_checked(
     agent: &AgentId,
     key: &baton_shared::PublicKey,
 ) -> anyhow::Result<(Opened, Option<String>)> {
-    let problem = match Ledger::open(path, agent) {
-        Ok(o) => {
-            let from = o.best.as_ref().map_or(Seq(1), |b| b.seq);
-            match o.ledger.verify(agent, key, &o.head, from) {
-                Ok(n) => {
-                    info!(entries = n, head = %o.head.seq, "ledger checked from the receipted entry");
-                    return Ok((o, None));
-                }
-                Err(e) => e.to_string(),
-            }
+    let checked = Ledger::open(path, agent).and_then(|o| {
+        let from = o.best.as_ref().map_or(Seq(1), |b| b.seq);
+        let n = o.ledger.verify(agent, key, &o.head, from)?;
+        info!(entries = n, head = %o.head.seq, "ledger checked from the receipted entry");
+        Ok(o)
+    });
+    let problem = match checked {
+        Ok(o) => return Ok((o, None)),
+        // Busy, unreadable or failing now: not damage; never set aside.
+        Err(e) if !e.is_damage() => {
+            return Err(anyhow::Error::new(e).context(format!("opening ledger {}", path.display())));
         }
-        Err(e @ LedgerError::WrongAgent { .. }) => return Err(e.into()),
         Err(e) => e.to_string(),
     };
     let aside = path.with_extension(format!("redb.damaged-{}", unix_ms()));
@@ -188,6 +188,9 @@ pub async fn run(
     let doc = shared.document(config.id.as_str(), &writer.head(), false, unix_ms());
     let _ = status::write(&config.status_path(), &doc);
     let _ = std::fs::remove_file(&config.socket);
+    // Close the file before returning, so a restart can open it at once.
+    drop(ledger);
+    writer.close().await;
     info!(agent = %config.id, "agent stopped");
     Ok(())
 }

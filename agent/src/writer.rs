@@ -56,6 +56,8 @@ enum Op {
         reply: oneshot::Sender<Result<(), String>>,
     },
     Prune(Seq, Seq, oneshot::Sender<Result<u64, String>>),
+    /// Commit what is queued, then stop and close the file.
+    Close,
 }
 
 /// Counters the writer keeps.
@@ -73,6 +75,7 @@ pub struct Writer {
     tx: mpsc::Sender<Op>,
     head: watch::Receiver<Head>,
     pub stats: Arc<WriterStats>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -95,14 +98,29 @@ impl Writer {
         let (head_tx, head_rx) = watch::channel(head);
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || write_loop(&ledger, &agent, &key, head, rx, &head_tx, &thread_stats))?;
         Ok(Writer {
             tx,
             head: head_rx,
             stats,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
         })
+    }
+
+    /// Commits what is queued, stops the thread and closes the file (so
+    /// another process may open it). Later calls on any clone are refused.
+    pub async fn close(&self) {
+        let _ = self.tx.send(Op::Close).await;
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
     }
 
     /// The durable head (changes after every commit).
@@ -269,6 +287,7 @@ fn write_loop(
     stats: &WriterStats,
 ) {
     let mut group = Vec::with_capacity(1024);
+    let mut closing = false;
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -277,6 +296,7 @@ fn write_loop(
                 Err(_) => break,
             }
         }
+        closing |= group.iter().any(|op| matches!(op, Op::Close));
         let mut replies = Vec::with_capacity(group.len());
         let result = apply_group(ledger, agent, key, head, group.drain(..), &mut replies);
         match result {
@@ -298,6 +318,14 @@ fn write_loop(
                     r.send_err(&msg, stats);
                 }
             }
+        }
+        if closing {
+            rx.close();
+            // Refuse whatever raced in after the close.
+            while let Ok(op) = rx.try_recv() {
+                drop(op);
+            }
+            return;
         }
     }
 }
@@ -325,10 +353,12 @@ fn apply_group(
                 | Op::Pin(_, reply)
                 | Op::Adopt { reply, .. } => replies.push(Reply::Unit(reply)),
                 Op::Prune(_, _, reply) => replies.push(Reply::Count(reply, 0)),
+                Op::Close => {}
             }
             continue;
         }
         let outcome = match op {
+            Op::Close => Ok(()),
             Op::Append {
                 unix_ms,
                 req,

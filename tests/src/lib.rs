@@ -5,8 +5,10 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod bins;
+pub mod daemons;
 pub mod http;
 pub mod mosquitto;
+pub mod proxy;
 
 use std::time::Duration;
 

@@ -7,36 +7,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use baton_gateway::config::{Broker, Config};
 use baton_gateway::publisher::publish_all;
-use baton_gateway::server::Bound;
 use baton_shared::memory::MemLedger;
 use baton_shared::verify::{Verdict, verify_text};
 use baton_shared::wire::{MQTT_MAX_PACKET, Message};
-use baton_shared::{AgentId, ClusterId, PublicKey, SecretKey, Seq};
+use baton_shared::{SecretKey, Seq};
+use baton_tests::daemons::Gateway;
 use baton_tests::http;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-
-struct Gateway {
-    bound: Bound,
-    key: PublicKey,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    external: Option<SocketAddr>,
-}
-
-impl Gateway {
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        self.task.await.unwrap().unwrap();
-    }
-
-    fn mqtt(&self) -> SocketAddr {
-        self.bound.mqtt.or(self.external).unwrap()
-    }
-}
 
 async fn start_gateway(dir: &Path, agents: &[&MemLedger]) -> Gateway {
     start_gateway_with(dir, agents, None).await
@@ -48,59 +26,11 @@ async fn start_gateway_with(
     agents: &[&MemLedger],
     external: Option<SocketAddr>,
 ) -> Gateway {
-    let key_path = dir.join("gateway.key");
-    let key = baton_gateway::keys::generate(&key_path).unwrap();
-    let keys_dir = dir.join("agents");
-    std::fs::create_dir_all(&keys_dir).unwrap();
-    for l in agents {
-        std::fs::write(
-            keys_dir.join(format!("{}.pub", l.agent())),
-            l.key().public().to_hex(),
-        )
-        .unwrap();
-    }
-    let config = Config {
-        id: AgentId::new("gw-e2e").unwrap(),
-        cluster: ClusterId::new("c1").unwrap(),
-        data_dir: dir.to_owned(),
-        key: key_path,
-        keys_dir: Some(keys_dir),
-        broker: match external {
-            None => Broker::Embedded {
-                listen: "127.0.0.1:0".parse().unwrap(),
-            },
-            Some(a) => Broker::External {
-                host: a.ip().to_string(),
-                port: a.port(),
-                username: None,
-                password: None,
-            },
-        },
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        resend_timeout: Duration::from_secs(2),
-        checkpoint_interval: Duration::from_secs(1),
-        max_agents: 100,
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ready, bound) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(baton_gateway::run(
-        config,
-        async move {
-            let _ = stopped.await;
-        },
-        Some(ready),
-    ));
-    let bound = tokio::time::timeout(Duration::from_secs(20), bound)
-        .await
-        .expect("gateway did not start")
-        .unwrap();
-    Gateway {
-        bound,
-        key: key.public(),
-        stop: Some(stop),
-        task,
-        external,
-    }
+    let keys: Vec<_> = agents
+        .iter()
+        .map(|l| (l.agent().clone(), l.key().public()))
+        .collect();
+    Gateway::start(dir, &keys, external, "127.0.0.1:0".parse().unwrap()).await
 }
 
 fn ledger(name: &str, seed: u8, n: u64) -> MemLedger {

@@ -20,68 +20,7 @@ use baton_shared::memory::MemLedger;
 use baton_shared::uplink::Ledger;
 use baton_shared::verify::{Verdict, Verifier};
 use baton_shared::{AgentId, PublicKey, Seq};
-
-/// Where the gateway gets MQTT from.
-#[derive(Clone, Copy)]
-enum Via {
-    /// Its embedded broker, listening here.
-    Embedded(SocketAddr),
-    /// A Mosquitto listening here.
-    External(SocketAddr),
-}
-
-impl Via {
-    fn broker(self) -> SocketAddr {
-        match self {
-            Via::Embedded(a) | Via::External(a) => a,
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn_gateway(dir: &Path, via: Via, http: SocketAddr) -> Child {
-    let mut cmd = Command::new(baton_tests::bins::gateway());
-    cmd.args([
-        "run",
-        "--id",
-        "gw-kill",
-        "--cluster",
-        "c1",
-        "--resend-timeout",
-        "1s",
-    ])
-    .arg("--data-dir")
-    .arg(dir)
-    .arg("--keys-dir")
-    .arg(dir.join("agents"));
-    match via {
-        Via::Embedded(a) => cmd.arg("--mqtt-listen").arg(a.to_string()),
-        Via::External(a) => cmd.arg("--broker").arg(format!("mqtt://{a}")),
-    };
-    cmd.arg("--http-listen")
-        .arg(http.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_listening(addr: SocketAddr) {
-    for _ in 0..500 {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("gateway did not listen on {addr}");
-}
+use baton_tests::daemons::{Via, free_port, spawn_gateway, wait_listening};
 
 fn ledger(name: &str, seed: u8, n: u64) -> MemLedger {
     baton_tests::ledger(name, seed, n, 8)

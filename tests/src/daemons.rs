@@ -1,0 +1,326 @@
+//! In-process daemons for end-to-end tests: a gateway (embedded broker or
+//! an external one) and agents, each on real sockets and real redb files.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use baton_gateway::config::{Broker, Config};
+use baton_gateway::server::Bound;
+use baton_shared::{AgentId, ClusterId, PublicKey};
+use tokio::sync::oneshot;
+
+/// A gateway running in this process.
+#[derive(Debug)]
+pub struct Gateway {
+    pub bound: Bound,
+    pub key: PublicKey,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    external: Option<SocketAddr>,
+}
+
+impl Gateway {
+    /// Starts a gateway in `dir` trusting `agents`; with `external` it uses
+    /// that broker, else its own on `listen` (port 0: any free port). A key
+    /// already in `dir` is kept (a restart).
+    pub async fn start(
+        dir: &Path,
+        agents: &[(AgentId, PublicKey)],
+        external: Option<SocketAddr>,
+        listen: SocketAddr,
+    ) -> Gateway {
+        let key_path = dir.join("gateway.key");
+        let key = if key_path.exists() {
+            baton_gateway::keys::load(&key_path).unwrap()
+        } else {
+            baton_gateway::keys::generate(&key_path).unwrap()
+        };
+        let keys_dir = dir.join("agents");
+        std::fs::create_dir_all(&keys_dir).unwrap();
+        for (id, k) in agents {
+            std::fs::write(keys_dir.join(format!("{id}.pub")), k.to_hex()).unwrap();
+        }
+        let config = Config {
+            id: AgentId::new("gw-e2e").unwrap(),
+            cluster: ClusterId::new("c1").unwrap(),
+            data_dir: dir.to_owned(),
+            key: key_path,
+            keys_dir: Some(keys_dir),
+            broker: match external {
+                None => Broker::Embedded { listen },
+                Some(a) => Broker::External {
+                    host: a.ip().to_string(),
+                    port: a.port(),
+                    username: None,
+                    password: None,
+                },
+            },
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            resend_timeout: Duration::from_secs(2),
+            checkpoint_interval: Duration::from_secs(1),
+            max_agents: 100,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (ready, bound) = oneshot::channel();
+        let task = tokio::spawn(baton_gateway::run(
+            config,
+            async move {
+                let _ = stopped.await;
+            },
+            Some(ready),
+        ));
+        let bound = tokio::time::timeout(Duration::from_secs(20), bound)
+            .await
+            .expect("gateway did not start")
+            .unwrap();
+        Gateway {
+            bound,
+            key: key.public(),
+            stop: Some(stop),
+            task,
+            external,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.unwrap().unwrap();
+    }
+
+    /// The broker agents connect to.
+    pub fn mqtt(&self) -> SocketAddr {
+        self.bound.mqtt.or(self.external).unwrap()
+    }
+}
+
+/// An agent running in this process.
+#[derive(Debug)]
+pub struct Agent {
+    pub id: AgentId,
+    pub dir: PathBuf,
+    pub ready: baton_agent::Ready,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Creates an agent's identity in `dir` (once) and returns its public key.
+pub fn agent_key(dir: &Path) -> PublicKey {
+    let path = dir.join("agent.key");
+    if path.exists() {
+        baton_agent::keys::load(&path).unwrap().public()
+    } else {
+        baton_agent::keys::generate(&path).unwrap().public()
+    }
+}
+
+impl Agent {
+    /// Starts agent `id` in `dir` against the broker at `mqtt` (none:
+    /// offline), pinning `gateway_key`.
+    pub async fn start(
+        id: &str,
+        dir: &Path,
+        mqtt: Option<SocketAddr>,
+        gateway_key: Option<PublicKey>,
+    ) -> Agent {
+        agent_key(dir);
+        let raw = baton_agent::RawConfig {
+            id: Some(id.into()),
+            cluster: Some("c1".into()),
+            data_dir: Some(dir.to_owned()),
+            gateway: mqtt.map(|a| format!("mqtt://{a}")),
+            gateway_key: gateway_key.map(|k| k.to_hex()),
+            resend_timeout: Some("2s".into()),
+            ..Default::default()
+        };
+        let config = baton_agent::Config::validate(raw).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let task = tokio::spawn(baton_agent::run(
+            config,
+            async move {
+                let _ = stopped.await;
+            },
+            Some(ready_tx),
+        ));
+        let ready = match tokio::time::timeout(Duration::from_secs(20), ready_rx).await {
+            Ok(Ok(r)) => r,
+            _ => panic!("agent {id} did not start: {:?}", task.await),
+        };
+        Agent {
+            id: AgentId::new(id).unwrap(),
+            dir: dir.to_owned(),
+            ready,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn head(&self) -> u64 {
+        self.ready.writer.head().seq.0
+    }
+
+    pub fn receipted(&self) -> u64 {
+        self.ready.shared.receipted()
+    }
+
+    /// Appends `n` entries through the socket (pipelined); returns the
+    /// acknowledged (seq, hash) pairs.
+    pub async fn append(&self, from: u64, n: u64) -> Vec<(u64, String)> {
+        let lines = sample_lines(from, n);
+        let answers = baton_agent::socket::client::send_lines(&self.ready.socket, lines)
+            .await
+            .unwrap();
+        answers.into_iter().map(|a| a.unwrap()).collect()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// `n` append requests with ~200 B of data each, numbered from `from`.
+pub fn sample_lines(from: u64, n: u64) -> Vec<Vec<u8>> {
+    (from..from + n)
+        .map(|i| {
+            format!(
+                "{{\"event\":\"reading\",\"context\":\"e2e\",\"data\":{{\"i\":{i},\"pad\":\"{}\"}}}}",
+                "x".repeat(200)
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+// Gateway processes, for faults that need a real process: SIGKILL, and a
+// restart of the embedded broker (which lives as long as its process).
+
+/// Where the gateway gets MQTT from.
+#[derive(Debug, Clone, Copy)]
+pub enum Via {
+    /// Its embedded broker, listening here.
+    Embedded(SocketAddr),
+    /// A Mosquitto listening here.
+    External(SocketAddr),
+}
+
+impl Via {
+    pub fn broker(self) -> SocketAddr {
+        match self {
+            Via::Embedded(a) | Via::External(a) => a,
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn spawn_gateway(dir: &Path, via: Via, http: SocketAddr) -> Child {
+    let mut cmd = Command::new(crate::bins::gateway());
+    cmd.args([
+        "run",
+        "--id",
+        "gw-proc",
+        "--cluster",
+        "c1",
+        "--resend-timeout",
+        "1s",
+    ])
+    .arg("--data-dir")
+    .arg(dir)
+    .arg("--keys-dir")
+    .arg(dir.join("agents"));
+    match via {
+        Via::Embedded(a) => cmd.arg("--mqtt-listen").arg(a.to_string()),
+        Via::External(a) => cmd.arg("--broker").arg(format!("mqtt://{a}")),
+    };
+    cmd.arg("--http-listen")
+        .arg(http.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+pub fn wait_listening(addr: SocketAddr) {
+    for _ in 0..500 {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("gateway did not listen on {addr}");
+}
+
+/// A gateway process (`baton-gateway run`) that a test can kill and
+/// restart; killed when dropped.
+#[derive(Debug)]
+pub struct GatewayProc {
+    pub dir: PathBuf,
+    pub via: Via,
+    pub http: SocketAddr,
+    pub key: PublicKey,
+    child: Option<Child>,
+}
+
+impl GatewayProc {
+    /// Starts a gateway in `dir` trusting `agents` (key created once).
+    pub fn start(dir: &Path, agents: &[(AgentId, PublicKey)], via: Via) -> GatewayProc {
+        let key_path = dir.join("gateway.key");
+        let key = if key_path.exists() {
+            baton_gateway::keys::load(&key_path).unwrap()
+        } else {
+            baton_gateway::keys::generate(&key_path).unwrap()
+        };
+        let keys_dir = dir.join("agents");
+        std::fs::create_dir_all(&keys_dir).unwrap();
+        for (id, k) in agents {
+            std::fs::write(keys_dir.join(format!("{id}.pub")), k.to_hex()).unwrap();
+        }
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut g = GatewayProc {
+            dir: dir.to_owned(),
+            via,
+            http,
+            key: key.public(),
+            child: None,
+        };
+        g.restart();
+        g
+    }
+
+    /// SIGKILL (the embedded broker dies with it).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills (if running) and starts again on the same ports and files.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Some(spawn_gateway(&self.dir, self.via, self.http));
+        wait_listening(self.http);
+        if let Via::Embedded(a) = self.via {
+            wait_listening(a);
+        }
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

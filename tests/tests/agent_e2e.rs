@@ -1,0 +1,283 @@
+//! The agent against a real gateway over real MQTT: appends through the
+//! Unix socket, durable redb files on both sides, and the faults of issue 4
+//! injected for real (gateway and broker restarts, a cut TCP link, damaged
+//! and restored ledger files).
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::Duration;
+
+use baton_shared::AgentId;
+use baton_shared::PublicKey;
+use baton_shared::verify::verify_text;
+use baton_tests::daemons::{Agent, Gateway, GatewayProc, Via, agent_key};
+use baton_tests::{eventually, http};
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The gateway's stored chain of `agent` as JSONL, read page by page.
+fn gateway_chain(http_addr: SocketAddr, agent: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut from = 1;
+    loop {
+        let (status, body) = http::get(
+            http_addr,
+            &format!("/api/v1/agents/{agent}/entries?from={from}&limit=10000"),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let lines = lines(body.as_bytes());
+        out.extend_from_slice(body.as_bytes());
+        if lines < 10_000 {
+            return out;
+        }
+        from += 10_000;
+    }
+}
+
+/// The agent's own chain as JSONL (the agent must be stopped).
+fn agent_chain(dir: &Path) -> Vec<u8> {
+    let (_, o) = baton_agent::cli::open(dir).unwrap();
+    let mut out = Vec::new();
+    baton_agent::cli::export_jsonl(&o, None, None, &mut out).unwrap();
+    out
+}
+
+fn lines(b: &[u8]) -> usize {
+    b.iter().filter(|c| **c == b'\n').count()
+}
+
+async fn receipted_all(a: &Agent, limit: Duration) -> bool {
+    eventually(limit, || a.head() > 1 && a.receipted() == a.head()).await
+}
+
+/// Checks the gateway holds exactly the agent's chain: same bytes, valid
+/// under the agent's key, every seq once.
+fn assert_same_chain(gw_http: SocketAddr, agent: &str, dir: &Path, key: PublicKey, head: u64) {
+    let g = gateway_chain(gw_http, agent);
+    let a = agent_chain(dir);
+    assert_eq!(
+        lines(&g),
+        usize::try_from(head).unwrap(),
+        "gateway holds every seq once"
+    );
+    assert!(g == a, "gateway and agent chains differ");
+    let v = verify_text(&g, Some(key));
+    assert!(v.is_valid(), "{v:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_and_gateway_hold_the_same_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let adir = dir.path().join("pi-1");
+    let key = agent_key(&adir);
+    let gw = Gateway::start(
+        &dir.path().join("gw"),
+        &[(AgentId::new("pi-1").unwrap(), key)],
+        None,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    let agent = Agent::start("pi-1", &adir, Some(gw.mqtt()), Some(gw.key)).await;
+    let acked = agent.append(0, 3000).await;
+    assert_eq!(acked.len(), 3000);
+    // seqs are consecutive after genesis
+    assert!(
+        acked
+            .iter()
+            .enumerate()
+            .all(|(i, (s, _))| *s == i as u64 + 2)
+    );
+    assert!(receipted_all(&agent, Duration::from_secs(60)).await);
+    let head = agent.head();
+    agent.stop().await;
+    assert_same_chain(gw.bound.http, "pi-1", &adir, key, head);
+    // the export carries the acknowledged hashes
+    let a = String::from_utf8(agent_chain(&adir)).unwrap();
+    assert!(a.contains(&acked[2999].1));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start("pi-2", dir.path(), None, None).await;
+    let before = agent.head();
+    let socket = agent.ready.socket.clone();
+    let bad: Vec<Vec<u8>> = [
+        &b"not json"[..],
+        b"{\"event\":\"genesis\"}",
+        b"{\"event\":\"ok\",\"extra\":1}",
+        b"{\"data\":{}}",
+        b"{\"event\":\"ok\",\"data\":{\"a\":1,\"a\":2}}",
+        b"{\"event\":\"Bad Name\"}",
+        b"[1,2]",
+        b"{\"event\":\"ok\",\"data\":9007199254740993}",
+    ]
+    .iter()
+    .map(|b| b.to_vec())
+    .chain(std::iter::once(
+        format!("{{\"event\":\"ok\",\"data\":\"{}\"}}", "x".repeat(70_000)).into_bytes(),
+    ))
+    .chain(std::iter::once(vec![b'{'; 300_000]))
+    .collect();
+    let answers = baton_agent::socket::client::send_lines(&socket, bad)
+        .await
+        .unwrap();
+    for a in &answers {
+        let e = a.as_ref().unwrap_err();
+        assert!(!e.is_empty());
+    }
+    assert!(answers[1].as_ref().unwrap_err().contains("runtime"));
+    assert!(answers[2].as_ref().unwrap_err().contains("extra"));
+    assert!(answers[9].as_ref().unwrap_err().contains("longer than"));
+    assert_eq!(agent.head(), before, "refused requests change nothing");
+    // the connection still works after all that
+    let ok = agent.append(0, 1).await;
+    assert_eq!(ok[0].0, before + 1);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_down_while_the_agent_appends_100k() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gdir, adir) = (dir.path().join("gw"), dir.path().join("pi-3"));
+    let key = agent_key(&adir);
+    let id = AgentId::new("pi-3").unwrap();
+    let mqtt = free_addr();
+    let mut gw = GatewayProc::start(&gdir, &[(id, key)], Via::Embedded(mqtt));
+    let agent = Agent::start("pi-3", &adir, Some(mqtt), Some(gw.key)).await;
+    agent.append(0, 10).await;
+    assert!(receipted_all(&agent, Duration::from_secs(30)).await);
+    gw.kill();
+    for chunk in 0..10 {
+        agent.append(10 + chunk * 10_000, 10_000).await;
+    }
+    assert_eq!(agent.head(), 100_011);
+    assert!(agent.receipted() <= 11);
+    gw.restart();
+    assert!(
+        receipted_all(&agent, Duration::from_secs(300)).await,
+        "receipted {} of {}",
+        agent.receipted(),
+        agent.head()
+    );
+    let head = agent.head();
+    agent.stop().await;
+    assert_same_chain(gw.http, "pi-3", &adir, key, head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_restarted_ten_times_during_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gdir, adir) = (dir.path().join("gw"), dir.path().join("pi-4"));
+    let key = agent_key(&adir);
+    let id = AgentId::new("pi-4").unwrap();
+    // a backlog built offline
+    let agent = Agent::start("pi-4", &adir, None, None).await;
+    for chunk in 0..4 {
+        agent.append(chunk * 10_000, 10_000).await;
+    }
+    agent.stop().await;
+    let mqtt = free_addr();
+    let mut gw = GatewayProc::start(&gdir, &[(id, key)], Via::Embedded(mqtt));
+    let agent = Agent::start("pi-4", &adir, Some(mqtt), Some(gw.key)).await;
+    for round in 0..10 {
+        // let catch-up make some progress, then kill gateway and broker
+        let seen = agent.receipted();
+        eventually(Duration::from_secs(10), || agent.receipted() > seen).await;
+        gw.kill();
+        // keep appending while the broker is down
+        agent.append(100_000 + round * 100, 100).await;
+        gw.restart();
+    }
+    assert!(
+        receipted_all(&agent, Duration::from_secs(300)).await,
+        "receipted {} of {}",
+        agent.receipted(),
+        agent.head()
+    );
+    let head = agent.head();
+    assert_eq!(head, 1 + 40_000 + 1_000);
+    agent.stop().await;
+    assert_same_chain(gw.http, "pi-4", &adir, key, head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_restarted_ten_times_during_catch_up() {
+    let Some(mut m) = baton_tests::mosquitto::Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (gdir, adir) = (dir.path().join("gw"), dir.path().join("pi-5"));
+    let key = agent_key(&adir);
+    let id = AgentId::new("pi-5").unwrap();
+    let gw = Gateway::start(&gdir, &[(id, key)], Some(m.addr), m.addr).await;
+    let agent = Agent::start("pi-5", &adir, None, None).await;
+    for chunk in 0..4 {
+        agent.append(chunk * 10_000, 10_000).await;
+    }
+    agent.stop().await;
+    let agent = Agent::start("pi-5", &adir, Some(m.addr), Some(gw.key)).await;
+    for round in 0..10 {
+        let seen = agent.receipted();
+        eventually(Duration::from_secs(10), || agent.receipted() > seen).await;
+        m.restart();
+        agent.append(100_000 + round * 100, 100).await;
+    }
+    assert!(
+        receipted_all(&agent, Duration::from_secs(300)).await,
+        "receipted {} of {}",
+        agent.receipted(),
+        agent.head()
+    );
+    let head = agent.head();
+    assert_eq!(head, 1 + 40_000 + 1_000);
+    agent.stop().await;
+    assert_same_chain(gw.bound.http, "pi-5", &adir, key, head);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_appended_during_a_partition_arrive_after_it_heals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gdir, adir) = (dir.path().join("gw"), dir.path().join("pi-6"));
+    let key = agent_key(&adir);
+    let id = AgentId::new("pi-6").unwrap();
+    let gw = Gateway::start(&gdir, &[(id, key)], None, "127.0.0.1:0".parse().unwrap()).await;
+    let proxy = baton_tests::proxy::Proxy::start(gw.mqtt()).await;
+    let agent = Agent::start("pi-6", &adir, Some(proxy.addr), Some(gw.key)).await;
+    agent.append(0, 100).await;
+    assert!(receipted_all(&agent, Duration::from_secs(30)).await);
+    proxy.cut();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            !agent
+                .ready
+                .shared
+                .document("pi-6", &agent.ready.writer.head(), true, 0)
+                .as_object()
+                .and_then(|o| o.get("connected"))
+                .is_some_and(|c| *c == baton_shared::json::Value::Bool(true))
+        })
+        .await,
+        "the agent notices the cut"
+    );
+    let during = agent.append(100, 500).await;
+    assert_eq!(during.len(), 500);
+    let receipted_during = agent.receipted();
+    assert!(receipted_during <= 101, "nothing passes the cut");
+    proxy.heal();
+    assert!(receipted_all(&agent, Duration::from_secs(60)).await);
+    let head = agent.head();
+    agent.stop().await;
+    assert_same_chain(gw.bound.http, "pi-6", &adir, key, head);
+    gw.stop().await;
+}
