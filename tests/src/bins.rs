@@ -29,3 +29,9 @@ fn build(package: &str) -> PathBuf {
     assert!(status.success(), "cargo build -p {package} failed");
     profile_dir.join(package)
 }
+
+/// Builds `baton-agent` (same profile as this test) once and returns its path.
+pub fn agent() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| build("baton-agent")).clone()
+}

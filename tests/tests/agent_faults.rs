@@ -1,0 +1,311 @@
+//! Faults of the agent's own storage, injected for real: SIGKILL of the
+//! agent process during sustained appends, flipped bytes and truncation of
+//! the ledger file, and the ledger replaced by an older copy of itself (a
+//! restored SD card image).
+//!
+//! `BATON_AGENT_KILL_ROUNDS` sets the number of kills (default 50).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_shared::verify::verify_text;
+use baton_shared::{AgentId, Seq};
+use baton_tests::daemons::{Agent, Gateway, agent_key, sample_lines};
+use baton_tests::eventually;
+
+fn spawn_agent(dir: &Path) -> Child {
+    Command::new(baton_tests::bins::agent())
+        .args(["run", "--id", "pi-k", "--cluster", "c1"])
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn connect(socket: &Path) -> UnixStream {
+    for _ in 0..1000 {
+        if let Ok(s) = UnixStream::connect(socket) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("agent socket {} never answered", socket.display());
+}
+
+/// Appends in pipelined chunks until the connection dies; records every
+/// acknowledged (seq, hash).
+fn append_until_killed(mut s: UnixStream, from: u64, acked: &Mutex<Vec<(u64, String)>>) {
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut next = from;
+    loop {
+        let mut chunk = Vec::new();
+        for l in sample_lines(next, 50) {
+            chunk.extend_from_slice(&l);
+            chunk.push(b'\n');
+        }
+        next += 50;
+        if s.write_all(&chunk).is_err() {
+            return;
+        }
+        for _ in 0..50 {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let (seq, hash) = baton_agent::socket::client::parse_answer(&line)
+                .unwrap_or_else(|e| panic!("append refused: {e}"));
+            acked.lock().unwrap().push((seq, hash));
+        }
+    }
+}
+
+/// The stored chain: seq → hash, after a full verification.
+fn stored(dir: &Path) -> BTreeMap<u64, String> {
+    let mut out = Vec::new();
+    assert!(
+        baton_agent::cli::verify(dir, None, &mut out).unwrap(),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let (_, o) = baton_agent::cli::open(dir).unwrap();
+    o.ledger
+        .entries(Seq(1), o.head.seq)
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i as u64 + 1, e.hash.to_hex()))
+        .collect()
+}
+
+#[test]
+fn sigkill_during_appends_loses_no_acknowledged_entry() {
+    let rounds: u64 = std::env::var("BATON_AGENT_KILL_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let dir = tempfile::tempdir().unwrap();
+    agent_key(dir.path());
+    let socket = dir.path().join("agent.sock");
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    // a deterministic spread of kill moments, 20–140 ms into each run
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..rounds {
+        let mut child = spawn_agent(dir.path());
+        let s = connect(&socket);
+        let acked2 = Arc::clone(&acked);
+        let appender =
+            std::thread::spawn(move || append_until_killed(s, round * 1_000_000, &acked2));
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        std::thread::sleep(Duration::from_millis(20 + x % 120));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        appender.join().unwrap();
+        let chain = stored(dir.path());
+        for (seq, hash) in acked.lock().unwrap().iter() {
+            assert_eq!(
+                chain.get(seq),
+                Some(hash),
+                "round {round}: acknowledged entry {seq} lost or changed"
+            );
+        }
+    }
+    let n = acked.lock().unwrap().len();
+    assert!(
+        n > rounds as usize * 10,
+        "only {n} appends were acknowledged"
+    );
+}
+
+/// Appends `n` entries whose data carries `marker-<i>`.
+async fn append_marked(a: &Agent, from: u64, n: u64) {
+    let lines: Vec<Vec<u8>> = (from..from + n)
+        .map(|i| {
+            format!("{{\"event\":\"reading\",\"data\":{{\"m\":\"marker-{i:06}\"}}}}").into_bytes()
+        })
+        .collect();
+    let answers = baton_agent::socket::client::send_lines(&a.ready.socket, lines)
+        .await
+        .unwrap();
+    assert!(answers.iter().all(Result::is_ok));
+}
+
+fn gateway_text(gw: &Gateway, agent: &str) -> String {
+    let (status, body) = baton_tests::http::get(
+        gw.bound.http,
+        &format!("/api/v1/agents/{agent}/entries?limit=10000"),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+enum Damage {
+    FlipByte,
+    Truncate,
+}
+
+async fn damaged_ledger_is_rebuilt_from_the_gateway(damage: Damage) {
+    let dir = tempfile::tempdir().unwrap();
+    let adir = dir.path().join("pi-d");
+    let key = agent_key(&adir);
+    let gw = Gateway::start(
+        &dir.path().join("gw"),
+        &[(AgentId::new("pi-d").unwrap(), key)],
+        None,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    let a = Agent::start("pi-d", &adir, Some(gw.mqtt()), Some(gw.key)).await;
+    append_marked(&a, 0, 500).await;
+    assert!(eventually(Duration::from_secs(30), || a.receipted() == 501).await);
+    a.stop().await;
+    // 100 more offline: never receipted, so start-up checks them
+    let a = Agent::start("pi-d", &adir, None, None).await;
+    append_marked(&a, 500, 100).await;
+    a.stop().await;
+
+    let path = adir.join("ledger.redb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    match damage {
+        Damage::FlipByte => {
+            let at = bytes
+                .windows(13)
+                .position(|w| w == b"marker-000550")
+                .expect("entry 552's data is in the file");
+            bytes[at + 12] ^= 0x01; // "marker-000551": same length, other hash
+        }
+        Damage::Truncate => bytes.truncate(bytes.len() * 3 / 5),
+    }
+    std::fs::write(&path, &bytes).unwrap();
+
+    // Start: detected, kept aside, rebuilt through the gateway; no panic.
+    let a = Agent::start("pi-d", &adir, Some(gw.mqtt()), Some(gw.key)).await;
+    let doc = a
+        .ready
+        .shared
+        .document("pi-d", &a.ready.writer.head(), true, 0);
+    let alert = doc.as_object().unwrap().get("alert").unwrap().clone();
+    assert!(
+        alert.as_str().is_some_and(|s| s.contains("damaged")),
+        "{alert:?}"
+    );
+    let aside: Vec<_> = std::fs::read_dir(&adir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(".damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged file is kept aside");
+    // rebuilt: recovery at 502 on the gateway's head, then the alert entry
+    assert!(
+        eventually(Duration::from_secs(30), || a.head() >= 503
+            && a.receipted() == a.head())
+        .await,
+        "head {} receipted {}",
+        a.head(),
+        a.receipted()
+    );
+    append_marked(&a, 1000, 10).await;
+    assert!(eventually(Duration::from_secs(30), || a.receipted() == a.head()).await);
+    let head = a.head();
+    a.stop().await;
+    let text = gateway_text(&gw, "pi-d");
+    assert_eq!(
+        text.lines().count() as u64,
+        head,
+        "the gateway's chain stays linear"
+    );
+    assert!(verify_text(text.as_bytes(), Some(key)).is_valid());
+    let recovery = text.lines().nth(501).unwrap();
+    assert!(
+        recovery.contains("\"recovery\"") && recovery.contains("local_corruption"),
+        "{recovery}"
+    );
+    assert!(text.lines().nth(502).unwrap().contains("\"alert\""));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_is_detected_and_the_ledger_rebuilt() {
+    damaged_ledger_is_rebuilt_from_the_gateway(Damage::FlipByte).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_ledger_is_detected_and_rebuilt() {
+    damaged_ledger_is_rebuilt_from_the_gateway(Damage::Truncate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_older_ledger_adopts_the_gateway_head_and_reappends_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let adir = dir.path().join("pi-r");
+    let key = agent_key(&adir);
+    let gw = Gateway::start(
+        &dir.path().join("gw"),
+        &[(AgentId::new("pi-r").unwrap(), key)],
+        None,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    let a = Agent::start("pi-r", &adir, Some(gw.mqtt()), Some(gw.key)).await;
+    append_marked(&a, 0, 200).await;
+    assert!(eventually(Duration::from_secs(30), || a.receipted() == 201).await);
+    a.stop().await;
+    let image = std::fs::read(adir.join("ledger.redb")).unwrap();
+    let a = Agent::start("pi-r", &adir, Some(gw.mqtt()), Some(gw.key)).await;
+    append_marked(&a, 200, 300).await;
+    assert!(eventually(Duration::from_secs(30), || a.receipted() == 501).await);
+    a.stop().await;
+    // the SD card is restored from the old image; the device appends offline
+    std::fs::write(adir.join("ledger.redb"), &image).unwrap();
+    let a = Agent::start("pi-r", &adir, None, None).await;
+    assert_eq!(a.head(), 201);
+    append_marked(&a, 7000, 20).await;
+    a.stop().await;
+    // back online: adopt 501 (it carries our signature), recovery at 502,
+    // the 20 orphans re-appended at 503..=522
+    let a = Agent::start("pi-r", &adir, Some(gw.mqtt()), Some(gw.key)).await;
+    assert!(
+        eventually(Duration::from_secs(30), || a.head() == 522
+            && a.receipted() == 522)
+        .await,
+        "head {} receipted {}",
+        a.head(),
+        a.receipted()
+    );
+    a.stop().await;
+    let text = gateway_text(&gw, "pi-r");
+    assert_eq!(
+        text.lines().count(),
+        522,
+        "the gateway's chain stays linear"
+    );
+    assert!(verify_text(text.as_bytes(), Some(key)).is_valid());
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[501].contains("\"recovery\"") && lines[501].contains("gateway_ahead"));
+    for i in 0..20 {
+        assert!(lines[502 + i].contains(&format!("marker-{:06}", 7000 + i)));
+    }
+    // the agent's own export shows the same chain from the recovery on
+    let (_, o) = baton_agent::cli::open(&adir).unwrap();
+    let mut own = Vec::new();
+    baton_agent::cli::export_jsonl(&o, None, None, &mut own).unwrap();
+    let own = String::from_utf8(own).unwrap();
+    assert_eq!(own.lines().collect::<Vec<_>>(), lines[501..].to_vec());
+    // and the set-aside run (1..=221 of the restored image) is kept
+    let runs = o.ledger.orphan_runs().unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].len(), 221);
+    gw.stop().await;
+}
