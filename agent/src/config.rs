@@ -23,6 +23,9 @@ pub struct RawConfig {
     pub resend_timeout: Option<String>,
     pub checkpoint_interval: Option<String>,
     pub window: Option<usize>,
+    pub budget: Option<String>,
+    pub free_floor: Option<String>,
+    pub retention: Option<String>,
 }
 
 impl RawConfig {
@@ -51,6 +54,9 @@ impl RawConfig {
             resend_timeout: over.resend_timeout.or(self.resend_timeout),
             checkpoint_interval: over.checkpoint_interval.or(self.checkpoint_interval),
             window: over.window.or(self.window),
+            budget: over.budget.or(self.budget),
+            free_floor: over.free_floor.or(self.free_floor),
+            retention: over.retention.or(self.retention),
         }
     }
 }
@@ -109,6 +115,22 @@ pub struct Config {
     pub resend_timeout: Duration,
     pub checkpoint_interval: Duration,
     pub window: usize,
+    /// Most bytes of stored entries (PROTOCOL §7 rule 2).
+    pub budget: u64,
+    /// Free space to keep on the ledger's filesystem.
+    pub free_floor: u64,
+    /// Receipted entries older than this are deleted.
+    pub retention: Duration,
+}
+
+fn size(key: &'static str, v: Option<&str>, default: u64) -> Result<u64, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| invalid(key, format!("{s:?}: {e} (e.g. \"512MiB\", \"2GiB\")"))),
+    }
 }
 
 /// `mqtt://host:port` → (host, port).
@@ -179,6 +201,13 @@ impl Config {
                 Duration::from_secs(5),
             )?,
             window,
+            budget: size("budget", raw.budget.as_deref(), 1024 * 1024 * 1024)?,
+            free_floor: size("free_floor", raw.free_floor.as_deref(), 64 * 1024 * 1024)?,
+            retention: duration(
+                "retention",
+                raw.retention.as_deref(),
+                Duration::from_secs(30 * 24 * 3600),
+            )?,
         })
     }
 
@@ -228,6 +257,17 @@ resend_timeout = "10s"
 checkpoint_interval = "5s"
 # Batches in flight before a receipt must arrive.
 window = 8
+
+# Disk (PROTOCOL §7 rule 2). An entry is deleted only after a gateway's
+# receipt covers it: receipted entries older than `retention` go routinely,
+# and any receipted entries (oldest first) when the ledger would exceed
+# `budget` or the filesystem's free space falls below `free_floor`. When
+# unreceipted entries alone leave no room, appends are refused with a
+# `budget` error, and the next append that succeeds is preceded by a `gap`
+# entry counting the refused ones.
+budget = "1GiB"
+free_floor = "64MiB"
+retention = "30days"
 "#;
 
 #[cfg(test)]
@@ -284,6 +324,13 @@ mod tests {
                     ..raw.clone()
                 },
                 "\"window\"",
+            ),
+            (
+                RawConfig {
+                    budget: Some("lots".into()),
+                    ..raw.clone()
+                },
+                "\"budget\"",
             ),
             (
                 RawConfig {

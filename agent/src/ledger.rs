@@ -60,6 +60,8 @@ pub enum LedgerError {
     Damaged { what: String, problem: String },
     #[error("this ledger belongs to agent {stored}, not {configured}")]
     WrongAgent { stored: String, configured: String },
+    #[error("ledger is closed (reopening after an I/O error failed; retrying)")]
+    Closed,
 }
 
 type Result<T> = std::result::Result<T, LedgerError>;
@@ -114,6 +116,23 @@ pub struct Head {
     pub unsigned: u64,
     /// Their wire bytes.
     pub unsigned_bytes: u64,
+    /// The best receipt's seq: entries up to it may be pruned (rule 2).
+    pub receipted: Seq,
+    /// Stored bytes of the held entries (what the budget counts).
+    pub held_bytes: u64,
+    /// Appends refused for lack of space since the last append that
+    /// succeeded: recorded in a `gap` entry before the next one (§7 rule 2).
+    pub refused: Option<Refused>,
+}
+
+/// Appends refused for lack of space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub count: u64,
+    /// Bytes of the refused requests' content.
+    pub bytes: u64,
+    pub first_ms: i64,
+    pub last_ms: i64,
 }
 
 impl Head {
@@ -124,6 +143,9 @@ impl Head {
         anchor: None,
         unsigned: 0,
         unsigned_bytes: 0,
+        receipted: Seq::ZERO,
+        held_bytes: 0,
+        refused: None,
     };
 }
 
@@ -137,11 +159,23 @@ fn decode_entry(seq: u64, bytes: &[u8]) -> Result<Entry> {
 }
 
 /// The durable ledger. Cheap to clone; reads may run on any thread while
-/// one [`Writer`](crate::writer) commits.
+/// one [`Writer`](crate::writer) commits. The database sits behind a lock
+/// so that it can be closed and reopened after an I/O error (redb refuses
+/// every transaction after one) while readers keep their `Ledger`.
 #[derive(Clone)]
 pub struct Ledger {
-    db: Arc<Database>,
+    db: Arc<std::sync::RwLock<Option<Arc<Database>>>>,
     path: PathBuf,
+}
+
+fn open_db(path: &Path) -> Result<Database> {
+    Database::builder()
+        .set_cache_size(16 * 1024 * 1024)
+        .create(path)
+        .map_err(|source| LedgerError::Open {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 impl std::fmt::Debug for Ledger {
@@ -162,13 +196,7 @@ pub struct Opened {
 impl Ledger {
     /// Opens (or creates) the ledger of `agent` at `path`.
     pub fn open(path: &Path, agent: &AgentId) -> Result<Opened> {
-        let db = Database::builder()
-            .set_cache_size(16 * 1024 * 1024)
-            .create(path)
-            .map_err(|source| LedgerError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+        let db = open_db(path)?;
         let txn = db.begin_write()?;
         {
             txn.open_table(ENTRIES)?;
@@ -190,7 +218,7 @@ impl Ledger {
         }
         txn.commit()?;
         let ledger = Ledger {
-            db: Arc::new(db),
+            db: Arc::new(std::sync::RwLock::new(Some(Arc::new(db)))),
             path: path.to_owned(),
         };
         let head = ledger.head()?;
@@ -202,6 +230,63 @@ impl Ledger {
             best,
             gateway_key,
         })
+    }
+
+    fn db(&self) -> Result<Arc<Database>> {
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or(LedgerError::Closed)
+    }
+
+    /// Closes and reopens the file after an I/O error. Readers that hold
+    /// the old handle for a moment are waited for (up to ~2 s).
+    pub fn reopen(&self) -> Result<()> {
+        let mut g = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *g = None;
+        let mut last = LedgerError::Closed;
+        for _ in 0..200 {
+            match open_db(&self.path) {
+                Ok(db) => {
+                    *g = Some(Arc::new(db));
+                    return Ok(());
+                }
+                Err(
+                    e @ LedgerError::Open {
+                        source: redb::DatabaseError::DatabaseAlreadyOpen,
+                        ..
+                    },
+                ) => {
+                    last = e;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Whether an error means the handle must be reopened (redb refuses
+    /// all transactions after an I/O error).
+    pub fn needs_reopen(e: &LedgerError) -> bool {
+        let io = |s: &redb::StorageError| {
+            matches!(
+                s,
+                redb::StorageError::Io(_) | redb::StorageError::PreviousIo
+            )
+        };
+        match e {
+            LedgerError::Storage(s) => io(s),
+            LedgerError::Transaction(redb::TransactionError::Storage(s)) => io(s),
+            LedgerError::Commit(redb::CommitError::Storage(s)) => io(s),
+            LedgerError::Table(redb::TableError::Storage(s)) => io(s),
+            LedgerError::Closed => true,
+            _ => false,
+        }
     }
 
     /// The agent a ledger file belongs to.
@@ -224,7 +309,7 @@ impl Ledger {
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let t = txn.open_table(META)?;
         Ok(t.get(key)?.map(|v| v.value().to_vec()))
     }
@@ -257,7 +342,7 @@ impl Ledger {
 
     /// Held entries `from..=to`, oldest first.
     pub fn entries(&self, from: Seq, to: Seq) -> Result<Vec<Entry>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let t = txn.open_table(ENTRIES)?;
         let mut out = Vec::new();
         for row in t.range(from.0..=to.0)? {
@@ -292,7 +377,7 @@ impl Ledger {
     }
 
     fn next_held(&self, from: Seq) -> Result<Option<Seq>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let t = txn.open_table(ENTRIES)?;
         let next = t.range(from.0..)?.next().transpose()?;
         Ok(next.map(|(k, _)| Seq(k.value())))
@@ -300,7 +385,7 @@ impl Ledger {
 
     /// Runs set aside by adoptions (rule 3c), each oldest first.
     pub fn orphan_runs(&self) -> Result<Vec<Vec<Entry>>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let t = txn.open_table(ORPHANS)?;
         let mut runs: Vec<(u64, Vec<Entry>)> = Vec::new();
         for row in t.iter()? {
@@ -471,7 +556,7 @@ pub struct Txn<'a> {
 impl Ledger {
     /// Starts a group of changes from `head`.
     pub fn begin<'a>(&self, agent: &'a AgentId, key: &'a SecretKey, head: Head) -> Result<Txn<'a>> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.db()?.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| damaged("durability", e))?;
         Ok(Txn {
@@ -543,8 +628,10 @@ impl Txn<'_> {
             self.head.unsigned_bytes = 0;
         }
         let mut t = self.txn.open_table(ENTRIES).map_err(LedgerError::from)?;
-        t.insert(seq.0, encode(&e).as_slice())
+        let stored = encode(&e);
+        t.insert(seq.0, stored.as_slice())
             .map_err(LedgerError::from)?;
+        self.head.held_bytes += stored.len() as u64;
         self.head.seq = seq;
         self.head.hash = hash;
         Ok((seq, hash))
@@ -571,6 +658,7 @@ impl Txn<'_> {
     pub fn store_best(&mut self, r: &Receipt) -> Result<()> {
         let mut m = self.txn.open_table(META)?;
         m.insert(BEST, r.encode().as_slice())?;
+        self.head.receipted = r.seq;
         Ok(())
     }
 
@@ -580,24 +668,123 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Deletes held entries up to `seq` (never the head, never past `best`).
-    pub fn prune_through(&mut self, seq: Seq, best: Seq) -> Result<u64> {
-        let upto = seq.min(best).min(self.head.seq.prev());
+    /// The newest seq that may be deleted: below the best receipt (the
+    /// receipted entry itself stays, to match later receipts against) and
+    /// below the head (PROTOCOL §7 rule 2).
+    fn prunable_through(&self) -> Seq {
+        self.head.receipted.prev().min(self.head.seq.prev())
+    }
+
+    /// Deletes held entries through `seq`, never past [`Self::prunable_through`].
+    /// Returns how many were deleted.
+    pub fn prune_through(&mut self, seq: Seq) -> Result<u64> {
+        let upto = seq.min(self.prunable_through());
         if upto < self.head.oldest {
             return Ok(0);
         }
         let mut t = self.txn.open_table(ENTRIES)?;
+        let mut freed = 0u64;
+        t.retain_in(self.head.oldest.0..=upto.0, |_, v| {
+            freed += v.len() as u64;
+            false
+        })?;
         let n = upto.0 + 1 - self.head.oldest.0;
-        t.retain_in(self.head.oldest.0..=upto.0, |_, _| false)?;
         self.head.oldest = upto.next();
+        self.head.held_bytes = self.head.held_bytes.saturating_sub(freed);
         Ok(n)
     }
 
-    /// The oldest held entry's content size and seq, for retention.
-    pub fn oldest_entry_bytes(&self) -> Result<Option<(Seq, usize)>> {
-        let t = self.txn.open_table(ENTRIES)?;
-        let first = t.first()?;
-        Ok(first.map(|(k, v)| (Seq(k.value()), v.value().len())))
+    /// Deletes the oldest prunable entries until `want` bytes are freed (or
+    /// nothing more may go). Returns the bytes freed.
+    pub fn prune_bytes(&mut self, want: u64) -> Result<u64> {
+        let limit = self.prunable_through();
+        let mut upto = None;
+        let mut freed = 0u64;
+        {
+            let t = self.txn.open_table(ENTRIES)?;
+            if limit >= self.head.oldest {
+                for row in t.range(self.head.oldest.0..=limit.0)? {
+                    let (k, v) = row?;
+                    freed += v.value().len() as u64;
+                    upto = Some(Seq(k.value()));
+                    if freed >= want {
+                        break;
+                    }
+                }
+            }
+        }
+        match upto {
+            Some(s) => {
+                self.prune_through(s)?;
+                Ok(freed)
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Deletes prunable entries whose `ts` is before `cutoff_ms` (at most
+    /// `max` per call). Returns how many were deleted.
+    pub fn prune_older_than(&mut self, cutoff: &str, max: u64) -> Result<u64> {
+        let limit = self.prunable_through();
+        let mut upto = None;
+        {
+            let t = self.txn.open_table(ENTRIES)?;
+            if limit >= self.head.oldest {
+                for row in t.range(self.head.oldest.0..=limit.0)?.take(max as usize) {
+                    let (k, v) = row?;
+                    let e = decode_entry(k.value(), v.value())?;
+                    let ts = e
+                        .header()
+                        .map_err(|err| damaged(format!("entry {}", k.value()), err))?
+                        .ts;
+                    // RFC 3339 UTC timestamps of one format order as text.
+                    if ts.as_str() >= cutoff {
+                        break;
+                    }
+                    upto = Some(Seq(k.value()));
+                }
+            }
+        }
+        match upto {
+            Some(s) => self.prune_through(s),
+            None => Ok(0),
+        }
+    }
+
+    /// Records an append refused for lack of space.
+    pub fn refuse(&mut self, unix_ms: i64, bytes: u64) {
+        let r = self.head.refused.get_or_insert(Refused {
+            count: 0,
+            bytes: 0,
+            first_ms: unix_ms,
+            last_ms: unix_ms,
+        });
+        r.count += 1;
+        r.bytes += bytes;
+        r.last_ms = unix_ms;
+    }
+
+    /// Before the first append after refusals: the `gap` entry that makes
+    /// the loss provable (PROTOCOL §2, §7 rule 2).
+    pub fn record_gap(&mut self, unix_ms: i64) -> Result<()> {
+        let Some(r) = self.head.refused.take() else {
+            return Ok(());
+        };
+        let mut d = Object::new();
+        d.insert("reason", Value::from("budget"));
+        d.insert("refused", Value::from(r.count));
+        d.insert("bytes", Value::from(r.bytes));
+        d.insert("from", Value::from(entry::format_timestamp(r.first_ms)));
+        d.insert("to", Value::from(entry::format_timestamp(r.last_ms)));
+        self.append(
+            unix_ms,
+            None,
+            &runtime_event("gap"),
+            None,
+            &Value::Object(d),
+        )
+        .map_err(|e| damaged("gap entry", e))?;
+        self.sign_head()
     }
 
     /// Rule 3c in one commit: entries after the best receipt become an
@@ -669,6 +856,9 @@ impl Txn<'_> {
             anchor: Some((r.seq, r.hash)),
             unsigned: 0,
             unsigned_bytes: 0,
+            receipted: r.seq,
+            held_bytes: 0,
+            refused: self.head.refused,
         };
         let recovery = runtime_event("recovery");
         self.append(unix_ms, None, &recovery, None, &Value::Object(data))
@@ -835,7 +1025,7 @@ mod tests {
         let mut e = o.ledger.entries(Seq(6), Seq(6)).unwrap().remove(0);
         let at = e.content.len() - 3;
         e.content[at] ^= 1;
-        let txn = o.ledger.db.begin_write().unwrap();
+        let txn = o.ledger.db().unwrap().begin_write().unwrap();
         txn.open_table(ENTRIES)
             .unwrap()
             .insert(6, encode(&e).as_slice())
@@ -867,13 +1057,29 @@ mod tests {
         let o = Ledger::open(&dir.path().join("l.redb"), &a).unwrap();
         let head = append_n(&o.ledger, &a, &k, o.head, 100);
         let mut t = o.ledger.begin(&a, &k, head).unwrap();
-        assert_eq!(t.prune_through(Seq(90), Seq(40)).unwrap(), 40);
-        let head = t.commit().unwrap();
-        assert_eq!(head.oldest, Seq(41));
-        assert_eq!(o.ledger.entries(Seq(1), Seq(100)).unwrap().len(), 60);
         assert_eq!(
-            o.ledger.verify(&a, &k.public(), &head, Seq(41)).unwrap(),
-            60
+            t.prune_through(Seq(90)).unwrap(),
+            0,
+            "nothing receipted yet"
         );
+        t.head.receipted = Seq(40);
+        assert_eq!(t.prune_through(Seq(90)).unwrap(), 39);
+        let held = t.head().held_bytes;
+        let head = t.commit().unwrap();
+        assert_eq!(head.oldest, Seq(40));
+        assert_eq!(o.ledger.entries(Seq(1), Seq(100)).unwrap().len(), 61);
+        assert_eq!(
+            o.ledger.verify(&a, &k.public(), &head, Seq(40)).unwrap(),
+            61
+        );
+        // held_bytes counts exactly what is stored
+        let stored: u64 = o
+            .ledger
+            .entries(Seq(1), Seq(100))
+            .unwrap()
+            .iter()
+            .map(|e| encode(e).len() as u64)
+            .sum();
+        assert_eq!(held, stored);
     }
 }

@@ -133,7 +133,15 @@ pub async fn run(
         gateway_key: pinned,
     } = opened;
     let shared = Arc::new(Shared::default());
-    let writer = Writer::start(ledger.clone(), config.id.clone(), key, head)
+    let free_bytes = Arc::new(std::sync::atomic::AtomicU64::new(free_space(
+        &config.data_dir,
+    )));
+    let budget = writer::Budget {
+        max_bytes: config.budget,
+        min_free_bytes: config.free_floor,
+        free_bytes: free_bytes.clone(),
+    };
+    let writer = Writer::start(ledger.clone(), config.id.clone(), key, head, budget)
         .context("starting the ledger writer")?;
     if let Some(d) = &damage {
         shared.alert(d.clone());
@@ -155,6 +163,12 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(socket::serve(listener, writer.clone(), shared.clone()));
     tasks.spawn(checkpoint_timer(writer.clone(), config.checkpoint_interval));
+    tasks.spawn(disk_watch(
+        config.data_dir.clone(),
+        free_bytes,
+        writer.clone(),
+        config.retention,
+    ));
     tasks.spawn(status_writer(
         config.status_path(),
         config.id.to_string(),
@@ -234,6 +248,49 @@ async fn checkpoint_timer(writer: Writer, every: Duration) {
     }
 }
 
+/// Free bytes of the filesystem holding `dir` (`u64::MAX` if unknown): the
+/// mounted disk with the longest mount point that is a prefix of `dir`.
+pub fn free_space(dir: &Path) -> u64 {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let Ok(disks) = sysinfo::Disks::new_with_refreshed_list() else {
+        return u64::MAX;
+    };
+    disks
+        .iter()
+        .filter(|d| dir.starts_with(d.mount_point()))
+        .max_by_key(|d| d.mount_point().as_os_str().len())
+        .map_or(u64::MAX, sysinfo::Disk::available_space)
+}
+
+/// Keeps the free-space figure current (every 2 s) and deletes receipted
+/// entries past `retention` (every minute).
+async fn disk_watch(
+    dir: PathBuf,
+    free: Arc<std::sync::atomic::AtomicU64>,
+    writer: Writer,
+    retention: Duration,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        let d = dir.clone();
+        if let Ok(f) = tokio::task::spawn_blocking(move || free_space(&d)).await {
+            free.store(f, Ordering::Relaxed);
+        }
+        if n.is_multiple_of(30) {
+            let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+            let cutoff = baton_shared::entry::format_timestamp(unix_ms().saturating_sub(keep_ms));
+            match writer.retain(cutoff).await {
+                Ok(0) => {}
+                Ok(k) => info!(deleted = k, "receipted entries past retention deleted"),
+                Err(e) => warn!(error = %e, "retention pass failed"),
+            }
+        }
+        n += 1;
+    }
+}
+
 /// Rewrites `status.json` every second.
 async fn status_writer(
     path: PathBuf,
@@ -245,6 +302,9 @@ async fn status_writer(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
+        if let Some((at, e)) = writer.stats.take_error() {
+            shared.error(at, format!("ledger: {e}"));
+        }
         let doc = shared.document(&agent, &writer.head(), uplink, unix_ms());
         if let Err(e) = status::write(&path, &doc) {
             warn!(error = %e, path = %path.display(), "writing status.json failed");

@@ -56,6 +56,15 @@ struct RunArgs {
     /// Batches in flight (1–64).
     #[arg(long, env = "BATON_AGENT_WINDOW")]
     window: Option<usize>,
+    /// Most bytes of stored entries, e.g. "1GiB".
+    #[arg(long, env = "BATON_AGENT_BUDGET")]
+    budget: Option<String>,
+    /// Free space to keep on the ledger's filesystem, e.g. "64MiB".
+    #[arg(long, env = "BATON_AGENT_FREE_FLOOR")]
+    free_floor: Option<String>,
+    /// Receipted entries older than this are deleted, e.g. "30days".
+    #[arg(long, env = "BATON_AGENT_RETENTION")]
+    retention: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -155,6 +164,9 @@ fn raw_config(a: RunArgs) -> anyhow::Result<RawConfig> {
         resend_timeout: a.resend_timeout,
         checkpoint_interval: a.checkpoint_interval,
         window: a.window,
+        budget: a.budget,
+        free_floor: a.free_floor,
+        retention: a.retention,
     }))
 }
 

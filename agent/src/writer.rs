@@ -14,7 +14,7 @@ use baton_shared::{AgentId, Hash, PublicKey, SecretKey};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
-use crate::ledger::{AppendFailure, Head, Ledger, LedgerError, runtime_event};
+use crate::ledger::{AppendFailure, Head, Ledger, LedgerError, Txn, runtime_event};
 
 /// Most changes per commit.
 const MAX_GROUP: usize = 16 * 1024;
@@ -32,7 +32,36 @@ pub enum AppendRefused {
     Ledger(String),
     #[error("ledger writer stopped")]
     Stopped,
+    /// No room: the budget or the free-space floor (PROTOCOL §7 rule 2).
+    #[error("budget: {0}")]
+    Budget(String),
 }
+
+/// The ledger's space limits.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    /// Most bytes of stored entries.
+    pub max_bytes: u64,
+    /// Appends stop (once nothing receipted is left to delete) when the
+    /// filesystem holding the ledger has less free space than this.
+    pub min_free_bytes: u64,
+    /// Free bytes of that filesystem, kept current by the daemon
+    /// (`u64::MAX` when unknown).
+    pub free_bytes: Arc<AtomicU64>,
+}
+
+impl Budget {
+    pub fn unlimited() -> Budget {
+        Budget {
+            max_bytes: u64::MAX,
+            min_free_bytes: 0,
+            free_bytes: Arc::new(AtomicU64::new(u64::MAX)),
+        }
+    }
+}
+
+/// The largest stored entry: 64 KiB of content plus its hashes and sig.
+const MAX_STORED_ENTRY: u64 = 64 * 1024 + 256;
 
 enum Op {
     Append {
@@ -55,7 +84,8 @@ enum Op {
         reason: &'static str,
         reply: oneshot::Sender<Result<(), String>>,
     },
-    Prune(Seq, Seq, oneshot::Sender<Result<u64, String>>),
+    /// Delete prunable entries with `ts` before the cutoff (retention).
+    Retain(String, oneshot::Sender<Result<u64, String>>),
     /// Commit what is queued, then stop and close the file.
     Close,
 }
@@ -67,6 +97,18 @@ pub struct WriterStats {
     pub refused: AtomicU64,
     pub commits: AtomicU64,
     pub commit_errors: AtomicU64,
+    /// The newest commit error not yet reported (unix ms, message).
+    pub last_error: std::sync::Mutex<Option<(i64, String)>>,
+}
+
+impl WriterStats {
+    /// Takes the newest unreported commit error.
+    pub fn take_error(&self) -> Option<(i64, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
 }
 
 /// A handle to the writer thread; cheap to clone.
@@ -93,6 +135,7 @@ impl Writer {
         agent: AgentId,
         key: SecretKey,
         head: Head,
+        budget: Budget,
     ) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel(MAX_GROUP);
         let (head_tx, head_rx) = watch::channel(head);
@@ -100,7 +143,15 @@ impl Writer {
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || write_loop(&ledger, &agent, &key, head, rx, &head_tx, &thread_stats))?;
+            .spawn(move || {
+                let ctx = Ctx {
+                    ledger: &ledger,
+                    agent: &agent,
+                    key: &key,
+                    budget: &budget,
+                };
+                write_loop(&ctx, head, rx, &head_tx, &thread_stats);
+            })?;
         Ok(Writer {
             tx,
             head: head_rx,
@@ -226,10 +277,11 @@ impl Writer {
         .await
     }
 
-    /// Deletes entries through `seq`, never past `best` (rule 2).
-    pub async fn prune(&self, seq: Seq, best: Seq) -> Result<u64, String> {
+    /// Deletes receipted entries whose `ts` is before `cutoff` (never the
+    /// best receipt's entry or anything after it, rule 2).
+    pub async fn retain(&self, cutoff: String) -> Result<u64, String> {
         let (reply, rx) = oneshot::channel();
-        self.call(Op::Prune(seq, best, reply), rx).await
+        self.call(Op::Retain(cutoff, reply), rx).await
     }
 }
 
@@ -277,10 +329,16 @@ impl Reply {
     }
 }
 
+/// What the writer thread works with.
+struct Ctx<'a> {
+    ledger: &'a Ledger,
+    agent: &'a AgentId,
+    key: &'a SecretKey,
+    budget: &'a Budget,
+}
+
 fn write_loop(
-    ledger: &Ledger,
-    agent: &AgentId,
-    key: &SecretKey,
+    ctx: &Ctx<'_>,
     mut head: Head,
     mut rx: mpsc::Receiver<Op>,
     head_tx: &watch::Sender<Head>,
@@ -298,7 +356,7 @@ fn write_loop(
         }
         closing |= group.iter().any(|op| matches!(op, Op::Close));
         let mut replies = Vec::with_capacity(group.len());
-        let result = apply_group(ledger, agent, key, head, group.drain(..), &mut replies);
+        let result = apply_group(ctx, head, group.drain(..), &mut replies);
         match result {
             Ok(new_head) => {
                 head = new_head;
@@ -314,8 +372,21 @@ fn write_loop(
                 stats.commit_errors.fetch_add(1, Ordering::Relaxed);
                 error!(error = %e, "ledger commit failed; nothing of this group was stored");
                 let msg = e.to_string();
+                *stats
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some((crate::unix_ms(), msg.clone()));
                 for r in replies {
                     r.send_err(&msg, stats);
+                }
+                if Ledger::needs_reopen(&e) {
+                    // redb refuses everything after an I/O error: reopen, so
+                    // that appends work again once the disk does.
+                    match ctx.ledger.reopen() {
+                        Ok(()) => warn!("ledger reopened after an I/O error"),
+                        Err(e) => error!(error = %e, "reopening the ledger failed; will retry"),
+                    }
                 }
             }
         }
@@ -330,31 +401,66 @@ fn write_loop(
     }
 }
 
+/// Makes room for an append of about `need` bytes: within the budget and
+/// above the free-space floor, deleting receipted entries (oldest first) if
+/// that is what it takes. `Ok(None)` means there is room; `Ok(Some(why))`
+/// that the unreceipted entries alone leave none.
+fn make_room(ctx: &Ctx<'_>, txn: &mut Txn<'_>, need: u64) -> Result<Option<String>, LedgerError> {
+    let b = ctx.budget;
+    let free = b.free_bytes.load(Ordering::Relaxed);
+    let held = txn.head().held_bytes;
+    let over_budget = held.saturating_add(need) > b.max_bytes;
+    let low_disk = free < b.min_free_bytes.saturating_add(need);
+    if !over_budget && !low_disk {
+        return Ok(None);
+    }
+    // Delete a tenth of the budget beyond what is needed, so that pruning
+    // is not paid on every append.
+    let slack = (b.max_bytes / 10).min(64 * 1024 * 1024);
+    let want = if over_budget {
+        (held + need - b.max_bytes).saturating_add(slack)
+    } else {
+        need.saturating_add(slack)
+    };
+    let freed = txn.prune_bytes(want)?;
+    let held = txn.head().held_bytes;
+    if held.saturating_add(need) > b.max_bytes {
+        return Ok(Some(format!(
+            "the ledger holds {} of unreceipted entries (budget {}); appends resume as receipts arrive",
+            bytesize::ByteSize(held),
+            bytesize::ByteSize(b.max_bytes)
+        )));
+    }
+    // Freed pages are reused by the next commits: room if enough went.
+    if low_disk && freed < need {
+        return Ok(Some(format!(
+            "{} free on the ledger's filesystem, below the floor of {}; nothing receipted left to delete",
+            bytesize::ByteSize(free),
+            bytesize::ByteSize(b.min_free_bytes)
+        )));
+    }
+    Ok(None)
+}
+
 fn apply_group(
-    ledger: &Ledger,
-    agent: &AgentId,
-    key: &SecretKey,
+    ctx: &Ctx<'_>,
     head: Head,
     ops: impl Iterator<Item = Op>,
     replies: &mut Vec<Reply>,
 ) -> Result<Head, LedgerError> {
-    let mut txn = ledger.begin(agent, key, head)?;
+    let mut txn = match ctx.ledger.begin(ctx.agent, ctx.key, head) {
+        Ok(t) => t,
+        Err(e) => {
+            // Every caller still hears why (the caller sends the error).
+            ops.for_each(|op| unanswered(op, replies));
+            return Err(e);
+        }
+    };
     let mut failed: Option<LedgerError> = None;
     for op in ops {
-        if let Some(e) = &failed {
+        if failed.is_some() {
             // The transaction is already lost: refuse the rest the same way.
-            let msg = e.to_string();
-            match op {
-                Op::Append { reply, .. } | Op::Runtime { reply, .. } => {
-                    replies.push(Reply::Append(reply, Err(AppendRefused::Ledger(msg))));
-                }
-                Op::SignHead(reply)
-                | Op::StoreBest(_, reply)
-                | Op::Pin(_, reply)
-                | Op::Adopt { reply, .. } => replies.push(Reply::Unit(reply)),
-                Op::Prune(_, _, reply) => replies.push(Reply::Count(reply, 0)),
-                Op::Close => {}
-            }
+            unanswered(op, replies);
             continue;
         }
         let outcome = match op {
@@ -363,22 +469,23 @@ fn apply_group(
                 unix_ms,
                 req,
                 reply,
-            } => match txn.append_request(unix_ms, &req) {
-                Ok(r) => {
-                    replies.push(Reply::Append(reply, Ok(r)));
-                    Ok(())
-                }
-                Err(AppendFailure::Request(e)) => {
-                    replies.push(Reply::Append(
-                        reply,
-                        Err(AppendRefused::Request(e.to_string())),
-                    ));
-                    Ok(())
-                }
-                Err(AppendFailure::Ledger(e)) => {
+            } => match make_room(ctx, &mut txn, MAX_STORED_ENTRY) {
+                Err(e) => {
                     replies.push(Reply::Append(reply, Ok((Seq::ZERO, Hash::ZERO))));
                     Err(e)
                 }
+                Ok(Some(why)) => {
+                    txn.refuse(unix_ms, request_bytes(&req));
+                    replies.push(Reply::Append(reply, Err(AppendRefused::Budget(why))));
+                    Ok(())
+                }
+                Ok(None) => match txn.record_gap(unix_ms) {
+                    Err(e) => {
+                        replies.push(Reply::Append(reply, Ok((Seq::ZERO, Hash::ZERO))));
+                        Err(e)
+                    }
+                    Ok(()) => append_request(&mut txn, unix_ms, &req, reply, replies),
+                },
             },
             Op::Runtime {
                 unix_ms,
@@ -428,7 +535,7 @@ fn apply_group(
                 replies.push(Reply::Unit(reply));
                 txn.adopt(&adoption, unix_ms, reason)
             }
-            Op::Prune(seq, best, reply) => match txn.prune_through(seq, best) {
+            Op::Retain(cutoff, reply) => match txn.prune_older_than(&cutoff, 100_000) {
                 Ok(n) => {
                     replies.push(Reply::Count(reply, n));
                     Ok(())
@@ -446,5 +553,55 @@ fn apply_group(
     match failed {
         Some(e) => Err(e),
         None => txn.commit(),
+    }
+}
+
+/// Queues an op's answer for a group that failed as a whole (the error is
+/// filled in by `send_err`).
+fn unanswered(op: Op, replies: &mut Vec<Reply>) {
+    match op {
+        Op::Append { reply, .. } | Op::Runtime { reply, .. } => {
+            replies.push(Reply::Append(reply, Ok((Seq::ZERO, Hash::ZERO))));
+        }
+        Op::SignHead(reply)
+        | Op::StoreBest(_, reply)
+        | Op::Pin(_, reply)
+        | Op::Adopt { reply, .. } => {
+            replies.push(Reply::Unit(reply));
+        }
+        Op::Retain(_, reply) => replies.push(Reply::Count(reply, 0)),
+        Op::Close => {}
+    }
+}
+
+/// The content bytes a request would take (for the `gap` entry's count).
+fn request_bytes(req: &AppendRequest) -> u64 {
+    let data = baton_shared::canonical::to_vec(&req.data).len();
+    (data + req.event.as_str().len() + req.context.as_ref().map_or(0, String::len)) as u64
+}
+
+fn append_request(
+    txn: &mut Txn<'_>,
+    unix_ms: i64,
+    req: &AppendRequest,
+    reply: oneshot::Sender<AppendResult>,
+    replies: &mut Vec<Reply>,
+) -> Result<(), LedgerError> {
+    match txn.append_request(unix_ms, req) {
+        Ok(r) => {
+            replies.push(Reply::Append(reply, Ok(r)));
+            Ok(())
+        }
+        Err(AppendFailure::Request(e)) => {
+            replies.push(Reply::Append(
+                reply,
+                Err(AppendRefused::Request(e.to_string())),
+            ));
+            Ok(())
+        }
+        Err(AppendFailure::Ledger(e)) => {
+            replies.push(Reply::Append(reply, Ok((Seq::ZERO, Hash::ZERO))));
+            Err(e)
+        }
     }
 }

@@ -126,6 +126,24 @@ impl Agent {
         mqtt: Option<SocketAddr>,
         gateway_key: Option<PublicKey>,
     ) -> Agent {
+        Agent::start_with(
+            id,
+            dir,
+            mqtt,
+            gateway_key,
+            baton_agent::RawConfig::default(),
+        )
+        .await
+    }
+
+    /// As [`Agent::start`], with `extra` settings (budget, …).
+    pub async fn start_with(
+        id: &str,
+        dir: &Path,
+        mqtt: Option<SocketAddr>,
+        gateway_key: Option<PublicKey>,
+        extra: baton_agent::RawConfig,
+    ) -> Agent {
         agent_key(dir);
         let raw = baton_agent::RawConfig {
             id: Some(id.into()),
@@ -136,7 +154,7 @@ impl Agent {
             resend_timeout: Some("2s".into()),
             ..Default::default()
         };
-        let config = baton_agent::Config::validate(raw).unwrap();
+        let config = baton_agent::Config::validate(raw.merge(extra)).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = tokio::spawn(baton_agent::run(

@@ -309,3 +309,177 @@ async fn a_restored_older_ledger_adopts_the_gateway_head_and_reappends_orphans()
     assert_eq!(runs[0].len(), 221);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_budget_appends_are_refused_then_a_gap_entry_proves_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gdir, adir) = (dir.path().join("gw"), dir.path().join("pi-b"));
+    let key = agent_key(&adir);
+    let id = AgentId::new("pi-b").unwrap();
+    let mqtt: std::net::SocketAddr = format!("127.0.0.1:{}", baton_tests::daemons::free_port())
+        .parse()
+        .unwrap();
+    // The gateway's key, but the gateway itself is not up yet: offline.
+    let gw_key = baton_gateway::keys::generate(&gdir.join("gateway.key"))
+        .unwrap()
+        .public();
+    let budget = baton_agent::RawConfig {
+        budget: Some("256KiB".into()),
+        ..Default::default()
+    };
+    let a = Agent::start_with("pi-b", &adir, Some(mqtt), Some(gw_key), budget).await;
+    let socket = a.ready.socket.clone();
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    let mut i = 0;
+    while refused < 40 {
+        let answers = baton_agent::socket::client::send_lines(&socket, sample_lines(i, 20))
+            .await
+            .unwrap();
+        i += 20;
+        for ans in answers {
+            match ans {
+                Ok(x) => {
+                    assert_eq!(refused, 0, "an append succeeded after refusals began");
+                    acked.push(x);
+                }
+                Err(e) => {
+                    assert!(e.starts_with("budget: "), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(i < 10_000, "the budget never filled");
+    }
+    // The daemon is alive and its status says so.
+    let doc = a
+        .ready
+        .shared
+        .document("pi-b", &a.ready.writer.head(), true, 0);
+    assert!(doc.as_object().unwrap().get("state").is_some());
+    assert_eq!(a.head(), acked.last().unwrap().0);
+    // The gateway comes up: receipts let receipted entries go, appends resume.
+    let gw = Gateway::start(&gdir, &[(id, key)], None, mqtt).await;
+    assert!(eventually(Duration::from_secs(30), || a.receipted() == a.head()).await);
+    let after = a.append(50_000, 5).await;
+    let gap_seq = acked.last().unwrap().0 + 1;
+    assert_eq!(
+        after[0].0,
+        gap_seq + 1,
+        "a gap entry precedes the first append"
+    );
+    assert!(eventually(Duration::from_secs(30), || a.receipted() == a.head()).await);
+    a.stop().await;
+    // Nothing with a seq was lost: the gateway holds every acknowledged entry.
+    let text = gateway_text(&gw, "pi-b");
+    assert!(verify_text(text.as_bytes(), Some(key)).is_valid());
+    let lines: Vec<&str> = text.lines().collect();
+    for (seq, hash) in &acked {
+        assert!(lines[usize::try_from(*seq).unwrap() - 1].contains(hash.as_str()));
+    }
+    let gap = lines[usize::try_from(gap_seq).unwrap() - 1];
+    assert!(
+        gap.contains("\"gap\"") && gap.contains(&format!("\"refused\":{refused}")),
+        "{gap}"
+    );
+    // and the agent pruned receipted entries to stay within its budget
+    let (_, o) = baton_agent::cli::open(&adir).unwrap();
+    assert!(o.head.oldest > Seq(1));
+    assert!(o.head.held_bytes <= 256 * 1024);
+    gw.stop().await;
+}
+
+#[test]
+fn a_full_disk_fails_appends_clearly_and_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    agent_key(dir.path());
+    let socket = dir.path().join("agent.sock");
+    // The file-size limit is a real write failure (EFBIG) from the kernel,
+    // for the ledger file only; SIGXFSZ is ignored so the write just fails.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; exec prlimit --fsize=3000000:unlimited -- \"$0\" run --id pi-f --cluster c1 --data-dir \"$1\"")
+        .arg(baton_tests::bins::agent())
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut s = connect(&socket);
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut ask = |line: &[u8]| -> Result<(u64, String), String> {
+        s.write_all(line).unwrap();
+        s.write_all(b"\n").unwrap();
+        let mut answer = String::new();
+        reader.read_line(&mut answer).unwrap();
+        baton_agent::socket::client::parse_answer(&answer)
+    };
+    let mut acked = Vec::new();
+    let mut failures = 0;
+    let mut i = 0;
+    while failures < 5 {
+        let line = &sample_lines(i, 1)[0];
+        i += 1;
+        match ask(line) {
+            Ok(x) => {
+                assert_eq!(failures, 0, "no append succeeds while the disk is full");
+                acked.push(x);
+            }
+            Err(e) => {
+                assert!(e.starts_with("ledger: "), "{e}");
+                failures += 1;
+            }
+        }
+        assert!(i < 100_000, "the file never filled");
+    }
+    assert!(acked.len() > 1000);
+    // alive, and saying so in status.json (rewritten every second)
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon is still running"
+    );
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = std::fs::read_to_string(dir.path().join("status.json")).unwrap_or_default();
+        if status.contains("\"state\":\"error\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        status.contains("\"state\":\"error\"") && status.contains("File too large"),
+        "{status}"
+    );
+    // Space returns: lift the limit of the running process.
+    let lifted = Command::new("prlimit")
+        .args([
+            "--fsize=unlimited:unlimited",
+            "--pid",
+            &child.id().to_string(),
+        ])
+        .status()
+        .unwrap();
+    assert!(lifted.success());
+    let mut resumed = None;
+    for _ in 0..200 {
+        match ask(&sample_lines(i, 1)[0]) {
+            Ok(x) => {
+                resumed = Some(x);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    let resumed = resumed.expect("appends resume once space returns");
+    assert_eq!(
+        resumed.0,
+        acked.last().unwrap().0 + 1,
+        "nothing half-written in between"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let chain = stored(dir.path());
+    for (seq, hash) in acked.iter().chain(std::iter::once(&resumed)) {
+        assert_eq!(chain.get(seq), Some(hash));
+    }
+}
