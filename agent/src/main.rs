@@ -97,7 +97,7 @@ enum Command {
         dir: DataDir,
     },
     /// Run the daemon.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Append one entry through the socket; prints seq and hash.
     Append {
         #[command(flatten)]
@@ -213,7 +213,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Pubkey { dir } => println!("{}", keys::load(&key_path(&dir))?.public().to_hex()),
         Command::Run(args) => {
-            let config = Config::validate(raw_config(args)?)?;
+            let config = Config::validate(raw_config(*args)?)?;
             runtime()?.block_on(baton_agent::run(
                 config,
                 baton_agent::shutdown_signal(),
