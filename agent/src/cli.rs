@@ -87,7 +87,52 @@ pub fn export_jsonl(
     Ok(n)
 }
 
-/// `<dir>/<agent>/YYYY-MM-DD.jsonl` files (PROTOCOL §5, daily).
+/// Writes entries into `<dir>/<agent>/YYYY-MM-DD.jsonl` files by their `ts`
+/// day (PROTOCOL §5, daily). Shared with the gateway's export.
+#[derive(Debug)]
+pub struct DailyWriter {
+    agent_dir: PathBuf,
+    files: std::collections::BTreeMap<String, std::io::BufWriter<std::fs::File>>,
+}
+
+impl DailyWriter {
+    pub fn new(dir: &Path, agent: &AgentId) -> anyhow::Result<DailyWriter> {
+        let agent_dir = dir.join(agent.as_str());
+        std::fs::create_dir_all(&agent_dir)
+            .with_context(|| format!("creating {}", agent_dir.display()))?;
+        Ok(DailyWriter {
+            agent_dir,
+            files: std::collections::BTreeMap::new(),
+        })
+    }
+
+    pub fn push(&mut self, e: &Entry) -> anyhow::Result<()> {
+        let ts = e.header()?.ts;
+        let day = baton_shared::export::daily_file_stem(&ts).to_owned();
+        if !self.files.contains_key(&day) {
+            let path = self.agent_dir.join(format!("{day}.jsonl"));
+            let f = std::fs::File::create(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            self.files.insert(day.clone(), std::io::BufWriter::new(f));
+        }
+        if let Some(w) = self.files.get_mut(&day) {
+            writeln!(w, "{}", e.to_jsonl())?;
+        }
+        Ok(())
+    }
+
+    /// Flushes every file; returns their paths, oldest day first.
+    pub fn finish(self) -> anyhow::Result<Vec<PathBuf>> {
+        let mut paths = Vec::new();
+        for (day, mut w) in self.files {
+            w.flush()?;
+            paths.push(self.agent_dir.join(format!("{day}.jsonl")));
+        }
+        Ok(paths)
+    }
+}
+
+/// `<dir>/<agent>/YYYY-MM-DD.jsonl` files of the held chain.
 pub fn export_daily(
     agent: &AgentId,
     o: &Opened,
@@ -95,31 +140,9 @@ pub fn export_daily(
     to: Option<u64>,
     dir: &Path,
 ) -> anyhow::Result<Vec<PathBuf>> {
-    let agent_dir = dir.join(agent.as_str());
-    std::fs::create_dir_all(&agent_dir)
-        .with_context(|| format!("creating {}", agent_dir.display()))?;
-    let mut files: std::collections::BTreeMap<String, std::io::BufWriter<std::fs::File>> =
-        std::collections::BTreeMap::new();
-    each(o, from, to, |e| {
-        let ts = e.header()?.ts;
-        let day = baton_shared::export::daily_file_stem(&ts).to_owned();
-        if !files.contains_key(&day) {
-            let path = agent_dir.join(format!("{day}.jsonl"));
-            let f = std::fs::File::create(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            files.insert(day.clone(), std::io::BufWriter::new(f));
-        }
-        if let Some(w) = files.get_mut(&day) {
-            writeln!(w, "{}", e.to_jsonl())?;
-        }
-        Ok(())
-    })?;
-    let mut paths = Vec::new();
-    for (day, mut w) in files {
-        w.flush()?;
-        paths.push(agent_dir.join(format!("{day}.jsonl")));
-    }
-    Ok(paths)
+    let mut daily = DailyWriter::new(dir, agent)?;
+    each(o, from, to, |e| daily.push(e))?;
+    daily.finish()
 }
 
 /// The held run as a baton (PROTOCOL §5): the newest signed entry as the

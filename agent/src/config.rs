@@ -30,14 +30,7 @@ pub struct RawConfig {
 
 impl RawConfig {
     pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.to_owned(),
-            error: e.to_string(),
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            error: e.to_string(),
-        })
+        read_toml(path)
     }
 
     /// Values in `over` win.
@@ -73,14 +66,29 @@ pub enum ConfigError {
     Invalid { key: &'static str, problem: String },
 }
 
-fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+/// Reads a TOML config file into `T` (unknown keys are errors if `T` says
+/// `deny_unknown_fields`). Shared with the gateway's configuration.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.to_owned(),
+        error: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        error: e.to_string(),
+    })
+}
+
+/// A `ConfigError::Invalid` for `key`.
+pub fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         problem: problem.into(),
     }
 }
 
-fn duration(
+/// A duration setting such as `"5s"`, or `default`.
+pub fn duration(
     key: &'static str,
     v: Option<&str>,
     default: Duration,

@@ -170,7 +170,7 @@ pub struct Ledger {
 
 fn open_db(path: &Path) -> Result<Database> {
     Database::builder()
-        .set_cache_size(16 * 1024 * 1024)
+        .set_cache_size(4 * 1024 * 1024)
         .create(path)
         .map_err(|source| LedgerError::Open {
             path: path.to_owned(),
@@ -526,22 +526,7 @@ impl baton_shared::uplink::Ledger for View<'_> {
         let span = limits.max_entries.max(CHECKPOINT_EVERY as usize) as u64;
         let to = Seq(from.0.saturating_add(span)).min(self.head.seq);
         let entries = self.ledger.entries(from, to).ok()?;
-        let mut bytes = 0;
-        let mut end = None;
-        for (i, e) in entries.iter().enumerate() {
-            bytes += entry_wire_size(e);
-            let within = i < limits.max_entries && bytes <= limits.max_bytes;
-            if !within && end.is_some() {
-                break;
-            }
-            if e.sig.is_some() {
-                end = Some(Seq(from.0 + i as u64));
-                if !within {
-                    break;
-                }
-            }
-        }
-        end
+        baton_shared::uplink::span_end(from, &entries, limits)
     }
 }
 
@@ -821,34 +806,14 @@ impl Txn<'_> {
             }
             t.retain(|_, _| false)?;
         }
-        let mut data = Object::new();
-        data.insert("reason", Value::from(reason));
-        data.insert("gateway", Value::from(r.gateway.as_str()));
-        let mut adopted = Object::new();
-        adopted.insert("seq", Value::from(r.seq.0));
-        adopted.insert("hash", Value::from(r.hash.to_hex()));
-        adopted.insert("sig", Value::from(a.agent_sig.to_hex()));
-        data.insert("adopted", Value::Object(adopted));
-        data.insert(
-            "local_head",
-            local_head.map_or(Value::Null, |(s, h)| {
-                let mut o = Object::new();
-                o.insert("seq", Value::from(s.0));
-                o.insert("hash", Value::from(h.to_hex()));
-                Value::Object(o)
-            }),
-        );
-        let orphaned = match orphans.last() {
-            Some(last) => {
-                let mut o = Object::new();
-                o.insert("from", Value::from(keep_through.0 + 1));
-                o.insert("to", Value::from(keep_through.0 + orphans.len() as u64));
-                o.insert("head_hash", Value::from(last.hash.to_hex()));
-                Value::Object(o)
-            }
-            None => Value::Null,
-        };
-        data.insert("orphaned", orphaned);
+        let orphaned = orphans.last().map(|last| {
+            (
+                keep_through.next(),
+                Seq(keep_through.0 + orphans.len() as u64),
+                last.hash,
+            )
+        });
+        let data = baton_shared::uplink::recovery_data(reason, a, local_head, orphaned);
         self.head = Head {
             seq: r.seq,
             hash: r.hash,
@@ -861,7 +826,7 @@ impl Txn<'_> {
             refused: self.head.refused,
         };
         let recovery = runtime_event("recovery");
-        self.append(unix_ms, None, &recovery, None, &Value::Object(data))
+        self.append(unix_ms, None, &recovery, None, &data)
             .map_err(|e| damaged("recovery entry", e))?;
         for orphan in &orphans {
             let Ok(Value::Object(content)) =

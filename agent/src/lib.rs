@@ -6,6 +6,7 @@
 //! [`run`] is the daemon: it takes a validated [`Config`] and a shutdown
 //! future, so tests and the gateway's demo run agents in-process.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod keys;
@@ -59,6 +60,51 @@ pub struct Ready {
     pub socket: PathBuf,
     pub writer: Writer,
     pub shared: Arc<Shared>,
+}
+
+/// An agent running as a task of the current tokio runtime (the gateway's
+/// demo and the tests run agents this way).
+#[derive(Debug)]
+pub struct Running {
+    pub ready: Ready,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts [`run`] as a task and waits until it serves.
+pub async fn spawn(config: Config) -> anyhow::Result<Running> {
+    let id = config.id.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(run(
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+        Some(ready_tx),
+    ));
+    match ready_rx.await {
+        Ok(ready) => Ok(Running {
+            ready,
+            stop: Some(stop),
+            task,
+        }),
+        Err(_) => Err(match task.await {
+            Ok(Err(e)) => e.context(format!("starting agent {id}")),
+            Ok(Ok(())) => anyhow::anyhow!("agent {id} stopped before it served"),
+            Err(e) => anyhow::anyhow!("agent {id} task failed: {e}"),
+        }),
+    }
+}
+
+impl Running {
+    /// Stops the agent cleanly (the ledger file is closed on return).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.context("agent task")?
+    }
 }
 
 /// Writes the first entry of a new chain and opens appends.

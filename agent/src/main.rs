@@ -145,6 +145,21 @@ enum Command {
     },
     /// Print the commented default configuration.
     PrintDefaultConfig,
+    /// Measure durable appends, catch-up and RSS (see BENCHMARKS.md).
+    Bench {
+        /// Entries appended (and then caught up).
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+        /// Client connections appending at once.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Requests each connection keeps in flight.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        /// The baton-gateway binary (default: beside this one).
+        #[arg(long)]
+        gateway_bin: Option<PathBuf>,
+    },
 }
 
 fn raw_config(a: RunArgs) -> anyhow::Result<RawConfig> {
@@ -327,6 +342,22 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::PrintDefaultConfig => print!("{DEFAULT_CONFIG}"),
+        Command::Bench {
+            entries,
+            connections,
+            window,
+            gateway_bin,
+        } => {
+            let args = baton_agent::bench::BenchArgs {
+                entries,
+                connections: connections.max(1),
+                window: window.max(1),
+                gateway: gateway_bin,
+            };
+            let exe = std::env::current_exe().context("locating this binary")?;
+            let report = baton_agent::bench::run(&args, &exe)?;
+            print!("{}", baton_agent::bench::text(&args, &report));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -494,25 +494,13 @@ fn apply_group(
                 reply,
             } => {
                 let r = txn.append(unix_ms, None, &runtime_event(event), None, &data);
-                match r {
-                    Ok(r) => {
-                        replies.push(Reply::Append(reply, Ok(r)));
-                        // Runtime entries are checkpoints: signed at once.
-                        txn.sign_head()
-                    }
-                    Err(AppendFailure::Request(e)) => {
-                        warn!(event, error = %e, "runtime entry refused");
-                        replies.push(Reply::Append(
-                            reply,
-                            Err(AppendRefused::Request(e.to_string())),
-                        ));
-                        Ok(())
-                    }
-                    Err(AppendFailure::Ledger(e)) => {
-                        replies.push(Reply::Append(reply, Ok((Seq::ZERO, Hash::ZERO))));
-                        Err(e)
-                    }
+                if let Err(AppendFailure::Request(e)) = &r {
+                    warn!(event, error = %e, "runtime entry refused");
                 }
+                let appended = r.is_ok();
+                answer_append(r, reply, replies)?;
+                // Runtime entries are checkpoints: signed at once.
+                if appended { txn.sign_head() } else { Ok(()) }
             }
             Op::SignHead(reply) => {
                 replies.push(Reply::Unit(reply));
@@ -587,7 +575,16 @@ fn append_request(
     reply: oneshot::Sender<AppendResult>,
     replies: &mut Vec<Reply>,
 ) -> Result<(), LedgerError> {
-    match txn.append_request(unix_ms, req) {
+    answer_append(txn.append_request(unix_ms, req), reply, replies)
+}
+
+/// Queues the answer to an append; a ledger failure fails the whole group.
+fn answer_append(
+    r: Result<(Seq, Hash), AppendFailure>,
+    reply: oneshot::Sender<AppendResult>,
+    replies: &mut Vec<Reply>,
+) -> Result<(), LedgerError> {
+    match r {
         Ok(r) => {
             replies.push(Reply::Append(reply, Ok(r)));
             Ok(())

@@ -195,17 +195,7 @@ async fn raw_broker(
     Ok((got / took.max(1e-9), got / total as f64))
 }
 
-fn rss_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
+use baton_agent::bench::rss_kb;
 
 struct ChildGuard(Child);
 

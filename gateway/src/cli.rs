@@ -1,7 +1,6 @@
 //! The offline subcommands: they work on a stopped gateway's data directory
 //! (redb admits one process at a time).
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -214,31 +213,9 @@ pub fn export_jsonl(
 
 /// Writes `<dir>/<agent>/YYYY-MM-DD.jsonl` files (PROTOCOL §5, daily).
 pub fn export_daily(store: &Store, agent: &AgentId, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let agent_dir = dir.join(agent.as_str());
-    std::fs::create_dir_all(&agent_dir)
-        .with_context(|| format!("creating {}", agent_dir.display()))?;
-    let mut files: std::collections::BTreeMap<String, std::io::BufWriter<std::fs::File>> =
-        std::collections::BTreeMap::new();
-    for_each_in_head_run(store, agent, |_, e| {
-        let ts = e.header()?.ts;
-        let day = baton_shared::export::daily_file_stem(&ts).to_owned();
-        if !files.contains_key(&day) {
-            let path = agent_dir.join(format!("{day}.jsonl"));
-            let f = std::fs::File::create(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            files.insert(day.clone(), std::io::BufWriter::new(f));
-        }
-        if let Some(w) = files.get_mut(&day) {
-            writeln!(w, "{}", e.to_jsonl())?;
-        }
-        Ok(())
-    })?;
-    let mut paths = Vec::new();
-    for (day, mut w) in files {
-        w.flush()?;
-        paths.push(agent_dir.join(format!("{day}.jsonl")));
-    }
-    Ok(paths)
+    let mut daily = baton_agent::cli::DailyWriter::new(dir, agent)?;
+    for_each_in_head_run(store, agent, |_, e| daily.push(e))?;
+    daily.finish()
 }
 
 /// The head run as a baton document (PROTOCOL §5), with the agent's signed

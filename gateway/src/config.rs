@@ -31,14 +31,7 @@ pub struct RawConfig {
 impl RawConfig {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.to_owned(),
-            error: e.to_string(),
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            error: e.to_string(),
-        })
+        baton_agent::config::read_toml(path)
     }
 
     /// Values in `over` win.
@@ -61,17 +54,8 @@ impl RawConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("reading config {path}: {error}")]
-    Read { path: PathBuf, error: String },
-    #[error("config {path}: {error}")]
-    Parse { path: PathBuf, error: String },
-    #[error("config key {key:?} is required")]
-    Missing { key: &'static str },
-    #[error("config key {key:?}: {problem}")]
-    Invalid { key: &'static str, problem: String },
-}
+pub use baton_agent::config::{ConfigError, parse_mqtt_url};
+use baton_agent::config::{duration, invalid};
 
 /// Where MQTT comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,47 +86,9 @@ pub struct Config {
     pub max_agents: usize,
 }
 
-fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        problem: problem.into(),
-    }
-}
-
-fn duration(
-    key: &'static str,
-    v: Option<&str>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(s) => humantime::parse_duration(s).map_err(|e| invalid(key, format!("{s:?}: {e}"))),
-    }
-}
-
 fn addr(key: &'static str, v: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
     let s = v.unwrap_or(default);
     s.parse().map_err(|e| invalid(key, format!("{s:?}: {e}")))
-}
-
-/// `mqtt://host:port` → (host, port).
-pub fn parse_mqtt_url(key: &'static str, url: &str) -> Result<(String, u16), ConfigError> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .ok_or_else(|| invalid(key, format!("{url:?} must start with mqtt://")))?;
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.trim_end_matches('/')
-                .parse::<u16>()
-                .map_err(|e| invalid(key, format!("{url:?}: port {e}")))?,
-        ),
-        None => (rest.trim_end_matches('/'), 1883),
-    };
-    if host.is_empty() {
-        return Err(invalid(key, format!("{url:?} has no host")));
-    }
-    Ok((host.to_owned(), port))
 }
 
 impl Config {

@@ -49,9 +49,7 @@ pub struct DemoReport {
 struct RunningAgent {
     id: AgentId,
     dir: PathBuf,
-    ready: baton_agent::Ready,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    agent: baton_agent::Running,
     appended: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -152,31 +150,11 @@ pub async fn run(
             resend_timeout: Some("5s".into()),
             ..Default::default()
         };
-        let config = baton_agent::Config::validate(raw)?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let task = tokio::spawn(baton_agent::run(
-            config,
-            async move {
-                let _ = stopped.await;
-            },
-            Some(ready_tx),
-        ));
-        let ready = match ready_rx.await {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(match task.await {
-                    Ok(Err(e)) => e.context(format!("starting agent {id}")),
-                    _ => anyhow::anyhow!("agent {id} did not start"),
-                });
-            }
-        };
+        let agent = baton_agent::spawn(baton_agent::Config::validate(raw)?).await?;
         agents.push(RunningAgent {
             id,
             dir,
-            ready,
-            stop,
-            task,
+            agent,
             appended: std::sync::Arc::default(),
         });
     }
@@ -201,7 +179,7 @@ pub async fn run(
     if let Some(a) = agents.first() {
         say(&format!(
             "  append:  baton-agent append --socket {} --event note --data '{{\"hello\":\"world\"}}'",
-            a.ready.socket.display()
+            a.agent.ready.socket.display()
         ));
     }
     say("Ctrl-C stops everything cleanly.");
@@ -210,7 +188,7 @@ pub async fn run(
     let mut feeders = tokio::task::JoinSet::new();
     let every = Duration::from_secs(1) / args.rate.max(1);
     for a in &agents {
-        let socket = a.ready.socket.clone();
+        let socket = a.agent.ready.socket.clone();
         let appended = a.appended.clone();
         let name = a.id.to_string();
         feeders.spawn(async move {
@@ -254,8 +232,8 @@ pub async fn run(
             _ = tick.tick() => {
                 let mut line = format!("[{:>4}s]", started.elapsed().as_secs());
                 for a in &agents {
-                    let head = a.ready.writer.head().seq.0;
-                    let receipted = a.ready.shared.receipted();
+                    let head = a.agent.ready.writer.head().seq.0;
+                    let receipted = a.agent.ready.shared.receipted();
                     line.push_str(&format!("  {} head {head} receipted {receipted}", a.id.as_str()));
                 }
                 say(&line);
@@ -268,7 +246,7 @@ pub async fn run(
     while tokio::time::Instant::now() < drain_until
         && agents
             .iter()
-            .any(|a| a.ready.shared.receipted() < a.ready.writer.head().seq.0)
+            .any(|a| a.agent.ready.shared.receipted() < a.agent.ready.writer.head().seq.0)
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -277,14 +255,13 @@ pub async fn run(
         let report = AgentReport {
             id: a.id.clone(),
             data_dir: a.dir.clone(),
-            head: a.ready.writer.head().seq.0,
-            receipted: a.ready.shared.receipted(),
+            head: a.agent.ready.writer.head().seq.0,
+            receipted: a.agent.ready.shared.receipted(),
             appended: a.appended.load(std::sync::atomic::Ordering::Relaxed),
         };
-        let _ = a.stop.send(());
-        a.task
+        a.agent
+            .stop()
             .await
-            .context("agent task")?
             .with_context(|| format!("agent {}", report.id))?;
         reports.push(report);
     }

@@ -10,9 +10,9 @@ use crate::crypto::{Hash, SecretKey};
 use crate::entry::{self, AppendError, Entry, Seq, Stamp};
 use crate::id::{AgentId, EventName};
 use crate::intake::ChainView;
-use crate::json::{Object, Value};
+use crate::json::Value;
 use crate::uplink::{Adoption, BatchLimits, Ledger};
-use crate::wire::{EntryBatch, Receipt, entry_wire_size};
+use crate::wire::{EntryBatch, Receipt};
 
 /// An agent's chain in memory.
 #[derive(Debug, Clone)]
@@ -188,40 +188,20 @@ impl MemLedger {
         if !kept.is_empty() {
             self.older_runs.push(kept);
         }
-        let mut data = Object::new();
-        data.insert("reason", Value::from("gateway_ahead"));
-        data.insert("gateway", Value::from(r.gateway.as_str()));
-        let mut adopted = Object::new();
-        adopted.insert("seq", Value::from(r.seq.0));
-        adopted.insert("hash", Value::from(r.hash.to_hex()));
-        adopted.insert("sig", Value::from(adoption.agent_sig.to_hex()));
-        data.insert("adopted", Value::Object(adopted));
-        data.insert(
-            "local_head",
-            local_head.map_or(Value::Null, |(s, h)| {
-                let mut o = Object::new();
-                o.insert("seq", Value::from(s.0));
-                o.insert("hash", Value::from(h.to_hex()));
-                Value::Object(o)
-            }),
-        );
-        let orphaned = match (orphans.first(), orphans.last()) {
-            (Some(_), Some(last)) => {
-                let mut o = Object::new();
-                o.insert("from", Value::from(keep_through.0 + 1));
-                o.insert("to", Value::from(keep_through.0 + orphans.len() as u64));
-                o.insert("head_hash", Value::from(last.hash.to_hex()));
-                Value::Object(o)
-            }
-            _ => Value::Null,
-        };
-        data.insert("orphaned", orphaned);
+        let orphaned = orphans.last().map(|last| {
+            (
+                keep_through.next(),
+                Seq(keep_through.0 + orphans.len() as u64),
+                last.hash,
+            )
+        });
+        let data = crate::uplink::recovery_data("gateway_ahead", adoption, local_head, orphaned);
         self.head = r.seq;
         self.head_hash = r.hash;
         self.oldest = r.seq.next();
         self.anchor = Some((r.seq, r.hash));
         self.unsigned = 0;
-        self.append(unix_ms, "recovery", None, Value::Object(data))?;
+        self.append(unix_ms, "recovery", None, data)?;
         for orphan in &orphans {
             let Ok(crate::json::Value::Object(content)) =
                 crate::json::parse(&orphan.content, crate::json::Mode::Verify)
@@ -277,22 +257,7 @@ impl Ledger for MemLedger {
             return None;
         }
         let start = usize::try_from(from.0 - self.oldest.0).ok()?;
-        let mut bytes = 0;
-        let mut end = None;
-        for (i, e) in self.entries.iter().skip(start).enumerate() {
-            bytes += entry_wire_size(e);
-            let within = i < limits.max_entries && bytes <= limits.max_bytes;
-            if !within && end.is_some() {
-                break;
-            }
-            if e.sig.is_some() {
-                end = Some(Seq(from.0 + i as u64));
-                if !within {
-                    break;
-                }
-            }
-        }
-        end
+        crate::uplink::span_end(from, self.entries.iter().skip(start), limits)
     }
 }
 
@@ -364,8 +329,13 @@ mod tests {
         let key = SecretKey::from_seed(&[1; 32]);
         let mut l = MemLedger::new(AgentId::new("a1").unwrap(), key);
         l.checkpoint_every = 3;
-        l.append(0, "genesis", None, Value::Object(Object::new()))
-            .unwrap();
+        l.append(
+            0,
+            "genesis",
+            None,
+            Value::Object(crate::json::Object::new()),
+        )
+        .unwrap();
         l
     }
 

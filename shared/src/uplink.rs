@@ -44,6 +44,33 @@ pub struct BatchLimits {
     pub max_bytes: usize,
 }
 
+/// The batch cut both ledgers share: given the held entries from `from` on,
+/// in order, the last seq of the longest run of whole checkpoint spans
+/// within `limits` — at least one whole span even if it alone exceeds the
+/// soft limits — or `None` if no signed entry follows.
+pub fn span_end<'a>(
+    from: Seq,
+    entries: impl IntoIterator<Item = &'a crate::entry::Entry>,
+    limits: BatchLimits,
+) -> Option<Seq> {
+    let mut bytes = 0;
+    let mut end = None;
+    for (i, e) in entries.into_iter().enumerate() {
+        bytes += crate::wire::entry_wire_size(e);
+        let within = i < limits.max_entries && bytes <= limits.max_bytes;
+        if !within && end.is_some() {
+            break;
+        }
+        if e.sig.is_some() {
+            end = Some(Seq(from.0 + i as u64));
+            if !within {
+                break;
+            }
+        }
+    }
+    end
+}
+
 impl Default for BatchLimits {
     fn default() -> Self {
         BatchLimits {
@@ -129,6 +156,47 @@ pub enum Output {
     Adopt(Box<Adoption>),
     /// Report (log, status, alert entry).
     Alert(Alert),
+}
+
+/// The `data` of the `recovery` entry an adoption appends (PROTOCOL §7 rule
+/// 3c): why, the adopted head with the agent's own signature on it, the
+/// local head it replaces, and the orphaned run `from..=to` (its last hash)
+/// that is re-appended after it.
+pub fn recovery_data(
+    reason: &str,
+    adoption: &Adoption,
+    local_head: Option<(Seq, Hash)>,
+    orphaned: Option<(Seq, Seq, Hash)>,
+) -> crate::json::Value {
+    use crate::json::{Object, Value};
+    let r = &adoption.receipt;
+    let point = |seq: Seq, hash: &Hash| {
+        let mut o = Object::new();
+        o.insert("seq", Value::from(seq.0));
+        o.insert("hash", Value::from(hash.to_hex()));
+        o
+    };
+    let mut data = Object::new();
+    data.insert("reason", Value::from(reason));
+    data.insert("gateway", Value::from(r.gateway.as_str()));
+    let mut adopted = point(r.seq, &r.hash);
+    adopted.insert("sig", Value::from(adoption.agent_sig.to_hex()));
+    data.insert("adopted", Value::Object(adopted));
+    data.insert(
+        "local_head",
+        local_head.map_or(Value::Null, |(s, h)| Value::Object(point(s, &h))),
+    );
+    data.insert(
+        "orphaned",
+        orphaned.map_or(Value::Null, |(from, to, head)| {
+            let mut o = Object::new();
+            o.insert("from", Value::from(from.0));
+            o.insert("to", Value::from(to.0));
+            o.insert("head_hash", Value::from(head.to_hex()));
+            Value::Object(o)
+        }),
+    );
+    Value::Object(data)
 }
 
 /// A head the agent has verified it signed itself, to adopt.

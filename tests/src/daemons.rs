@@ -11,6 +11,26 @@ use baton_gateway::server::Bound;
 use baton_shared::{AgentId, ClusterId, PublicKey};
 use tokio::sync::oneshot;
 
+/// The gateway's key in `dir` (created once) and a keys directory trusting
+/// `agents`: (key, key path, keys dir).
+fn prepare_gateway_dir(
+    dir: &Path,
+    agents: &[(AgentId, PublicKey)],
+) -> (baton_shared::SecretKey, PathBuf, PathBuf) {
+    let key_path = dir.join("gateway.key");
+    let key = if key_path.exists() {
+        baton_gateway::keys::load(&key_path).unwrap()
+    } else {
+        baton_gateway::keys::generate(&key_path).unwrap()
+    };
+    let keys_dir = dir.join("agents");
+    std::fs::create_dir_all(&keys_dir).unwrap();
+    for (id, k) in agents {
+        std::fs::write(keys_dir.join(format!("{id}.pub")), k.to_hex()).unwrap();
+    }
+    (key, key_path, keys_dir)
+}
+
 /// A gateway running in this process.
 #[derive(Debug)]
 pub struct Gateway {
@@ -31,17 +51,7 @@ impl Gateway {
         external: Option<SocketAddr>,
         listen: SocketAddr,
     ) -> Gateway {
-        let key_path = dir.join("gateway.key");
-        let key = if key_path.exists() {
-            baton_gateway::keys::load(&key_path).unwrap()
-        } else {
-            baton_gateway::keys::generate(&key_path).unwrap()
-        };
-        let keys_dir = dir.join("agents");
-        std::fs::create_dir_all(&keys_dir).unwrap();
-        for (id, k) in agents {
-            std::fs::write(keys_dir.join(format!("{id}.pub")), k.to_hex()).unwrap();
-        }
+        let (key, key_path, keys_dir) = prepare_gateway_dir(dir, agents);
         let config = Config {
             id: AgentId::new("gw-e2e").unwrap(),
             cluster: ClusterId::new("c1").unwrap(),
@@ -103,8 +113,7 @@ pub struct Agent {
     pub id: AgentId,
     pub dir: PathBuf,
     pub ready: baton_agent::Ready,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    running: baton_agent::Running,
 }
 
 /// Creates an agent's identity in `dir` (once) and returns its public key.
@@ -155,25 +164,12 @@ impl Agent {
             ..Default::default()
         };
         let config = baton_agent::Config::validate(raw.merge(extra)).unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let task = tokio::spawn(baton_agent::run(
-            config,
-            async move {
-                let _ = stopped.await;
-            },
-            Some(ready_tx),
-        ));
-        let ready = match tokio::time::timeout(Duration::from_secs(20), ready_rx).await {
-            Ok(Ok(r)) => r,
-            _ => panic!("agent {id} did not start: {:?}", task.await),
-        };
+        let running = baton_agent::spawn(config).await.unwrap();
         Agent {
             id: AgentId::new(id).unwrap(),
             dir: dir.to_owned(),
-            ready,
-            stop: Some(stop),
-            task,
+            ready: running.ready.clone(),
+            running,
         }
     }
 
@@ -195,11 +191,8 @@ impl Agent {
         answers.into_iter().map(|a| a.unwrap()).collect()
     }
 
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        self.task.await.unwrap().unwrap();
+    pub async fn stop(self) {
+        self.running.stop().await.unwrap();
     }
 }
 
@@ -295,17 +288,7 @@ pub struct GatewayProc {
 impl GatewayProc {
     /// Starts a gateway in `dir` trusting `agents` (key created once).
     pub fn start(dir: &Path, agents: &[(AgentId, PublicKey)], via: Via) -> GatewayProc {
-        let key_path = dir.join("gateway.key");
-        let key = if key_path.exists() {
-            baton_gateway::keys::load(&key_path).unwrap()
-        } else {
-            baton_gateway::keys::generate(&key_path).unwrap()
-        };
-        let keys_dir = dir.join("agents");
-        std::fs::create_dir_all(&keys_dir).unwrap();
-        for (id, k) in agents {
-            std::fs::write(keys_dir.join(format!("{id}.pub")), k.to_hex()).unwrap();
-        }
+        let (key, _, _) = prepare_gateway_dir(dir, agents);
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut g = GatewayProc {
             dir: dir.to_owned(),

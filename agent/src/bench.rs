@@ -1,0 +1,321 @@
+//! `baton-agent bench`: the agent's figures, with real processes.
+//!
+//! 1. Durable appends through the Unix socket: an agent child process (no
+//!    gateway); `connections` clients each keep `window` requests in flight;
+//!    per-request latency is write → answer (so it includes group commit).
+//!    These appends are the backlog for step 2.
+//! 2. Catch-up: a `baton-gateway run` child (the binary beside this one,
+//!    embedded broker) comes up and the agent is restarted against it;
+//!    timed until the gateway holds the whole chain. The agent's RSS is
+//!    sampled from /proc throughout (growth = peak − the RSS once started).
+//! 3. Idle RSS: a fresh agent connected to the gateway, after it settles.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    pub entries: u64,
+    pub connections: usize,
+    pub window: usize,
+    /// The gateway binary (default: `baton-gateway` beside this one).
+    pub gateway: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub appends_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub catch_up_s: f64,
+    pub catch_up_entries: u64,
+    pub rss_start_kb: u64,
+    pub rss_peak_kb: u64,
+    pub rss_idle_kb: u64,
+    pub ledger_file_bytes: u64,
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`); 0 if absent.
+pub fn rss_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn spawn_agent(
+    exe: &Path,
+    dir: &Path,
+    id: &str,
+    gateway: Option<(&str, &str)>,
+) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(exe);
+    cmd.args(["run", "--id", id, "--cluster", "bench"])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some((url, key)) = gateway {
+        cmd.args(["--gateway", url, "--gateway-key", key]);
+    }
+    let p = Proc(cmd.spawn().context("starting the agent")?);
+    let socket = dir.join("agent.sock");
+    for _ in 0..2000 {
+        if UnixStream::connect(&socket).is_ok() {
+            return Ok(p);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    bail!("the agent never opened {}", socket.display())
+}
+
+/// SIGTERM, then wait: a clean stop.
+fn stop(mut p: Proc) -> anyhow::Result<()> {
+    Command::new("kill")
+        .args(["-TERM", &p.0.id().to_string()])
+        .status()
+        .context("kill -TERM")?;
+    p.0.wait()?;
+    Ok(())
+}
+
+/// One client: keeps `window` requests in flight; returns latencies (µs).
+fn client(socket: &Path, first: u64, n: u64, window: usize) -> anyhow::Result<Vec<u32>> {
+    let s = UnixStream::connect(socket)?;
+    let mut w = std::io::BufWriter::new(s.try_clone()?);
+    let mut r = BufReader::new(s);
+    let mut sent: VecDeque<Instant> = VecDeque::with_capacity(window);
+    let mut lat = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    let pad = "x".repeat(200);
+    let mut next = first;
+    let end = first + n;
+    let mut line = String::new();
+    while next < end || !sent.is_empty() {
+        while next < end && sent.len() < window {
+            writeln!(
+                w,
+                "{{\"event\":\"reading\",\"context\":\"bench\",\"data\":{{\"i\":{next},\"pad\":\"{pad}\"}}}}"
+            )?;
+            sent.push_back(Instant::now());
+            next += 1;
+        }
+        w.flush()?;
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            bail!("the agent closed the socket");
+        }
+        if line.contains("\"error\"") {
+            bail!("append refused: {line}");
+        }
+        if let Some(t) = sent.pop_front() {
+            lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+        }
+    }
+    Ok(lat)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+/// The gateway's stored head for `agent`, from its HTTP registry.
+fn gateway_head(http: SocketAddr, agent: &str) -> Option<u64> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(http).ok()?;
+    write!(
+        s,
+        "GET /api/v1/agents HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let at = body.find(&format!("\"id\":\"{agent}\""))?;
+    let rest = &body[at..];
+    let h = rest.find("\"head_seq\":")? + "\"head_seq\":".len();
+    rest[h..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+pub fn run(args: &BenchArgs, exe: &Path) -> anyhow::Result<Report> {
+    let gateway_exe = args
+        .gateway
+        .clone()
+        .unwrap_or_else(|| exe.with_file_name("baton-gateway"));
+    if !gateway_exe.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release -p baton-gateway) or pass --gateway-bin",
+            gateway_exe.display()
+        );
+    }
+    let tmp = tempfile::tempdir()?;
+    let (adir, idir, gdir) = (
+        tmp.path().join("agent"),
+        tmp.path().join("idle"),
+        tmp.path().join("gw"),
+    );
+    let agent_key = crate::keys::generate(&adir.join("agent.key"))?.public();
+    let idle_key = crate::keys::generate(&idir.join("agent.key"))?.public();
+    let gw_key = crate::keys::generate(&gdir.join("gateway.key"))?.public();
+    std::fs::create_dir_all(gdir.join("agents"))?;
+    std::fs::write(gdir.join("agents/pi-bench.pub"), agent_key.to_hex())?;
+    std::fs::write(gdir.join("agents/pi-idle.pub"), idle_key.to_hex())?;
+
+    // 1. appends through the socket, no gateway
+    let agent = spawn_agent(exe, &adir, "pi-bench", None)?;
+    let socket = adir.join("agent.sock");
+    let per = args.entries / args.connections as u64;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..args.connections)
+        .map(|c| {
+            let socket = socket.clone();
+            let window = args.window;
+            std::thread::spawn(move || client(&socket, c as u64 * per, per, window))
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
+    }
+    let took = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    #[allow(clippy::cast_precision_loss)]
+    let appends_per_s = lat.len() as f64 / took;
+    stop(agent)?;
+    let ledger_file_bytes = std::fs::metadata(adir.join("ledger.redb"))?.len();
+
+    // 2. catch-up of the backlog
+    let mqtt = free_addr()?;
+    let http = free_addr()?;
+    let _gateway = Proc(
+        Command::new(&gateway_exe)
+            .args(["run", "--id", "gw-bench", "--cluster", "bench"])
+            .arg("--data-dir")
+            .arg(&gdir)
+            .arg("--keys-dir")
+            .arg(gdir.join("agents"))
+            .args(["--mqtt-listen", &mqtt.to_string()])
+            .args(["--http-listen", &http.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the gateway")?,
+    );
+    for _ in 0..1000 {
+        if std::net::TcpStream::connect(http).is_ok() && std::net::TcpStream::connect(mqtt).is_ok()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let url = format!("mqtt://{mqtt}");
+    let head = lat.len() as u64 + 1;
+    let started = Instant::now();
+    let agent = spawn_agent(exe, &adir, "pi-bench", Some((&url, &gw_key.to_hex())))?;
+    let pid = agent.0.id();
+    let rss_start_kb = rss_kb(pid, "VmRSS:");
+    let mut rss_peak_kb = rss_start_kb;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        rss_peak_kb = rss_peak_kb.max(rss_kb(pid, "VmRSS:"));
+        if gateway_head(http, "pi-bench").is_some_and(|h| h >= head) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("catch-up did not finish in 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let catch_up_s = started.elapsed().as_secs_f64();
+    rss_peak_kb = rss_peak_kb.max(rss_kb(pid, "VmHWM:"));
+    stop(agent)?;
+
+    // 3. idle RSS of a fresh, connected agent
+    let idle = spawn_agent(exe, &idir, "pi-idle", Some((&url, &gw_key.to_hex())))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gateway_head(http, "pi-idle").is_none_or(|h| h < 1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let rss_idle_kb = rss_kb(idle.0.id(), "VmRSS:");
+    stop(idle)?;
+
+    Ok(Report {
+        appends_per_s,
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+        catch_up_s,
+        catch_up_entries: head,
+        rss_start_kb,
+        rss_peak_kb,
+        rss_idle_kb,
+        ledger_file_bytes,
+    })
+}
+
+/// The report as text.
+pub fn text(args: &BenchArgs, r: &Report) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let mib = |kb: u64| kb as f64 / 1024.0;
+    #[allow(clippy::cast_precision_loss)]
+    let entries_per_s = r.catch_up_entries as f64 / r.catch_up_s;
+    format!(
+        "durable appends through the socket: {:.0}/s ({} entries, {} connections × {} in flight), latency p50 {:.2} ms, p99 {:.2} ms\n\
+         ledger file after them: {:.1} MiB\n\
+         catch-up of {} entries to the gateway: {:.2} s ({:.0} entries/s)\n\
+         agent RSS during catch-up: {:.1} MiB at start, {:.1} MiB peak (growth {:.1} MiB)\n\
+         agent RSS idle while connected: {:.1} MiB\n",
+        r.appends_per_s,
+        args.entries,
+        args.connections,
+        args.window,
+        r.p50_ms,
+        r.p99_ms,
+        mib(r.ledger_file_bytes / 1024),
+        r.catch_up_entries,
+        r.catch_up_s,
+        entries_per_s,
+        mib(r.rss_start_kb),
+        mib(r.rss_peak_kb),
+        mib(r.rss_peak_kb.saturating_sub(r.rss_start_kb)),
+        mib(r.rss_idle_kb),
+    )
+}
