@@ -1,7 +1,7 @@
 //! The agent's ledger: one redb file holding the chain by seq, the head, the
 //! best receipt and the pinned gateway key.
 //!
-//! Durability contract: every change goes through [`Ledger::commit`] (one
+//! Durability contract: every change goes through [`Txn::commit`] (one
 //! write transaction, `Durability::Immediate`); when it returns `Ok` the
 //! change survives a crash or power cut, and when it returns `Err` none of it
 //! does and the in-memory head is put back. Callers are answered only after
@@ -530,7 +530,7 @@ impl baton_shared::uplink::Ledger for View<'_> {
     }
 }
 
-/// A change to make durable, carried out by [`Ledger::commit`].
+/// A group of changes, made durable by [`Txn::commit`].
 pub struct Txn<'a> {
     txn: redb::WriteTransaction,
     agent: &'a AgentId,
@@ -660,7 +660,8 @@ impl Txn<'_> {
         self.head.receipted.prev().min(self.head.seq.prev())
     }
 
-    /// Deletes held entries through `seq`, never past [`Self::prunable_through`].
+    /// Deletes held entries through `seq`, never at or past the best receipt
+    /// nor the head (PROTOCOL §7 rule 2).
     /// Returns how many were deleted.
     pub fn prune_through(&mut self, seq: Seq) -> Result<u64> {
         let upto = seq.min(self.prunable_through());
