@@ -208,9 +208,10 @@ fn key_path(dir: &DataDir) -> PathBuf {
         .unwrap_or_else(|| dir.data_dir.join("agent.key"))
 }
 
+/// One thread for sockets and timers (the ledger writer has its own): a
+/// small daemon's work, and fewer threads keep fewer malloc arenas.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")

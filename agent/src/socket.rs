@@ -60,27 +60,85 @@ pub async fn serve(listener: UnixListener, writer: Writer, shared: Arc<Shared>) 
     }
 }
 
-/// What to answer for one line, in order.
+/// What to answer for the lines of one read, in order.
 enum Pending {
+    /// Answers known at once (a refused request).
     Now(String),
-    Later(oneshot::Receiver<AppendResult>),
+    /// The lines read together: each slot is either its answer or the
+    /// next of the writer's answers.
+    Batch {
+        slots: Vec<Option<String>>,
+        answers: oneshot::Receiver<Vec<AppendResult>>,
+    },
+}
+
+/// Most lines handed to the writer as one message.
+const MAX_BATCH: usize = 256;
+
+/// One line of a connection, read or refused.
+enum Line {
+    Eof,
+    Request(AppendRequest),
+    Refused(String),
+    Blank,
+}
+
+async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    shared: &Shared,
+) -> std::io::Result<Line> {
+    line.clear();
+    let n = (&mut *reader)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', line)
+        .await?;
+    if n == 0 {
+        return Ok(Line::Eof);
+    }
+    if line.last() != Some(&b'\n') && line.len() > MAX_LINE {
+        // Skip the rest of the overlong line, then refuse it.
+        skip_line(reader).await?;
+        return Ok(Line::Refused(format!(
+            "request line longer than {MAX_LINE} bytes"
+        )));
+    }
+    let text = line.strip_suffix(b"\n").unwrap_or(line);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Line::Blank);
+    }
+    Ok(match AppendRequest::parse(text) {
+        Ok(_) if shared.rebuilding.load(Ordering::Relaxed) => Line::Refused(
+            "alert: the ledger is being rebuilt from the gateway after damage; retry later".into(),
+        ),
+        Ok(req) => Line::Request(req),
+        Err(e) => Line::Refused(e.to_string()),
+    })
 }
 
 async fn connection(stream: UnixStream, writer: Writer, shared: Arc<Shared>) {
     let (read, write) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE);
+    let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE / MAX_BATCH + 1);
     let answers = tokio::spawn(async move {
         let mut out = BufWriter::new(write);
         while let Some(p) = rx.recv().await {
-            let line = match p {
-                Pending::Now(s) => s,
-                Pending::Later(r) => answer(r.await.unwrap_or(Err(AppendRefused::Stopped))),
+            let ok = match p {
+                Pending::Now(s) => out.write_all(s.as_bytes()).await.is_ok(),
+                Pending::Batch { slots, answers } => {
+                    let mut results = answers.await.unwrap_or_default().into_iter();
+                    let mut ok = true;
+                    for slot in slots {
+                        let line = slot.unwrap_or_else(|| {
+                            answer(results.next().unwrap_or(Err(AppendRefused::Stopped)))
+                        });
+                        ok &= out.write_all(line.as_bytes()).await.is_ok();
+                    }
+                    ok
+                }
             };
-            if out.write_all(line.as_bytes()).await.is_err() {
-                return;
-            }
             // Flush when nothing more is ready, so pipelined answers batch.
-            if rx.is_empty() && out.flush().await.is_err() {
+            if !ok || (rx.is_empty() && out.flush().await.is_err()) {
                 return;
             }
         }
@@ -88,48 +146,43 @@ async fn connection(stream: UnixStream, writer: Writer, shared: Arc<Shared>) {
     });
     let mut reader = BufReader::new(read);
     let mut line = Vec::with_capacity(1024);
-    loop {
-        line.clear();
-        let n = match (&mut reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await
-        {
-            Ok(n) => n,
-            Err(e) => {
-                debug!(error = %e, "append socket read failed");
-                break;
-            }
-        };
-        if n == 0 {
-            break;
-        }
-        let pending = if line.last() != Some(&b'\n') && line.len() > MAX_LINE {
-            // Skip the rest of the overlong line, then refuse it.
-            if skip_line(&mut reader).await.is_err() {
-                break;
-            }
-            Pending::Now(error_line(&format!(
-                "request line longer than {MAX_LINE} bytes"
-            )))
-        } else {
-            let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            let text = text.strip_suffix(b"\r").unwrap_or(text);
-            if text.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match AppendRequest::parse(text) {
-                Ok(_) if shared.rebuilding.load(Ordering::Relaxed) => Pending::Now(error_line(
-                    "alert: the ledger is being rebuilt from the gateway after damage; retry later",
-                )),
-                Ok(req) => Pending::Later(writer.append_queued(crate::unix_ms(), req).await),
+    'conn: loop {
+        // Wait for one line, then take every whole line already buffered.
+        let mut slots = Vec::new();
+        let mut reqs = Vec::new();
+        loop {
+            let read = match read_request(&mut reader, &mut line, &shared).await {
+                Ok(r) => r,
                 Err(e) => {
-                    writer
-                        .stats
-                        .refused
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Pending::Now(error_line(&e.to_string()))
+                    debug!(error = %e, "append socket read failed");
+                    break 'conn;
                 }
+            };
+            match read {
+                Line::Eof if slots.is_empty() => break 'conn,
+                Line::Eof | Line::Blank => {}
+                Line::Request(req) => {
+                    reqs.push(req);
+                    slots.push(None);
+                }
+                Line::Refused(e) => {
+                    writer.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    slots.push(Some(error_line(&e)));
+                }
+            }
+            if slots.len() >= MAX_BATCH || !reader.buffer().contains(&b'\n') {
+                break;
+            }
+        }
+        if slots.is_empty() {
+            continue;
+        }
+        let pending = if reqs.is_empty() {
+            Pending::Now(slots.into_iter().flatten().collect())
+        } else {
+            Pending::Batch {
+                slots,
+                answers: writer.append_many(crate::unix_ms(), reqs).await,
             }
         };
         if tx.send(pending).await.is_err() {

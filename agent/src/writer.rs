@@ -64,10 +64,11 @@ impl Budget {
 const MAX_STORED_ENTRY: u64 = 64 * 1024 + 256;
 
 enum Op {
-    Append {
+    /// Many appends of one client read at once: one message, one answer.
+    AppendMany {
         unix_ms: i64,
-        req: AppendRequest,
-        reply: oneshot::Sender<AppendResult>,
+        reqs: Vec<AppendRequest>,
+        reply: oneshot::Sender<Vec<AppendResult>>,
     },
     Runtime {
         unix_ms: i64,
@@ -195,30 +196,27 @@ impl Writer {
 
     /// Appends a caller's request; answers once it is durable.
     pub async fn append(&self, unix_ms: i64, req: AppendRequest) -> AppendResult {
-        let (reply, rx) = oneshot::channel();
-        self.send_append(Op::Append {
-            unix_ms,
-            req,
-            reply,
-        })
-        .await?;
-        rx.await.unwrap_or(Err(AppendRefused::Stopped))
+        let rx = self.append_many(unix_ms, vec![req]).await;
+        rx.await
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .unwrap_or(Err(AppendRefused::Stopped))
     }
 
-    /// Queues an append and returns at once; the receiver answers after the
-    /// commit. Lets one connection pipeline many appends into one commit.
-    pub async fn append_queued(
+    /// Queues many appends as one message; the receiver gets their answers
+    /// in order after the commit.
+    pub async fn append_many(
         &self,
         unix_ms: i64,
-        req: AppendRequest,
-    ) -> oneshot::Receiver<AppendResult> {
+        reqs: Vec<AppendRequest>,
+    ) -> oneshot::Receiver<Vec<AppendResult>> {
         let (reply, rx) = oneshot::channel();
         // A stopped writer drops `reply`, which the receiver reports.
         let _ = self
             .tx
-            .send(Op::Append {
+            .send(Op::AppendMany {
                 unix_ms,
-                req,
+                reqs,
                 reply,
             })
             .await;
@@ -288,6 +286,8 @@ impl Writer {
 /// An answer to send once the group is durable.
 enum Reply {
     Append(oneshot::Sender<AppendResult>, AppendResult),
+    /// The answers so far and how many were asked.
+    Many(oneshot::Sender<Vec<AppendResult>>, Vec<AppendResult>, usize),
     Unit(oneshot::Sender<Result<(), String>>),
     Count(oneshot::Sender<Result<u64, String>>, u64),
 }
@@ -304,6 +304,17 @@ impl Reply {
                 counter.fetch_add(1, Ordering::Relaxed);
                 let _ = tx.send(r);
             }
+            Reply::Many(tx, results, _) => {
+                for r in &results {
+                    let counter = if r.is_ok() {
+                        &stats.appended
+                    } else {
+                        &stats.refused
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = tx.send(results);
+            }
             Reply::Unit(tx) => {
                 let _ = tx.send(Ok(()));
             }
@@ -318,6 +329,10 @@ impl Reply {
             Reply::Append(tx, _) => {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
                 let _ = tx.send(Err(AppendRefused::Ledger(e.to_owned())));
+            }
+            Reply::Many(tx, _, n) => {
+                stats.refused.fetch_add(n as u64, Ordering::Relaxed);
+                let _ = tx.send(vec![Err(AppendRefused::Ledger(e.to_owned())); n]);
             }
             Reply::Unit(tx) => {
                 let _ = tx.send(Err(e.to_owned()));
@@ -465,28 +480,25 @@ fn apply_group(
         }
         let outcome = match op {
             Op::Close => Ok(()),
-            Op::Append {
+            Op::AppendMany {
                 unix_ms,
-                req,
+                reqs,
                 reply,
-            } => match make_room(ctx, &mut txn, MAX_STORED_ENTRY) {
-                Err(e) => {
-                    replies.push(Reply::Append(reply, Ok((Seq::ZERO, Hash::ZERO))));
-                    Err(e)
-                }
-                Ok(Some(why)) => {
-                    txn.refuse(unix_ms, request_bytes(&req));
-                    replies.push(Reply::Append(reply, Err(AppendRefused::Budget(why))));
-                    Ok(())
-                }
-                Ok(None) => match txn.record_gap(unix_ms) {
-                    Err(e) => {
-                        replies.push(Reply::Append(reply, Ok((Seq::ZERO, Hash::ZERO))));
-                        Err(e)
+            } => {
+                let mut results = Vec::with_capacity(reqs.len());
+                let mut failed = Ok(());
+                for req in &reqs {
+                    match append_one(ctx, &mut txn, unix_ms, req) {
+                        Ok(r) => results.push(r),
+                        Err(e) => {
+                            failed = Err(e);
+                            break;
+                        }
                     }
-                    Ok(()) => append_request(&mut txn, unix_ms, &req, reply, replies),
-                },
-            },
+                }
+                replies.push(Reply::Many(reply, results, reqs.len()));
+                failed
+            }
             Op::Runtime {
                 unix_ms,
                 event,
@@ -548,8 +560,11 @@ fn apply_group(
 /// filled in by `send_err`).
 fn unanswered(op: Op, replies: &mut Vec<Reply>) {
     match op {
-        Op::Append { reply, .. } | Op::Runtime { reply, .. } => {
+        Op::Runtime { reply, .. } => {
             replies.push(Reply::Append(reply, Ok((Seq::ZERO, Hash::ZERO))));
+        }
+        Op::AppendMany { reqs, reply, .. } => {
+            replies.push(Reply::Many(reply, Vec::new(), reqs.len()));
         }
         Op::SignHead(reply)
         | Op::StoreBest(_, reply)
@@ -568,14 +583,25 @@ fn request_bytes(req: &AppendRequest) -> u64 {
     (data + req.event.as_str().len() + req.context.as_ref().map_or(0, String::len)) as u64
 }
 
-fn append_request(
+/// One caller's append: room first (or a `budget` refusal, counted for the
+/// `gap` entry), then the `gap` entry if appends were refused before, then
+/// the entry. `Err` only when the ledger itself failed.
+fn append_one(
+    ctx: &Ctx<'_>,
     txn: &mut Txn<'_>,
     unix_ms: i64,
     req: &AppendRequest,
-    reply: oneshot::Sender<AppendResult>,
-    replies: &mut Vec<Reply>,
-) -> Result<(), LedgerError> {
-    answer_append(txn.append_request(unix_ms, req), reply, replies)
+) -> Result<AppendResult, LedgerError> {
+    if let Some(why) = make_room(ctx, txn, MAX_STORED_ENTRY)? {
+        txn.refuse(unix_ms, request_bytes(req));
+        return Ok(Err(AppendRefused::Budget(why)));
+    }
+    txn.record_gap(unix_ms)?;
+    match txn.append_request(unix_ms, req) {
+        Ok(r) => Ok(Ok(r)),
+        Err(AppendFailure::Request(e)) => Ok(Err(AppendRefused::Request(e.to_string()))),
+        Err(AppendFailure::Ledger(e)) => Err(e),
+    }
 }
 
 /// Queues the answer to an append; a ledger failure fails the whole group.
