@@ -84,6 +84,12 @@ impl Link {
             shared.set_receipt(b);
         }
         let mut uplink = Uplink::new(cfg, best);
+        // Reconnects: 0.5 s doubling to 30 s, equal jitter, reset on ConnAck.
+        let mut backoff = baton_shared::backoff::Backoff::new(
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+            u64::from_le_bytes(seed).rotate_left(17),
+        );
         let mut heads = writer.watch();
         let origin = tokio::time::Instant::now();
         let mut reconnect_at: Option<tokio::time::Instant> = None;
@@ -105,6 +111,7 @@ impl Link {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
                             info!(broker = %broker.host, port = broker.port, "connected to the gateway's broker");
                             shared.set_connected(true);
+                            backoff.reset();
                             let _ = client.try_subscribe(&ack_t, QoS::AtLeastOnce);
                             let _ = client.try_subscribe(&nack_t, QoS::AtLeastOnce);
                             let _ = client.try_publish(&state_t, QoS::AtLeastOnce, true, "online");
@@ -137,7 +144,7 @@ impl Link {
                             }
                             uplink.disconnected(now);
                             // rumqttc reconnects on the next poll: pace it.
-                            reconnect_at = Some(tokio::time::Instant::now() + Duration::from_millis(500));
+                            reconnect_at = Some(tokio::time::Instant::now() + backoff.next_delay());
                         }
                     }
                 }

@@ -281,3 +281,74 @@ async fn entries_appended_during_a_partition_arrive_after_it_heals() {
     assert_same_chain(gw.bound.http, "pi-6", &adir, key, head);
     gw.stop().await;
 }
+
+/// A gateway (with the pinned key) that answers every hello with a head
+/// ahead of the agent that the agent never signed: the agent must refuse it
+/// (rule 3c), raise an alert, and keep its chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_head_the_agent_never_signed_is_refused() {
+    use baton_shared::wire::{Hello, HelloEcho, Message, Receipt};
+    use baton_shared::{Hash, SecretKey, Seq, Sig};
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+    let mqtt = free_addr();
+    baton_gateway::broker::start(mqtt, 10).unwrap();
+    let gw_key = SecretKey::from_seed(&[42; 32]);
+    let gw_public = gw_key.public();
+    let gateway = AgentId::new("gw-hostile").unwrap();
+    let mut opts = MqttOptions::new("gw-hostile", mqtt.ip().to_string(), mqtt.port());
+    opts.set_credentials("gw-hostile", "");
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    client
+        .subscribe("baton/v1/c1/pi-h/hello", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = answered.clone();
+    let hostile = tokio::spawn(async move {
+        loop {
+            let Ok(Event::Incoming(Packet::Publish(p))) = events.poll().await else {
+                continue;
+            };
+            let Ok(hello) = Hello::decode(&p.payload) else {
+                continue;
+            };
+            // a head 100 entries ahead, with a "signature" that is not the agent's
+            let seq = Seq(hello.head_seq.0 + 100);
+            let hash = Hash([7; 32]);
+            let mut r = Receipt::sign(&gw_key, &gateway, &hello.agent, seq, hash);
+            r.hello = Some(HelloEcho {
+                nonce: hello.nonce,
+                agent_sig: Some(Sig([9; 64])),
+                gateway_key: gw_key.public().to_bytes(),
+            });
+            client
+                .publish("baton/v1/c1/pi-h/ack", QoS::AtLeastOnce, false, r.encode())
+                .await
+                .unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start("pi-h", dir.path(), Some(mqtt), Some(gw_public)).await;
+    agent.append(0, 20).await;
+    let alerted = eventually(Duration::from_secs(30), || {
+        answered.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && agent
+                .ready
+                .shared
+                .document("pi-h", &agent.ready.writer.head(), true, 0)
+                .as_object()
+                .and_then(|o| o.get("alert"))
+                .and_then(|a| a.as_str())
+                .is_some_and(|a| a.contains("UnsignedHead"))
+    })
+    .await;
+    assert!(alerted, "the agent raised no alert about the unsigned head");
+    assert_eq!(agent.head(), 21, "nothing adopted, nothing appended");
+    assert_eq!(agent.receipted(), 0);
+    agent.stop().await;
+    let chain = String::from_utf8(agent_chain(dir.path())).unwrap();
+    assert!(!chain.contains("\"recovery\""));
+    hostile.abort();
+}
