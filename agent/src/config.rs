@@ -20,6 +20,10 @@ pub struct RawConfig {
     pub gateway: Option<String>,
     pub gateway_key: Option<String>,
     pub broker_password: Option<String>,
+    /// TLS (`mqtts://`): the broker's CA file (none: the system's roots).
+    pub gateway_ca: Option<PathBuf>,
+    pub gateway_client_cert: Option<PathBuf>,
+    pub gateway_client_key: Option<PathBuf>,
     pub resend_timeout: Option<String>,
     pub checkpoint_interval: Option<String>,
     pub window: Option<usize>,
@@ -44,6 +48,9 @@ impl RawConfig {
             gateway: over.gateway.or(self.gateway),
             gateway_key: over.gateway_key.or(self.gateway_key),
             broker_password: over.broker_password.or(self.broker_password),
+            gateway_ca: over.gateway_ca.or(self.gateway_ca),
+            gateway_client_cert: over.gateway_client_cert.or(self.gateway_client_cert),
+            gateway_client_key: over.gateway_client_key.or(self.gateway_client_key),
             resend_timeout: over.resend_timeout.or(self.resend_timeout),
             checkpoint_interval: over.checkpoint_interval.or(self.checkpoint_interval),
             window: over.window.or(self.window),
@@ -105,6 +112,8 @@ pub struct Uplink {
     pub host: String,
     pub port: u16,
     pub password: Option<String>,
+    /// `Some` for `mqtts://`.
+    pub tls: Option<crate::mqtt::Tls>,
 }
 
 /// A validated configuration.
@@ -141,11 +150,19 @@ fn size(key: &'static str, v: Option<&str>, default: u64) -> Result<u64, ConfigE
     }
 }
 
-/// `mqtt://host:port` → (host, port).
-pub fn parse_mqtt_url(key: &'static str, url: &str) -> Result<(String, u16), ConfigError> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .ok_or_else(|| invalid(key, format!("{url:?} must start with mqtt://")))?;
+/// `mqtt://host[:port]` (default 1883) or `mqtts://host[:port]` (TLS,
+/// default 8883) → (host, port, tls).
+pub fn parse_mqtt_url(key: &'static str, url: &str) -> Result<(String, u16, bool), ConfigError> {
+    let (rest, tls, default_port) = if let Some(r) = url.strip_prefix("mqtt://") {
+        (r, false, 1883)
+    } else if let Some(r) = url.strip_prefix("mqtts://") {
+        (r, true, 8883)
+    } else {
+        return Err(invalid(
+            key,
+            format!("{url:?} must start with mqtt:// or mqtts://"),
+        ));
+    };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) => (
@@ -153,12 +170,38 @@ pub fn parse_mqtt_url(key: &'static str, url: &str) -> Result<(String, u16), Con
             p.parse::<u16>()
                 .map_err(|e| invalid(key, format!("{url:?}: port {e}")))?,
         ),
-        None => (rest, 1883),
+        None => (rest, default_port),
     };
     if host.is_empty() {
         return Err(invalid(key, format!("{url:?} has no host")));
     }
-    Ok((host.to_owned(), port))
+    Ok((host.to_owned(), port, tls))
+}
+
+/// The TLS settings for an `mqtts://` URL; files given for a plain
+/// `mqtt://` URL are an error (they would silently not be used).
+pub fn tls_settings(
+    key: &'static str,
+    tls: bool,
+    ca: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+) -> Result<Option<crate::mqtt::Tls>, ConfigError> {
+    let given = ca.is_some() || client_cert.is_some() || client_key.is_some();
+    if !tls {
+        if given {
+            return Err(invalid(
+                key,
+                "TLS files are set but the URL is mqtt://, not mqtts://",
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(crate::mqtt::Tls {
+        ca,
+        client_cert,
+        client_key,
+    }))
 }
 
 impl Config {
@@ -170,16 +213,30 @@ impl Config {
         let data_dir = raw
             .data_dir
             .ok_or(ConfigError::Missing { key: "data_dir" })?;
-        let gateway = raw
-            .gateway
-            .map(|url| {
-                parse_mqtt_url("gateway", &url).map(|(host, port)| Uplink {
+        let gateway = match raw.gateway {
+            Some(url) => {
+                let (host, port, tls) = parse_mqtt_url("gateway", &url)?;
+                Some(Uplink {
                     host,
                     port,
                     password: raw.broker_password.clone(),
+                    tls: tls_settings(
+                        "gateway",
+                        tls,
+                        raw.gateway_ca,
+                        raw.gateway_client_cert,
+                        raw.gateway_client_key,
+                    )?,
                 })
-            })
-            .transpose()?;
+            }
+            None if raw.gateway_ca.is_some()
+                || raw.gateway_client_cert.is_some()
+                || raw.gateway_client_key.is_some() =>
+            {
+                return Err(invalid("gateway_ca", "TLS files are set but no gateway is"));
+            }
+            None => None,
+        };
         let gateway_key = raw
             .gateway_key
             .map(|k| {
@@ -258,6 +315,11 @@ gateway = "mqtt://gateway.local:1883"
 # pinned and kept.
 # gateway_key = "…"
 # broker_password = "…"
+# TLS: gateway = "mqtts://gateway.local:8883" and the broker's CA (without
+# it, the system's trusted roots); a client certificate if the broker wants one.
+# gateway_ca = "/etc/baton/broker-ca.pem"
+# gateway_client_cert = "/etc/baton/agent-cert.pem"
+# gateway_client_key = "/etc/baton/agent-key.pem"
 
 # Hello again when no receipt advanced for this long.
 resend_timeout = "10s"

@@ -12,6 +12,7 @@ pub mod config;
 pub mod keys;
 pub mod ledger;
 pub mod link;
+pub mod mqtt;
 pub mod socket;
 pub mod status;
 pub mod writer;
@@ -203,6 +204,10 @@ pub async fn run(
         begin_chain(&writer, &shared).await;
     }
 
+    if let Some(g) = &config.gateway {
+        // Unreadable TLS files are a start-up error, not a silent offline agent.
+        mqtt::transport(g.tls.as_ref()).context("uplink TLS settings")?;
+    }
     let listener = socket::bind(&config.socket)
         .with_context(|| format!("binding append socket {}", config.socket.display()))?;
     info!(agent = %config.id, socket = %config.socket.display(), head = %writer.head().seq, "agent ready");

@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use baton_shared::uplink::{Output, Uplink, UplinkConfig};
-use baton_shared::wire::{MQTT_MAX_PACKET, Message, Nack, Receipt};
+use baton_shared::wire::{Message, Nack, Receipt};
 use baton_shared::{AgentId, PublicKey, Seq};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, QoS};
-use tracing::{debug, info, warn};
+use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, Uplink as Broker};
 use crate::ledger::Ledger;
@@ -55,17 +55,25 @@ impl Link {
         let (hello_t, entries_t, ack_t, nack_t, state_t) =
             (t("hello"), t("entries"), t("ack"), t("nack"), t("state"));
 
-        let mut opts = MqttOptions::new(agent.as_str(), broker.host.clone(), broker.port);
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET);
-        opts.set_clean_session(true);
-        opts.set_credentials(agent.as_str(), broker.password.clone().unwrap_or_default());
+        let mut opts = match crate::mqtt::options(
+            agent.as_str(),
+            &broker.host,
+            broker.port,
+            None,
+            broker.password.as_deref(),
+            broker.tls.as_ref(),
+        ) {
+            Ok(o) => o,
+            Err(e) => {
+                // Checked at start (run); a file removed since lands here.
+                error!(error = %format!("{e:#}"), "uplink settings unusable; the ledger stays offline");
+                shared.alert(format!("uplink: {e:#}"));
+                return;
+            }
+        };
         opts.set_last_will(LastWill::new(&state_t, "offline", QoS::AtLeastOnce, true));
         let (client, mut eventloop) = AsyncClient::new(opts, 256);
-        let mut net = NetworkOptions::new();
-        net.set_tcp_nodelay(true);
-        net.set_connection_timeout(30);
-        eventloop.set_network_options(net);
+        eventloop.set_network_options(crate::mqtt::network_options());
 
         let mut seed = [0u8; 8];
         let _ = getrandom::fill(&mut seed);

@@ -44,6 +44,15 @@ struct RunArgs {
     gateway_key: Option<String>,
     #[arg(long, env = "BATON_AGENT_BROKER_PASSWORD", hide_env_values = true)]
     broker_password: Option<String>,
+    /// With mqtts://: the broker's CA certificate, PEM (default: system roots).
+    #[arg(long, env = "BATON_AGENT_GATEWAY_CA")]
+    gateway_ca: Option<PathBuf>,
+    /// With mqtts://: a client certificate, PEM, if the broker asks for one.
+    #[arg(long, env = "BATON_AGENT_GATEWAY_CLIENT_CERT")]
+    gateway_client_cert: Option<PathBuf>,
+    /// With mqtts://: the client certificate's key, PEM.
+    #[arg(long, env = "BATON_AGENT_GATEWAY_CLIENT_KEY")]
+    gateway_client_key: Option<PathBuf>,
     /// The append socket (default: <data-dir>/agent.sock).
     #[arg(long, env = "BATON_AGENT_SOCKET")]
     socket: Option<PathBuf>,
@@ -176,6 +185,9 @@ fn raw_config(a: RunArgs) -> anyhow::Result<RawConfig> {
         gateway: a.gateway,
         gateway_key: a.gateway_key,
         broker_password: a.broker_password,
+        gateway_ca: a.gateway_ca,
+        gateway_client_cert: a.gateway_client_cert,
+        gateway_client_key: a.gateway_client_key,
         resend_timeout: a.resend_timeout,
         checkpoint_interval: a.checkpoint_interval,
         window: a.window,

@@ -23,6 +23,10 @@ pub struct RawConfig {
     pub broker: Option<String>,
     pub broker_username: Option<String>,
     pub broker_password: Option<String>,
+    /// TLS (`mqtts://`): the broker's CA file (none: the system's roots).
+    pub broker_ca: Option<PathBuf>,
+    pub broker_client_cert: Option<PathBuf>,
+    pub broker_client_key: Option<PathBuf>,
     pub resend_timeout: Option<String>,
     pub checkpoint_interval: Option<String>,
     pub max_agents: Option<usize>,
@@ -47,6 +51,9 @@ impl RawConfig {
             broker: over.broker.or(self.broker),
             broker_username: over.broker_username.or(self.broker_username),
             broker_password: over.broker_password.or(self.broker_password),
+            broker_ca: over.broker_ca.or(self.broker_ca),
+            broker_client_cert: over.broker_client_cert.or(self.broker_client_cert),
+            broker_client_key: over.broker_client_key.or(self.broker_client_key),
             resend_timeout: over.resend_timeout.or(self.resend_timeout),
             checkpoint_interval: over.checkpoint_interval.or(self.checkpoint_interval),
             max_agents: over.max_agents.or(self.max_agents),
@@ -68,6 +75,8 @@ pub enum Broker {
         port: u16,
         username: Option<String>,
         password: Option<String>,
+        /// `Some` for `mqtts://`.
+        tls: Option<baton_agent::mqtt::Tls>,
     },
 }
 
@@ -102,16 +111,32 @@ impl Config {
             .ok_or(ConfigError::Missing { key: "data_dir" })?;
         let key = raw.key.unwrap_or_else(|| data_dir.join("gateway.key"));
         let broker = match raw.broker {
+            None if raw.broker_ca.is_some()
+                || raw.broker_client_cert.is_some()
+                || raw.broker_client_key.is_some() =>
+            {
+                return Err(invalid(
+                    "broker_ca",
+                    "TLS files are set but no external broker is",
+                ));
+            }
             None => Broker::Embedded {
                 listen: addr("mqtt_listen", raw.mqtt_listen.as_deref(), "127.0.0.1:1883")?,
             },
             Some(url) => {
-                let (host, port) = parse_mqtt_url("broker", &url)?;
+                let (host, port, tls) = parse_mqtt_url("broker", &url)?;
                 Broker::External {
                     host,
                     port,
                     username: raw.broker_username,
                     password: raw.broker_password,
+                    tls: baton_agent::config::tls_settings(
+                        "broker",
+                        tls,
+                        raw.broker_ca,
+                        raw.broker_client_cert,
+                        raw.broker_client_key,
+                    )?,
                 }
             }
         };
@@ -163,6 +188,11 @@ mqtt_listen = "127.0.0.1:1883"
 # broker = "mqtt://127.0.0.1:1883"
 # broker_username = "gw-1"
 # broker_password = "…"
+# TLS: broker = "mqtts://broker.local:8883" and the broker's CA (without it,
+# the system's trusted roots); a client certificate if the broker wants one.
+# broker_ca = "/etc/baton/broker-ca.pem"
+# broker_client_cert = "/etc/baton/gateway-cert.pem"
+# broker_client_key = "/etc/baton/gateway-key.pem"
 
 # HTTP read side: /healthz, /metrics, /api/v1/…
 http_listen = "127.0.0.1:8080"
@@ -243,11 +273,15 @@ mod tests {
     fn mqtt_urls() {
         assert_eq!(
             parse_mqtt_url("broker", "mqtt://h:1884").unwrap(),
-            ("h".into(), 1884)
+            ("h".into(), 1884, false)
         );
         assert_eq!(
             parse_mqtt_url("broker", "mqtt://h").unwrap(),
-            ("h".into(), 1883)
+            ("h".into(), 1883, false)
+        );
+        assert_eq!(
+            parse_mqtt_url("broker", "mqtts://h").unwrap(),
+            ("h".into(), 8883, true)
         );
         assert!(parse_mqtt_url("broker", "mqtt://:1").is_err());
     }

@@ -175,7 +175,10 @@ struct LoadQuery {
 }
 
 /// Verifies a baton whole against the key this gateway trusts for its
-/// agent, and reports what it holds; any failure refuses it whole.
+/// agent and stores what its checkpoints cover through the same intake as
+/// MQTT batches (new entries stored, held ones recognised); any failure
+/// refuses it whole, with the reason. Without an enrolled key it is only
+/// verified (`?unauthenticated=true`), never stored.
 async fn load(
     State(s): State<AppState>,
     Query(q): Query<LoadQuery>,
@@ -205,8 +208,59 @@ async fn load(
     };
     match load_baton(&body, trust) {
         Ok(b) => {
+            // Stored only when verified under the key enrolled here, and
+            // only what a checkpoint covers (the unsigned tail is reported).
+            let stored = if trusted.is_some() && b.authenticated {
+                let through = b.summary.authenticated_through;
+                let entries: Vec<_> = b
+                    .entries
+                    .iter()
+                    .take(
+                        usize::try_from(through.0.saturating_sub(b.summary.first_seq.0) + 1)
+                            .unwrap_or(0),
+                    )
+                    .cloned()
+                    .collect();
+                if entries.is_empty() || through < b.summary.first_seq {
+                    "{\"stored\":0,\"already_held\":0}".to_owned()
+                } else {
+                    let cmd = crate::server::Command::Load {
+                        agent: b.agent.clone(),
+                        first: b.summary.first_seq,
+                        entries,
+                    };
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    if s.commands
+                        .send(crate::server::Inbound::Command(cmd, reply))
+                        .await
+                        .is_err()
+                    {
+                        return error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the gateway is shutting down",
+                        );
+                    }
+                    match answer.await {
+                        Ok(Ok(done)) => done,
+                        Ok(Err(e)) => {
+                            return error(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                format!("baton refused: {e}"),
+                            );
+                        }
+                        Err(_) => {
+                            return error(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "the gateway is shutting down",
+                            );
+                        }
+                    }
+                }
+            } else {
+                "null".to_owned()
+            };
             let body = format!(
-                "{{\"agent\":\"{}\",\"first_seq\":{},\"last_seq\":{},\"authenticated\":{},\"authenticated_through\":{},\"unsigned_tail\":{},\"truncated\":{}}}",
+                "{{\"agent\":\"{}\",\"first_seq\":{},\"last_seq\":{},\"authenticated\":{},\"authenticated_through\":{},\"unsigned_tail\":{},\"truncated\":{},\"stored\":{stored}}}",
                 b.agent,
                 b.summary.first_seq,
                 b.summary.head_seq,

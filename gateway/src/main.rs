@@ -49,13 +49,22 @@ struct RunArgs {
     mqtt_listen: Option<String>,
     #[arg(long, env = "BATON_GATEWAY_HTTP_LISTEN")]
     http_listen: Option<String>,
-    /// An external broker, mqtt://HOST:PORT (Mosquitto in production).
+    /// An external broker, mqtt://HOST:PORT or mqtts://HOST:PORT (TLS).
     #[arg(long, env = "BATON_GATEWAY_BROKER")]
     broker: Option<String>,
     #[arg(long, env = "BATON_GATEWAY_BROKER_USERNAME")]
     broker_username: Option<String>,
     #[arg(long, env = "BATON_GATEWAY_BROKER_PASSWORD", hide_env_values = true)]
     broker_password: Option<String>,
+    /// With mqtts://: the broker's CA certificate, PEM (default: system roots).
+    #[arg(long, env = "BATON_GATEWAY_BROKER_CA")]
+    broker_ca: Option<PathBuf>,
+    /// With mqtts://: a client certificate, PEM, if the broker asks for one.
+    #[arg(long, env = "BATON_GATEWAY_BROKER_CLIENT_CERT")]
+    broker_client_cert: Option<PathBuf>,
+    /// With mqtts://: the client certificate's key, PEM.
+    #[arg(long, env = "BATON_GATEWAY_BROKER_CLIENT_KEY")]
+    broker_client_key: Option<PathBuf>,
     /// A directory of <agent-id>.pub files to trust.
     #[arg(long, env = "BATON_GATEWAY_KEYS_DIR")]
     keys_dir: Option<PathBuf>,
@@ -231,6 +240,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 broker: a.broker,
                 broker_username: a.broker_username,
                 broker_password: a.broker_password,
+                broker_ca: a.broker_ca,
+                broker_client_cert: a.broker_client_cert,
+                broker_client_key: a.broker_client_key,
                 resend_timeout: a.resend_timeout,
                 checkpoint_interval: a.checkpoint_interval,
                 max_agents: a.max_agents,

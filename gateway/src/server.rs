@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use baton_shared::wire::MQTT_MAX_PACKET;
-use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -56,10 +55,16 @@ pub enum Command {
     Window {
         until_ms: i64,
     },
+    /// Store a verified baton's entries (from `first`).
+    Load {
+        agent: baton_shared::AgentId,
+        first: baton_shared::Seq,
+        entries: Vec<baton_shared::Entry>,
+    },
 }
 
 /// Carries out an operator command; the caller answers after the commit.
-fn run_command(ingest: &mut Ingest, cmd: Command) -> Result<String, String> {
+fn run_command(ingest: &mut Ingest, now: Duration, cmd: Command) -> Result<String, String> {
     match cmd {
         Command::Enroll { agent, record } => {
             match ingest.store().agent(&agent) {
@@ -76,6 +81,14 @@ fn run_command(ingest: &mut Ingest, cmd: Command) -> Result<String, String> {
             }
             ingest.stage_enrollment(unix_ms(), &agent, record);
             Ok(format!("enrolled {agent}"))
+        }
+        Command::Load {
+            agent,
+            first,
+            entries,
+        } => {
+            let (new, held) = ingest.load(now, unix_ms(), &agent, first, entries)?;
+            Ok(format!("{{\"stored\":{new},\"already_held\":{held}}}"))
         }
         Command::Window { until_ms } => {
             ingest
@@ -170,7 +183,7 @@ pub async fn run(
     }
 
     let client_id = format!("baton-gateway-{}", config.id);
-    let (host, port, username, password, mqtt_bound) = match &config.broker {
+    let (host, port, username, password, tls, mqtt_bound) = match &config.broker {
         Broker::Embedded { listen } => {
             let listen = if listen.port() == 0 {
                 // resolve a free port for the broker, which binds itself
@@ -184,8 +197,9 @@ pub async fn run(
             (
                 listen.ip().to_string(),
                 listen.port(),
-                client_id.clone(),
-                String::new(),
+                None,
+                None,
+                None,
                 Some(listen),
             )
         }
@@ -194,25 +208,21 @@ pub async fn run(
             port,
             username,
             password,
+            tls,
         } => (
             host.clone(),
             *port,
-            username.clone().unwrap_or_else(|| client_id.clone()),
-            password.clone().unwrap_or_default(),
+            username.as_deref(),
+            password.as_deref(),
+            tls.as_ref(),
             None,
         ),
     };
-    let mut opts = MqttOptions::new(&client_id, host, port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET);
-    opts.set_clean_session(true);
-    opts.set_credentials(username, password);
+    let mut opts = baton_agent::mqtt::options(&client_id, &host, port, username, password, tls)
+        .context("broker connection settings")?;
     opts.set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(opts, 65_536);
-    let mut net = NetworkOptions::new();
-    net.set_tcp_nodelay(true);
-    net.set_connection_timeout(30);
-    eventloop.set_network_options(net);
+    eventloop.set_network_options(baton_agent::mqtt::network_options());
 
     // Small on purpose: when ingest is the bottleneck, backpressure reaches
     // the broker instead of queueing ~28 KB batches in this process.
@@ -307,7 +317,7 @@ pub async fn run(
                             publish(out);
                         }
                         Inbound::Tick => ingest.stage_checkpoints(unix_ms()),
-                        Inbound::Command(cmd, reply) => match run_command(&mut ingest, cmd) {
+                        Inbound::Command(cmd, reply) => match run_command(&mut ingest, origin.elapsed(), cmd) {
                             Ok(done) => replies.push((reply, done)),
                             Err(e) => {
                                 let _ = reply.send(Err(e));

@@ -51,6 +51,31 @@ impl Gateway {
         external: Option<SocketAddr>,
         listen: SocketAddr,
     ) -> Gateway {
+        let broker = match external {
+            None => Broker::Embedded { listen },
+            Some(a) => Broker::External {
+                host: a.ip().to_string(),
+                port: a.port(),
+                username: None,
+                password: None,
+                tls: None,
+            },
+        };
+        Gateway::start_broker(dir, agents, broker).await
+    }
+
+    /// As [`Gateway::start`] with any broker setting (TLS, credentials).
+    pub async fn start_broker(
+        dir: &Path,
+        agents: &[(AgentId, PublicKey)],
+        broker: Broker,
+    ) -> Gateway {
+        let external = match &broker {
+            Broker::External { host, port, .. } => {
+                Some(SocketAddr::new(host.parse().unwrap(), *port))
+            }
+            Broker::Embedded { .. } => None,
+        };
         let (key, key_path, keys_dir) = prepare_gateway_dir(dir, agents);
         let config = Config {
             id: AgentId::new("gw-e2e").unwrap(),
@@ -58,15 +83,7 @@ impl Gateway {
             data_dir: dir.to_owned(),
             key: key_path,
             keys_dir: Some(keys_dir),
-            broker: match external {
-                None => Broker::Embedded { listen },
-                Some(a) => Broker::External {
-                    host: a.ip().to_string(),
-                    port: a.port(),
-                    username: None,
-                    password: None,
-                },
-            },
+            broker,
             http_listen: "127.0.0.1:0".parse().unwrap(),
             resend_timeout: Duration::from_secs(2),
             checkpoint_interval: Duration::from_secs(1),

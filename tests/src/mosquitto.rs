@@ -12,6 +12,9 @@ use baton_gateway::mosquitto::{MosquittoOptions, config};
 #[derive(Debug)]
 pub struct Mosquitto {
     pub addr: SocketAddr,
+    /// With [`Mosquitto::start_tls`]: the TLS listener and the CA file that
+    /// signed its certificate (for 127.0.0.1 and localhost).
+    pub tls: Option<(SocketAddr, PathBuf)>,
     child: Child,
     conf: PathBuf,
     _dir: tempfile::TempDir,
@@ -33,6 +36,16 @@ impl Mosquitto {
     /// installed. With `BATON_REQUIRE_MOSQUITTO=1` (CI) a missing broker
     /// fails the test instead.
     pub fn start() -> Option<Mosquitto> {
+        Mosquitto::start_with(false)
+    }
+
+    /// As [`Mosquitto::start`], plus a TLS listener with a certificate from
+    /// a CA made for the test.
+    pub fn start_tls() -> Option<Mosquitto> {
+        Mosquitto::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<Mosquitto> {
         let Some(bin) = binary() else {
             assert!(
                 std::env::var("BATON_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
@@ -50,15 +63,30 @@ impl Mosquitto {
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let conf = dir.path().join("mosquitto.conf");
-        let text = config(&MosquittoOptions {
+        let mut text = config(&MosquittoOptions {
             listen: addr,
             agents: 100,
             allow_anonymous: true,
+        });
+        let tls = tls.then(|| {
+            let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let ca = test_certificates(dir.path());
+            text.push_str(&format!(
+                "\nlistener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+                ca.display(),
+                dir.path().join("server.pem").display(),
+                dir.path().join("server.key").display(),
+            ));
+            (SocketAddr::from(([127, 0, 0, 1], tls_port)), ca)
         });
         std::fs::write(&conf, text).expect("writing mosquitto.conf");
         let child = spawn(&bin, &conf);
         let m = Mosquitto {
             addr,
+            tls,
             child,
             conf,
             _dir: dir,
@@ -68,13 +96,18 @@ impl Mosquitto {
     }
 
     fn wait_listening(&self) {
-        for _ in 0..500 {
-            if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(50)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let addrs = std::iter::once(self.addr).chain(self.tls.as_ref().map(|t| t.0));
+        for addr in addrs {
+            let up = (0..500).any(|_| {
+                let ok =
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_ok();
+                if !ok {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                ok
+            });
+            assert!(up, "mosquitto did not listen on {addr}");
         }
-        panic!("mosquitto did not listen on {}", self.addr);
     }
 
     /// Kills the broker (SIGKILL) and starts it again on the same port.
@@ -102,4 +135,30 @@ impl Drop for Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes `ca.pem`, `server.pem` and `server.key` into `dir` (a CA made for
+/// the test, and a certificate it signed for 127.0.0.1 and localhost);
+/// returns the CA file.
+pub fn test_certificates(dir: &std::path::Path) -> PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Baton test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = params.signed_by(&key, &issuer).expect("server certificate");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, ca_cert.pem()).expect("writing ca.pem");
+    std::fs::write(dir.join("server.pem"), cert.pem()).expect("writing server.pem");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("writing server.key");
+    ca
 }

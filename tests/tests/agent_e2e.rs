@@ -352,3 +352,63 @@ async fn a_gateway_head_the_agent_never_signed_is_refused() {
     assert!(!chain.contains("\"recovery\""));
     hostile.abort();
 }
+
+/// TLS end to end: the gateway and the agent both reach Mosquitto over
+/// mqtts:// trusting a CA made for the test; an agent trusting another CA
+/// does not connect (and loses nothing: its entries wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_mosquitto_end_to_end() {
+    let Some(m) = baton_tests::mosquitto::Mosquitto::start_tls() else {
+        return;
+    };
+    let (tls_addr, ca) = m.tls.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (gdir, adir, bdir) = (
+        dir.path().join("gw"),
+        dir.path().join("pi-t"),
+        dir.path().join("pi-x"),
+    );
+    let key = agent_key(&adir);
+    let other_key = agent_key(&bdir);
+    let broker = baton_gateway::config::Broker::External {
+        host: tls_addr.ip().to_string(),
+        port: tls_addr.port(),
+        username: None,
+        password: None,
+        tls: Some(baton_agent::mqtt::Tls {
+            ca: Some(ca.clone()),
+            ..Default::default()
+        }),
+    };
+    let gw = Gateway::start_broker(
+        &gdir,
+        &[
+            (AgentId::new("pi-t").unwrap(), key),
+            (AgentId::new("pi-x").unwrap(), other_key),
+        ],
+        broker,
+    )
+    .await;
+    let tls = |ca: std::path::PathBuf| baton_agent::RawConfig {
+        gateway: Some(format!("mqtts://{tls_addr}")),
+        gateway_ca: Some(ca),
+        ..Default::default()
+    };
+    let wrong_ca = baton_tests::mosquitto::test_certificates(dir.path());
+    let stranger = Agent::start_with("pi-x", &bdir, None, Some(gw.key), tls(wrong_ca)).await;
+    let agent = Agent::start_with("pi-t", &adir, None, Some(gw.key), tls(ca)).await;
+    agent.append(0, 500).await;
+    stranger.append(0, 5).await;
+    assert!(receipted_all(&agent, Duration::from_secs(60)).await);
+    let head = agent.head();
+    agent.stop().await;
+    assert_same_chain(gw.bound.http, "pi-t", &adir, key, head);
+    assert_eq!(
+        stranger.receipted(),
+        0,
+        "a broker the agent cannot verify gets nothing"
+    );
+    assert_eq!(stranger.head(), 6, "its entries wait in the ledger");
+    stranger.stop().await;
+    gw.stop().await;
+}

@@ -149,6 +149,11 @@ async fn many_agents(external: Option<SocketAddr>) {
         body.contains("\"authenticated\":true") && body.contains("\"last_seq\":301"),
         "{body}"
     );
+    // its own export is recognised, entry for entry, and adds nothing
+    assert!(
+        body.contains("\"stored\":{\"stored\":0,\"already_held\":301}"),
+        "{body}"
+    );
     // one changed value and the whole document is refused, with the reason
     let tampered = doc.replacen("\"i\":7,", "\"i\":8,", 1);
     assert_ne!(tampered, doc);
@@ -355,5 +360,117 @@ async fn a_running_gateway_enrolls_over_http() {
         agents.contains("\"id\":\"pi-tofu\"") && agents.contains("TrustOnFirstUse"),
         "{agents}"
     );
+    gw.stop().await;
+}
+
+/// A baton of `l`'s held entries from seq `from` (its newest entry signed).
+fn baton_of(l: &MemLedger, from: u64) -> String {
+    use baton_shared::export::{BatonDoc, SignedPoint};
+    let entries: Vec<_> = l
+        .held()
+        .skip(usize::try_from(from - 1).unwrap())
+        .cloned()
+        .collect();
+    let last = entries.last().unwrap();
+    let doc = BatonDoc {
+        agent: l.agent().clone(),
+        public_key: l.key().public().to_hex(),
+        context: None,
+        exported_at: "2026-11-23T00:00:00.000Z".into(),
+        head: Some(SignedPoint {
+            seq: l.head_seq(),
+            hash: last.hash,
+            sig: last.sig.unwrap(),
+        }),
+        entries,
+        receipt: None,
+        notes: Vec::new(),
+    };
+    String::from_utf8(doc.to_json()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loaded_baton_is_stored_through_the_intake_or_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = ledger("pi-load", 40, 300);
+    l.sign_head();
+    let gw = start_gateway(dir.path(), &[&l]).await;
+    let http_addr = gw.bound.http;
+    // 1..=301, never sent over MQTT: stored from the baton
+    let (status, body) = http::post(http_addr, "/api/v1/load", baton_of(&l, 1).as_bytes()).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"stored\":{\"stored\":301,\"already_held\":0}"),
+        "{body}"
+    );
+    let (_, stored) = http::get(http_addr, "/api/v1/agents/pi-load/entries?limit=1000").unwrap();
+    let own: String = l.held().map(|e| e.to_jsonl() + "\n").collect();
+    assert_eq!(stored, own, "stored byte for byte");
+    // again: all held, nothing new
+    let (status, body) = http::post(http_addr, "/api/v1/load", baton_of(&l, 1).as_bytes()).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"stored\":{\"stored\":0,\"already_held\":301}"),
+        "{body}"
+    );
+    // a continuation from 302: only the new part
+    let mut more = l.clone();
+    for i in 0..50 {
+        more.append(
+            1_795_460_800_000 + i,
+            "info",
+            None,
+            baton_shared::json::Value::from(i as u64),
+        )
+        .unwrap();
+    }
+    more.sign_head();
+    let (status, body) =
+        http::post(http_addr, "/api/v1/load", baton_of(&more, 302).as_bytes()).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"stored\":{\"stored\":50,\"already_held\":0}"),
+        "{body}"
+    );
+    // a baton that would leave a hole is refused whole, with the reason
+    let mut gap = more.clone();
+    for i in 0..100 {
+        gap.append(
+            1_795_460_900_000 + i,
+            "info",
+            None,
+            baton_shared::json::Value::from(i as u64),
+        )
+        .unwrap();
+    }
+    gap.sign_head();
+    let (status, body) =
+        http::post(http_addr, "/api/v1/load", baton_of(&gap, 400).as_bytes()).unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("only through seq 351"), "{body}");
+    // a different history at a held seq (another key can't sign one, so the
+    // same key with other content): refused, nothing changes
+    let mut other = ledger("pi-load", 40, 300);
+    other
+        .append(
+            1_795_461_000_000,
+            "info",
+            None,
+            baton_shared::json::Value::from("fork"),
+        )
+        .unwrap();
+    other.sign_head();
+    let (status, body) =
+        http::post(http_addr, "/api/v1/load", baton_of(&other, 1).as_bytes()).unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("fork"), "{body}");
+    // nothing of it stored; the fork halts the agent durably, as over MQTT
+    let (_, agents) = http::get(http_addr, "/api/v1/agents").unwrap();
+    let row = agents
+        .split("{\"id\":")
+        .find(|r| r.starts_with("\"pi-load\""))
+        .unwrap();
+    assert!(row.contains("\"head_seq\":351"), "{row}");
+    assert!(row.contains("\"halted_at\":302"), "{row}");
     gw.stop().await;
 }
