@@ -536,19 +536,7 @@ impl Ingest {
                 Ok(vec![self.nack(agent, NackKind::Reject { reason, seq })])
             }
             Verdict::Fork { seq, evidence } => {
-                self.metrics.rejected(RejectReason::Fork);
-                warn!(%agent, %seq, "fork: evidence kept, agent halted until `baton-gateway resolve`");
-                self.staged.push(Write::Fork {
-                    agent: agent.clone(),
-                    seq,
-                    evidence,
-                });
-                let alert = self.own.append(
-                    unix_ms,
-                    "alert",
-                    own_chain::alert_data("fork", agent, &format!("two entries at seq {seq}")),
-                );
-                self.staged.push(alert);
+                self.stage_fork(unix_ms, agent, seq, evidence, "");
                 Ok(vec![self.nack(
                     agent,
                     NackKind::Reject {
@@ -568,6 +556,32 @@ impl Ingest {
                 )])
             }
         }
+    }
+
+    /// A fork (PROTOCOL §6): the evidence and the durable halt staged, an
+    /// `alert` entry in the gateway's own chain; `how` adds to its detail.
+    fn stage_fork(
+        &mut self,
+        unix_ms: i64,
+        agent: &AgentId,
+        seq: Seq,
+        evidence: Vec<baton_shared::Entry>,
+        how: &str,
+    ) {
+        self.metrics.rejected(RejectReason::Fork);
+        warn!(%agent, %seq, how, "fork: evidence kept, agent halted until `baton-gateway resolve`");
+        self.staged.push(Write::Fork {
+            agent: agent.clone(),
+            seq,
+            evidence,
+        });
+        let detail = format!("two entries at seq {seq}{how}");
+        let alert = self.own.append(
+            unix_ms,
+            "alert",
+            own_chain::alert_data("fork", agent, &detail),
+        );
+        self.staged.push(alert);
     }
 
     /// Stores the entries of a verified baton (`POST /api/v1/load`) through
@@ -683,23 +697,7 @@ impl Ingest {
                 i.abandon_pending();
             }
             if let Some((seq, evidence)) = fork {
-                self.metrics.rejected(RejectReason::Fork);
-                warn!(%agent, %seq, "fork in a loaded baton: evidence kept, agent halted");
-                self.staged.push(Write::Fork {
-                    agent: agent.clone(),
-                    seq,
-                    evidence,
-                });
-                let alert = self.own.append(
-                    unix_ms,
-                    "alert",
-                    own_chain::alert_data(
-                        "fork",
-                        agent,
-                        &format!("two entries at seq {seq} (loaded baton)"),
-                    ),
-                );
-                self.staged.push(alert);
+                self.stage_fork(unix_ms, agent, seq, evidence, " (loaded baton)");
             }
             return Err(why);
         }
