@@ -268,3 +268,66 @@ pub fn export_baton(
     };
     Ok(doc.to_json())
 }
+
+/// `GET path` from a running gateway at `url` (`http://HOST:PORT`): the
+/// body of a 200 answer, or the gateway's error.
+pub fn http_get(url: &str, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let host = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url:?} must start with http://"))?
+        .trim_end_matches('/');
+    let mut s =
+        std::net::TcpStream::connect(host).with_context(|| format!("connecting to {url}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("{url} answered something that is not HTTP"))?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        bail!("{url}{path} answered {status}: {body}");
+    }
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        bail!("{url}{path}: chunked answers are not expected here");
+    }
+    Ok(body.to_owned())
+}
+
+/// The registry (`GET /api/v1/agents`) as the table `agents` prints.
+pub fn agents_table(json: &str) -> anyhow::Result<String> {
+    use baton_shared::json::{Mode, Value, parse};
+    let v = parse(json.as_bytes(), Mode::Verify).map_err(|e| anyhow::anyhow!("agents: {e}"))?;
+    let Value::Array(rows) = v else {
+        bail!("agents: not a JSON array");
+    };
+    let mut out = format!(
+        "{:<32} {:<16} {:>10} STATE\n",
+        "AGENT", "ENROLLED BY", "HEAD"
+    );
+    for row in &rows {
+        let o = row.as_object().context("agents: a row is not an object")?;
+        let text = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+        let num = |k: &str| o.get(k).and_then(Value::as_f64);
+        let state = match num("halted_at") {
+            Some(s) => format!("halted (fork at {s})"),
+            None => "ok".into(),
+        };
+        out.push_str(&format!(
+            "{:<32} {:<16} {:>10} {state}\n",
+            text("id"),
+            text("enrolled_by"),
+            num("head_seq").unwrap_or(0.0)
+        ));
+    }
+    Ok(out)
+}

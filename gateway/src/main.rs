@@ -119,8 +119,12 @@ enum Command {
     },
     /// The agent registry.
     Agents {
-        #[command(flatten)]
-        dir: DataDir,
+        /// A stopped gateway's state directory.
+        #[arg(long, env = "BATON_GATEWAY_DATA_DIR", required_unless_present = "http")]
+        data_dir: Option<PathBuf>,
+        /// A running gateway's HTTP address, e.g. http://127.0.0.1:8080.
+        #[arg(long, conflicts_with = "data_dir")]
+        http: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -301,8 +305,21 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => println!("{agent} was not halted"),
             }
         }
-        Command::Agents { dir, json } => {
-            let store = cli::open_store(&dir.data_dir)?;
+        Command::Agents {
+            http: Some(url),
+            json,
+            ..
+        } => {
+            let body = cli::http_get(&url, "/api/v1/agents")?;
+            if json {
+                println!("{body}");
+            } else {
+                print!("{}", cli::agents_table(&body)?);
+            }
+        }
+        Command::Agents { data_dir, json, .. } => {
+            let data_dir = data_dir.context("--data-dir or --http is needed")?;
+            let store = cli::open_store(&data_dir)?;
             let agents = store.agents()?;
             if json {
                 let rows: Vec<String> = agents

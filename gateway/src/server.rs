@@ -317,12 +317,12 @@ pub async fn run(
                             publish(out);
                         }
                         Inbound::Tick => ingest.stage_checkpoints(unix_ms()),
-                        Inbound::Command(cmd, reply) => match run_command(&mut ingest, origin.elapsed(), cmd) {
-                            Ok(done) => replies.push((reply, done)),
-                            Err(e) => {
-                                let _ = reply.send(Err(e));
-                            }
-                        },
+                        // Answered after the commit, refusals too: a refusal
+                        // may have staged something (a loaded fork's evidence).
+                        Inbound::Command(cmd, reply) => {
+                            let result = run_command(&mut ingest, origin.elapsed(), cmd);
+                            replies.push((reply, result));
+                        }
                     }
                     drained += 1;
                     if drained < 4096 {
@@ -336,14 +336,18 @@ pub async fn run(
                             // nobody watching is fine
                             let _ = ingest_committed.send(c);
                         }
-                        for (reply, done) in replies.drain(..) {
-                            let _ = reply.send(Ok(done));
+                        for (reply, result) in replies.drain(..) {
+                            let _ = reply.send(result);
                         }
                     }
                     Err(e) => {
                         warn!(error = %e, "group commit failed; nothing of it was receipted");
-                        for (reply, _) in replies.drain(..) {
-                            let _ = reply.send(Err(format!("not stored: {e}")));
+                        for (reply, result) in replies.drain(..) {
+                            let why = match result {
+                                Ok(_) => format!("not stored: {e}"),
+                                Err(refused) => format!("{refused} (and the store failed: {e})"),
+                            };
+                            let _ = reply.send(Err(why));
                         }
                         std::thread::sleep(Duration::from_millis(100));
                     }

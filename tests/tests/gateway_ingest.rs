@@ -472,5 +472,21 @@ async fn a_loaded_baton_is_stored_through_the_intake_or_refused_whole() {
         .unwrap();
     assert!(row.contains("\"head_seq\":351"), "{row}");
     assert!(row.contains("\"halted_at\":302"), "{row}");
+    // `baton-gateway agents --http` reads the same registry from the running gateway
+    let body =
+        baton_gateway::cli::http_get(&format!("http://{http_addr}"), "/api/v1/agents").unwrap();
+    let table = baton_gateway::cli::agents_table(&body).unwrap();
+    let line = table.lines().find(|l| l.starts_with("pi-load ")).unwrap();
+    assert!(
+        line.contains(" 351 ") && line.ends_with("halted (fork at 302)"),
+        "{table}"
+    );
+    assert!(
+        baton_gateway::cli::http_get(
+            &format!("http://{http_addr}"),
+            "/api/v1/agents/nobody/entries"
+        )
+        .is_err()
+    );
     gw.stop().await;
 }
