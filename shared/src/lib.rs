@@ -14,10 +14,12 @@
 
 pub mod backoff;
 pub mod canonical;
+pub mod clock;
 pub mod crypto;
 pub mod entry;
 pub mod export;
 pub mod id;
+pub mod impedance;
 pub mod intake;
 pub mod json;
 pub mod memory;
