@@ -194,3 +194,66 @@ pub fn export_baton(
     };
     Ok(doc.to_json())
 }
+
+/// One line of an existing JSONL log for `ingest`: an append request whose
+/// own timestamp, if it has one (`ts`), moves into `data` (PROTOCOL §2: the
+/// runtime sets the entry's `ts`; the log's time is kept as data). Lines
+/// that are not JSON objects go as they are, for the agent to refuse with
+/// its reason.
+pub fn ingest_line(line: &[u8]) -> Vec<u8> {
+    use baton_shared::json::{Mode, Object, Value, parse};
+    let Ok(Value::Object(mut o)) = parse(line, Mode::Append) else {
+        return line.to_vec();
+    };
+    let Some(ts) = o.remove("ts") else {
+        return line.to_vec();
+    };
+    let data = match o.remove("data") {
+        None => Value::Object(Object::new()),
+        Some(d) => d,
+    };
+    let data = match data {
+        Value::Object(mut d) if !d.contains_key("ts") => {
+            d.insert("ts", ts);
+            Value::Object(d)
+        }
+        other => {
+            let mut d = Object::new();
+            d.insert("value", other);
+            d.insert("ts", ts);
+            Value::Object(d)
+        }
+    };
+    o.insert("data", data);
+    baton_shared::canonical::to_vec(&Value::Object(o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_line_keeps_its_own_time_in_data() {
+        let f = |s: &str| String::from_utf8(ingest_line(s.as_bytes())).unwrap();
+        assert_eq!(
+            f(r#"{"event":"temp","ts":"2026-01-02T03:04:05.000Z","data":{"c":41}}"#),
+            r#"{"data":{"c":41,"ts":"2026-01-02T03:04:05.000Z"},"event":"temp"}"#
+        );
+        assert_eq!(
+            f(r#"{"event":"temp","ts":1767323045000}"#),
+            r#"{"data":{"ts":1767323045000},"event":"temp"}"#
+        );
+        // data that is not an object, or already has a ts, is kept whole
+        assert_eq!(
+            f(r#"{"event":"t","ts":5,"data":[1]}"#),
+            r#"{"data":{"ts":5,"value":[1]},"event":"t"}"#
+        );
+        assert_eq!(
+            f(r#"{"event":"t","ts":5,"data":{"ts":6}}"#),
+            r#"{"data":{"ts":5,"value":{"ts":6}},"event":"t"}"#
+        );
+        // no ts, or not JSON: unchanged (the agent judges it)
+        assert_eq!(f(r#"{"event":"t"}"#), r#"{"event":"t"}"#);
+        assert_eq!(f("bad"), "bad");
+    }
+}

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use baton_shared::uplink::{Output, Uplink, UplinkConfig};
-use baton_shared::wire::{Message, Nack, Receipt};
+use baton_shared::wire::{Message, Nack, PresenceState, Receipt, StateMsg};
 use baton_shared::{AgentId, PublicKey, Seq};
 use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use tracing::{debug, error, info, warn};
@@ -71,7 +71,24 @@ impl Link {
                 return;
             }
         };
-        opts.set_last_will(LastWill::new(&state_t, "offline", QoS::AtLeastOnce, true));
+        // `state` (PROTOCOL §7): `online` with the session's connect time on
+        // connect, and the same session's `offline` as the last will; each
+        // (re)connect is a new session with a new time.
+        let presence = |state: PresenceState, connect_ms: i64| {
+            StateMsg {
+                agent: agent.clone(),
+                state,
+                connect_ms,
+            }
+            .encode()
+        };
+        let mut session_ms = crate::unix_ms();
+        opts.set_last_will(LastWill::new(
+            &state_t,
+            presence(PresenceState::Offline, session_ms),
+            QoS::AtLeastOnce,
+            true,
+        ));
         let (client, mut eventloop) = AsyncClient::new(opts, 256);
         eventloop.set_network_options(crate::mqtt::network_options());
 
@@ -122,7 +139,12 @@ impl Link {
                             backoff.reset();
                             let _ = client.try_subscribe(&ack_t, QoS::AtLeastOnce);
                             let _ = client.try_subscribe(&nack_t, QoS::AtLeastOnce);
-                            let _ = client.try_publish(&state_t, QoS::AtLeastOnce, true, "online");
+                            let _ = client.try_publish(
+                                &state_t,
+                                QoS::AtLeastOnce,
+                                true,
+                                presence(PresenceState::Online, session_ms),
+                            );
                             uplink.connected(now);
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -151,8 +173,18 @@ impl Link {
                                 warn!(error = %e, "lost the gateway's broker; entries stay in the ledger");
                             }
                             uplink.disconnected(now);
-                            // rumqttc reconnects on the next poll: pace it.
-                            reconnect_at = Some(tokio::time::Instant::now() + backoff.next_delay());
+                            // rumqttc reconnects on the next poll: pace it, and
+                            // give the next session its own last will.
+                            let delay = backoff.next_delay();
+                            reconnect_at = Some(tokio::time::Instant::now() + delay);
+                            session_ms = crate::unix_ms()
+                                + i64::try_from(delay.as_millis()).unwrap_or(0);
+                            eventloop.mqtt_options.set_last_will(LastWill::new(
+                                &state_t,
+                                presence(PresenceState::Offline, session_ms),
+                                QoS::AtLeastOnce,
+                                true,
+                            ));
                         }
                     }
                 }

@@ -119,7 +119,8 @@ enum Command {
         #[arg(long)]
         data: Option<String>,
     },
-    /// Append every line of a JSONL file ({"event", "context", "data"}).
+    /// Append every line of a JSONL file ({"event", "context", "data"}, and
+    /// an optional "ts" of the log's own, kept in data).
     Ingest {
         #[command(flatten)]
         socket: Socket,
@@ -283,7 +284,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     continue;
                 }
                 numbers.push(i + 1);
-                lines.push(line);
+                lines.push(cli::ingest_line(&line));
             }
             let answers = runtime()?.block_on(client::send_lines(&socket.socket, lines))?;
             let mut rejected = 0;

@@ -106,7 +106,12 @@ impl ClockFilter {
     }
 
     /// Feeds a reply received at `now` (wall time `t3`).
-    pub fn replied(&mut self, now: Duration, reply: &TimeReply, t3: i64) -> Result<Sample, Dropped> {
+    pub fn replied(
+        &mut self,
+        now: Duration,
+        reply: &TimeReply,
+        t3: i64,
+    ) -> Result<Sample, Dropped> {
         let fresh = |p: &Pending| now.saturating_sub(p.sent) <= REPLY_WITHIN;
         let Some(i) = self
             .pending
@@ -221,7 +226,10 @@ mod tests {
     #[test]
     fn replies_must_match_a_recent_request() {
         let mut f = ClockFilter::new(S(300));
-        assert_eq!(f.replied(S(0), &reply(1, 0, 5, 5), 10), Err(Dropped::Unknown));
+        assert_eq!(
+            f.replied(S(0), &reply(1, 0, 5, 5), 10),
+            Err(Dropped::Unknown)
+        );
         f.requested(S(10), [1; 8], 1000);
         // too late: more than 2 s after the request
         assert_eq!(

@@ -136,7 +136,9 @@ impl Impedance {
         };
         #[allow(clippy::cast_precision_loss)]
         let queue = self.queue_depth as f64;
-        let score = 1000.0 * reliability / (1.0 + latency / 100.0) / (1.0 + processing / 10.0)
+        let score = 1000.0 * reliability
+            / (1.0 + latency / 100.0)
+            / (1.0 + processing / 10.0)
             / (1.0 + queue / 1000.0)
             / (1.0 + drift);
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -193,7 +195,11 @@ mod tests {
         let p = i.profile();
         assert_eq!(p.latency_p50_ms, 25.0);
         // mean 25, population sd sqrt(125) = 11.18…: cv 0.447…
-        assert!((p.drift - 125f64.sqrt() / 25.0).abs() < 1e-12, "{}", p.drift);
+        assert!(
+            (p.drift - 125f64.sqrt() / 25.0).abs() < 1e-12,
+            "{}",
+            p.drift
+        );
         // steady RTT: no drift
         let mut steady = Impedance::new();
         for _ in 0..5 {
@@ -215,7 +221,11 @@ mod tests {
         for _ in 0..WINDOW {
             i.rtt(5.0);
         }
-        assert_eq!(i.profile().latency_p50_ms, 5.0, "old samples left the window");
+        assert_eq!(
+            i.profile().latency_p50_ms,
+            5.0,
+            "old samples left the window"
+        );
         // a bad past, then a long good run: reliability recovers
         for _ in 0..1000 {
             i.batch_sent();
@@ -224,7 +234,11 @@ mod tests {
             i.batch_sent();
             i.receipt_received();
         }
-        assert!(i.profile().reliability > 0.99, "{}", i.profile().reliability);
+        assert!(
+            i.profile().reliability > 0.99,
+            "{}",
+            i.profile().reliability
+        );
         // receipts never count above sends
         let mut j = Impedance::new();
         j.receipt_received();

@@ -412,3 +412,50 @@ async fn tls_to_mosquitto_end_to_end() {
     stranger.stop().await;
     gw.stop().await;
 }
+
+/// `state`: `online` with the session's connect time when the agent
+/// connects, and the same session's `offline` (the MQTT last will) when its
+/// connection ends without a goodbye.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_online_then_the_last_will_offline_of_the_same_session() {
+    use baton_shared::wire::{Message, PresenceState, StateMsg};
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+    let mqtt = free_addr();
+    baton_gateway::broker::start(mqtt, 10).unwrap();
+    let mut opts = MqttOptions::new("watcher", mqtt.ip().to_string(), mqtt.port());
+    opts.set_credentials("watcher", "");
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    client
+        .subscribe("baton/v1/c1/pi-p/state", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = tokio::spawn(async move {
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(p))) = events.poll().await {
+                let _ = tx.send(StateMsg::decode(&p.payload));
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key = baton_shared::SecretKey::from_seed(&[3; 32]).public();
+    let agent = Agent::start("pi-p", dir.path(), Some(mqtt), Some(key)).await;
+    let online = tokio::time::timeout(Duration::from_secs(30), seen.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(online.state, PresenceState::Online);
+    assert_eq!(online.agent.as_str(), "pi-p");
+    // stopping drops the connection without DISCONNECT: the will fires
+    agent.stop().await;
+    let offline = tokio::time::timeout(Duration::from_secs(60), seen.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(offline.state, PresenceState::Offline);
+    assert_eq!(offline.connect_ms, online.connect_ms, "the same session");
+    watcher.abort();
+}
