@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod device;
 pub mod keys;
 pub mod ledger;
 pub mod link;
@@ -38,21 +39,6 @@ pub fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// The class hint from the device-tree model (DESIGN.md, Agent).
-pub fn class_hint(model: Option<&str>) -> &'static str {
-    match model {
-        Some(m) if m.contains("Raspberry Pi") => "CLASS_E_LOCAL",
-        Some(m) if m.contains("Jetson") || m.contains("NVIDIA") => "CLASS_D_GPU",
-        _ => "CLASS_C_PERSISTENT",
-    }
-}
-
-fn device_model() -> Option<String> {
-    let raw = std::fs::read("/proc/device-tree/model").ok()?;
-    let s = String::from_utf8_lossy(&raw);
-    Some(s.trim_end_matches('\0').trim().to_owned()).filter(|s| !s.is_empty())
 }
 
 /// What a started agent serves.
@@ -110,10 +96,10 @@ impl Running {
 
 /// Writes the first entry of a new chain and opens appends.
 async fn begin_chain(writer: &Writer, shared: &Shared) {
-    let model = device_model();
+    let model = device::model(Path::new("/"));
     let mut d = Object::new();
     d.insert("a_now", Value::from(baton_shared::entry::a_now(unix_ms())));
-    d.insert("class", Value::from(class_hint(model.as_deref())));
+    d.insert("class", Value::from(device::class_hint(model.as_deref())));
     d.insert("model", model.map_or(Value::Null, Value::from));
     d.insert(
         "software",
@@ -360,23 +346,5 @@ async fn status_writer(
         if let Err(e) = status::write(&path, &doc) {
             warn!(error = %e, path = %path.display(), "writing status.json failed");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn class_hints_follow_the_model() {
-        assert_eq!(
-            class_hint(Some("Raspberry Pi 4 Model B Rev 1.5")),
-            "CLASS_E_LOCAL"
-        );
-        assert_eq!(
-            class_hint(Some("NVIDIA Jetson AGX Orin Developer Kit")),
-            "CLASS_D_GPU"
-        );
-        assert_eq!(class_hint(None), "CLASS_C_PERSISTENT");
     }
 }
