@@ -174,14 +174,7 @@ pub fn export_baton(
             head.as_ref()
                 .is_some_and(|h| h.seq == r.seq && h.hash == r.hash)
         })
-        .map(|r| BatonReceipt {
-            gateway: r.gateway.clone(),
-            point: SignedPoint {
-                seq: r.seq,
-                hash: r.hash,
-                sig: r.sig,
-            },
-        });
+        .map(BatonReceipt::from);
     let doc = BatonDoc {
         agent: agent.clone(),
         public_key: public_key.to_hex(),

@@ -243,14 +243,7 @@ pub fn export_baton(
     });
     let receipt = (head.seq > Seq::ZERO).then(|| {
         let r = baton_shared::wire::Receipt::sign(key, gateway, agent, head.seq, head.hash);
-        BatonReceipt {
-            gateway: gateway.clone(),
-            point: SignedPoint {
-                seq: r.seq,
-                hash: r.hash,
-                sig: r.sig,
-            },
-        }
+        BatonReceipt::from(&r)
     });
     let doc = BatonDoc {
         agent: agent.clone(),

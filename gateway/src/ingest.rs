@@ -340,6 +340,19 @@ impl Ingest {
         Some(msg)
     }
 
+    /// Bad input from an unenrolled agent: counted, logged (limited), and
+    /// answered with `reject(unknown_agent)`.
+    fn refuse_unknown(&mut self, now: Duration, agent: &AgentId, what: &str) -> Outbound {
+        self.bad(now, agent.as_str(), BadInput::UnknownAgent, what);
+        self.nack(
+            agent,
+            NackKind::Reject {
+                reason: RejectReason::UnknownAgent,
+                seq: Seq::ZERO,
+            },
+        )
+    }
+
     fn hello(
         &mut self,
         now: Duration,
@@ -351,18 +364,10 @@ impl Ingest {
             return Ok(Vec::new());
         };
         if self.intake(agent)?.is_none() && !self.enroll_on_first_use(now, unix_ms, &hello)? {
-            self.bad(
+            return Ok(vec![self.refuse_unknown(
                 now,
-                agent.as_str(),
-                BadInput::UnknownAgent,
-                "hello from an unenrolled agent",
-            );
-            return Ok(vec![self.nack(
                 agent,
-                NackKind::Reject {
-                    reason: RejectReason::UnknownAgent,
-                    seq: Seq::ZERO,
-                },
+                "hello from an unenrolled agent",
             )]);
         }
         self.metrics
@@ -445,18 +450,10 @@ impl Ingest {
             return Ok(Vec::new());
         };
         if !self.ensure_intake(agent)? {
-            self.bad(
+            return Ok(vec![self.refuse_unknown(
                 now,
-                agent.as_str(),
-                BadInput::UnknownAgent,
-                "batch from an unenrolled agent",
-            );
-            return Ok(vec![self.nack(
                 agent,
-                NackKind::Reject {
-                    reason: RejectReason::UnknownAgent,
-                    seq: Seq::ZERO,
-                },
+                "batch from an unenrolled agent",
             )]);
         }
         let pending = self.pending.entry(agent.clone()).or_default();

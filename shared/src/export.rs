@@ -66,6 +66,19 @@ pub struct BatonReceipt {
     pub point: SignedPoint,
 }
 
+impl From<&crate::wire::Receipt> for BatonReceipt {
+    fn from(r: &crate::wire::Receipt) -> Self {
+        BatonReceipt {
+            gateway: r.gateway.clone(),
+            point: SignedPoint {
+                seq: r.seq,
+                hash: r.hash,
+                sig: r.sig,
+            },
+        }
+    }
+}
+
 /// A note: not authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
