@@ -144,9 +144,9 @@ pub fn write(path: &Path, doc: &Value) -> std::io::Result<()> {
 
 /// `status.json` as a table for people.
 pub fn table(doc: &Value) -> String {
-    let Some(o) = doc.as_object() else {
+    if doc.as_object().is_none() {
         return String::new();
-    };
+    }
     let get = |path: &[&str]| -> String {
         let mut v = Some(doc);
         for k in path {
@@ -158,7 +158,6 @@ pub fn table(doc: &Value) -> String {
             Some(v) => String::from_utf8_lossy(&baton_shared::canonical::to_vec(v)).into_owned(),
         }
     };
-    let _ = o;
     let rows = [
         ("agent", get(&["agent"])),
         ("state", get(&["state"])),

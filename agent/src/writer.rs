@@ -194,15 +194,6 @@ impl Writer {
             .unwrap_or_else(|_| Err("ledger writer stopped".to_owned()))
     }
 
-    /// Appends a caller's request; answers once it is durable.
-    pub async fn append(&self, unix_ms: i64, req: AppendRequest) -> AppendResult {
-        let rx = self.append_many(unix_ms, vec![req]).await;
-        rx.await
-            .ok()
-            .and_then(|v| v.into_iter().next())
-            .unwrap_or(Err(AppendRefused::Stopped))
-    }
-
     /// Queues many appends as one message; the receiver gets their answers
     /// in order after the commit.
     pub async fn append_many(
