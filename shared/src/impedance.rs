@@ -24,6 +24,19 @@
 //!   reaches its reference (100 ms RTT, 10 ms processing, 1,000 queued
 //!   entries, drift 1), so no single measure can make it negative or hide
 //!   another. Rounded to the nearest integer.
+//!
+//! The *impedance* Z itself, in milliseconds, is the profile's prediction of
+//! how long a message sent now takes until the agent has handled it (what
+//! summaries average and the degraded rule compares with the agent's own
+//! baseline):
+//!
+//! ```text
+//! Z = (L + P) · (1 + Q/1000) · (1 + D) / max(R, 0.05)
+//! ```
+//!
+//! a round trip plus processing, stretched by the queue ahead of it, by
+//! jitter, and by retransmissions (1/R sends per delivery; R is floored so a
+//! link that delivered nothing yet reads as 20× slow, not infinite).
 
 use heapless::Deque;
 
@@ -39,6 +52,32 @@ pub struct Profile {
     pub drift: f64,
     pub reliability: f64,
     pub score: u32,
+}
+
+/// Z in ms from the profile's figures (see the module documentation).
+pub fn impedance_ms(
+    latency: f64,
+    processing: f64,
+    queue: f64,
+    drift: f64,
+    reliability: f64,
+) -> f64 {
+    (latency + processing) * (1.0 + queue / 1000.0) * (1.0 + drift) / reliability.max(0.05)
+}
+
+impl Profile {
+    /// Z in ms.
+    pub fn impedance_ms(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let q = self.queue_depth as f64;
+        impedance_ms(
+            self.latency_p50_ms,
+            self.processing_p50_ms,
+            q,
+            self.drift,
+            self.reliability,
+        )
+    }
 }
 
 /// The rolling state.
@@ -184,6 +223,35 @@ mod tests {
         let p = i.profile();
         assert_eq!(p.reliability, 0.5);
         assert_eq!(p.score, 63); // 62.5 rounds up
+    }
+
+    #[test]
+    fn impedance_in_ms_on_scripted_samples() {
+        let mut i = Impedance::new();
+        assert_eq!(i.profile().impedance_ms(), 0.0);
+        for _ in 0..3 {
+            i.rtt(40.0);
+            i.processing(10.0);
+        }
+        assert_eq!(i.profile().impedance_ms(), 50.0);
+        i.queue_depth(500);
+        assert_eq!(i.profile().impedance_ms(), 75.0);
+        i.batch_sent();
+        i.batch_sent();
+        i.receipt_received();
+        assert_eq!(i.profile().impedance_ms(), 150.0);
+        // nothing delivered yet: 20× slow, not infinite
+        assert_eq!(impedance_ms(10.0, 0.0, 0.0, 0.0, 0.0), 200.0);
+        // the wire sample gives the same figure
+        let sample = crate::wire::ImpedanceSample {
+            latency_p50_ms: 40.0,
+            processing_p50_ms: 10.0,
+            queue_depth: 500,
+            jitter: 0.0,
+            reliability: 0.5,
+            score: 0,
+        };
+        assert_eq!(sample.impedance_ms(), 150.0);
     }
 
     #[test]

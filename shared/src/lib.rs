@@ -4,8 +4,11 @@
 //! canonical JSON ([`json`], [`canonical`]), entries and the hash chain
 //! ([`entry`]), keys, checkpoints and receipts ([`crypto`]), the streaming
 //! verifier ([`verify`]), exported forms ([`export`]), the MQTT payloads
-//! ([`wire`]), and the two delivery state machines, [`uplink`] (sender) and
-//! [`intake`] (receiver).
+//! ([`wire`]), the two delivery state machines, [`uplink`] (sender) and
+//! [`intake`] (receiver), and the fleet's view of itself: the clock
+//! exchange ([`clock`]), the impedance profile ([`impedance`]), the
+//! phi-accrual detector and agent states ([`liveness`]) and cluster
+//! summaries ([`summary`]).
 //!
 //! *Invariant:* this crate does no I/O. It reads no clock (`now` is passed
 //! in), no file, no socket and no entropy; its dependency tree holds no
@@ -22,7 +25,9 @@ pub mod id;
 pub mod impedance;
 pub mod intake;
 pub mod json;
+pub mod liveness;
 pub mod memory;
+pub mod summary;
 pub mod uplink;
 pub mod verify;
 pub mod wire;

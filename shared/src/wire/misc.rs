@@ -22,6 +22,19 @@ pub struct ImpedanceSample {
     pub score: u16,
 }
 
+impl ImpedanceSample {
+    /// Z in ms (see [`crate::impedance`]).
+    pub fn impedance_ms(&self) -> f64 {
+        crate::impedance::impedance_ms(
+            f64::from(self.latency_p50_ms),
+            f64::from(self.processing_p50_ms),
+            f64::from(self.queue_depth),
+            f64::from(self.jitter),
+            f64::from(self.reliability),
+        )
+    }
+}
+
 /// System metrics; `None` where the device has no such sensor.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct SystemMetrics {
@@ -51,6 +64,18 @@ pub struct Heartbeat {
     pub backlog: u64,
     pub impedance: ImpedanceSample,
     pub system: SystemMetrics,
+    /// The agent's clock estimate (PROTOCOL §7): gateway clock − agent
+    /// clock, ms, from the lowest-RTT sample of its window; `None` until a
+    /// clock exchange succeeded.
+    pub clock: Option<ClockEstimate>,
+}
+
+/// The agent's current clock estimate, as its entries' `clock` carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClockEstimate {
+    pub offset_ms: i64,
+    pub rtt_ms: i64,
+    pub synced: bool,
 }
 
 impl Message for Heartbeat {
@@ -130,6 +155,11 @@ mod tests {
                 model: "Raspberry Pi 4 Model B Rev 1.5".into(),
                 ..Default::default()
             },
+            clock: Some(ClockEstimate {
+                offset_ms: -40_000_000_000,
+                rtt_ms: 3,
+                synced: true,
+            }),
         });
         check_framing(&TimeRequest {
             agent: agent.clone(),

@@ -14,7 +14,8 @@ mod receipt;
 pub use batch::{EntryBatch, entry_wire_size};
 pub use hello::Hello;
 pub use misc::{
-    Heartbeat, ImpedanceSample, PresenceState, StateMsg, SystemMetrics, TimeReply, TimeRequest,
+    ClockEstimate, Heartbeat, ImpedanceSample, PresenceState, StateMsg, SystemMetrics, TimeReply,
+    TimeRequest,
 };
 pub use nack::{Nack, NackKind, RejectReason};
 pub use receipt::{HelloEcho, Receipt};
