@@ -30,6 +30,10 @@ pub struct RawConfig {
     pub budget: Option<String>,
     pub free_floor: Option<String>,
     pub retention: Option<String>,
+    pub heartbeat: Option<String>,
+    pub heartbeat_summary: Option<String>,
+    /// Overrides the class hint derived from the device model.
+    pub class: Option<String>,
 }
 
 impl RawConfig {
@@ -57,6 +61,9 @@ impl RawConfig {
             budget: over.budget.or(self.budget),
             free_floor: over.free_floor.or(self.free_floor),
             retention: over.retention.or(self.retention),
+            heartbeat: over.heartbeat.or(self.heartbeat),
+            heartbeat_summary: over.heartbeat_summary.or(self.heartbeat_summary),
+            class: over.class.or(self.class),
         }
     }
 }
@@ -138,6 +145,12 @@ pub struct Config {
     pub free_floor: u64,
     /// Receipted entries older than this are deleted.
     pub retention: Duration,
+    /// Heartbeats (QoS 0) every this often.
+    pub heartbeat: Duration,
+    /// A `heartbeat_summary` entry in the ledger every this often.
+    pub heartbeat_summary: Duration,
+    /// The class hint (`CLASS_…`); `None`: derived from the device model.
+    pub class: Option<String>,
 }
 
 fn size(key: &'static str, v: Option<&str>, default: u64) -> Result<u64, ConfigError> {
@@ -243,6 +256,36 @@ impl Config {
                 PublicKey::trusted_hex(k.trim()).map_err(|e| invalid("gateway_key", e.to_string()))
             })
             .transpose()?;
+        let heartbeat = duration(
+            "heartbeat",
+            raw.heartbeat.as_deref(),
+            Duration::from_secs(5),
+        )?;
+        if heartbeat < Duration::from_millis(100) {
+            return Err(invalid("heartbeat", "must be at least 100ms"));
+        }
+        let heartbeat_summary = duration(
+            "heartbeat_summary",
+            raw.heartbeat_summary.as_deref(),
+            Duration::from_secs(300),
+        )?;
+        if heartbeat_summary < Duration::from_secs(1) {
+            return Err(invalid("heartbeat_summary", "must be at least 1s"));
+        }
+        if let Some(c) = &raw.class {
+            let ok = c.strip_prefix("CLASS_").is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            });
+            if !ok {
+                return Err(invalid(
+                    "class",
+                    format!("{c:?} is not CLASS_ followed by A-Z, 0-9 or _"),
+                ));
+            }
+        }
         let window = raw.window.unwrap_or(8);
         if !(1..=64).contains(&window) {
             return Err(invalid("window", format!("{window} is outside 1..=64")));
@@ -273,6 +316,9 @@ impl Config {
                 raw.retention.as_deref(),
                 Duration::from_secs(30 * 24 * 3600),
             )?,
+            heartbeat,
+            heartbeat_summary,
+            class: raw.class,
         })
     }
 
@@ -338,6 +384,15 @@ window = 8
 budget = "1GiB"
 free_floor = "64MiB"
 retention = "30days"
+
+# Heartbeats to the gateway (QoS 0: impedance profile, system metrics, ledger
+# position), and a `heartbeat_summary` entry in the ledger at a slower pace
+# so the history is in the chain without flooding it.
+heartbeat = "5s"
+heartbeat_summary = "5m"
+# The class hint is derived from /proc/device-tree/model (Raspberry Pi →
+# CLASS_E_LOCAL, Jetson → CLASS_D_GPU, anything else → CLASS_C_PERSISTENT).
+# class = "CLASS_C_PERSISTENT"
 "#;
 
 #[cfg(test)]

@@ -581,9 +581,16 @@ impl Txn<'_> {
     pub fn append_request(
         &mut self,
         unix_ms: i64,
+        clock: Option<&ClockInfo>,
         req: &AppendRequest,
     ) -> std::result::Result<(Seq, Hash), AppendFailure> {
-        self.append(unix_ms, None, &req.event, req.context.as_deref(), &req.data)
+        self.append(
+            unix_ms,
+            clock,
+            &req.event,
+            req.context.as_deref(),
+            &req.data,
+        )
     }
 
     fn append_at(

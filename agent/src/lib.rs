@@ -8,8 +8,10 @@
 
 pub mod bench;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod device;
+pub mod health;
 pub mod keys;
 pub mod ledger;
 pub mod link;
@@ -95,11 +97,14 @@ impl Running {
 }
 
 /// Writes the first entry of a new chain and opens appends.
-async fn begin_chain(writer: &Writer, shared: &Shared) {
+async fn begin_chain(writer: &Writer, shared: &Shared, class: Option<&str>) {
     let model = device::model(Path::new("/"));
     let mut d = Object::new();
     d.insert("a_now", Value::from(baton_shared::entry::a_now(unix_ms())));
-    d.insert("class", Value::from(device::class_hint(model.as_deref())));
+    d.insert(
+        "class",
+        Value::from(class.unwrap_or_else(|| device::class_hint(model.as_deref()))),
+    );
     d.insert("model", model.map_or(Value::Null, Value::from));
     d.insert(
         "software",
@@ -174,8 +179,16 @@ pub async fn run(
         min_free_bytes: config.free_floor,
         free_bytes: free_bytes.clone(),
     };
-    let writer = Writer::start(ledger.clone(), config.id.clone(), key, head, budget)
-        .context("starting the ledger writer")?;
+    let clock = Arc::new(clock::ClockState::new(clock::boot_id(Path::new("/"))));
+    let writer = Writer::start(
+        ledger.clone(),
+        config.id.clone(),
+        key,
+        head,
+        budget,
+        clock.clone(),
+    )
+    .context("starting the ledger writer")?;
     if let Some(d) = &damage {
         shared.alert(d.clone());
         shared.rebuilding.store(true, Ordering::Relaxed);
@@ -183,11 +196,11 @@ pub async fn run(
             // Nothing to rebuild from: say so loudly and start a new chain
             // (the alert entry records why).
             warn!("no gateway configured: starting a new chain after the damage");
-            begin_chain(&writer, &shared).await;
+            begin_chain(&writer, &shared, config.class.as_deref()).await;
             alert_entry(&writer, "local_corruption", d).await;
         }
     } else if head.seq == Seq::ZERO {
-        begin_chain(&writer, &shared).await;
+        begin_chain(&writer, &shared, config.class.as_deref()).await;
     }
 
     if let Some(g) = &config.gateway {
@@ -200,6 +213,22 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(socket::serve(listener, writer.clone(), shared.clone()));
     tasks.spawn(checkpoint_timer(writer.clone(), config.checkpoint_interval));
+    let (hb_tx, hb_rx) = tokio::sync::mpsc::channel(1);
+    tasks.spawn(
+        health::Health {
+            agent: config.id.clone(),
+            interval: config.heartbeat,
+            summary_every: config.heartbeat_summary,
+            probe: health::Probe::new(PathBuf::from("/"), config.class.clone()),
+            writer: writer.clone(),
+            shared: shared.clone(),
+            clock: clock.clone(),
+            disk_free: free_bytes.clone(),
+            uplink: config.gateway.is_some(),
+            to_link: config.gateway.is_some().then_some(hb_tx),
+        }
+        .run(),
+    );
     tasks.spawn(disk_watch(
         config.data_dir.clone(),
         free_bytes,
@@ -221,6 +250,8 @@ pub async fn run(
             ledger: ledger.clone(),
             writer: writer.clone(),
             shared: shared.clone(),
+            clock,
+            heartbeats: hb_rx,
             broker,
             config: config.clone(),
         };

@@ -8,12 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use baton_shared::clock::ClockFilter;
 use baton_shared::uplink::{Output, Uplink, UplinkConfig};
-use baton_shared::wire::{Message, Nack, PresenceState, Receipt, StateMsg};
+use baton_shared::wire::{
+    Heartbeat, Message, Nack, PresenceState, Receipt, StateMsg, TimeReply, TimeRequest,
+};
 use baton_shared::{AgentId, PublicKey, Seq};
 use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use tracing::{debug, error, info, warn};
 
+use crate::clock::ClockState;
 use crate::config::{Config, Uplink as Broker};
 use crate::ledger::Ledger;
 use crate::status::Shared;
@@ -34,7 +38,20 @@ pub struct Link {
     pub ledger: Ledger,
     pub writer: Writer,
     pub shared: Arc<Shared>,
+    pub clock: Arc<ClockState>,
+    /// Heartbeats to publish while connected.
+    pub heartbeats: tokio::sync::mpsc::Receiver<Heartbeat>,
 }
+
+/// The clock filter's window: the lowest-RTT sample of the last two minutes.
+const CLOCK_WINDOW: Duration = Duration::from_secs(120);
+/// Clock requests: one a second until [`CLOCK_FIRST`] samples of a session
+/// are in, then every [`CLOCK_EVERY`].
+const CLOCK_FIRST: u32 = 3;
+const CLOCK_EVERY: Duration = Duration::from_secs(10);
+/// A wall-clock step larger than this (NTP setting a clock that had none)
+/// makes every earlier sample meaningless: the filter starts over.
+const CLOCK_STEP_MS: i64 = 1000;
 
 impl Link {
     /// Runs until the task is dropped.
@@ -48,12 +65,15 @@ impl Link {
             ledger,
             writer,
             shared,
+            clock,
+            mut heartbeats,
         } = self;
         let agent = config.id.clone();
         let cluster = config.cluster.as_str().to_owned();
         let t = |s: &str| topic(&cluster, &agent, s);
         let (hello_t, entries_t, ack_t, nack_t, state_t) =
             (t("hello"), t("entries"), t("ack"), t("nack"), t("state"));
+        let (hb_t, time_t, time_reply_t) = (t("hb"), t("time"), t("time/reply"));
 
         let mut opts = match crate::mqtt::options(
             agent.as_str(),
@@ -118,6 +138,14 @@ impl Link {
         let mut heads = writer.watch();
         let origin = tokio::time::Instant::now();
         let mut reconnect_at: Option<tokio::time::Instant> = None;
+        // The clock exchange (PROTOCOL §7).
+        let mut filter = ClockFilter::new(CLOCK_WINDOW);
+        let mut clock_at: Option<tokio::time::Instant> = None;
+        let mut clock_samples: u32 = 0;
+        let mut clock_ids =
+            baton_shared::backoff::SplitMix64::new(u64::from_le_bytes(seed) ^ 0x5eed);
+        // wall − monotonic at the last sample: a change is a clock step
+        let mut wall_minus_mono: Option<i64> = None;
         loop {
             let wake = uplink
                 .poll_timeout()
@@ -130,6 +158,29 @@ impl Link {
                         std::future::pending::<()>().await;
                     }
                 } => { reconnect_at = None; }
+                () = async {
+                    match clock_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
+                    let id = clock_ids.next_u64().to_le_bytes();
+                    let t0 = crate::unix_ms();
+                    filter.requested(origin.elapsed(), id, t0);
+                    let req = TimeRequest { agent: agent.clone(), id, t0 };
+                    let _ = client.try_publish(&time_t, QoS::AtMostOnce, false, req.encode());
+                    let next = if clock_samples < CLOCK_FIRST { Duration::from_secs(1) } else { CLOCK_EVERY };
+                    clock_at = Some(tokio::time::Instant::now() + next);
+                }
+                hb = heartbeats.recv() => {
+                    match hb {
+                        Some(hb) if clock_at.is_some() => {
+                            let _ = client.try_publish(&hb_t, QoS::AtMostOnce, false, hb.encode());
+                        }
+                        Some(_) => {} // not connected: a heartbeat is news or nothing
+                        None => return,
+                    }
+                }
                 event = eventloop.poll(), if reconnect_at.is_none() => {
                     let now = origin.elapsed();
                     match event {
@@ -139,6 +190,9 @@ impl Link {
                             backoff.reset();
                             let _ = client.try_subscribe(&ack_t, QoS::AtLeastOnce);
                             let _ = client.try_subscribe(&nack_t, QoS::AtLeastOnce);
+                            let _ = client.try_subscribe(&time_reply_t, QoS::AtMostOnce);
+                            clock_samples = 0;
+                            clock_at = Some(tokio::time::Instant::now());
                             let _ = client.try_publish(
                                 &state_t,
                                 QoS::AtLeastOnce,
@@ -155,10 +209,33 @@ impl Link {
                                         uplink.handle_receipt(now, &r, &ledger.view(writer.head()));
                                         if hello_empty && shared.rebuilding.load(Ordering::Relaxed) {
                                             // The gateway holds nothing of ours: start anew.
-                                            crate::begin_chain(&writer, &shared).await;
+                                            crate::begin_chain(&writer, &shared, config.class.as_deref()).await;
                                         }
                                     }
                                     Err(e) => debug!(error = %e, "undecodable receipt dropped"),
+                                }
+                            } else if p.topic == time_reply_t {
+                                let t3 = crate::unix_ms();
+                                let step = t3 - i64::try_from(now.as_millis()).unwrap_or(0);
+                                if wall_minus_mono.is_some_and(|w| (w - step).abs() > CLOCK_STEP_MS) {
+                                    warn!(step_ms = step - wall_minus_mono.unwrap_or(step), "the wall clock stepped: clock samples start over");
+                                    filter = ClockFilter::new(CLOCK_WINDOW);
+                                    clock.set(None, std::time::Instant::now());
+                                    clock_samples = 0;
+                                }
+                                wall_minus_mono = Some(step);
+                                match TimeReply::decode(&p.payload) {
+                                    Ok(r) if r.agent == agent => match filter.replied(now, &r, t3) {
+                                        Ok(s) => {
+                                            clock_samples += 1;
+                                            #[allow(clippy::cast_precision_loss)]
+                                            shared.rtt(s.rtt_ms as f64);
+                                            clock.set(filter.best(now), std::time::Instant::now());
+                                        }
+                                        Err(e) => debug!(error = %e, "clock reply dropped"),
+                                    },
+                                    Ok(_) => debug!("clock reply for another agent dropped"),
+                                    Err(e) => debug!(error = %e, "undecodable clock reply dropped"),
                                 }
                             } else if p.topic == nack_t {
                                 match Nack::decode(&p.payload) {
@@ -173,6 +250,7 @@ impl Link {
                                 warn!(error = %e, "lost the gateway's broker; entries stay in the ledger");
                             }
                             uplink.disconnected(now);
+                            clock_at = None;
                             // rumqttc reconnects on the next poll: pace it, and
                             // give the next session its own last will.
                             let delay = backoff.next_delay();
@@ -208,6 +286,7 @@ impl Link {
                     Output::Batch { from, to, proof } => {
                         match ledger.batch(&agent, from, to, proof) {
                             Ok(b) => {
+                                shared.batch_sent(to.0);
                                 let _ = client.try_publish(
                                     &entries_t,
                                     QoS::AtLeastOnce,
@@ -228,6 +307,7 @@ impl Link {
                     }
                     Output::StoreBestReceipt(r) => {
                         shared.set_receipt(&r);
+                        shared.receipt_covers(r.seq.0);
                         if let Err(e) = writer.store_best(r).await {
                             shared.error(crate::unix_ms(), e);
                         }

@@ -74,6 +74,15 @@ struct RunArgs {
     /// Receipted entries older than this are deleted, e.g. "30days".
     #[arg(long, env = "BATON_AGENT_RETENTION")]
     retention: Option<String>,
+    /// Heartbeat interval, e.g. "5s".
+    #[arg(long, env = "BATON_AGENT_HEARTBEAT")]
+    heartbeat: Option<String>,
+    /// A heartbeat_summary ledger entry this often, e.g. "5m".
+    #[arg(long, env = "BATON_AGENT_HEARTBEAT_SUMMARY")]
+    heartbeat_summary: Option<String>,
+    /// Class hint override, e.g. CLASS_E_LOCAL (default: from the device model).
+    #[arg(long, env = "BATON_AGENT_CLASS")]
+    class: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -195,6 +204,9 @@ fn raw_config(a: RunArgs) -> anyhow::Result<RawConfig> {
         budget: a.budget,
         free_floor: a.free_floor,
         retention: a.retention,
+        heartbeat: a.heartbeat,
+        heartbeat_summary: a.heartbeat_summary,
+        class: a.class,
     }))
 }
 

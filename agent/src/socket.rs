@@ -69,6 +69,8 @@ enum Pending {
     Batch {
         slots: Vec<Option<String>>,
         answers: oneshot::Receiver<Vec<AppendResult>>,
+        /// When the lines were handed to the writer.
+        since: std::time::Instant,
     },
 }
 
@@ -120,13 +122,20 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
 async fn connection(stream: UnixStream, writer: Writer, shared: Arc<Shared>) {
     let (read, write) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE / MAX_BATCH + 1);
+    let answer_shared = shared.clone();
     let answers = tokio::spawn(async move {
         let mut out = BufWriter::new(write);
         while let Some(p) = rx.recv().await {
             let ok = match p {
                 Pending::Now(s) => out.write_all(s.as_bytes()).await.is_ok(),
-                Pending::Batch { slots, answers } => {
+                Pending::Batch {
+                    slots,
+                    answers,
+                    since,
+                } => {
                     let mut results = answers.await.unwrap_or_default().into_iter();
+                    // append → durable, for the impedance profile
+                    answer_shared.processing(since.elapsed().as_secs_f64() * 1000.0);
                     let mut ok = true;
                     for slot in slots {
                         let line = slot.unwrap_or_else(|| {
@@ -182,6 +191,7 @@ async fn connection(stream: UnixStream, writer: Writer, shared: Arc<Shared>) {
         } else {
             Pending::Batch {
                 slots,
+                since: std::time::Instant::now(),
                 answers: writer.append_many(crate::unix_ms(), reqs).await,
             }
         };

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use baton_shared::impedance::{Impedance, Profile};
 use baton_shared::json::{Object, Value};
 use baton_shared::wire::Receipt;
 
@@ -26,6 +27,12 @@ struct Inner {
     last_error: Option<(i64, String)>,
     alert: Option<String>,
     last_heartbeat_ms: Option<i64>,
+    /// The last heartbeat's figures.
+    last_heartbeat: Option<Value>,
+    impedance: Impedance,
+    /// Ends of the batches sent and not yet covered by a receipt, for the
+    /// reliability figure (a batch sent again is not a new one).
+    in_flight: std::collections::VecDeque<u64>,
 }
 
 impl Shared {
@@ -62,8 +69,53 @@ impl Shared {
         self.with(|i| i.alert = Some(a));
     }
 
-    pub fn heartbeat(&self, unix_ms: i64) {
-        self.with(|i| i.last_heartbeat_ms = Some(unix_ms));
+    /// The heartbeat just measured.
+    pub fn set_heartbeat(&self, figures: Value, unix_ms: i64) {
+        self.with(|i| {
+            i.last_heartbeat_ms = Some(unix_ms);
+            i.last_heartbeat = Some(figures);
+        });
+    }
+
+    /// A local processing time (append → durable), ms.
+    pub fn processing(&self, ms: f64) {
+        self.with(|i| i.impedance.processing(ms));
+    }
+
+    /// A link round trip, ms.
+    pub fn rtt(&self, ms: f64) {
+        self.with(|i| i.impedance.rtt(ms));
+    }
+
+    /// A batch ending at `to` went out.
+    pub fn batch_sent(&self, to: u64) {
+        self.with(|i| {
+            i.impedance.batch_sent();
+            if !i.in_flight.contains(&to) {
+                if i.in_flight.len() >= 256 {
+                    i.in_flight.pop_front();
+                }
+                i.in_flight.push_back(to);
+            }
+        });
+    }
+
+    /// A receipt now covers everything up to `seq`.
+    pub fn receipt_covers(&self, seq: u64) {
+        self.with(|i| {
+            while i.in_flight.front().is_some_and(|&to| to <= seq) {
+                i.in_flight.pop_front();
+                i.impedance.receipt_received();
+            }
+        });
+    }
+
+    /// The impedance profile with the current queue depth.
+    pub fn impedance(&self, queue_depth: u64) -> Profile {
+        self.with(|i| {
+            i.impedance.queue_depth(queue_depth);
+            i.impedance.profile()
+        })
     }
 
     pub fn receipted(&self) -> u64 {
@@ -124,6 +176,7 @@ impl Shared {
                     Value::from(baton_shared::entry::format_timestamp(t))
                 }),
             );
+            o.insert("heartbeat", i.last_heartbeat.clone().unwrap_or(Value::Null));
             o.insert(
                 "updated",
                 Value::from(baton_shared::entry::format_timestamp(unix_ms)),
@@ -178,6 +231,37 @@ pub fn table(doc: &Value) -> String {
         ("alert", get(&["alert"])),
         ("last error", get(&["last_error"])),
         ("last heartbeat", get(&["last_heartbeat"])),
+        (
+            "impedance",
+            format!(
+                "{} ms (score {}, rtt p50 {} ms, processing p50 {} ms, reliability {})",
+                get(&["heartbeat", "impedance", "impedance_ms"]),
+                get(&["heartbeat", "impedance", "score"]),
+                get(&["heartbeat", "impedance", "latency_p50_ms"]),
+                get(&["heartbeat", "impedance", "processing_p50_ms"]),
+                get(&["heartbeat", "impedance", "reliability"]),
+            ),
+        ),
+        (
+            "clock",
+            format!(
+                "offset {} ms, rtt {} ms, synced {}",
+                get(&["heartbeat", "clock", "offset_ms"]),
+                get(&["heartbeat", "clock", "rtt_ms"]),
+                get(&["heartbeat", "clock", "synced"]),
+            ),
+        ),
+        (
+            "system",
+            format!(
+                "cpu {}%, load {}, temp {} °C, {} ({})",
+                get(&["heartbeat", "system", "cpu_pct"]),
+                get(&["heartbeat", "system", "load1"]),
+                get(&["heartbeat", "system", "temp_c"]),
+                get(&["heartbeat", "system", "model"]),
+                get(&["heartbeat", "system", "class"]),
+            ),
+        ),
         ("updated", get(&["updated"])),
     ];
     let mut s = String::new();

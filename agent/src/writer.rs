@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use baton_shared::entry::{AppendRequest, Seq};
+use baton_shared::entry::{AppendRequest, ClockInfo, Seq};
 use baton_shared::json::Value;
 use baton_shared::uplink::Adoption;
 use baton_shared::wire::Receipt;
@@ -14,6 +14,7 @@ use baton_shared::{AgentId, Hash, PublicKey, SecretKey};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
+use crate::clock::ClockState;
 use crate::ledger::{AppendFailure, Head, Ledger, LedgerError, Txn, runtime_event};
 
 /// Most changes per commit.
@@ -137,6 +138,7 @@ impl Writer {
         key: SecretKey,
         head: Head,
         budget: Budget,
+        clock: Arc<ClockState>,
     ) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel(MAX_GROUP);
         let (head_tx, head_rx) = watch::channel(head);
@@ -150,6 +152,7 @@ impl Writer {
                     agent: &agent,
                     key: &key,
                     budget: &budget,
+                    clock: &clock,
                 };
                 write_loop(&ctx, head, rx, &head_tx, &thread_stats);
             })?;
@@ -173,6 +176,11 @@ impl Writer {
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
+    }
+
+    /// Operations waiting for the writer (pending appends among them).
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// The durable head (changes after every commit).
@@ -341,6 +349,7 @@ struct Ctx<'a> {
     agent: &'a AgentId,
     key: &'a SecretKey,
     budget: &'a Budget,
+    clock: &'a ClockState,
 }
 
 fn write_loop(
@@ -463,6 +472,8 @@ fn apply_group(
         }
     };
     let mut failed: Option<LedgerError> = None;
+    // Entries of one group share their `clock` (read at the commit).
+    let clock = ctx.clock.info();
     for op in ops {
         if failed.is_some() {
             // The transaction is already lost: refuse the rest the same way.
@@ -479,7 +490,7 @@ fn apply_group(
                 let mut results = Vec::with_capacity(reqs.len());
                 let mut failed = Ok(());
                 for req in &reqs {
-                    match append_one(ctx, &mut txn, unix_ms, req) {
+                    match append_one(ctx, &mut txn, unix_ms, &clock, req) {
                         Ok(r) => results.push(r),
                         Err(e) => {
                             failed = Err(e);
@@ -496,7 +507,7 @@ fn apply_group(
                 data,
                 reply,
             } => {
-                let r = txn.append(unix_ms, None, &runtime_event(event), None, &data);
+                let r = txn.append(unix_ms, Some(&clock), &runtime_event(event), None, &data);
                 if let Err(AppendFailure::Request(e)) = &r {
                     warn!(event, error = %e, "runtime entry refused");
                 }
@@ -581,6 +592,7 @@ fn append_one(
     ctx: &Ctx<'_>,
     txn: &mut Txn<'_>,
     unix_ms: i64,
+    clock: &ClockInfo,
     req: &AppendRequest,
 ) -> Result<AppendResult, LedgerError> {
     if let Some(why) = make_room(ctx, txn, MAX_STORED_ENTRY)? {
@@ -588,7 +600,7 @@ fn append_one(
         return Ok(Err(AppendRefused::Budget(why)));
     }
     txn.record_gap(unix_ms)?;
-    match txn.append_request(unix_ms, req) {
+    match txn.append_request(unix_ms, Some(clock), req) {
         Ok(r) => Ok(Ok(r)),
         Err(AppendFailure::Request(e)) => Ok(Err(AppendRefused::Request(e.to_string()))),
         Err(AppendFailure::Ledger(e)) => Err(e),
