@@ -303,23 +303,39 @@ pub fn agents_table(json: &str) -> anyhow::Result<String> {
     let Value::Array(rows) = v else {
         bail!("agents: not a JSON array");
     };
+    let now = unix_ms();
     let mut out = format!(
-        "{:<32} {:<16} {:>10} STATE\n",
-        "AGENT", "ENROLLED BY", "HEAD"
+        "{:<24} {:<13} {:>10} {:>8} {:>10} {:>7} {:>8} {:>10} {:>9}\n",
+        "AGENT", "STATE", "IMPEDANCE", "RTT", "OFFSET", "TEMP", "BACKLOG", "HEAD", "LAST SEEN"
     );
     for row in &rows {
         let o = row.as_object().context("agents: a row is not an object")?;
         let text = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
         let num = |k: &str| o.get(k).and_then(Value::as_f64);
-        let state = match num("halted_at") {
-            Some(s) => format!("halted (fork at {s})"),
-            None => "ok".into(),
+        let shown = |k: &str, unit: &str| num(k).map_or("-".to_owned(), |v| format!("{v}{unit}"));
+        // A stopped gateway's store has no live fields: say what is stored.
+        let state = match (num("halted_at"), o.get("state").and_then(Value::as_str)) {
+            (Some(_), _) => "quarantined".to_owned(),
+            (None, Some(s)) => s.to_owned(),
+            (None, None) if text("enrolled_by") == "SelfChain" => "(gateway)".to_owned(),
+            (None, None) => "-".to_owned(),
         };
+        #[allow(clippy::cast_possible_truncation)]
+        let seen = num("last_seen_ms").map_or("-".to_owned(), |t| {
+            let ago = (now - t as i64).max(0) / 1000;
+            format!("{ago}s ago")
+        });
         out.push_str(&format!(
-            "{:<32} {:<16} {:>10} {state}\n",
+            "{:<24} {:<13} {:>10} {:>8} {:>10} {:>7} {:>8} {:>10} {:>9}\n",
             text("id"),
-            text("enrolled_by"),
-            num("head_seq").unwrap_or(0.0)
+            state,
+            shown("impedance_ms", " ms"),
+            shown("rtt_ms", " ms"),
+            shown("clock_offset_ms", " ms"),
+            shown("temp_c", "°C"),
+            shown("backlog", ""),
+            num("head_seq").unwrap_or(0.0),
+            seen,
         ));
     }
     Ok(out)

@@ -30,6 +30,11 @@ pub struct RawConfig {
     pub resend_timeout: Option<String>,
     pub checkpoint_interval: Option<String>,
     pub max_agents: Option<usize>,
+    pub phi_suspect: Option<f64>,
+    pub phi_offline: Option<f64>,
+    pub clock_band: Option<String>,
+    pub summary_interval: Option<String>,
+    pub summary_chain_interval: Option<String>,
 }
 
 impl RawConfig {
@@ -57,6 +62,11 @@ impl RawConfig {
             resend_timeout: over.resend_timeout.or(self.resend_timeout),
             checkpoint_interval: over.checkpoint_interval.or(self.checkpoint_interval),
             max_agents: over.max_agents.or(self.max_agents),
+            phi_suspect: over.phi_suspect.or(self.phi_suspect),
+            phi_offline: over.phi_offline.or(self.phi_offline),
+            clock_band: over.clock_band.or(self.clock_band),
+            summary_interval: over.summary_interval.or(self.summary_interval),
+            summary_chain_interval: over.summary_chain_interval.or(self.summary_chain_interval),
         }
     }
 }
@@ -93,6 +103,80 @@ pub struct Config {
     pub resend_timeout: Duration,
     pub checkpoint_interval: Duration,
     pub max_agents: usize,
+    pub liveness: Liveness,
+}
+
+/// Liveness and summaries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Liveness {
+    pub thresholds: baton_shared::liveness::Thresholds,
+    /// The cluster summary is published (retained) this often.
+    pub summary_interval: Duration,
+    /// … and written to the gateway's chain this often.
+    pub summary_chain_interval: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            thresholds: baton_shared::liveness::Thresholds::default(),
+            summary_interval: Duration::from_secs(10),
+            summary_chain_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Liveness {
+    fn validate(raw: &RawConfig) -> Result<Liveness, ConfigError> {
+        let d = Liveness::default();
+        let mut t = d.thresholds;
+        if let Some(p) = raw.phi_suspect {
+            if !(p.is_finite() && p > 0.0) {
+                return Err(invalid(
+                    "phi_suspect",
+                    format!("{p} is not a positive number"),
+                ));
+            }
+            t.phi_suspect = p;
+            t.phi_offline = t.phi_offline.max(2.0 * p);
+        }
+        if let Some(p) = raw.phi_offline {
+            if !(p.is_finite() && p > t.phi_suspect) {
+                return Err(invalid(
+                    "phi_offline",
+                    format!("{p} must be above phi_suspect ({})", t.phi_suspect),
+                ));
+            }
+            t.phi_offline = p;
+        }
+        let band = duration(
+            "clock_band",
+            raw.clock_band.as_deref(),
+            Duration::from_secs(2),
+        )?;
+        t.clock_band_ms = i64::try_from(band.as_millis()).unwrap_or(i64::MAX);
+        let summary_interval = duration(
+            "summary_interval",
+            raw.summary_interval.as_deref(),
+            d.summary_interval,
+        )?;
+        if summary_interval < Duration::from_millis(100) {
+            return Err(invalid("summary_interval", "must be at least 100ms"));
+        }
+        let summary_chain_interval = duration(
+            "summary_chain_interval",
+            raw.summary_chain_interval.as_deref(),
+            d.summary_chain_interval,
+        )?;
+        if summary_chain_interval < Duration::from_secs(1) {
+            return Err(invalid("summary_chain_interval", "must be at least 1s"));
+        }
+        Ok(Liveness {
+            thresholds: t,
+            summary_interval,
+            summary_chain_interval,
+        })
+    }
 }
 
 fn addr(key: &'static str, v: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
@@ -102,6 +186,7 @@ fn addr(key: &'static str, v: Option<&str>, default: &str) -> Result<SocketAddr,
 
 impl Config {
     pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let liveness = Liveness::validate(&raw)?;
         let id = raw.id.ok_or(ConfigError::Missing { key: "id" })?;
         let id = AgentId::new(id).map_err(|e| invalid("id", e.to_string()))?;
         let cluster = raw.cluster.ok_or(ConfigError::Missing { key: "cluster" })?;
@@ -141,6 +226,7 @@ impl Config {
             }
         };
         Ok(Config {
+            liveness,
             id,
             cluster,
             data_dir,
@@ -204,6 +290,19 @@ checkpoint_interval = "60s"
 
 # Embedded broker connection limit (headroom is added on top).
 max_agents = 1000
+
+# Liveness. An agent's last will makes it `offline` at once; an agent that
+# goes silent with its connection open is judged by a phi-accrual detector
+# over its heartbeat arrivals: `suspect` at phi_suspect, `offline` at
+# phi_offline (phi 8 ≈ a one-in-10⁸ chance that it is merely late).
+phi_suspect = 8.0
+phi_offline = 16.0
+# An agent whose clock is off by more than this is flagged `clock_skewed`.
+clock_band = "2s"
+# The cluster summary: published retained on baton/v1/{cluster}/summary
+# this often, and written to the gateway's chain at the slower interval.
+summary_interval = "10s"
+summary_chain_interval = "5m"
 "#;
 
 #[cfg(test)]

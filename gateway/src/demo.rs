@@ -113,6 +113,7 @@ pub async fn run(
         resend_timeout: Duration::from_secs(5),
         checkpoint_interval: Duration::from_secs(10),
         max_agents: args.agents.max(10),
+        liveness: crate::config::Liveness::default(),
     };
     {
         // Offline commands (`export --format baton`) read the id from the store.

@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use baton_shared::json::{Object, Value};
 use baton_shared::{AgentId, Seq};
 use serde::Deserialize;
 
@@ -26,6 +27,18 @@ pub struct AppState {
     pub committed: tokio::sync::broadcast::Sender<Committed>,
     /// Operator commands for the ingest thread.
     pub commands: tokio::sync::mpsc::Sender<crate::server::Inbound>,
+    /// Liveness: the live registry, and the clock its phi is measured on.
+    pub registry: Arc<std::sync::Mutex<crate::registry::Registry>>,
+    pub origin: std::time::Instant,
+    pub cluster: baton_shared::ClusterId,
+}
+
+impl AppState {
+    fn registry(&self) -> std::sync::MutexGuard<'_, crate::registry::Registry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -33,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/agents", get(agents))
+        .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/agents/{id}/entries", get(entries))
         .route("/api/v1/agents/{id}/export", get(export))
         .route("/api/v1/load", post(load))
@@ -342,8 +356,79 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+async fn cluster(State(s): State<AppState>) -> Response {
+    let summary = s.registry().summary();
+    let body = baton_shared::canonical::to_vec(
+        &summary.to_value(s.cluster.as_str(), crate::server::unix_ms()),
+    );
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The cluster's gauges: summary figures, agents by state, modes (1 for
+/// the current one) and each agent's clock offset.
+#[allow(clippy::cast_precision_loss)]
+fn cluster_gauges(s: &AppState) -> Vec<Gauge> {
+    let reg = s.registry();
+    let sum = reg.summary();
+    let one = |v: f64| vec![(String::new(), v)];
+    vec![
+        Gauge {
+            name: "baton_cluster_agents",
+            help: "Agents in the cluster summary (enrolled).",
+            samples: one(sum.agents as f64),
+        },
+        Gauge {
+            name: "baton_cluster_active",
+            help: "Agents in state active.",
+            samples: one(sum.active as f64),
+        },
+        Gauge {
+            name: "baton_cluster_agents_by_state",
+            help: "Agents per liveness state.",
+            samples: sum
+                .by_state
+                .iter()
+                .map(|(st, n)| (format!("state=\"{st}\""), *n as f64))
+                .collect(),
+        },
+        Gauge {
+            name: "baton_cluster_impedance_mean_ms",
+            help: "Mean impedance of reachable agents, ms (NaN: none reported).",
+            samples: one(sum.impedance_mean_ms.unwrap_or(f64::NAN)),
+        },
+        Gauge {
+            name: "baton_cluster_impedance_p95_ms",
+            help: "95th percentile impedance of reachable agents, ms (NaN: none reported).",
+            samples: one(sum.impedance_p95_ms.unwrap_or(f64::NAN)),
+        },
+        Gauge {
+            name: "baton_cluster_mode",
+            help: "Operating mode: 1 for the current one.",
+            samples: baton_shared::summary::Mode::ALL
+                .iter()
+                .map(|m| {
+                    (
+                        format!("mode=\"{}\"", m.as_str()),
+                        if *m == sum.mode { 1.0 } else { 0.0 },
+                    )
+                })
+                .collect(),
+        },
+        Gauge {
+            name: "baton_agent_clock_offset_ms",
+            help: "Estimated clock offset per agent (gateway − agent), ms.",
+            samples: reg
+                .offsets()
+                .into_iter()
+                .map(|(a, off)| (format!("agent=\"{a}\""), off as f64))
+                .collect(),
+        },
+    ]
+}
+
 async fn metrics(State(s): State<AppState>) -> Response {
     let agents = s.store.agents().map(|a| a.len()).unwrap_or(0);
+    let cluster = cluster_gauges(&s);
     #[allow(clippy::cast_precision_loss)]
     let gauges = [
         Gauge {
@@ -359,7 +444,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
     ];
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(&gauges),
+        s.metrics
+            .render(&[gauges.as_slice(), cluster.as_slice()].concat()),
     )
         .into_response()
 }
@@ -369,37 +455,46 @@ async fn agents(State(s): State<AppState>) -> Response {
         Ok(l) => l,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let mut out = Vec::new();
+    let now = s.origin.elapsed();
+    let mut rows = Vec::new();
     for (id, record) in list {
         let head = s
             .store
             .head(&id)
             .unwrap_or(baton_shared::intake::Head::EMPTY);
         let halted = s.store.halted(&id).ok().flatten();
-        out.push(serde_json_like(&id, &record, head, halted));
+        let mut row = registry_row(&id, &record, head, halted);
+        for (k, v) in s.registry().live_fields(&id, now) {
+            row.insert(k, v);
+        }
+        rows.push(Value::Object(row));
     }
     (
         [(header::CONTENT_TYPE, "application/json")],
-        format!("[{}]", out.join(",")),
+        baton_shared::canonical::to_vec(&Value::Array(rows)),
     )
         .into_response()
 }
 
-/// One registry row as JSON (hand-written: the values are ids, hex and numbers).
-fn serde_json_like(
+/// One stored registry row.
+fn registry_row(
     id: &AgentId,
     r: &crate::store::AgentRecord,
     head: baton_shared::intake::Head,
     halted: Option<Seq>,
-) -> String {
+) -> Object {
     let key: String = r.public_key.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{{\"id\":\"{id}\",\"public_key\":\"{key}\",\"enrolled_by\":\"{:?}\",\"head_seq\":{},\"head_hash\":\"{}\",\"halted_at\":{}}}",
-        r.enrolled_by,
-        head.seq,
-        head.hash,
-        halted.map_or("null".to_owned(), |s| s.to_string())
-    )
+    let mut o = Object::new();
+    o.insert("id", Value::from(id.as_str()));
+    o.insert("public_key", Value::from(key));
+    o.insert("enrolled_by", Value::from(format!("{:?}", r.enrolled_by)));
+    o.insert("head_seq", Value::from(head.seq.0));
+    o.insert("head_hash", Value::from(head.hash.to_hex()));
+    o.insert(
+        "halted_at",
+        halted.map_or(Value::Null, |s| Value::from(s.0)),
+    );
+    o
 }
 
 #[derive(Debug, Deserialize)]

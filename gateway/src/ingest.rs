@@ -9,17 +9,21 @@
 //! through the [`Store`]; the MQTT loop lives in `mqtt.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use baton_shared::intake::{Enrollment, Head, Intake, IntakeConfig, Verdict};
 use baton_shared::memory::Layered;
-use baton_shared::wire::{DecodeError, EntryBatch, Hello, Message, Nack, NackKind, RejectReason};
+use baton_shared::wire::{
+    DecodeError, EntryBatch, Heartbeat, Hello, Message, Nack, NackKind, RejectReason, StateMsg,
+    TimeReply, TimeRequest,
+};
 use baton_shared::{AgentId, ClusterId, Hash, PublicKey, SecretKey, Seq};
 use tracing::{info, warn};
 
 use crate::metrics::{BadInput, Metrics};
 use crate::own_chain::{self, OwnChain};
+use crate::registry::Registry;
 use crate::store::{AgentRecord, EnrolledBy, Store, StoreError, Write};
 
 const WINDOW_KEY: &str = "enroll_window_until_ms";
@@ -73,6 +77,23 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     last_logged: HashMap<(String, &'static str), Duration>,
     checkpointed: HashMap<AgentId, Seq>,
+    registry: Arc<Mutex<Registry>>,
+}
+
+/// The answer to a clock request received at `t1` (PROTOCOL §7): the
+/// gateway's send time `t2` is taken as late as possible.
+pub fn time_reply(cluster: &ClusterId, req: &TimeRequest, t1: i64) -> Outbound {
+    let reply = TimeReply {
+        agent: req.agent.clone(),
+        id: req.id,
+        t0: req.t0,
+        t1,
+        t2: crate::server::unix_ms(),
+    };
+    Outbound {
+        topic: topic(cluster, &req.agent, "time/reply"),
+        payload: reply.encode(),
+    }
 }
 
 /// Topic of a message for `agent` under this cluster.
@@ -110,6 +131,9 @@ impl Ingest {
             metrics,
             last_logged: HashMap::new(),
             checkpointed: HashMap::new(),
+            registry: Arc::new(Mutex::new(Registry::new(
+                baton_shared::liveness::Thresholds::default(),
+            ))),
         };
         if head.seq == Seq::ZERO {
             let genesis = ingest.own.genesis(unix_ms, &ingest.cfg.software);
@@ -128,7 +152,28 @@ impl Ingest {
                 },
             ])?;
         }
+        {
+            let mut reg = ingest.registry();
+            for (agent, record) in ingest.store.agents()? {
+                if record.enrolled_by != EnrolledBy::SelfChain {
+                    let halted = ingest.store.halted(&agent)?.is_some();
+                    reg.enroll(&agent, unix_ms, halted);
+                }
+            }
+        }
         Ok(ingest)
+    }
+
+    /// The live registry (shared with the HTTP side).
+    pub fn registry_handle(&self) -> Arc<Mutex<Registry>> {
+        Arc::clone(&self.registry)
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // A poisoned lock means a reader panicked; the data is intact.
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -149,6 +194,9 @@ impl Ingest {
         vec![
             format!("baton/v1/{c}/+/hello"),
             format!("baton/v1/{c}/+/entries"),
+            format!("baton/v1/{c}/+/hb"),
+            format!("baton/v1/{c}/+/state"),
+            format!("baton/v1/{c}/+/time"),
         ]
     }
 
@@ -299,6 +347,32 @@ impl Ingest {
         match kind {
             "hello" => self.hello(now, unix_ms, &agent, payload),
             "entries" => self.entries(now, unix_ms, &agent, payload),
+            "hb" => {
+                if let Some(hb) = self.decode(now, &agent, payload, |m: &Heartbeat| &m.agent)
+                    && !self.registry().heartbeat(now, unix_ms, hb)
+                {
+                    self.bad(now, agent.as_str(), BadInput::UnknownAgent, "heartbeat");
+                }
+                Ok(Vec::new())
+            }
+            "state" => {
+                if let Some(m) = self.decode(now, &agent, payload, |m: &StateMsg| &m.agent)
+                    && !self.registry().presence(&m)
+                {
+                    self.bad(now, agent.as_str(), BadInput::UnknownAgent, "state");
+                }
+                Ok(Vec::new())
+            }
+            "time" => {
+                // Normally answered by the MQTT poller at once (see
+                // `time_reply`); here when it reaches ingest anyway.
+                let t1 = unix_ms;
+                Ok(self
+                    .decode(now, &agent, payload, |m: &TimeRequest| &m.agent)
+                    .map(|r| time_reply(&self.cfg.cluster, &r, t1))
+                    .into_iter()
+                    .collect())
+            }
             _ => {
                 self.bad(now, agent.as_str(), BadInput::Topic, topic);
                 Ok(Vec::new())
@@ -437,6 +511,31 @@ impl Ingest {
         });
         self.staged.push(entry);
         self.intakes.remove(agent);
+        self.registry().enroll(agent, unix_ms, false);
+    }
+
+    /// Re-judges every agent's liveness; each state change becomes an
+    /// `agent_state` entry in the gateway's chain (committed with the next
+    /// group). Returns how many changed.
+    pub fn stage_liveness(&mut self, now: Duration, unix_ms: i64) -> usize {
+        let changes = self.registry().evaluate(now, unix_ms);
+        for c in &changes {
+            info!(agent = %c.agent, from = %c.from, to = %c.to, reason = %c.reason, "agent state");
+            let e = self.own.append(unix_ms, "agent_state", c.to_value());
+            self.staged.push(e);
+        }
+        changes.len()
+    }
+
+    /// A `cluster_summary` entry in the gateway's chain.
+    pub fn stage_summary(&mut self, unix_ms: i64) {
+        let summary = self.registry().summary();
+        let e = self.own.append(
+            unix_ms,
+            "cluster_summary",
+            summary.to_value(self.cfg.cluster.as_str(), unix_ms),
+        );
+        self.staged.push(e);
     }
 
     fn entries(
@@ -566,6 +665,7 @@ impl Ingest {
         how: &str,
     ) {
         self.metrics.rejected(RejectReason::Fork);
+        self.registry().quarantine(agent, unix_ms);
         warn!(%agent, %seq, how, "fork: evidence kept, agent halted until `baton-gateway resolve`");
         self.staged.push(Write::Fork {
             agent: agent.clone(),

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mosquitto;
 pub mod own_chain;
 pub mod publisher;
+pub mod registry;
 pub mod server;
 
 pub use config::Config;

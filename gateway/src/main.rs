@@ -76,6 +76,21 @@ struct RunArgs {
     checkpoint_interval: Option<String>,
     #[arg(long, env = "BATON_GATEWAY_MAX_AGENTS")]
     max_agents: Option<usize>,
+    /// phi at which a silent agent becomes suspect (default 8).
+    #[arg(long, env = "BATON_GATEWAY_PHI_SUSPECT")]
+    phi_suspect: Option<f64>,
+    /// phi at which a silent agent becomes offline (default 16).
+    #[arg(long, env = "BATON_GATEWAY_PHI_OFFLINE")]
+    phi_offline: Option<f64>,
+    /// Clock offset beyond which an agent is clock_skewed, e.g. "2s".
+    #[arg(long, env = "BATON_GATEWAY_CLOCK_BAND")]
+    clock_band: Option<String>,
+    /// How often the cluster summary is published, e.g. "10s".
+    #[arg(long, env = "BATON_GATEWAY_SUMMARY_INTERVAL")]
+    summary_interval: Option<String>,
+    /// How often the summary is written to the gateway's chain, e.g. "5m".
+    #[arg(long, env = "BATON_GATEWAY_SUMMARY_CHAIN_INTERVAL")]
+    summary_chain_interval: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -85,7 +100,7 @@ enum Command {
     /// Print the gateway's public key, hex.
     Pubkey(DataDir),
     /// Run the gateway (embedded broker unless --broker mqtt://…).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Trust an agent's key, or open a trust-on-first-use window.
     Enroll {
         #[command(flatten)]
@@ -250,6 +265,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 resend_timeout: a.resend_timeout,
                 checkpoint_interval: a.checkpoint_interval,
                 max_agents: a.max_agents,
+                phi_suspect: a.phi_suspect,
+                phi_offline: a.phi_offline,
+                clock_band: a.clock_band,
+                summary_interval: a.summary_interval,
+                summary_chain_interval: a.summary_chain_interval,
             };
             let config = Config::validate(file.merge(flags))?;
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;

@@ -38,6 +38,10 @@ pub enum Inbound {
         payload: Vec<u8>,
     },
     Tick,
+    /// Re-judge liveness (every 500 ms).
+    Liveness,
+    /// Write the cluster summary into the gateway's chain.
+    Summary,
     /// An operator command from HTTP; answered after the durable commit.
     Command(
         Command,
@@ -100,6 +104,24 @@ fn run_command(ingest: &mut Ingest, now: Duration, cmd: Command) -> Result<Strin
             ))
         }
     }
+}
+
+/// The reply to a well-formed clock request on `topic`; `None` leaves the
+/// message to ingest, which counts what is wrong with it.
+fn answer_time(
+    cluster: &baton_shared::ClusterId,
+    topic: &str,
+    payload: &[u8],
+) -> Option<crate::ingest::Outbound> {
+    use baton_shared::wire::{Message, TimeRequest};
+    let t1 = unix_ms();
+    let agent = topic
+        .strip_prefix("baton/v1/")?
+        .strip_prefix(cluster.as_str())?
+        .strip_prefix('/')?
+        .strip_suffix("/time")?;
+    let req = TimeRequest::decode(payload).ok()?;
+    (req.agent.as_str() == agent).then(|| crate::ingest::time_reply(cluster, &req, t1))
 }
 
 /// Addresses the gateway ended up serving on (port 0 resolved).
@@ -181,6 +203,13 @@ pub async fn run(
     if let Some(dir) = &config.keys_dir {
         enroll_key_files(&mut ingest, dir)?;
     }
+    let registry = ingest.registry_handle();
+    registry
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .thresholds = config.liveness.thresholds;
+    // One clock for phi, shared by the ingest thread and HTTP.
+    let origin = Instant::now();
 
     let client_id = format!("baton-gateway-{}", config.id);
     let (host, port, username, password, tls, mqtt_bound) = match &config.broker {
@@ -232,6 +261,7 @@ pub async fn run(
     let ingest_committed = committed_tx.clone();
     let http_key = ingest.key().clone();
     let subscriptions = ingest.subscriptions();
+    let poll_cluster = config.cluster.clone();
 
     // The poller: nothing but the event loop.
     let poll_tx = tx.clone();
@@ -256,6 +286,15 @@ pub async fn run(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
+                    // Clock requests are answered here, at once: a reply
+                    // queued behind a group commit would only add RTT.
+                    if p.topic.ends_with("/time")
+                        && let Some(out) = answer_time(&poll_cluster, &p.topic, &p.payload)
+                    {
+                        let _ =
+                            poll_client.try_publish(out.topic, QoS::AtMostOnce, false, out.payload);
+                        continue;
+                    }
                     let msg = Inbound::Message {
                         topic: p.topic,
                         payload: p.payload.to_vec(),
@@ -287,6 +326,46 @@ pub async fn run(
             }
         }
     });
+    // Liveness every 500 ms; the summary into the chain at its interval.
+    let live_tx = tx.clone();
+    let chain_every = config.liveness.summary_chain_interval;
+    let liveness = tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_millis(500));
+        let mut summary = tokio::time::interval(chain_every);
+        summary.tick().await;
+        loop {
+            let msg = tokio::select! {
+                _ = t.tick() => Inbound::Liveness,
+                _ = summary.tick() => Inbound::Summary,
+            };
+            if live_tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+    });
+    // The summary, retained, on baton/v1/{cluster}/summary.
+    let summary_topic = format!("baton/v1/{}/summary", config.cluster);
+    let summary_client = client.clone();
+    let summary_registry = Arc::clone(&registry);
+    let summary_cluster = config.cluster.clone();
+    let summary_every = config.liveness.summary_interval;
+    let summaries = tokio::spawn(async move {
+        let mut t = tokio::time::interval(summary_every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            t.tick().await;
+            let s = summary_registry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .summary();
+            let body =
+                baton_shared::canonical::to_vec(&s.to_value(summary_cluster.as_str(), unix_ms()));
+            if let Err(e) = summary_client.try_publish(&summary_topic, QoS::AtLeastOnce, true, body)
+            {
+                warn!(error = %e, "publishing the cluster summary failed");
+            }
+        }
+    });
     drop(tx);
 
     // The ingest thread: judge, group-commit, then receipts.
@@ -294,7 +373,6 @@ pub async fn run(
     let ingest_thread = std::thread::Builder::new()
         .name("baton-ingest".into())
         .spawn(move || {
-            let origin = Instant::now();
             let publish = |out: Vec<Outbound>| {
                 for o in out {
                     if let Err(e) = ingest_client.try_publish(o.topic, QoS::AtLeastOnce, false, o.payload) {
@@ -317,6 +395,10 @@ pub async fn run(
                             publish(out);
                         }
                         Inbound::Tick => ingest.stage_checkpoints(unix_ms()),
+                        Inbound::Liveness => {
+                            ingest.stage_liveness(origin.elapsed(), unix_ms());
+                        }
+                        Inbound::Summary => ingest.stage_summary(unix_ms()),
                         // Answered after the commit, refusals too: a refusal
                         // may have staged something (a loaded fork's evidence).
                         Inbound::Command(cmd, reply) => {
@@ -372,6 +454,9 @@ pub async fn run(
         key: http_key,
         committed: committed_tx,
         commands: command_tx,
+        registry,
+        origin,
+        cluster: config.cluster.clone(),
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
@@ -392,8 +477,12 @@ pub async fn run(
     info!("shutting down");
     poller.abort();
     ticker.abort();
+    liveness.abort();
+    summaries.abort();
     let _ = poller.await;
     let _ = ticker.await;
+    let _ = liveness.await;
+    let _ = summaries.await;
     let _ = client.try_disconnect();
     let _ = stop_http.send(());
     let _ = http_task.await;

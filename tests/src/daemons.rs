@@ -88,6 +88,10 @@ impl Gateway {
             resend_timeout: Duration::from_secs(2),
             checkpoint_interval: Duration::from_secs(1),
             max_agents: 100,
+            liveness: baton_gateway::config::Liveness {
+                summary_interval: Duration::from_secs(1),
+                ..Default::default()
+            },
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready, bound) = oneshot::channel();

@@ -1,0 +1,388 @@
+//! The live registry: what the gateway knows right now about each enrolled
+//! agent — its last heartbeat, presence (`state` messages and last wills),
+//! phi-accrual suspicion, clock offset, impedance baseline — and the state
+//! an operator sees, from `baton-shared`'s [`liveness`] rules. It is memory
+//! only: after a restart every agent is `offline` until it is heard again.
+//! State changes are returned to the caller, which records them in the
+//! gateway's own chain.
+//!
+//! [`liveness`]: baton_shared::liveness
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use baton_shared::AgentId;
+use baton_shared::json::{Object, Value};
+use baton_shared::liveness::{
+    AgentState, Baseline, PhiDetector, Presence, Signals, Thresholds, classify,
+};
+use baton_shared::summary::{Member, Summary};
+use baton_shared::wire::{Heartbeat, PresenceState, StateMsg};
+
+/// One agent's live record.
+#[derive(Debug, Clone)]
+struct Live {
+    detector: PhiDetector,
+    presence: Presence,
+    /// `connect_ms` of the session the presence belongs to.
+    session_ms: i64,
+    last: Option<Heartbeat>,
+    last_seen_ms: Option<i64>,
+    /// Gateway clock − agent clock: the agent's own estimate when synced,
+    /// else the heartbeat's receive time − send time (one-way latency
+    /// included: ample for a 2 s band).
+    offset_ms: Option<i64>,
+    baseline: Baseline,
+    quarantined: bool,
+    state: AgentState,
+    reason: String,
+    since_ms: i64,
+}
+
+impl Live {
+    fn new(unix_ms: i64, quarantined: bool) -> Live {
+        Live {
+            detector: PhiDetector::new(Duration::from_secs(5)),
+            presence: Presence::Unknown,
+            session_ms: i64::MIN,
+            last: None,
+            last_seen_ms: None,
+            offset_ms: None,
+            baseline: Baseline::default(),
+            quarantined,
+            state: AgentState::Offline,
+            reason: "no heartbeat since the gateway started".into(),
+            since_ms: unix_ms,
+        }
+    }
+
+    fn signals(&self, now: Duration) -> Signals {
+        let hb = self.last.as_ref();
+        Signals {
+            quarantined: self.quarantined,
+            presence: self.presence,
+            heard: hb.is_some(),
+            phi: self.detector.phi(now),
+            clock_offset_ms: self.offset_ms,
+            impedance_ms: hb.map(|h| h.impedance.impedance_ms()),
+            baseline_ms: self.baseline.get(),
+            temp_c: hb.and_then(|h| h.system.temp_c),
+            throttled: hb.and_then(|h| h.system.throttled),
+        }
+    }
+}
+
+/// A state change to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub agent: AgentId,
+    pub from: AgentState,
+    pub to: AgentState,
+    pub reason: String,
+}
+
+impl Change {
+    /// The `agent_state` entry's data.
+    pub fn to_value(&self) -> Value {
+        let mut d = Object::new();
+        d.insert("agent", Value::from(self.agent.as_str()));
+        d.insert("from", Value::from(self.from.as_str()));
+        d.insert("to", Value::from(self.to.as_str()));
+        d.insert("reason", Value::from(self.reason.as_str()));
+        Value::Object(d)
+    }
+}
+
+/// Every enrolled agent's live record.
+#[derive(Debug)]
+pub struct Registry {
+    agents: HashMap<AgentId, Live>,
+    pub thresholds: Thresholds,
+}
+
+impl Registry {
+    pub fn new(thresholds: Thresholds) -> Registry {
+        Registry {
+            agents: HashMap::new(),
+            thresholds,
+        }
+    }
+
+    /// An enrolled agent (at start, or enrolled since).
+    pub fn enroll(&mut self, agent: &AgentId, unix_ms: i64, quarantined: bool) {
+        self.agents
+            .entry(agent.clone())
+            .or_insert_with(|| Live::new(unix_ms, quarantined))
+            .quarantined |= quarantined;
+    }
+
+    /// Its chain halted (a fork): nothing more is accepted from it.
+    pub fn quarantine(&mut self, agent: &AgentId, unix_ms: i64) {
+        self.enroll(agent, unix_ms, true);
+    }
+
+    pub fn is_enrolled(&self, agent: &AgentId) -> bool {
+        self.agents.contains_key(agent)
+    }
+
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
+    /// A heartbeat of an enrolled agent arrived (false: not enrolled).
+    pub fn heartbeat(&mut self, now: Duration, unix_ms: i64, hb: Heartbeat) -> bool {
+        let Some(live) = self.agents.get_mut(&hb.agent) else {
+            return false;
+        };
+        live.detector
+            .announce(Duration::from_millis(u64::from(hb.interval_ms.max(100))));
+        live.detector.heartbeat(now);
+        live.last_seen_ms = Some(unix_ms);
+        // A heartbeat is only sent while connected: whatever presence
+        // message is late or lost, the agent is there.
+        live.presence = Presence::Online;
+        live.offset_ms = Some(match hb.clock {
+            Some(c) if c.synced => c.offset_ms,
+            _ => unix_ms.saturating_sub(hb.sent_ms),
+        });
+        live.baseline.add(hb.impedance.impedance_ms());
+        live.last = Some(hb);
+        true
+    }
+
+    /// A `state` message (false: not enrolled). An `offline` older than the
+    /// latest `online` is ignored (PROTOCOL §7).
+    pub fn presence(&mut self, msg: &StateMsg) -> bool {
+        let Some(live) = self.agents.get_mut(&msg.agent) else {
+            return false;
+        };
+        match msg.state {
+            PresenceState::Online if msg.connect_ms >= live.session_ms => {
+                live.session_ms = msg.connect_ms;
+                live.presence = Presence::Online;
+            }
+            PresenceState::Offline if msg.connect_ms >= live.session_ms => {
+                live.session_ms = msg.connect_ms;
+                live.presence = Presence::Offline;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Re-judges every agent; returns the changes.
+    pub fn evaluate(&mut self, now: Duration, unix_ms: i64) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (id, live) in &mut self.agents {
+            let (state, reason) = classify(&live.signals(now), &self.thresholds);
+            if state != live.state {
+                changes.push(Change {
+                    agent: id.clone(),
+                    from: live.state,
+                    to: state,
+                    reason: reason.clone(),
+                });
+                live.state = state;
+                live.since_ms = unix_ms;
+            }
+            live.reason = reason;
+        }
+        changes.sort_by(|a, b| a.agent.cmp(&b.agent));
+        changes
+    }
+
+    /// The cluster summary as of the last evaluation.
+    pub fn summary(&self) -> Summary {
+        Summary::of(self.agents.iter().map(|(id, l)| Member {
+            id: id.as_str(),
+            state: l.state,
+            impedance_ms: l.last.as_ref().map(|h| h.impedance.impedance_ms()),
+        }))
+    }
+
+    /// Counts per state (for metrics).
+    pub fn state_of(&self, agent: &AgentId) -> Option<AgentState> {
+        self.agents.get(agent).map(|l| l.state)
+    }
+
+    /// One agent's live fields as JSON members (`null` where unknown).
+    pub fn live_fields(&self, agent: &AgentId, now: Duration) -> Object {
+        let mut o = Object::new();
+        let Some(l) = self.agents.get(agent) else {
+            return o;
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let int = |x: i64| Value::Number(x as f64);
+        let round = |x: f64| Value::Number((x * 10.0).round() / 10.0);
+        let hb = l.last.as_ref();
+        o.insert("state", Value::from(l.state.as_str()));
+        o.insert("state_reason", Value::from(l.reason.as_str()));
+        o.insert("state_since_ms", int(l.since_ms));
+        o.insert("phi", round(l.detector.phi(now).min(1e6)));
+        o.insert("last_seen_ms", l.last_seen_ms.map_or(Value::Null, int));
+        o.insert("clock_offset_ms", l.offset_ms.map_or(Value::Null, int));
+        o.insert(
+            "clock_skewed",
+            Value::Bool(
+                l.offset_ms.is_some_and(|x| {
+                    x.unsigned_abs() > self.thresholds.clock_band_ms.unsigned_abs()
+                }),
+            ),
+        );
+        let f = |g: fn(&Heartbeat) -> f64| hb.map_or(Value::Null, |h| round(g(h)));
+        o.insert("impedance_ms", f(|h| h.impedance.impedance_ms()));
+        o.insert(
+            "impedance_baseline_ms",
+            l.baseline.get().map_or(Value::Null, round),
+        );
+        o.insert("score", f(|h| f64::from(h.impedance.score)));
+        o.insert("rtt_ms", f(|h| f64::from(h.impedance.latency_p50_ms)));
+        o.insert(
+            "processing_ms",
+            f(|h| f64::from(h.impedance.processing_p50_ms)),
+        );
+        o.insert("reliability", f(|h| f64::from(h.impedance.reliability)));
+        o.insert(
+            "backlog",
+            hb.map_or(Value::Null, |h| Value::from(h.backlog)),
+        );
+        o.insert("cpu_pct", f(|h| f64::from(h.system.cpu_pct)));
+        o.insert(
+            "temp_c",
+            hb.and_then(|h| h.system.temp_c)
+                .map_or(Value::Null, |t| round(f64::from(t))),
+        );
+        o.insert(
+            "throttled",
+            hb.and_then(|h| h.system.throttled)
+                .map_or(Value::Null, |t| Value::from(format!("0x{t:x}"))),
+        );
+        o.insert(
+            "class",
+            hb.map_or(Value::Null, |h| Value::from(h.system.class.as_str())),
+        );
+        o.insert(
+            "model",
+            hb.filter(|h| !h.system.model.is_empty())
+                .map_or(Value::Null, |h| Value::from(h.system.model.as_str())),
+        );
+        o
+    }
+
+    /// Every agent's clock offset (for metrics).
+    pub fn offsets(&self) -> Vec<(String, i64)> {
+        let mut v: Vec<(String, i64)> = self
+            .agents
+            .iter()
+            .filter_map(|(id, l)| Some((id.to_string(), l.offset_ms?)))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_shared::Seq;
+    use baton_shared::wire::{ClockEstimate, ImpedanceSample, SystemMetrics};
+
+    fn hb(agent: &AgentId, sent_ms: i64, clock: Option<ClockEstimate>) -> Heartbeat {
+        Heartbeat {
+            agent: agent.clone(),
+            sent_ms,
+            interval_ms: 1000,
+            state: "idle".into(),
+            head_seq: Seq(1),
+            receipted_seq: Seq(1),
+            backlog: 0,
+            impedance: ImpedanceSample {
+                latency_p50_ms: 2.0,
+                processing_p50_ms: 1.0,
+                reliability: 1.0,
+                score: 900,
+                ..Default::default()
+            },
+            system: SystemMetrics::default(),
+            clock,
+        }
+    }
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn lifecycle_of_an_agent_in_virtual_time() {
+        let a = AgentId::new("pi-1").unwrap();
+        let mut r = Registry::new(Thresholds::default());
+        assert!(!r.heartbeat(S(0), 0, hb(&a, 0, None)), "not enrolled");
+        r.enroll(&a, 0, false);
+        assert!(r.evaluate(S(0), 0).is_empty(), "offline until heard");
+        for i in 0..10 {
+            let ms = i64::try_from(i * 1000).unwrap();
+            assert!(r.heartbeat(S(i), ms, hb(&a, ms, None)));
+        }
+        let c = r.evaluate(S(9), 9000);
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].from, c[0].to),
+            (AgentState::Offline, AgentState::Active)
+        );
+        // silence: suspect, then offline, by phi alone
+        // (1 s rhythm, no jitter: the deviation floor is 100 ms)
+        let ms = Duration::from_millis;
+        assert_eq!(r.evaluate(ms(10_550), 10_550)[0].to, AgentState::Suspect);
+        assert_eq!(r.evaluate(ms(10_800), 10_800)[0].to, AgentState::Offline);
+        // back, then the last will of the current session
+        r.heartbeat(S(14), 14_000, hb(&a, 14_000, None));
+        assert_eq!(r.evaluate(S(14), 14_000)[0].to, AgentState::Active);
+        let will = |connect_ms, state| StateMsg {
+            agent: a.clone(),
+            state,
+            connect_ms,
+        };
+        r.presence(&will(500, PresenceState::Online));
+        // an older session's will changes nothing
+        r.presence(&will(400, PresenceState::Offline));
+        assert!(r.evaluate(S(14), 14_000).is_empty());
+        r.presence(&will(500, PresenceState::Offline));
+        let c = r.evaluate(S(14), 14_000);
+        assert_eq!(
+            (c[0].to, c[0].reason.as_str()),
+            (AgentState::Offline, "last will")
+        );
+        // a fork quarantines for good
+        r.quarantine(&a, 15_000);
+        r.heartbeat(S(15), 15_000, hb(&a, 15_000, None));
+        assert_eq!(r.evaluate(S(15), 15_000)[0].to, AgentState::Quarantined);
+        assert_eq!(r.summary().agents, 1);
+        assert_eq!(r.summary().active, 0);
+    }
+
+    #[test]
+    fn clock_offset_from_the_agent_or_the_send_time() {
+        let a = AgentId::new("pi-1").unwrap();
+        let mut r = Registry::new(Thresholds::default());
+        r.enroll(&a, 0, false);
+        // a device in 1970, not yet synced: send time vs receive time
+        let now_ms = 1_795_460_700_000;
+        r.heartbeat(S(0), now_ms, hb(&a, 5_000, None));
+        r.evaluate(S(0), now_ms);
+        assert_eq!(r.state_of(&a), Some(AgentState::ClockSkewed));
+        assert_eq!(r.offsets(), vec![("pi-1".into(), now_ms - 5_000)]);
+        // synced and in tune: the agent's estimate wins
+        let tuned = ClockEstimate {
+            offset_ms: 12,
+            rtt_ms: 2,
+            synced: true,
+        };
+        r.heartbeat(S(1), now_ms + 1000, hb(&a, 0, Some(tuned)));
+        assert_eq!(r.evaluate(S(1), now_ms)[0].to, AgentState::Active);
+        let f = r.live_fields(&a, S(1));
+        assert_eq!(f.get("clock_offset_ms"), Some(&Value::Number(12.0)));
+        assert_eq!(f.get("clock_skewed"), Some(&Value::Bool(false)));
+    }
+}

@@ -1,0 +1,422 @@
+//! Liveness end to end, with real agent processes: a SIGKILLed agent is
+//! `offline` by its last will within two heartbeat intervals; a SIGSTOPped
+//! one (connection open, heartbeats stopped) is judged by phi alone; an
+//! agent whose clock is years off (libfaketime) is flagged and its entries
+//! still verify; summaries count what was started — over HTTP and on the
+//! retained MQTT summary topic.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use baton_shared::AgentId;
+use baton_shared::json::{Mode, Value, parse};
+use baton_tests::daemons::{Agent, Gateway, agent_key};
+use baton_tests::{eventually, http};
+
+/// Starts the agent binary; `env` adds variables (libfaketime).
+fn spawn_agent(
+    id: &str,
+    dir: &Path,
+    mqtt: SocketAddr,
+    heartbeat: &str,
+    env: &[(&str, String)],
+) -> Child {
+    let mut cmd = Command::new(baton_tests::bins::agent());
+    cmd.args([
+        "run",
+        "--id",
+        id,
+        "--cluster",
+        "c1",
+        "--heartbeat",
+        heartbeat,
+    ])
+    .arg("--data-dir")
+    .arg(dir)
+    .arg("--gateway")
+    .arg(format!("mqtt://{mqtt}"))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+fn json(addr: SocketAddr, path: &str) -> Value {
+    let (status, body) = http::get(addr, path).unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    parse(body.as_bytes(), Mode::Verify).unwrap()
+}
+
+/// `field` of `agent`'s row in `/api/v1/agents`.
+fn agent_field(addr: SocketAddr, agent: &str, field: &str) -> Option<Value> {
+    let Value::Array(rows) = json(addr, "/api/v1/agents") else {
+        panic!("agents is not an array")
+    };
+    rows.iter()
+        .filter_map(Value::as_object)
+        .find(|r| r.get("id").and_then(Value::as_str) == Some(agent))
+        .and_then(|r| r.get(field).cloned())
+}
+
+fn state(addr: SocketAddr, agent: &str) -> String {
+    agent_field(addr, agent, "state")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn cluster_num(addr: SocketAddr, path: &[&str]) -> f64 {
+    let mut v = json(addr, "/api/v1/cluster");
+    for k in path {
+        v = v
+            .as_object()
+            .and_then(|o| o.get(k))
+            .cloned()
+            .unwrap_or(Value::Null);
+    }
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// The gateway's own chain, parsed.
+fn gateway_events(addr: SocketAddr, gateway: &str) -> Vec<Value> {
+    let (status, body) = http::get(
+        addr,
+        &format!("/api/v1/agents/{gateway}/entries?limit=100000"),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .map(|l| parse(l.as_bytes(), Mode::Verify).unwrap())
+        .collect()
+}
+
+fn has_state_entry(addr: SocketAddr, agent: &str, to: &str) -> bool {
+    gateway_events(addr, "gw-e2e").iter().any(|e| {
+        let o = e.as_object().unwrap();
+        let d = o.get("data").and_then(Value::as_object);
+        o.get("event").and_then(Value::as_str) == Some("agent_state")
+            && d.and_then(|d| d.get("agent")).and_then(Value::as_str) == Some(agent)
+            && d.and_then(|d| d.get("to")).and_then(Value::as_str) == Some(to)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_is_offline_within_two_heartbeats_and_summaries_count_the_cluster() {
+    let gw_dir = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ids = ["pi-a", "pi-b", "pi-k"];
+    let keys: Vec<_> = ids
+        .iter()
+        .zip(&dirs)
+        .map(|(id, d)| (AgentId::new(*id).unwrap(), agent_key(d.path())))
+        .collect();
+    let gw = Gateway::start(gw_dir.path(), &keys, None, "127.0.0.1:0".parse().unwrap()).await;
+    let http = gw.bound.http;
+    let mqtt = gw.mqtt();
+    let extra = baton_agent::RawConfig {
+        heartbeat: Some("1s".into()),
+        ..Default::default()
+    };
+    let a = Agent::start_with(
+        "pi-a",
+        dirs[0].path(),
+        Some(mqtt),
+        Some(gw.key),
+        extra.clone(),
+    )
+    .await;
+    let b = Agent::start_with("pi-b", dirs[1].path(), Some(mqtt), Some(gw.key), extra).await;
+    // the process to kill heartbeats at the default 5 s
+    let mut k = spawn_agent("pi-k", dirs[2].path(), mqtt, "5s", &[]);
+
+    assert!(
+        eventually(Duration::from_secs(30), || cluster_num(http, &["active"])
+            == 3.0)
+        .await,
+        "{:?}",
+        json(http, "/api/v1/cluster")
+    );
+    assert_eq!(cluster_num(http, &["agents"]), 3.0);
+    assert_eq!(cluster_num(http, &["by_state", "offline"]), 0.0);
+    let summary = json(http, "/api/v1/cluster");
+    let mode = summary
+        .as_object()
+        .unwrap()
+        .get("mode")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(mode, "FULL");
+    // the retained summary on MQTT says the same
+    let retained = retained_summary(mqtt).await;
+    assert_eq!(
+        retained
+            .as_object()
+            .unwrap()
+            .get("agents")
+            .unwrap()
+            .as_f64(),
+        Some(3.0)
+    );
+
+    // SIGKILL: no DISCONNECT; the broker fires the last will
+    k.kill().unwrap();
+    let killed = Instant::now();
+    k.wait().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || state(http, "pi-k") == "offline").await,
+        "pi-k is {}",
+        state(http, "pi-k")
+    );
+    let took = killed.elapsed();
+    assert!(
+        took <= Duration::from_secs(10),
+        "offline after {took:?}, over two 5 s intervals"
+    );
+    assert_eq!(
+        agent_field(http, "pi-k", "state_reason").and_then(|v| v.as_str().map(str::to_owned)),
+        Some("last will".into())
+    );
+    // counts follow; 2 of 3 active is DEGRADED_MODERATE (≥ 60 %)
+    assert!(
+        eventually(Duration::from_secs(5), || cluster_num(
+            http,
+            &["by_state", "offline"]
+        ) == 1.0)
+        .await
+    );
+    assert_eq!(cluster_num(http, &["active"]), 2.0);
+    let mode = json(http, "/api/v1/cluster")
+        .as_object()
+        .unwrap()
+        .get("mode")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(mode, "DEGRADED_MODERATE");
+    // the change is in the gateway's chain
+    assert!(
+        eventually(Duration::from_secs(5), || has_state_entry(
+            http, "pi-k", "offline"
+        ))
+        .await
+    );
+    assert!(has_state_entry(http, "pi-a", "active"));
+    // Prometheus gauges
+    let (_, metrics) = http::get(http, "/metrics").unwrap();
+    assert!(metrics.contains("baton_cluster_agents 3"), "{metrics}");
+    assert!(
+        metrics.contains("baton_cluster_agents_by_state{state=\"offline\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("baton_cluster_mode{mode=\"DEGRADED_MODERATE\"} 1"),
+        "{metrics}"
+    );
+    // the operator's table
+    let (_, body) = http::get(http, "/api/v1/agents").unwrap();
+    let table = baton_gateway::cli::agents_table(&body).unwrap();
+    let row = table.lines().find(|l| l.starts_with("pi-k")).unwrap();
+    assert!(row.contains("offline"), "{table}");
+
+    a.stop().await;
+    b.stop().await;
+    gw.stop().await;
+}
+
+/// The retained summary, as a fresh subscriber gets it.
+async fn retained_summary(mqtt: SocketAddr) -> Value {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut opts = MqttOptions::new("summary-reader", mqtt.ip().to_string(), mqtt.port());
+    opts.set_credentials("summary-reader", "");
+    let (client, mut events) = AsyncClient::new(opts, 16);
+    client
+        .subscribe("baton/v1/c1/summary", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(p))) = events.poll().await {
+                return p.payload.to_vec();
+            }
+        }
+    })
+    .await
+    .expect("no retained summary");
+    parse(&body, Mode::Verify).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_agent_is_suspected_by_phi_and_recovers_when_resumed() {
+    let gw_dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = [(AgentId::new("pi-s").unwrap(), agent_key(dir.path()))];
+    let gw = Gateway::start(gw_dir.path(), &keys, None, "127.0.0.1:0".parse().unwrap()).await;
+    let http = gw.bound.http;
+    let mut p = spawn_agent("pi-s", dir.path(), gw.mqtt(), "1s", &[]);
+    // a rhythm to learn: active, and a few heartbeats more
+    assert!(eventually(Duration::from_secs(30), || state(http, "pi-s") == "active").await);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pid = p.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The TCP connection stays open (keep-alive 30 s): no will, only phi.
+    let mut seen = Vec::new();
+    let judged = eventually(Duration::from_secs(20), || {
+        let s = state(http, "pi-s");
+        if seen.last() != Some(&s) {
+            seen.push(s.clone());
+        }
+        s == "offline"
+    })
+    .await;
+    let reason =
+        agent_field(http, "pi-s", "state_reason").and_then(|v| v.as_str().map(str::to_owned));
+    assert!(judged, "states seen: {seen:?}");
+    assert!(
+        reason.as_deref().unwrap_or("").starts_with("silent, phi"),
+        "{reason:?}"
+    );
+    assert!(has_state_entry(http, "pi-s", "offline"));
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || state(http, "pi-s") == "active").await,
+        "{}",
+        state(http, "pi-s")
+    );
+    p.kill().unwrap();
+    p.wait().unwrap();
+    gw.stop().await;
+}
+
+/// libfaketime's preload library, if installed.
+fn faketime() -> Option<String> {
+    let found = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .map(str::to_owned);
+    if found.is_none() {
+        assert!(
+            std::env::var("BATON_REQUIRE_FAKETIME").as_deref() != Ok("1"),
+            "BATON_REQUIRE_FAKETIME=1 but libfaketime is not installed (apt-get install faketime)"
+        );
+        eprintln!(
+            "SKIPPED: libfaketime is not installed (set BATON_REQUIRE_FAKETIME=1 to fail instead)"
+        );
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_a_clock_years_off_is_flagged_and_its_entries_verify() {
+    let Some(lib) = faketime() else { return };
+    let gw_dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = agent_key(dir.path());
+    let keys = [(AgentId::new("pi-old").unwrap(), key)];
+    let gw = Gateway::start(gw_dir.path(), &keys, None, "127.0.0.1:0".parse().unwrap()).await;
+    let http = gw.bound.http;
+    // 1,200 days behind, monotonic clocks left alone
+    let env = [
+        ("LD_PRELOAD", lib),
+        ("FAKETIME", "-1200d".to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+        ("FAKETIME_DONT_RESET", "1".to_owned()),
+    ];
+    let mut p = spawn_agent("pi-old", dir.path(), gw.mqtt(), "1s", &env);
+    let band_ms = 1200.0 * 86_400_000.0;
+    assert!(
+        eventually(Duration::from_secs(30), || state(http, "pi-old")
+            == "clock_skewed")
+        .await,
+        "{}",
+        state(http, "pi-old")
+    );
+    let offset = agent_field(http, "pi-old", "clock_offset_ms")
+        .and_then(|v| v.as_f64())
+        .unwrap();
+    assert!((offset - band_ms).abs() < 60_000.0, "offset {offset}");
+    assert_eq!(
+        agent_field(http, "pi-old", "clock_skewed"),
+        Some(Value::Bool(true))
+    );
+    let (_, metrics) = http::get(http, "/metrics").unwrap();
+    assert!(
+        metrics.contains("baton_agent_clock_offset_ms{agent=\"pi-old\"}"),
+        "{metrics}"
+    );
+
+    // it still appends; once synced its entries carry the offset
+    let socket = dir.path().join("agent.sock");
+    let status = dir.path().join("status.json");
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            std::fs::read_to_string(&status).is_ok_and(|s| s.contains("\"synced\":true"))
+        })
+        .await
+    );
+    let mut acked = 0;
+    for i in 0..20 {
+        let line = format!("{{\"event\":\"reading\",\"data\":{{\"i\":{i}}}}}").into_bytes();
+        let answers = baton_agent::socket::client::send_lines(&socket, vec![line])
+            .await
+            .unwrap();
+        assert!(answers[0].is_ok(), "{:?}", answers[0]);
+        acked += 1;
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            agent_field(http, "pi-old", "head_seq").and_then(|v| v.as_f64())
+                == Some(f64::from(acked + 1))
+        })
+        .await
+    );
+    let (_, body) = http::get(http, "/api/v1/agents/pi-old/entries?limit=1000").unwrap();
+    // the chain verifies under the agent's key, ts and all
+    let verdict = baton_shared::verify::verify_text(body.as_bytes(), Some(key));
+    assert!(
+        matches!(verdict, baton_shared::verify::Verdict::Valid(_)),
+        "{verdict}"
+    );
+    let last = parse(body.lines().last().unwrap().as_bytes(), Mode::Verify).unwrap();
+    let o = last.as_object().unwrap();
+    let ts = o.get("ts").and_then(Value::as_str).unwrap();
+    let now_year: i32 = baton_shared::entry::format_timestamp(baton_gateway::server::unix_ms())
+        [..4]
+        .parse()
+        .unwrap();
+    let ts_year: i32 = ts[..4].parse().unwrap();
+    assert!(
+        now_year - ts_year >= 3,
+        "ts {ts} is the device's own (wrong) time"
+    );
+    let clock = o.get("clock").and_then(Value::as_object).unwrap();
+    assert_eq!(clock.get("synced"), Some(&Value::Bool(true)));
+    let entry_offset = clock.get("offset_ms").and_then(Value::as_f64).unwrap();
+    assert!((entry_offset - band_ms).abs() < 60_000.0, "{entry_offset}");
+    p.kill().unwrap();
+    p.wait().unwrap();
+    gw.stop().await;
+}
