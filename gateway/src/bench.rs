@@ -51,11 +51,11 @@ pub struct Row {
     pub rss_peak_mb: f64,
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
+pub(crate) fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
     for _ in 0..1000 {
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_ok() {
             return Ok(());
@@ -197,7 +197,7 @@ async fn raw_broker(
 
 use baton_agent::bench::rss_kb;
 
-struct ChildGuard(Child);
+pub(crate) struct ChildGuard(pub(crate) Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -289,7 +289,7 @@ async fn ingest(
     ))
 }
 
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let mut n = [0u8; 8];
     getrandom::fill(&mut n).map_err(|e| anyhow::anyhow!("random: {e}"))?;
     let dir = std::env::temp_dir().join(format!("baton-bench-{}", u64::from_le_bytes(n)));
@@ -297,7 +297,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn mosquitto_binary() -> Option<PathBuf> {
+pub(crate) fn mosquitto_binary() -> Option<PathBuf> {
     [
         "/usr/sbin/mosquitto",
         "/usr/bin/mosquitto",

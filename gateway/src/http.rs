@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/agents/{id}", get(agent))
         .route("/api/v1/agents/{id}/entries", get(entries))
         .route("/api/v1/agents/{id}/export", get(export))
         .route("/api/v1/load", post(load))
@@ -455,25 +456,45 @@ async fn agents(State(s): State<AppState>) -> Response {
         Ok(l) => l,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let now = s.origin.elapsed();
-    let mut rows = Vec::new();
-    for (id, record) in list {
-        let head = s
-            .store
-            .head(&id)
-            .unwrap_or(baton_shared::intake::Head::EMPTY);
-        let halted = s.store.halted(&id).ok().flatten();
-        let mut row = registry_row(&id, &record, head, halted);
-        for (k, v) in s.registry().live_fields(&id, now) {
-            row.insert(k, v);
-        }
-        rows.push(Value::Object(row));
-    }
+    let rows = list
+        .into_iter()
+        .map(|(id, record)| Value::Object(full_row(&s, &id, &record)))
+        .collect();
     (
         [(header::CONTENT_TYPE, "application/json")],
         baton_shared::canonical::to_vec(&Value::Array(rows)),
     )
         .into_response()
+}
+
+/// One agent: its stored registry row and its live fields.
+async fn agent(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let agent = match known_agent(&s, id) {
+        Ok(a) => a,
+        Err((status, msg)) => return error(status, msg),
+    };
+    match s.store.agent(&agent) {
+        Ok(Some(record)) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            baton_shared::canonical::to_vec(&Value::Object(full_row(&s, &agent, &record))),
+        )
+            .into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("unknown agent {agent}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn full_row(s: &AppState, id: &AgentId, record: &crate::store::AgentRecord) -> Object {
+    let head = s
+        .store
+        .head(id)
+        .unwrap_or(baton_shared::intake::Head::EMPTY);
+    let halted = s.store.halted(id).ok().flatten();
+    let mut row = registry_row(id, record, head, halted);
+    for (k, v) in s.registry().live_fields(id, s.origin.elapsed()) {
+        row.insert(k, v);
+    }
+    row
 }
 
 /// One stored registry row.

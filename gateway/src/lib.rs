@@ -9,6 +9,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fleet_bench;
 pub mod http;
 pub mod ingest;
 /// Key files (shared with the agent).

@@ -195,6 +195,19 @@ enum Command {
         #[arg(long)]
         no_mosquitto: bool,
     },
+    /// Liveness cost: N simulated agents (real MQTT, 5 s heartbeats) against
+    /// a gateway child; prints its CPU and RSS and the time to offline.
+    BenchFleet {
+        /// Agent counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        agents: Vec<usize>,
+        /// The CPU measuring window, e.g. "30s".
+        #[arg(long, default_value = "30s")]
+        window: String,
+        /// Skip the Mosquitto runs.
+        #[arg(long)]
+        no_mosquitto: bool,
+    },
     /// Print a ready Mosquitto drop-in config for production.
     PrintMosquittoConfig {
         /// Agents expected (sets the connection limit).
@@ -464,6 +477,23 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
             let rows = rt.block_on(baton_gateway::bench::run(&args, &exe))?;
             print!("{}", baton_gateway::bench::table(&rows));
+        }
+        Command::BenchFleet {
+            agents,
+            window,
+            no_mosquitto,
+        } => {
+            let exe = std::env::current_exe().context("locating this binary")?;
+            let window = humantime::parse_duration(&window)
+                .with_context(|| format!("--window {window:?}"))?;
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let rows = rt.block_on(baton_gateway::fleet_bench::run(
+                &exe,
+                &agents,
+                window,
+                !no_mosquitto,
+            ))?;
+            print!("{}", baton_gateway::fleet_bench::table(&rows));
         }
         Command::PrintMosquittoConfig { agents, listen } => {
             print!(
