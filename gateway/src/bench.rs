@@ -223,31 +223,11 @@ async fn ingest(
             l.key().public().to_hex(),
         )?;
     }
-    let http = free_addr()?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["run", "--id", "gw-bench", "--cluster", "bench"])
-        .arg("--data-dir")
-        .arg(&dir)
-        .arg("--keys-dir")
-        .arg(&keys_dir)
-        .arg("--http-listen")
-        .arg(http.to_string())
-        .arg("--max-agents")
-        .arg((ledgers.len() + 10).to_string());
-    let broker = match external {
-        Some(a) => {
-            cmd.arg("--broker").arg(format!("mqtt://{a}"));
-            a
-        }
-        None => {
-            let a = free_addr()?;
-            cmd.arg("--mqtt-listen").arg(a.to_string());
-            a
-        }
-    };
-    let child = ChildGuard(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
-    wait_listening(http)?;
-    wait_listening(broker)?;
+    let GatewayChild {
+        child,
+        http: _,
+        broker,
+    } = spawn_gateway(exe, &dir, "bench", external, ledgers.len())?;
     let entries: u64 = ledgers.iter().map(|l| l.head().0).sum();
     let batches: u64 = ledgers
         .iter()
@@ -297,7 +277,91 @@ pub(crate) fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-pub(crate) fn mosquitto_binary() -> Option<PathBuf> {
+/// A `baton-gateway run` child with its keys dir in `dir/agents`.
+pub(crate) struct GatewayChild {
+    pub(crate) child: ChildGuard,
+    pub(crate) http: SocketAddr,
+    pub(crate) broker: SocketAddr,
+}
+
+/// Starts `exe run` on `dir` (cluster `cluster`), through `external` or its
+/// own embedded broker sized for `agents`, and waits until it listens.
+pub(crate) fn spawn_gateway(
+    exe: &Path,
+    dir: &Path,
+    cluster: &str,
+    external: Option<SocketAddr>,
+    agents: usize,
+) -> anyhow::Result<GatewayChild> {
+    let http = free_addr()?;
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "run",
+        "--id",
+        &format!("gw-{cluster}"),
+        "--cluster",
+        cluster,
+    ])
+    .arg("--data-dir")
+    .arg(dir)
+    .arg("--keys-dir")
+    .arg(dir.join("agents"))
+    .arg("--http-listen")
+    .arg(http.to_string())
+    .arg("--max-agents")
+    .arg((agents + 10).to_string());
+    let broker = match external {
+        Some(a) => {
+            cmd.arg("--broker").arg(format!("mqtt://{a}"));
+            a
+        }
+        None => {
+            let a = free_addr()?;
+            cmd.arg("--mqtt-listen").arg(a.to_string());
+            a
+        }
+    };
+    let child = ChildGuard(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    wait_listening(http)?;
+    wait_listening(broker)?;
+    Ok(GatewayChild {
+        child,
+        http,
+        broker,
+    })
+}
+
+/// A Mosquitto for `agents` clients (anonymous, the production settings
+/// otherwise), if installed.
+pub(crate) fn start_mosquitto(agents: usize) -> anyhow::Result<Option<(ChildGuard, SocketAddr)>> {
+    let Some(bin) = mosquitto_binary() else {
+        eprintln!("mosquitto is not installed: embedded broker only");
+        return Ok(None);
+    };
+    let addr = free_addr()?;
+    let dir = tempfile_dir()?;
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        config(&MosquittoOptions {
+            listen: addr,
+            agents: agents + 10,
+            allow_anonymous: true,
+        }),
+    )?;
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting mosquitto")?;
+    let guard = ChildGuard(child);
+    wait_listening(addr)?;
+    Ok(Some((guard, addr)))
+}
+
+fn mosquitto_binary() -> Option<PathBuf> {
     [
         "/usr/sbin/mosquitto",
         "/usr/bin/mosquitto",
@@ -312,33 +376,12 @@ pub(crate) fn mosquitto_binary() -> Option<PathBuf> {
 pub async fn run(args: &BenchArgs, exe: &Path) -> anyhow::Result<Vec<Row>> {
     let mut brokers: Vec<(&'static str, Option<SocketAddr>)> = vec![("embedded", None)];
     let mut mosquitto = None;
-    if args.mosquitto {
-        match mosquitto_binary() {
-            Some(bin) => {
-                let addr = free_addr()?;
-                let dir = tempfile_dir()?;
-                let conf = dir.join("mosquitto.conf");
-                std::fs::write(
-                    &conf,
-                    config(&MosquittoOptions {
-                        listen: addr,
-                        agents: args.agents.iter().copied().max().unwrap_or(1) + 10,
-                        allow_anonymous: true,
-                    }),
-                )?;
-                let child = Command::new(bin)
-                    .arg("-c")
-                    .arg(&conf)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .context("starting mosquitto")?;
-                mosquitto = Some(ChildGuard(child));
-                wait_listening(addr)?;
-                brokers.push(("mosquitto", Some(addr)));
-            }
-            None => eprintln!("mosquitto is not installed: embedded broker only"),
-        }
+    if args.mosquitto
+        && let Some((guard, addr)) =
+            start_mosquitto(args.agents.iter().copied().max().unwrap_or(1))?
+    {
+        mosquitto = Some(guard);
+        brokers.push(("mosquitto", Some(addr)));
     }
     // A bare embedded broker for the raw figures.
     let raw_embedded = free_addr()?;

@@ -175,7 +175,10 @@ pub async fn run(
     }
     let http = bound.http;
     say(&format!(
-        "  HTTP:    http://{http}/api/v1/agents  (also /metrics, /api/v1/agents/demo-1/entries, /api/v1/watch)"
+        "  HTTP:    http://{http}/api/v1/agents  (also /api/v1/cluster, /metrics, /api/v1/agents/demo-1/entries, /api/v1/watch)"
+    ));
+    say(&format!(
+        "  agents:  baton-gateway agents --http http://{http}   (state, impedance, RTT, clock offset, temperature)"
     ));
     if let Some(a) = agents.first() {
         say(&format!(

@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -24,8 +23,7 @@ use baton_shared::wire::{
 use baton_shared::{AgentId, SecretKey, Seq};
 use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
 
-use crate::bench::{ChildGuard, free_addr, mosquitto_binary, tempfile_dir, wait_listening};
-use crate::mosquitto::{MosquittoOptions, config};
+use crate::bench::{GatewayChild, spawn_gateway, start_mosquitto, tempfile_dir};
 
 /// One row of the report.
 #[derive(Debug, Clone)]
@@ -240,32 +238,12 @@ async fn one(
             SecretKey::from_seed(&seed).public().to_hex(),
         )?;
     }
-    let http = free_addr()?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["run", "--id", "gw-fleet", "--cluster", CLUSTER])
-        .arg("--data-dir")
-        .arg(&dir)
-        .arg("--keys-dir")
-        .arg(&keys_dir)
-        .arg("--http-listen")
-        .arg(http.to_string())
-        .arg("--max-agents")
-        .arg((n + 10).to_string());
-    let broker = match external {
-        Some(a) => {
-            cmd.arg("--broker").arg(format!("mqtt://{a}"));
-            a
-        }
-        None => {
-            let a = free_addr()?;
-            cmd.arg("--mqtt-listen").arg(a.to_string());
-            a
-        }
-    };
-    let child = ChildGuard(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    let GatewayChild {
+        child,
+        http,
+        broker,
+    } = spawn_gateway(exe, &dir, CLUSTER, external, n)?;
     let pid = child.0.id();
-    wait_listening(http)?;
-    wait_listening(broker)?;
 
     let started = Instant::now();
     let mut sims = Vec::with_capacity(n);
@@ -341,33 +319,9 @@ pub async fn run(
     let max = agents.iter().copied().max().unwrap_or(1);
     let mut brokers: Vec<(&'static str, Option<SocketAddr>)> = vec![("embedded", None)];
     let mut guard = None;
-    if mosquitto {
-        match mosquitto_binary() {
-            Some(bin) => {
-                let addr = free_addr()?;
-                let dir = tempfile_dir()?;
-                let conf = dir.join("mosquitto.conf");
-                std::fs::write(
-                    &conf,
-                    config(&MosquittoOptions {
-                        listen: addr,
-                        agents: max + 10,
-                        allow_anonymous: true,
-                    }),
-                )?;
-                let child = Command::new(bin)
-                    .arg("-c")
-                    .arg(&conf)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .context("starting mosquitto")?;
-                guard = Some(ChildGuard(child));
-                wait_listening(addr)?;
-                brokers.push(("mosquitto", Some(addr)));
-            }
-            None => eprintln!("mosquitto is not installed: embedded broker only"),
-        }
+    if mosquitto && let Some((g, addr)) = start_mosquitto(max)? {
+        guard = Some(g);
+        brokers.push(("mosquitto", Some(addr)));
     }
     for (name, external) in brokers {
         for &n in agents {
