@@ -153,19 +153,19 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
-/// The gateway's stored head for `agent`, from its HTTP registry.
+/// The gateway's stored head for `agent`, from its HTTP registry row.
 fn gateway_head(http: SocketAddr, agent: &str) -> Option<u64> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(http).ok()?;
     write!(
         s,
-        "GET /api/v1/agents HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET /api/v1/agents/{agent} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
-    let at = body.find(&format!("\"id\":\"{agent}\""))?;
-    let rest = &body[at..];
+    // one agent's row: its head_seq is the only one
+    let rest = body.split_once("\r\n\r\n")?.1;
     let h = rest.find("\"head_seq\":")? + "\"head_seq\":".len();
     rest[h..]
         .split(|c: char| !c.is_ascii_digit())

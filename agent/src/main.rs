@@ -62,7 +62,7 @@ struct RunArgs {
     /// Sign a checkpoint at least this often while entries arrive.
     #[arg(long, env = "BATON_AGENT_CHECKPOINT_INTERVAL")]
     checkpoint_interval: Option<String>,
-    /// Batches in flight (1–64).
+    /// Batches in flight (1–64, default 16).
     #[arg(long, env = "BATON_AGENT_WINDOW")]
     window: Option<usize>,
     /// Most bytes of stored entries, e.g. "1GiB".

@@ -288,6 +288,8 @@ pub struct ClockInfo {
 }
 
 impl ClockInfo {
+    /// The general form (the direct writer's test compares against it).
+    #[cfg(test)]
     fn to_value(&self) -> Value {
         // Offsets and RTTs are milliseconds: far inside binary64's exact range.
         #[allow(clippy::cast_precision_loss)]
@@ -299,6 +301,28 @@ impl ClockInfo {
         o.insert("boot", Value::from(self.boot.as_str()));
         o.insert("mono_ms", Value::from(self.mono_ms));
         Value::Object(o)
+    }
+
+    /// Writes the canonical form of [`ClockInfo::to_value`] without building
+    /// a tree (every entry of an agent carries one): keys in their UTF-16
+    /// order, numbers through the canonical number writer. The direct
+    /// writer's unit test holds it to the general serializer.
+    fn write_canonical(&self, out: &mut Vec<u8>) {
+        #[allow(clippy::cast_precision_loss)]
+        let num = |x: i64, out: &mut Vec<u8>| canonical::write(&Value::Number(x as f64), out);
+        out.extend_from_slice(b"{\"boot\":");
+        canonical::write_str(&self.boot, out);
+        out.extend_from_slice(b",\"mono_ms\":");
+        canonical::write(&Value::from(self.mono_ms), out);
+        out.extend_from_slice(b",\"offset_ms\":");
+        num(self.offset_ms, out);
+        out.extend_from_slice(b",\"rtt_ms\":");
+        num(self.rtt_ms, out);
+        out.extend_from_slice(if self.synced {
+            b",\"synced\":true}"
+        } else {
+            b",\"synced\":false}"
+        });
     }
 }
 
@@ -414,7 +438,7 @@ pub fn build_content_at(
     canonical::write(&Value::from(stamp.agent.as_str()), &mut bytes);
     if let Some(clock) = stamp.clock {
         bytes.extend_from_slice(b",\"clock\":");
-        canonical::write(&clock.to_value(), &mut bytes);
+        clock.write_canonical(&mut bytes);
     }
     if let Some(c) = context.filter(|c| !c.is_empty()) {
         bytes.extend_from_slice(b",\"context\":");
@@ -709,10 +733,18 @@ mod tests {
             boot: "3f1c".into(),
             mono_ms: 99,
         };
+        let unsynced = ClockInfo {
+            offset_ms: -103_680_000_000,
+            rtt_ms: 0,
+            synced: false,
+            boot: "b\"\u{7}é".into(),
+            mono_ms: 9_007_199_254_740_991,
+        };
         for (context, clock) in [
             (None, None),
             (Some("c\n"), Some(&clock)),
             (Some(""), Some(&clock)),
+            (Some("x"), Some(&unsynced)),
         ] {
             let stamp = Stamp {
                 agent: &agent,
