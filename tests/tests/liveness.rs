@@ -88,13 +88,10 @@ fn cluster_mode(addr: SocketAddr) -> String {
     mode.and_then(Value::as_str).unwrap_or_default().to_owned()
 }
 
-/// The gateway's own chain, parsed.
-fn gateway_events(addr: SocketAddr, gateway: &str) -> Vec<Value> {
-    let (status, body) = http::get(
-        addr,
-        &format!("/api/v1/agents/{gateway}/entries?limit=100000"),
-    )
-    .unwrap();
+/// A chain the gateway holds (its own, or an agent's), parsed.
+fn chain_events(addr: SocketAddr, id: &str) -> Vec<Value> {
+    let (status, body) =
+        http::get(addr, &format!("/api/v1/agents/{id}/entries?limit=100000")).unwrap();
     assert_eq!(status, 200, "{body}");
     body.lines()
         .map(|l| parse(l.as_bytes(), Mode::Verify).unwrap())
@@ -102,7 +99,7 @@ fn gateway_events(addr: SocketAddr, gateway: &str) -> Vec<Value> {
 }
 
 fn has_state_entry(addr: SocketAddr, agent: &str, to: &str) -> bool {
-    gateway_events(addr, "gw-e2e").iter().any(|e| {
+    chain_events(addr, "gw-e2e").iter().any(|e| {
         let o = e.as_object().unwrap();
         let d = o.get("data").and_then(Value::as_object);
         o.get("event").and_then(Value::as_str) == Some("agent_state")
@@ -126,6 +123,8 @@ async fn killed_agent_is_offline_within_two_heartbeats_and_summaries_count_the_c
     let mqtt = gw.mqtt();
     let extra = baton_agent::RawConfig {
         heartbeat: Some("1s".into()),
+        heartbeat_summary: Some("2s".into()),
+        class: Some("CLASS_X_TEST".into()),
         ..Default::default()
     };
     let a = Agent::start_with(
@@ -176,9 +175,15 @@ async fn killed_agent_is_offline_within_two_heartbeats_and_summaries_count_the_c
         took <= Duration::from_secs(10),
         "offline after {took:?}, over two 5 s intervals"
     );
-    assert_eq!(
-        agent_field(http, "pi-k", "state_reason").and_then(|v| v.as_str().map(str::to_owned)),
-        Some("last will".into())
+    // Normally the will (a quarter of a second, see BENCHMARKS.md); on a
+    // loaded machine the session may have dropped before the kill (its
+    // will then named an older session) and phi is what notices.
+    let reason = agent_field(http, "pi-k", "state_reason")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    assert!(
+        reason == "last will" || reason.starts_with("silent, phi"),
+        "{reason}"
     );
     // counts follow; 2 of 3 active is DEGRADED_MODERATE (≥ 60 %)
     assert!(
@@ -198,6 +203,35 @@ async fn killed_agent_is_offline_within_two_heartbeats_and_summaries_count_the_c
         .await
     );
     assert!(has_state_entry(http, "pi-a", "active"));
+    // the agents' own chains hold heartbeat summaries, and their entries
+    // carry the clock the exchange measured
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            chain_events(http, "pi-a").iter().any(|e| {
+                let o = e.as_object().unwrap();
+                let d = o.get("data").and_then(Value::as_object);
+                let class = d
+                    .and_then(|d| d.get("system"))
+                    .and_then(Value::as_object)
+                    .and_then(|s| s.get("class"))
+                    .and_then(Value::as_str);
+                o.get("event").and_then(Value::as_str) == Some("heartbeat_summary")
+                    && class == Some("CLASS_X_TEST")
+                    && d.is_some_and(|d| d.contains_key("impedance"))
+            })
+        })
+        .await
+    );
+    let events = chain_events(http, "pi-a");
+    let clock = events
+        .last()
+        .and_then(|e| e.as_object()?.get("clock")?.as_object().cloned())
+        .unwrap();
+    assert_eq!(clock.get("synced"), Some(&Value::Bool(true)), "{clock:?}");
+    assert_eq!(
+        clock.get("boot").and_then(Value::as_str).map(str::len),
+        Some(36)
+    );
     // Prometheus gauges
     let (_, metrics) = http::get(http, "/metrics").unwrap();
     assert!(metrics.contains("baton_cluster_agents 3"), "{metrics}");
