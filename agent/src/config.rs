@@ -401,6 +401,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_packaged_config_matches_the_systemd_unit() {
+        // systemd/baton-agent.service: StateDirectory=baton, RuntimeDirectory=baton
+        let raw: RawConfig = toml::from_str(include_str!("../../systemd/agent.toml")).unwrap();
+        let c = Config::validate(raw).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/baton"));
+        assert_eq!(c.socket, PathBuf::from("/run/baton/agent.sock"));
+        assert_eq!(c.key, PathBuf::from("/etc/baton/agent.key"));
+    }
+
+    #[test]
     fn the_default_config_validates() {
         let raw: RawConfig = toml::from_str(DEFAULT_CONFIG).unwrap();
         let c = Config::validate(raw).unwrap();

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod ledger;
 pub mod link;
 pub mod mqtt;
+pub mod service;
 pub mod socket;
 pub mod status;
 pub mod writer;
@@ -257,6 +258,9 @@ pub async fn run(
         };
         tasks.spawn(link.run());
     }
+    if let Some(every) = service::watchdog_every() {
+        tasks.spawn(watchdog(writer.clone(), every));
+    }
     if let Some(tx) = ready {
         let _ = tx.send(Ready {
             socket: config.socket.clone(),
@@ -264,7 +268,9 @@ pub async fn run(
             shared: shared.clone(),
         });
     }
+    service::ready();
     shutdown.await;
+    service::stopping();
     tasks.shutdown().await;
     // A last status, and the socket file goes.
     let doc = shared.document(config.id.as_str(), &writer.head(), false, unix_ms());
@@ -300,6 +306,21 @@ pub(crate) async fn alert_entry(writer: &Writer, kind: &str, detail: &str) {
     d.insert("detail", Value::from(detail));
     if let Err(e) = writer.runtime(unix_ms(), "alert", Value::Object(d)).await {
         error!(error = %e, "could not record the alert entry");
+    }
+}
+
+/// `WATCHDOG=1` every `every`, each time after a durable commit went
+/// through the writer (a stuck writer thread or disk stops the pings, and
+/// systemd restarts the daemon).
+async fn watchdog(writer: Writer, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match writer.sign_head().await {
+            Ok(()) => service::watchdog(),
+            Err(e) => warn!(error = %e, "unhealthy: no watchdog ping"),
+        }
     }
 }
 

@@ -310,6 +310,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_packaged_config_matches_the_systemd_unit() {
+        // systemd/baton-gateway.service: StateDirectory=baton-gateway
+        let raw: RawConfig = toml::from_str(include_str!("../../systemd/gateway.toml")).unwrap();
+        let c = Config::validate(raw).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/baton-gateway"));
+        assert_eq!(c.key, PathBuf::from("/etc/baton/gateway.key"));
+        assert_eq!(c.keys_dir, Some(PathBuf::from("/etc/baton/agents")));
+    }
+
+    #[test]
     fn the_default_config_parses_and_validates() {
         let raw: RawConfig = toml::from_str(DEFAULT_CONFIG).unwrap();
         let c = Config::validate(raw).unwrap();

@@ -381,6 +381,9 @@ pub async fn run(
                 }
             };
             let mut replies = Vec::new();
+            // WATCHDOG=1 from this loop, after commits that went through
+            let watchdog_every = baton_agent::service::watchdog_every();
+            let mut pinged = Instant::now();
             while let Some(first) = rx.blocking_recv() {
                 let mut next = Some(first);
                 let mut drained = 0;
@@ -420,6 +423,10 @@ pub async fn run(
                         }
                         for (reply, result) in replies.drain(..) {
                             let _ = reply.send(result);
+                        }
+                        if watchdog_every.is_some_and(|every| pinged.elapsed() >= every) {
+                            baton_agent::service::watchdog();
+                            pinged = Instant::now();
                         }
                     }
                     Err(e) => {
@@ -473,7 +480,9 @@ pub async fn run(
         });
     }
 
+    baton_agent::service::ready();
     shutdown.await;
+    baton_agent::service::stopping();
     info!("shutting down");
     poller.abort();
     ticker.abort();
