@@ -51,10 +51,6 @@ impl Probe {
         }
     }
 
-    pub fn class(&self) -> &str {
-        &self.class
-    }
-
     /// A reading now; `disk_free` is the ledger filesystem's free space.
     pub fn sample(&mut self, disk_free: u64) -> SystemMetrics {
         let (cpu_pct, mem_used_bytes, mem_total_bytes) = match &mut self.sys {
@@ -84,7 +80,7 @@ impl Probe {
 }
 
 /// The heartbeat's figures as JSON (status.json and `heartbeat_summary`).
-pub fn heartbeat_value(hb: &Heartbeat) -> Value {
+pub fn heartbeat_value(hb: &Heartbeat) -> Object {
     // Metrics are small numbers: f32/f64 and u64 below 2^53 are exact.
     #[allow(clippy::cast_precision_loss)]
     let n = |x: f64| Value::Number((x * 100.0).round() / 100.0);
@@ -154,7 +150,7 @@ pub fn heartbeat_value(hb: &Heartbeat) -> Value {
             Value::Object(o)
         }),
     );
-    Value::Object(o)
+    o
 }
 
 /// Everything the heartbeat task needs.
@@ -179,15 +175,7 @@ impl Health {
         let head = self.writer.head();
         let receipted = self.shared.receipted();
         let now = crate::unix_ms();
-        let doc = self
-            .shared
-            .document(self.agent.as_str(), &head, self.uplink, now);
-        let state = doc
-            .as_object()
-            .and_then(|o| o.get("state"))
-            .and_then(Value::as_str)
-            .unwrap_or("idle")
-            .to_owned();
+        let state = self.shared.state(&head, self.uplink, now).to_owned();
         let backlog = head.seq.0.saturating_sub(receipted);
         let queued = self.writer.queued() as u64;
         let profile = self.shared.impedance(backlog + queued);
@@ -227,7 +215,7 @@ impl Health {
             tokio::select! {
                 _ = beat.tick() => {
                     let hb = self.heartbeat();
-                    self.shared.set_heartbeat(heartbeat_value(&hb), hb.sent_ms);
+                    self.shared.set_heartbeat(Value::Object(heartbeat_value(&hb)), hb.sent_ms);
                     beats_since_summary += 1;
                     if let Some(tx) = &self.to_link {
                         // A busy link skips a beat rather than queueing stale ones.
@@ -236,10 +224,7 @@ impl Health {
                 }
                 _ = summary.tick() => {
                     let hb = self.heartbeat();
-                    let mut data = match heartbeat_value(&hb) {
-                        Value::Object(o) => o,
-                        _ => Object::new(),
-                    };
+                    let mut data = heartbeat_value(&hb);
                     data.insert("heartbeats", Value::from(beats_since_summary));
                     data.insert(
                         "interval_ms",

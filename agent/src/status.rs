@@ -35,6 +35,27 @@ struct Inner {
     in_flight: std::collections::VecDeque<u64>,
 }
 
+impl Inner {
+    fn state(&self, rebuilding: bool, head: &Head, uplink: bool, unix_ms: i64) -> &'static str {
+        let receipted = self.receipt.as_ref().map_or(0, |r| r.seq.0);
+        let recent_error = self
+            .last_error
+            .as_ref()
+            .is_some_and(|(t, _)| unix_ms - t < 60_000);
+        if self.alert.is_some() || rebuilding {
+            "alert"
+        } else if recent_error {
+            "error"
+        } else if uplink && !self.connected {
+            "offline"
+        } else if head.seq.0 > receipted {
+            "busy"
+        } else {
+            "idle"
+        }
+    }
+}
+
 impl Shared {
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
         // A poisoned lock only means a reporting task panicked mid-update;
@@ -122,27 +143,20 @@ impl Shared {
         self.with(|i| i.receipt.as_ref().map_or(0, |r| r.seq.0))
     }
 
+    /// The agent's state word (`alert|error|offline|busy|idle`), as
+    /// status.json and heartbeats report it.
+    pub fn state(&self, head: &Head, uplink: bool, unix_ms: i64) -> &'static str {
+        let rebuilding = self.rebuilding.load(Ordering::Relaxed);
+        self.with(|i| i.state(rebuilding, head, uplink, unix_ms))
+    }
+
     /// The status document.
     pub fn document(&self, agent: &str, head: &Head, uplink: bool, unix_ms: i64) -> Value {
         let rebuilding = self.rebuilding.load(Ordering::Relaxed);
         self.with(|i| {
             let receipted = i.receipt.as_ref().map_or(0, |r| r.seq.0);
             let backlog = head.seq.0.saturating_sub(receipted);
-            let recent_error = i
-                .last_error
-                .as_ref()
-                .is_some_and(|(t, _)| unix_ms - t < 60_000);
-            let state = if i.alert.is_some() || rebuilding {
-                "alert"
-            } else if recent_error {
-                "error"
-            } else if uplink && !i.connected {
-                "offline"
-            } else if backlog > 0 {
-                "busy"
-            } else {
-                "idle"
-            };
+            let state = i.state(rebuilding, head, uplink, unix_ms);
             let mut o = Object::new();
             o.insert("agent", Value::from(agent));
             o.insert("state", Value::from(state));
