@@ -64,6 +64,7 @@ pub fn open_offline(
             cluster,
             resend_timeout: std::time::Duration::from_secs(10),
             software: format!("baton-gateway {}", env!("CARGO_PKG_VERSION")),
+            thresholds: baton_shared::liveness::Thresholds::default(),
         },
         key,
         store,

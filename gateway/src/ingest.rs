@@ -37,6 +37,8 @@ pub struct IngestConfig {
     pub cluster: ClusterId,
     pub resend_timeout: Duration,
     pub software: String,
+    /// How the live registry judges agents.
+    pub thresholds: baton_shared::liveness::Thresholds,
 }
 
 /// A message to publish.
@@ -117,6 +119,7 @@ impl Ingest {
             .meta(WINDOW_KEY)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map(i64::from_be_bytes);
+        let registry = Arc::new(Mutex::new(Registry::new(cfg.thresholds)));
         let mut ingest = Ingest {
             cfg,
             key,
@@ -131,9 +134,7 @@ impl Ingest {
             metrics,
             last_logged: HashMap::new(),
             checkpointed: HashMap::new(),
-            registry: Arc::new(Mutex::new(Registry::new(
-                baton_shared::liveness::Thresholds::default(),
-            ))),
+            registry,
         };
         if head.seq == Seq::ZERO {
             let genesis = ingest.own.genesis(unix_ms, &ingest.cfg.software);
@@ -516,15 +517,14 @@ impl Ingest {
 
     /// Re-judges every agent's liveness; each state change becomes an
     /// `agent_state` entry in the gateway's chain (committed with the next
-    /// group). Returns how many changed.
-    pub fn stage_liveness(&mut self, now: Duration, unix_ms: i64) -> usize {
+    /// group).
+    pub fn stage_liveness(&mut self, now: Duration, unix_ms: i64) {
         let changes = self.registry().evaluate(now, unix_ms);
         for c in &changes {
             info!(agent = %c.agent, from = %c.from, to = %c.to, reason = %c.reason, "agent state");
             let e = self.own.append(unix_ms, "agent_state", c.to_value());
             self.staged.push(e);
         }
-        changes.len()
     }
 
     /// A `cluster_summary` entry in the gateway's chain.
@@ -953,6 +953,7 @@ mod tests {
             cluster: ClusterId::new("c").unwrap(),
             resend_timeout: Duration::from_secs(10),
             software: String::new(),
+            thresholds: baton_shared::liveness::Thresholds::default(),
         };
         let metrics = Arc::new(Metrics::default());
         let mut i = Ingest::open(

@@ -97,7 +97,7 @@ impl Change {
 #[derive(Debug)]
 pub struct Registry {
     agents: HashMap<AgentId, Live>,
-    pub thresholds: Thresholds,
+    thresholds: Thresholds,
 }
 
 impl Registry {
@@ -119,18 +119,6 @@ impl Registry {
     /// Its chain halted (a fork): nothing more is accepted from it.
     pub fn quarantine(&mut self, agent: &AgentId, unix_ms: i64) {
         self.enroll(agent, unix_ms, true);
-    }
-
-    pub fn is_enrolled(&self, agent: &AgentId) -> bool {
-        self.agents.contains_key(agent)
-    }
-
-    pub fn len(&self) -> usize {
-        self.agents.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.agents.is_empty()
     }
 
     /// A heartbeat of an enrolled agent arrived (false: not enrolled).
@@ -204,7 +192,7 @@ impl Registry {
         }))
     }
 
-    /// Counts per state (for metrics).
+    /// One agent's state as of the last evaluation.
     pub fn state_of(&self, agent: &AgentId) -> Option<AgentState> {
         self.agents.get(agent).map(|l| l.state)
     }

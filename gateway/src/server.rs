@@ -194,6 +194,7 @@ pub async fn run(
             cluster: config.cluster.clone(),
             resend_timeout: config.resend_timeout,
             software: format!("baton-gateway {}", env!("CARGO_PKG_VERSION")),
+            thresholds: config.liveness.thresholds,
         },
         key,
         Arc::clone(&store),
@@ -204,10 +205,6 @@ pub async fn run(
         enroll_key_files(&mut ingest, dir)?;
     }
     let registry = ingest.registry_handle();
-    registry
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .thresholds = config.liveness.thresholds;
     // One clock for phi, shared by the ingest thread and HTTP.
     let origin = Instant::now();
 
@@ -398,9 +395,7 @@ pub async fn run(
                             publish(out);
                         }
                         Inbound::Tick => ingest.stage_checkpoints(unix_ms()),
-                        Inbound::Liveness => {
-                            ingest.stage_liveness(origin.elapsed(), unix_ms());
-                        }
+                        Inbound::Liveness => ingest.stage_liveness(origin.elapsed(), unix_ms()),
                         Inbound::Summary => ingest.stage_summary(unix_ms()),
                         // Answered after the commit, refusals too: a refusal
                         // may have staged something (a loaded fork's evidence).

@@ -32,6 +32,7 @@ fn cfg() -> IngestConfig {
         cluster: ClusterId::new("c07").unwrap(),
         resend_timeout: Duration::from_secs(10),
         software: "test".into(),
+        thresholds: baton_shared::liveness::Thresholds::default(),
     }
 }
 
