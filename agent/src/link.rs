@@ -1,5 +1,6 @@
 //! The uplink shell: one rumqttc connection driven by `baton-shared`'s
-//! `uplink` state machine. The MQTT event loop is only polled here;
+//! `uplink` state machine. The MQTT event loop is polled by one long-lived
+//! [`pump`] beside the link's loop (never cancelled mid-connect);
 //! publishing uses `try_publish` and never blocks it. What is resent comes
 //! from the ledger, never from rumqttc's memory: the session is clean, and
 //! every (re)connect starts with a hello (PROTOCOL §7).
@@ -14,7 +15,9 @@ use baton_shared::wire::{
     Heartbeat, Message, Nack, PresenceState, Receipt, StateMsg, TimeReply, TimeRequest,
 };
 use baton_shared::{AgentId, PublicKey, Seq};
-use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
+use baton_shared::backoff::Backoff;
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, Packet, QoS};
+use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::clock::ClockState;
@@ -102,13 +105,16 @@ impl Link {
             }
             .encode()
         };
+        let will = |session_ms: i64| {
+            LastWill::new(
+                &state_t,
+                presence(PresenceState::Offline, session_ms),
+                QoS::AtLeastOnce,
+                true,
+            )
+        };
         let mut session_ms = crate::unix_ms();
-        opts.set_last_will(LastWill::new(
-            &state_t,
-            presence(PresenceState::Offline, session_ms),
-            QoS::AtLeastOnce,
-            true,
-        ));
+        opts.set_last_will(will(session_ms));
         let (client, mut eventloop) = AsyncClient::new(opts, 256);
         eventloop.set_network_options(crate::mqtt::network_options());
 
@@ -130,14 +136,16 @@ impl Link {
         }
         let mut uplink = Uplink::new(cfg, best);
         // Reconnects: 0.5 s doubling to 30 s, equal jitter, reset on ConnAck.
-        let mut backoff = baton_shared::backoff::Backoff::new(
+        let backoff = Backoff::new(
             Duration::from_millis(500),
             Duration::from_secs(30),
             u64::from_le_bytes(seed).rotate_left(17),
         );
+        let (pumped_tx, mut pumped) = mpsc::channel(64);
+        let pump = pump(eventloop, pumped_tx, backoff, will);
+        tokio::pin!(pump);
         let mut heads = writer.watch();
         let origin = tokio::time::Instant::now();
-        let mut reconnect_at: Option<tokio::time::Instant> = None;
         // The clock exchange (PROTOCOL §7).
         let mut filter = ClockFilter::new(CLOCK_WINDOW);
         let mut clock_at: Option<tokio::time::Instant> = None;
@@ -151,13 +159,7 @@ impl Link {
                 .poll_timeout()
                 .map_or(origin + Duration::from_secs(3600), |d| origin + d);
             tokio::select! {
-                () = async {
-                    if let Some(at) = reconnect_at {
-                        tokio::time::sleep_until(at).await;
-                    } else {
-                        std::future::pending::<()>().await;
-                    }
-                } => { reconnect_at = None; }
+                () = &mut pump => return,
                 () = async {
                     match clock_at {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -181,13 +183,12 @@ impl Link {
                         None => return,
                     }
                 }
-                event = eventloop.poll(), if reconnect_at.is_none() => {
+                Some(event) = pumped.recv() => {
                     let now = origin.elapsed();
                     match event {
-                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        Pumped::Event(Event::Incoming(Packet::ConnAck(_))) => {
                             info!(broker = %broker.host, port = broker.port, "connected to the gateway's broker");
                             shared.set_connected(true);
-                            backoff.reset();
                             let _ = client.try_subscribe(&ack_t, QoS::AtLeastOnce);
                             let _ = client.try_subscribe(&nack_t, QoS::AtLeastOnce);
                             let _ = client.try_subscribe(&time_reply_t, QoS::AtMostOnce);
@@ -201,7 +202,7 @@ impl Link {
                             );
                             uplink.connected(now);
                         }
-                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                        Pumped::Event(Event::Incoming(Packet::Publish(p))) => {
                             if p.topic == ack_t {
                                 match Receipt::decode(&p.payload) {
                                     Ok(r) => {
@@ -244,25 +245,14 @@ impl Link {
                                 }
                             }
                         }
-                        Ok(_) => {}
-                        Err(e) => {
+                        Pumped::Event(_) => {}
+                        Pumped::Lost { error, next_session_ms } => {
                             if shared.set_connected_was(false) {
-                                warn!(error = %e, "lost the gateway's broker; entries stay in the ledger");
+                                warn!(%error, "lost the gateway's broker; entries stay in the ledger");
                             }
                             uplink.disconnected(now);
                             clock_at = None;
-                            // rumqttc reconnects on the next poll: pace it, and
-                            // give the next session its own last will.
-                            let delay = backoff.next_delay();
-                            reconnect_at = Some(tokio::time::Instant::now() + delay);
-                            session_ms = crate::unix_ms()
-                                + i64::try_from(delay.as_millis()).unwrap_or(0);
-                            eventloop.mqtt_options.set_last_will(LastWill::new(
-                                &state_t,
-                                presence(PresenceState::Offline, session_ms),
-                                QoS::AtLeastOnce,
-                                true,
-                            ));
+                            session_ms = next_session_ms;
                         }
                     }
                 }
@@ -346,6 +336,67 @@ impl Link {
                     }
                 }
             }
+        }
+    }
+}
+
+/// What the MQTT pump hands the link.
+enum Pumped {
+    /// An event of the current session.
+    Event(Event),
+    /// The session ended; the next one connects after a paced delay and
+    /// calls itself `next_session_ms` (its last will says so already).
+    Lost {
+        error: ConnectionError,
+        next_session_ms: i64,
+    },
+}
+
+/// Polls the MQTT event loop for as long as the link reads what it yields,
+/// pacing reconnects with `backoff` and giving each new session its own
+/// last will (`will(session_ms)`).
+///
+/// It runs beside the link's loop in the same task, as one long-lived
+/// future, so a poll is never cancelled half-way: rumqttc's `poll` is not
+/// cancel-safe while it connects. Polled from the link's `select!`, every
+/// append or heartbeat cancelled a connect waiting for its ConnAck; the
+/// broker was left with a half-open session whose cleanup fired the last
+/// will of the session that replaced it.
+async fn pump(
+    mut eventloop: EventLoop,
+    to_link: mpsc::Sender<Pumped>,
+    mut backoff: Backoff,
+    will: impl Fn(i64) -> LastWill,
+) {
+    loop {
+        let pumped = match eventloop.poll().await {
+            Ok(event) => {
+                if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                    backoff.reset();
+                }
+                Pumped::Event(event)
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                let next_session_ms =
+                    crate::unix_ms() + i64::try_from(delay.as_millis()).unwrap_or(0);
+                eventloop.mqtt_options.set_last_will(will(next_session_ms));
+                if to_link
+                    .send(Pumped::Lost {
+                        error,
+                        next_session_ms,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        if to_link.send(pumped).await.is_err() {
+            return;
         }
     }
 }
