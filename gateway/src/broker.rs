@@ -13,7 +13,9 @@
 //!   wildcard snapshots;
 //! - no TCP_NODELAY on accepted sockets (10× slower windowed delivery):
 //!   the workspace builds rumqttd from `vendor/rumqttd`, patched to set it
-//!   (`vendor/rumqttd/BATON-PATCH.md`).
+//!   (`vendor/rumqttd/BATON-PATCH.md`);
+//! - a late will of a taken-over connection fired the new connection's
+//!   will instead: patched there too (wills are per connection).
 //!
 //! Because an auth hook is set, rumqttd refuses a CONNECT without a
 //! username; Baton's clients always send one (their client id).

@@ -58,6 +58,8 @@ pub struct RemoteLink<P> {
     link_rx: LinkRx,
     notifications: VecDeque<Notification>,
     pub(crate) will_delay_interval: u32,
+    /// Baton patch: see Connection::incarnation
+    pub(crate) incarnation: u64,
 }
 
 impl<P: Protocol> RemoteLink<P> {
@@ -93,7 +95,9 @@ impl<P: Protocol> RemoteLink<P> {
         // the Will Delay Interval has passed or the Session ends, whichever happens first
         let will_delay_interval = min(session_expiry, delay_interval);
 
+        let incarnation = crate::router::next_incarnation();
         let (link_tx, link_rx, notification) = LinkBuilder::new(client_id, router_tx)
+            .incarnation(incarnation)
             .tenant_id(tenant_id)
             .clean_session(clean_session)
             .last_will(lastwill)
@@ -122,6 +126,7 @@ impl<P: Protocol> RemoteLink<P> {
             link_rx,
             notifications: VecDeque::with_capacity(100),
             will_delay_interval,
+            incarnation,
         })
     }
 

@@ -33,6 +33,16 @@ pub struct Connection {
     pub(crate) broker_topic_aliases: Option<BrokerAliases>,
     /// subscription IDs for a connection
     pub(crate) subscription_ids: HashMap<Filter, usize>,
+    /// Baton patch: which network connection this is, unique in the
+    /// process (connection ids are slab slots and are reused), so a will
+    /// fires only for the connection that set it. 0 for local links.
+    pub incarnation: u64,
+}
+
+/// Baton patch: a new, process-unique connection incarnation (never 0).
+pub fn next_incarnation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Connection {
@@ -66,6 +76,7 @@ impl Connection {
             topic_aliases: HashMap::new(),
             broker_topic_aliases: None,
             subscription_ids: HashMap::new(),
+            incarnation: 0,
         }
     }
 

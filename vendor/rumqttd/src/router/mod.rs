@@ -27,6 +27,7 @@ mod waiters;
 
 pub use alertlog::Alert;
 pub use connection::Connection;
+pub(crate) use connection::next_incarnation;
 pub use routing::Router;
 pub use waiters::Waiters;
 
@@ -64,7 +65,8 @@ pub enum Event {
     /// Get metrics of a connection or all connections
     PrintStatus(Print),
     /// Publish Will message
-    PublishWill((String, Option<String>)),
+    /// Baton patch: and the incarnation of the connection that set it
+    PublishWill((String, Option<String>, u64)),
 }
 
 /// Notification from router to connection

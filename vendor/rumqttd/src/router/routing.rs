@@ -101,7 +101,8 @@ pub struct Router {
     /// Shared subscriptions map <group-name, group>
     shared_subscriptions: HashMap<String, SharedGroup>,
     /// Will messages per client_id
-    last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
+    /// (Baton patch: with the incarnation of the connection that set it)
+    last_wills: HashMap<String, (LastWill, Option<LastWillProperties>, u64)>,
 }
 
 impl Router {
@@ -256,8 +257,9 @@ impl Router {
                 self.send_meters();
             }
             Event::PrintStatus(metrics) => print_status(self, metrics),
-            Event::PublishWill((client_id, _tenant_id)) => self.handle_last_will(
+            Event::PublishWill((client_id, _tenant_id, incarnation)) => self.handle_last_will(
                 client_id,
+                Some(incarnation),
                 #[cfg(feature = "validate-tenant-prefix")]
                 _tenant_id,
             ),
@@ -347,10 +349,33 @@ impl Router {
             connection.events.events.pop_front();
         }
 
+        // Baton patch: a will still pending here belongs to an earlier
+        // connection of this client id that ended (or was just taken over)
+        // without DISCONNECT and whose PublishWill has not arrived yet. It
+        // fires now (a clean session) or is cancelled (a resumed one), and
+        // that connection's late PublishWill no longer matches: upstream
+        // published the *new* connection's will there and left the new
+        // connection without one.
+        if self.last_wills.contains_key(&client_id) {
+            if clean_session {
+                self.handle_last_will(
+                    client_id.clone(),
+                    None,
+                    #[cfg(feature = "validate-tenant-prefix")]
+                    None,
+                );
+            } else {
+                self.last_wills.remove(&client_id);
+            }
+        }
         if let Some(will) = connection.last_will.take() {
             self.last_wills.insert(
                 client_id.clone(),
-                (will, connection.last_will_properties.take()),
+                (
+                    will,
+                    connection.last_will_properties.take(),
+                    connection.incarnation,
+                ),
             );
         }
 
@@ -1092,15 +1117,23 @@ impl Router {
         Some(())
     }
 
+    /// Baton patch: `incarnation`, when given, must be the one that set
+    /// the pending will, or nothing is published.
     pub fn handle_last_will(
         &mut self,
         client_id: String,
+        incarnation: Option<u64>,
         #[cfg(feature = "validate-tenant-prefix")] tenant_id: Option<String>,
     ) {
         #[cfg(feature = "validate-tenant-prefix")]
         let tenant_prefix = tenant_id.map(|id| format!("/tenants/{id}/"));
 
-        let Some((will, will_props)) = self.last_wills.remove(&client_id) else {
+        if let (Some(i), Some((_, _, set_by))) = (incarnation, self.last_wills.get(&client_id)) {
+            if i != *set_by {
+                return;
+            }
+        }
+        let Some((will, will_props, _)) = self.last_wills.remove(&client_id) else {
             return;
         };
 

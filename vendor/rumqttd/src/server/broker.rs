@@ -576,6 +576,7 @@ async fn remote<P: Protocol>(
 
     let connection_id = link.connection_id;
     let will_delay_interval = link.will_delay_interval;
+    let incarnation = link.incarnation;
     let mut send_disconnect = true;
 
     match link.start().await {
@@ -624,7 +625,7 @@ async fn remote<P: Protocol>(
     };
 
     if publish_will {
-        let message = Event::PublishWill((client_id, tenant_id));
+        let message = Event::PublishWill((client_id, tenant_id, incarnation));
         // is this connection_id really correct at this point?
         // as we have disconnected already, some other connection
         // might be using this connection ID!
