@@ -13,6 +13,7 @@ use baton_shared::AgentId;
 use baton_shared::PublicKey;
 use baton_shared::verify::verify_text;
 use baton_tests::daemons::{Agent, Gateway, GatewayProc, Via, agent_key};
+use baton_tests::watch::Watcher;
 use baton_tests::{eventually, http};
 
 fn free_addr() -> SocketAddr {
@@ -419,25 +420,10 @@ async fn tls_to_mosquitto_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_online_then_the_last_will_offline_of_the_same_session() {
     use baton_shared::wire::{Message, PresenceState, StateMsg};
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
     let mqtt = free_addr();
     baton_gateway::broker::start(mqtt, 10).unwrap();
-    let mut opts = MqttOptions::new("watcher", mqtt.ip().to_string(), mqtt.port());
-    opts.set_credentials("watcher", "");
-    let (client, mut events) = AsyncClient::new(opts, 64);
-    client
-        .subscribe("baton/v1/c1/pi-p/state", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let watcher = tokio::spawn(async move {
-        loop {
-            if let Ok(Event::Incoming(Packet::Publish(p))) = events.poll().await {
-                let _ = tx.send(StateMsg::decode(&p.payload));
-            }
-        }
-    });
+    let mut watcher = Watcher::start(mqtt, "watcher", &["baton/v1/c1/pi-p/state"]).await;
     let dir = tempfile::tempdir().unwrap();
     let key = baton_shared::SecretKey::from_seed(&[3; 32]).public();
     let agent = Agent::start("pi-p", dir.path(), Some(mqtt), Some(key)).await;
@@ -445,11 +431,8 @@ async fn presence_online_then_the_last_will_offline_of_the_same_session() {
     // left an Offline first, under load: that is the will doing its job).
     let mut last_online = None;
     while last_online.is_none() {
-        let m = tokio::time::timeout(Duration::from_secs(30), seen.recv())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let m = watcher.next(Duration::from_secs(30)).await.expect("no Online");
+        let m = StateMsg::decode(&m).unwrap();
         assert_eq!(m.agent.as_str(), "pi-p");
         if m.state == PresenceState::Online {
             last_online = Some(m.connect_ms);
@@ -459,16 +442,15 @@ async fn presence_online_then_the_last_will_offline_of_the_same_session() {
     // naming the session that said Online last
     agent.stop().await;
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(60), seen.recv())
+        let m = watcher
+            .next(Duration::from_secs(60))
             .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+            .expect("no Offline of the last session");
+        let m = StateMsg::decode(&m).unwrap();
         match m.state {
             PresenceState::Online => last_online = Some(m.connect_ms),
             PresenceState::Offline if Some(m.connect_ms) == last_online => break,
             PresenceState::Offline => {}
         }
     }
-    watcher.abort();
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use baton_shared::AgentId;
 use baton_shared::json::{Mode, Value, parse};
 use baton_tests::daemons::{Agent, Gateway, agent_key};
+use baton_tests::watch::Watcher;
 use baton_tests::{eventually, http};
 
 /// Starts the agent binary; `env` adds variables (libfaketime).
@@ -256,23 +257,11 @@ async fn killed_agent_is_offline_within_two_heartbeats_and_summaries_count_the_c
 
 /// The retained summary, as a fresh subscriber gets it.
 async fn retained_summary(mqtt: SocketAddr) -> Value {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let mut opts = MqttOptions::new("summary-reader", mqtt.ip().to_string(), mqtt.port());
-    opts.set_credentials("summary-reader", "");
-    let (client, mut events) = AsyncClient::new(opts, 16);
-    client
-        .subscribe("baton/v1/c1/summary", QoS::AtLeastOnce)
+    let mut reader = Watcher::start(mqtt, "summary-reader", &["baton/v1/c1/summary"]).await;
+    let body = reader
+        .next(Duration::from_secs(20))
         .await
-        .unwrap();
-    let body = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let Ok(Event::Incoming(Packet::Publish(p))) = events.poll().await {
-                return p.payload.to_vec();
-            }
-        }
-    })
-    .await
-    .expect("no retained summary");
+        .expect("no retained summary");
     parse(&body, Mode::Verify).unwrap()
 }
 
