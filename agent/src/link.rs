@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use baton_shared::backoff::Backoff;
 use baton_shared::clock::ClockFilter;
 use baton_shared::uplink::{Output, Uplink, UplinkConfig};
 use baton_shared::wire::{
     Heartbeat, Message, Nack, PresenceState, Receipt, StateMsg, TimeReply, TimeRequest,
 };
 use baton_shared::{AgentId, PublicKey, Seq};
-use baton_shared::backoff::Backoff;
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, Packet, QoS};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};

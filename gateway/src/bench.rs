@@ -346,7 +346,8 @@ pub(crate) fn start_mosquitto(agents: usize) -> anyhow::Result<Option<(ChildGuar
         config(&MosquittoOptions {
             listen: addr,
             agents: agents + 10,
-            allow_anonymous: true,
+            tls: None,
+            auth: None,
         }),
     )?;
     let child = Command::new(bin)

@@ -213,9 +213,38 @@ enum Command {
         /// Agents expected (sets the connection limit).
         #[arg(long, default_value_t = 1000)]
         agents: usize,
-        /// The listener address.
+        /// The plain listener (with --tls-listen: 127.0.0.1:1883, for the
+        /// gateway on the same server).
         #[arg(long, default_value = "0.0.0.0:1883")]
         listen: std::net::SocketAddr,
+        /// A TLS listener for the devices, e.g. 0.0.0.0:8883.
+        #[arg(long)]
+        tls_listen: Option<std::net::SocketAddr>,
+        /// The CA that signed the broker's certificate (TLS listener).
+        #[arg(long, default_value = "/etc/mosquitto/certs/ca.pem")]
+        cafile: PathBuf,
+        /// The broker's certificate (TLS listener).
+        #[arg(long, default_value = "/etc/mosquitto/certs/server.pem")]
+        certfile: PathBuf,
+        /// The broker's private key (TLS listener).
+        #[arg(long, default_value = "/etc/mosquitto/certs/server.key")]
+        keyfile: PathBuf,
+        /// Per-device credentials (mosquitto_passwd).
+        #[arg(long, default_value = "/etc/mosquitto/baton.passwd")]
+        password_file: PathBuf,
+        /// The topic ACL (print-mosquitto-acl).
+        #[arg(long, default_value = "/etc/mosquitto/baton.acl")]
+        acl_file: PathBuf,
+    },
+    /// Print a Mosquitto ACL file: each device (user name = agent id) only
+    /// its own baton/v1/CLUSTER/AGENT/ topics, the gateway user the cluster.
+    PrintMosquittoAcl {
+        /// The cluster id.
+        #[arg(long)]
+        cluster: String,
+        /// The gateway's MQTT user name (broker_username in its config).
+        #[arg(long)]
+        gateway_user: String,
     },
 }
 
@@ -495,15 +524,41 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             ))?;
             print!("{}", baton_gateway::fleet_bench::table(&rows));
         }
-        Command::PrintMosquittoConfig { agents, listen } => {
+        Command::PrintMosquittoConfig {
+            agents,
+            listen,
+            tls_listen,
+            cafile,
+            certfile,
+            keyfile,
+            password_file,
+            acl_file,
+        } => {
+            use baton_gateway::mosquitto::{Auth, MosquittoOptions, TlsListener, config};
             print!(
                 "{}",
-                baton_gateway::mosquitto::config(&baton_gateway::mosquitto::MosquittoOptions {
+                config(&MosquittoOptions {
                     listen,
+                    tls: tls_listen.map(|listen| TlsListener {
+                        listen,
+                        cafile,
+                        certfile,
+                        keyfile,
+                    }),
                     agents,
-                    allow_anonymous: false,
+                    auth: Some(Auth {
+                        password_file,
+                        acl_file,
+                    }),
                 })
             );
+        }
+        Command::PrintMosquittoAcl {
+            cluster,
+            gateway_user,
+        } => {
+            AgentId::new(&cluster).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+            print!("{}", baton_gateway::mosquitto::acl(&cluster, &gateway_user));
         }
     }
     Ok(ExitCode::SUCCESS)

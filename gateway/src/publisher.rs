@@ -96,6 +96,22 @@ pub async fn publish(
     net.set_tcp_nodelay(true);
     net.set_connection_timeout(30);
     eventloop.set_network_options(net);
+    // The event loop is polled by this one future, never cancelled
+    // mid-connect (rumqttc's poll is not cancel-safe then), as in the agent.
+    let (pumped_tx, mut pumped) = tokio::sync::mpsc::channel(64);
+    let pump = async move {
+        loop {
+            let event = eventloop.poll().await;
+            let lost = event.is_err();
+            if pumped_tx.send(event).await.is_err() {
+                return;
+            }
+            if lost {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    tokio::pin!(pump);
 
     let mut cfg = UplinkConfig::new(agent.clone(), ledger.key().public(), Some(gateway_key), 42);
     cfg.resend_timeout = options.resend_timeout;
@@ -145,7 +161,8 @@ pub async fn publish(
             wake = wake.min(next_append);
         }
         tokio::select! {
-            event = eventloop.poll() => {
+            () = &mut pump => {}
+            Some(event) = pumped.recv() => {
                 let now = origin.elapsed();
                 match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -165,10 +182,7 @@ pub async fn publish(
                         }
                     }
                     Ok(_) => {}
-                    Err(_) => {
-                        uplink.disconnected(now);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    Err(_) => uplink.disconnected(now),
                 }
             }
             () = tokio::time::sleep_until(wake) => {}

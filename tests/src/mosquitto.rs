@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use baton_gateway::mosquitto::{MosquittoOptions, config};
+use baton_gateway::mosquitto::{Auth, MosquittoOptions, TlsListener, config};
 
 /// A running broker; killed on drop.
 #[derive(Debug)]
@@ -36,16 +36,22 @@ impl Mosquitto {
     /// installed. With `BATON_REQUIRE_MOSQUITTO=1` (CI) a missing broker
     /// fails the test instead.
     pub fn start() -> Option<Mosquitto> {
-        Mosquitto::start_with(false)
+        Mosquitto::start_with(false, None)
     }
 
     /// As [`Mosquitto::start`], plus a TLS listener with a certificate from
     /// a CA made for the test.
     pub fn start_tls() -> Option<Mosquitto> {
-        Mosquitto::start_with(true)
+        Mosquitto::start_with(true, None)
     }
 
-    fn start_with(tls: bool) -> Option<Mosquitto> {
+    /// The production setup: TLS for the devices, no anonymous clients,
+    /// the password file and topic ACL of `auth` (files the test wrote).
+    pub fn start_fleet(auth: &Auth) -> Option<Mosquitto> {
+        Mosquitto::start_with(true, Some(auth))
+    }
+
+    fn start_with(tls: bool, auth: Option<&Auth>) -> Option<Mosquitto> {
         let Some(bin) = binary() else {
             assert!(
                 std::env::var("BATON_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
@@ -63,25 +69,25 @@ impl Mosquitto {
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let conf = dir.path().join("mosquitto.conf");
-        let mut text = config(&MosquittoOptions {
-            listen: addr,
-            agents: 100,
-            allow_anonymous: true,
-        });
         let tls = tls.then(|| {
             let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .expect("free port")
                 .port();
-            let ca = test_certificates(dir.path());
-            text.push_str(&format!(
-                "\nlistener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
-                ca.display(),
-                dir.path().join("server.pem").display(),
-                dir.path().join("server.key").display(),
-            ));
-            (SocketAddr::from(([127, 0, 0, 1], tls_port)), ca)
+            TlsListener {
+                listen: SocketAddr::from(([127, 0, 0, 1], tls_port)),
+                cafile: test_certificates(dir.path()),
+                certfile: dir.path().join("server.pem"),
+                keyfile: dir.path().join("server.key"),
+            }
         });
+        let text = config(&MosquittoOptions {
+            listen: addr,
+            tls: tls.clone(),
+            agents: 100,
+            auth: auth.cloned(),
+        });
+        let tls = tls.map(|t| (t.listen, t.cafile));
         std::fs::write(&conf, text).expect("writing mosquitto.conf");
         let child = spawn(&bin, &conf);
         let m = Mosquitto {

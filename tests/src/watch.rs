@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use baton_shared::wire::MQTT_MAX_PACKET;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::task::JoinHandle;
@@ -29,8 +30,15 @@ impl Watcher {
     /// `topics` at QoS 1, now and after every reconnect; returns once the
     /// broker acknowledged the first subscriptions.
     pub async fn start(mqtt: SocketAddr, id: &str, topics: &[&str]) -> Watcher {
+        Watcher::start_as(mqtt, id, "", topics).await
+    }
+
+    /// As [`Watcher::start`], with a password.
+    pub async fn start_as(mqtt: SocketAddr, id: &str, password: &str, topics: &[&str]) -> Watcher {
         let mut opts = MqttOptions::new(id, mqtt.ip().to_string(), mqtt.port());
-        opts.set_credentials(id, "");
+        opts.set_credentials(id, password);
+        // a batch of entries is up to 256 KiB (rumqttc's default: 10 KiB)
+        opts.set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET);
         let (client, mut events) = AsyncClient::new(opts, 64);
         let (tx, received) = unbounded_channel();
         let (subscribed_tx, mut subscribed) = tokio::sync::watch::channel(0usize);

@@ -431,7 +431,10 @@ async fn presence_online_then_the_last_will_offline_of_the_same_session() {
     // left an Offline first, under load: that is the will doing its job).
     let mut last_online = None;
     while last_online.is_none() {
-        let m = watcher.next(Duration::from_secs(30)).await.expect("no Online");
+        let m = watcher
+            .next(Duration::from_secs(30))
+            .await
+            .expect("no Online");
         let m = StateMsg::decode(&m).unwrap();
         assert_eq!(m.agent.as_str(), "pi-p");
         if m.state == PresenceState::Online {
