@@ -93,3 +93,28 @@ impl EventStream {
         }
     }
 }
+
+/// The gateway's stored chain of `agent` as JSONL, read page by page.
+pub fn gateway_chain(http_addr: SocketAddr, agent: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut from = 1;
+    loop {
+        let (status, body) = get(
+            http_addr,
+            &format!("/api/v1/agents/{agent}/entries?from={from}&limit=10000"),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let lines = lines(body.as_bytes());
+        out.extend_from_slice(body.as_bytes());
+        if lines < 10_000 {
+            return out;
+        }
+        from += 10_000;
+    }
+}
+
+/// Lines in `b`.
+pub fn lines(b: &[u8]) -> usize {
+    b.iter().filter(|c| **c == b'\n').count()
+}

@@ -13,8 +13,9 @@ use baton_shared::AgentId;
 use baton_shared::PublicKey;
 use baton_shared::verify::verify_text;
 use baton_tests::daemons::{Agent, Gateway, GatewayProc, Via, agent_key};
+use baton_tests::eventually;
+use baton_tests::http::{gateway_chain, lines};
 use baton_tests::watch::Watcher;
-use baton_tests::{eventually, http};
 
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -23,36 +24,12 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-/// The gateway's stored chain of `agent` as JSONL, read page by page.
-fn gateway_chain(http_addr: SocketAddr, agent: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut from = 1;
-    loop {
-        let (status, body) = http::get(
-            http_addr,
-            &format!("/api/v1/agents/{agent}/entries?from={from}&limit=10000"),
-        )
-        .unwrap();
-        assert_eq!(status, 200, "{body}");
-        let lines = lines(body.as_bytes());
-        out.extend_from_slice(body.as_bytes());
-        if lines < 10_000 {
-            return out;
-        }
-        from += 10_000;
-    }
-}
-
 /// The agent's own chain as JSONL (the agent must be stopped).
 fn agent_chain(dir: &Path) -> Vec<u8> {
     let (_, o) = baton_agent::cli::open(dir).unwrap();
     let mut out = Vec::new();
     baton_agent::cli::export_jsonl(&o, None, None, &mut out).unwrap();
     out
-}
-
-fn lines(b: &[u8]) -> usize {
-    b.iter().filter(|c| **c == b'\n').count()
 }
 
 async fn receipted_all(a: &Agent, limit: Duration) -> bool {
