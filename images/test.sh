@@ -125,4 +125,14 @@ cmp -s "$t/L4T/rootfs/usr/bin/baton-agent" "$agent_bin" || fail "rootfs: agent"
     /usr/lib/systemd/system/baton-agent.service ] || fail "rootfs: not enabled"
 [ "$(cat "$t/L4T/rootfs/etc/baton/id-prefix")" = jetson- ] || fail "rootfs: id-prefix"
 
+# --- the pi-gen stage, as pi-gen runs it (ROOTFS_DIR and the config) -------
+mkdir -p "$t/pigen/rootfs/etc"
+ROOTFS_DIR="$t/pigen/rootfs" BATON_REPO="$here/.." BATON_AGENT_BIN="$agent_bin" BATON_CLUSTER=c3 \
+    BATON_GATEWAY=mqtts://gw:8883 BATON_GATEWAY_KEY="$gw_key" \
+    bash "$here/pi-gen/stage-baton/00-baton/00-run.sh" >/dev/null
+cmp -s "$t/pigen/rootfs/usr/bin/baton-agent" "$agent_bin" || fail "pi-gen: agent"
+grep -qx 'cluster = "c3"' "$t/pigen/rootfs/etc/baton/agent.toml" || fail "pi-gen: config"
+[ -L "$t/pigen/rootfs/etc/systemd/system/multi-user.target.wants/baton-agent-keygen.service" ] ||
+    fail "pi-gen: first-boot identity not enabled"
+
 echo "images/test.sh: all checks passed"
