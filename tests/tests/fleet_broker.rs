@@ -65,6 +65,19 @@ async fn next_incoming(events: &mut EventLoop) -> Result<Packet, ConnectionError
     .expect("nothing from the broker within 20 s")
 }
 
+/// Appends 50 entries from `from` and waits until all are receipted.
+async fn append_50_receipted(agent: &Agent, from: u64, when: &str) {
+    agent.append(from, 50).await;
+    assert!(
+        eventually(Duration::from_secs(60), || agent.receipted()
+            == agent.head())
+        .await,
+        "pi-a receipted {} of {} {when}",
+        agent.receipted(),
+        agent.head()
+    );
+}
+
 /// Reads what the auditor sees until `done(topic, payload)` says so.
 async fn until_seen(auditor: &mut Watcher, mut done: impl FnMut(&str, &[u8]) -> bool) {
     tokio::time::timeout(Duration::from_secs(60), async {
@@ -140,15 +153,7 @@ async fn a_device_is_held_to_its_own_topics_while_the_fleet_works() {
         },
     )
     .await;
-    agent.append(0, 50).await;
-    assert!(
-        eventually(Duration::from_secs(60), || agent.receipted()
-            == agent.head())
-        .await,
-        "pi-a receipted {} of {}",
-        agent.receipted(),
-        agent.head()
-    );
+    append_50_receipted(&agent, 0, "at first").await;
 
     let mut auditor = Watcher::start_as(m.addr, "auditor", "audit", &["baton/v1/c1/#"]).await;
 
@@ -193,15 +198,7 @@ async fn a_device_is_held_to_its_own_topics_while_the_fleet_works() {
             }
         }
     });
-    agent.append(50, 50).await;
-    assert!(
-        eventually(Duration::from_secs(60), || agent.receipted()
-            == agent.head())
-        .await,
-        "pi-a receipted {} of {} beside pi-b",
-        agent.receipted(),
-        agent.head()
-    );
+    append_50_receipted(&agent, 50, "beside pi-b").await;
     until_seen(&mut auditor, |topic, _| topic == "baton/v1/c1/pi-a/ack").await;
     // A receipt went out on pi-a/ack after pi-b subscribed to it. pi-b's
     // connection is one ordered stream: the PUBACK of a publish sent now
@@ -292,15 +289,7 @@ async fn a_device_is_held_to_its_own_topics_while_the_fleet_works() {
     );
 
     // pi-a still works.
-    agent.append(100, 50).await;
-    assert!(
-        eventually(Duration::from_secs(60), || agent.receipted()
-            == agent.head())
-        .await,
-        "pi-a receipted {} of {} after the attempts",
-        agent.receipted(),
-        agent.head()
-    );
+    append_50_receipted(&agent, 100, "after the attempts").await;
     agent.stop().await;
     gw.stop().await;
 }
