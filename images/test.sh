@@ -125,6 +125,33 @@ cmp -s "$t/L4T/rootfs/usr/bin/baton-agent" "$agent_bin" || fail "rootfs: agent"
     /usr/lib/systemd/system/baton-agent.service ] || fail "rootfs: not enabled"
 [ "$(cat "$t/L4T/rootfs/etc/baton/id-prefix")" = jetson- ] || fail "rootfs: id-prefix"
 
+# --- baton-firstboot, as the device runs it on its first boot -------------
+# (on a root directory with the host's agent binary, BATON_ROOT)
+fb="$t/fb"
+mkdir -p "$fb/etc" "$fb/proc/device-tree" "$fb/boot/firmware"
+"$tool" --rootfs "$fb" --agent-bin "$host_bin" --cluster c1 --gateway mqtt://gw:1883 >/dev/null
+echo "baton:x:995:995:Baton:/var/lib/baton:/usr/sbin/nologin" >"$fb/etc/passwd"
+printf '10000000ABCDEF12\000' >"$fb/proc/device-tree/serial-number"
+BATON_ROOT="$fb" "$fb/usr/lib/baton/baton-firstboot" >/dev/null
+grep -qx 'BATON_AGENT_ID=pi-10000000abcdef12' "$fb/etc/baton/agent.env" || fail "firstboot: id from the serial"
+[ "$(stat -c '%a %u' "$fb/etc/baton/agent.key")" = "600 995" ] || fail "firstboot: key not 0600 baton"
+[ "$("$host_bin" pubkey --data-dir "$t/fbstate" --key "$fb/etc/baton/agent.key" 2>/dev/null)" = "$(cat "$fb/etc/baton/agent.pub")" ] ||
+    fail "firstboot: agent.pub does not match the key"
+cmp -s "$fb/etc/baton/agent.pub" "$fb/boot/firmware/baton/agent.pub" || fail "firstboot: agent.pub on the boot partition"
+[ "$(cat "$fb/boot/firmware/baton/agent-id")" = pi-10000000abcdef12 ] || fail "firstboot: agent-id on the boot partition"
+# a second boot changes nothing
+first=$(cat "$fb/etc/baton/agent.pub" "$fb/etc/baton/agent.env")
+BATON_ROOT="$fb" "$fb/usr/lib/baton/baton-firstboot" >/dev/null
+[ "$(cat "$fb/etc/baton/agent.pub" "$fb/etc/baton/agent.env")" = "$first" ] || fail "firstboot: a second run changed the identity"
+# no serial: the machine id
+fb2="$t/fb2"
+mkdir -p "$fb2/etc"
+"$tool" --rootfs "$fb2" --agent-bin "$host_bin" --cluster c1 --gateway mqtt://gw:1883 --id-prefix jetson- >/dev/null
+cp "$fb/etc/passwd" "$fb2/etc/passwd"
+echo "0123456789abcdef0123456789abcdef" >"$fb2/etc/machine-id"
+BATON_ROOT="$fb2" "$fb2/usr/lib/baton/baton-firstboot" >/dev/null
+grep -qx 'BATON_AGENT_ID=jetson-0123456789abcdef0123456789abcdef' "$fb2/etc/baton/agent.env" || fail "firstboot: id from machine-id"
+
 # --- the pi-gen stage, as pi-gen runs it (ROOTFS_DIR and the config) -------
 mkdir -p "$t/pigen/rootfs/etc"
 ROOTFS_DIR="$t/pigen/rootfs" BATON_REPO="$here/.." BATON_AGENT_BIN="$agent_bin" BATON_CLUSTER=c3 \
