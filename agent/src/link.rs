@@ -1,6 +1,6 @@
 //! The uplink shell: one rumqttc connection driven by `baton-shared`'s
 //! `uplink` state machine. The MQTT event loop is polled by one long-lived
-//! [`pump`] beside the link's loop (never cancelled mid-connect);
+//! `pump` beside the link's loop (never cancelled mid-connect);
 //! publishing uses `try_publish` and never blocks it. What is resent comes
 //! from the ledger, never from rumqttc's memory: the session is clean, and
 //! every (re)connect starts with a hello (PROTOCOL §7).
