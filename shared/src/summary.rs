@@ -84,6 +84,9 @@ pub struct Summary {
     pub slowest: Option<(String, f64)>,
     pub fastest: Option<(String, f64)>,
     pub mode: Mode,
+    /// `Some(n)` for a roll-up of `n` clusters ([`Summary::rollup`]):
+    /// `slowest` and `fastest` then name clusters.
+    pub clusters: Option<usize>,
 }
 
 impl Summary {
@@ -125,6 +128,104 @@ impl Summary {
             slowest,
             fastest,
             mode: Mode::of(active, agents),
+            clusters: None,
+        }
+    }
+
+    /// Reads a summary back from [`Summary::to_value`]'s form (a child
+    /// gateway's `cluster_summary` entry): its cluster and figures, or
+    /// `None` if a field is missing or wrong.
+    pub fn from_value(v: &Value) -> Option<(String, Summary)> {
+        let o = v.as_object()?;
+        let count = |v: &Value| v.as_exact_u64().and_then(|n| usize::try_from(n).ok());
+        let ms = |key: &str| match o.get(key)? {
+            Value::Null => Some(None),
+            v => v.as_f64().filter(|x| x.is_finite() && *x >= 0.0).map(Some),
+        };
+        let states = o.get("by_state")?.as_object()?;
+        let mut by_state = AgentState::ALL.map(|s| (s, 0usize));
+        for (s, n) in &mut by_state {
+            *n = states.get(s.as_str()).map_or(Some(0), count)?;
+        }
+        let agents = count(o.get("agents")?)?;
+        let active = count(o.get("active")?)?;
+        let who = |key: &str| -> Option<Option<(String, f64)>> {
+            match o.get(key)? {
+                Value::Null => Some(None),
+                Value::Object(w) => {
+                    let id = w.get("agent").or_else(|| w.get("cluster"))?.as_str()?;
+                    Some(Some((id.to_owned(), w.get("impedance_ms")?.as_f64()?)))
+                }
+                _ => None,
+            }
+        };
+        let summary = Summary {
+            agents,
+            active,
+            by_state,
+            impedance_mean_ms: ms("impedance_mean_ms")?,
+            impedance_p95_ms: ms("impedance_p95_ms")?,
+            slowest: who("slowest")?,
+            fastest: who("fastest")?,
+            mode: Mode::of(active, agents),
+            clusters: o.get("clusters").and_then(count),
+        };
+        Some((o.get("cluster")?.as_str()?.to_owned(), summary))
+    }
+
+    /// A sector's view of its clusters (each part: a cluster id and its
+    /// summary; the parent's own agents are one more part):
+    /// - counts and counts by state are sums, the mode follows from them;
+    /// - the mean impedance is the mean of the parts' means weighted by
+    ///   their reachable agents (neither offline nor quarantined);
+    /// - the p95 is the largest part's p95, an upper bound: the exact p95
+    ///   needs every agent's figure, which summaries do not carry;
+    /// - `slowest`/`fastest` are the clusters with the highest/lowest mean.
+    pub fn rollup<'a>(parts: impl IntoIterator<Item = (&'a str, &'a Summary)>) -> Summary {
+        let mut by_state = AgentState::ALL.map(|s| (s, 0usize));
+        let (mut agents, mut active, mut clusters) = (0, 0, 0);
+        let (mut weighted, mut weight) = (0.0, 0usize);
+        let mut p95: Option<f64> = None;
+        let mut means: Vec<(&str, f64)> = Vec::new();
+        for (id, s) in parts {
+            clusters += 1;
+            agents += s.agents;
+            active += s.active;
+            for (slot, (_, n)) in by_state.iter_mut().zip(s.by_state.iter()) {
+                slot.1 += n;
+            }
+            if let Some(mean) = s.impedance_mean_ms {
+                let gone = s
+                    .by_state
+                    .iter()
+                    .filter(|(st, _)| matches!(st, AgentState::Offline | AgentState::Quarantined))
+                    .map(|(_, n)| n)
+                    .sum::<usize>();
+                let reachable = s.agents.saturating_sub(gone).max(1);
+                #[allow(clippy::cast_precision_loss)]
+                {
+                    weighted += mean * reachable as f64;
+                }
+                weight += reachable;
+                means.push((id, mean));
+            }
+            if let Some(p) = s.impedance_p95_ms {
+                p95 = Some(p95.map_or(p, |q: f64| q.max(p)));
+            }
+        }
+        means.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
+        #[allow(clippy::cast_precision_loss)]
+        let mean = (weight > 0).then(|| weighted / weight as f64);
+        Summary {
+            agents,
+            active,
+            by_state,
+            impedance_mean_ms: mean,
+            impedance_p95_ms: p95,
+            slowest: means.last().map(|(id, v)| ((*id).to_owned(), *v)),
+            fastest: means.first().map(|(id, v)| ((*id).to_owned(), *v)),
+            mode: Mode::of(active, agents),
+            clusters: Some(clusters),
         }
     }
 
@@ -135,10 +236,15 @@ impl Summary {
         let num = |x: usize| Value::Number(x as f64);
         let ms =
             |v: Option<f64>| v.map_or(Value::Null, |x| Value::Number((x * 10.0).round() / 10.0));
+        let named = if self.clusters.is_some() {
+            "cluster"
+        } else {
+            "agent"
+        };
         let who = |v: &Option<(String, f64)>| match v {
             Some((id, z)) => {
                 let mut o = Object::new();
-                o.insert("agent", Value::from(id.as_str()));
+                o.insert(named, Value::from(id.as_str()));
                 o.insert("impedance_ms", ms(Some(*z)));
                 Value::Object(o)
             }
@@ -160,6 +266,9 @@ impl Summary {
         o.insert("slowest", who(&self.slowest));
         o.insert("fastest", who(&self.fastest));
         o.insert("mode", Value::from(self.mode.as_str()));
+        if let Some(n) = self.clusters {
+            o.insert("clusters", num(n));
+        }
         Value::Object(o)
     }
 }
@@ -239,6 +348,55 @@ mod tests {
         ]);
         assert_eq!(tie.fastest.unwrap().0, "a");
         assert_eq!(tie.slowest.unwrap().0, "b");
+    }
+
+    #[test]
+    fn a_summary_reads_back_from_its_json() {
+        let s = Summary::of([
+            m("a", AgentState::Active, Some(10.0)),
+            m("b", AgentState::Offline, None),
+            m("c", AgentState::Degraded, Some(30.4)),
+        ]);
+        // (figures the JSON's 0.1 ms rounding keeps)
+        let v = s.to_value("c1", 5);
+        let (cluster, back) = Summary::from_value(&v).unwrap();
+        assert_eq!(cluster, "c1");
+        assert_eq!(back, s);
+        // wrong or missing fields are refused, not guessed
+        let mut broken = v.as_object().unwrap().clone();
+        broken.insert("agents", Value::from("three"));
+        assert!(Summary::from_value(&Value::Object(broken)).is_none());
+        assert!(Summary::from_value(&Value::from("x")).is_none());
+    }
+
+    #[test]
+    fn rollup_sums_counts_weights_means_and_names_clusters() {
+        let c1 = Summary::of([
+            m("a", AgentState::Active, Some(10.0)),
+            m("b", AgentState::Active, Some(20.0)),
+            m("c", AgentState::Offline, None),
+        ]);
+        let c2 = Summary::of([m("d", AgentState::Degraded, Some(90.0))]);
+        let empty = Summary::of([]);
+        let r = Summary::rollup([("c1", &c1), ("c2", &c2), ("c3", &empty)]);
+        assert_eq!((r.agents, r.active, r.clusters), (4, 2, Some(3)));
+        let count = |st| r.by_state.iter().find(|(x, _)| *x == st).unwrap().1;
+        assert_eq!(count(AgentState::Offline), 1);
+        assert_eq!(count(AgentState::Degraded), 1);
+        // c1: mean 15 over 2 reachable; c2: 90 over 1 → 40
+        assert_eq!(r.impedance_mean_ms, Some(40.0));
+        assert_eq!(r.impedance_p95_ms, Some(90.0));
+        assert_eq!(r.slowest, Some(("c2".into(), 90.0)));
+        assert_eq!(r.fastest, Some(("c1".into(), 15.0)));
+        assert_eq!(r.mode, Mode::DegradedSevere); // 2 of 4
+        let text = String::from_utf8(crate::canonical::to_vec(&r.to_value("s1", 1))).unwrap();
+        assert!(text.contains("\"slowest\":{\"cluster\":\"c2\""), "{text}");
+        assert!(text.contains("\"clusters\":3"), "{text}");
+        // a roll-up rolls up again (sector → top)
+        let (_, back) = Summary::from_value(&r.to_value("s1", 1)).unwrap();
+        let top = Summary::rollup([("s1", &back)]);
+        assert_eq!((top.agents, top.active), (4, 2));
+        assert_eq!(top.impedance_mean_ms, Some(40.0));
     }
 
     #[test]
