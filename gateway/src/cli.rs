@@ -87,6 +87,23 @@ pub struct EnrollArgs {
     pub pubkey: String,
     pub start_seq: Option<u64>,
     pub revoked_from_seq: Option<u64>,
+    /// Enroll a child gateway forwarding this cluster (PROTOCOL §8).
+    pub child_cluster: Option<baton_shared::ClusterId>,
+}
+
+/// How an operator enrollment is recorded: a child gateway (whose chains
+/// arrive on `child_cluster`'s topics) or an agent of this cluster.
+pub fn operator_enrollment(
+    own: &baton_shared::ClusterId,
+    child_cluster: Option<baton_shared::ClusterId>,
+) -> anyhow::Result<EnrolledBy> {
+    match child_cluster {
+        None => Ok(EnrolledBy::Operator),
+        Some(c) if c == *own => bail!(
+            "--child-cluster {c} is this gateway's own cluster; a child forwards another cluster"
+        ),
+        Some(cluster) => Ok(EnrolledBy::ChildGateway { cluster }),
+    }
 }
 
 pub fn enroll(ingest: &mut Ingest, a: &EnrollArgs) -> anyhow::Result<()> {
@@ -106,7 +123,7 @@ pub fn enroll(ingest: &mut Ingest, a: &EnrollArgs) -> anyhow::Result<()> {
             public_key: key.to_bytes(),
             start_seq: a.start_seq.map(Seq),
             revoked_from_seq: a.revoked_from_seq.map(Seq),
-            enrolled_by: EnrolledBy::Operator,
+            enrolled_by: operator_enrollment(ingest.cluster(), a.child_cluster.clone())?,
             enrolled_ms: unix_ms(),
         },
     );
@@ -318,7 +335,7 @@ pub fn agents_table(json: &str) -> anyhow::Result<String> {
         let state = match (num("halted_at"), o.get("state").and_then(Value::as_str)) {
             (Some(_), _) => "quarantined".to_owned(),
             (None, Some(s)) => s.to_owned(),
-            (None, None) if text("enrolled_by") == "SelfChain" => "(gateway)".to_owned(),
+            (None, None) if text("enrolled_by") == "self" => "(gateway)".to_owned(),
             (None, None) => "-".to_owned(),
         };
         #[allow(clippy::cast_possible_truncation)]

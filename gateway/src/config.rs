@@ -35,6 +35,16 @@ pub struct RawConfig {
     pub clock_band: Option<String>,
     pub summary_interval: Option<String>,
     pub summary_chain_interval: Option<String>,
+    /// The parent gateway's broker (`mqtt://` or `mqtts://`): forward
+    /// every chain held here to it (PROTOCOL §8).
+    pub upstream: Option<String>,
+    /// The parent gateway's public key (64 hex characters).
+    pub upstream_key: Option<String>,
+    pub upstream_username: Option<String>,
+    pub upstream_password: Option<String>,
+    pub upstream_ca: Option<PathBuf>,
+    pub upstream_client_cert: Option<PathBuf>,
+    pub upstream_client_key: Option<PathBuf>,
 }
 
 impl RawConfig {
@@ -67,6 +77,13 @@ impl RawConfig {
             clock_band: over.clock_band.or(self.clock_band),
             summary_interval: over.summary_interval.or(self.summary_interval),
             summary_chain_interval: over.summary_chain_interval.or(self.summary_chain_interval),
+            upstream: over.upstream.or(self.upstream),
+            upstream_key: over.upstream_key.or(self.upstream_key),
+            upstream_username: over.upstream_username.or(self.upstream_username),
+            upstream_password: over.upstream_password.or(self.upstream_password),
+            upstream_ca: over.upstream_ca.or(self.upstream_ca),
+            upstream_client_cert: over.upstream_client_cert.or(self.upstream_client_cert),
+            upstream_client_key: over.upstream_client_key.or(self.upstream_client_key),
         }
     }
 }
@@ -90,6 +107,18 @@ pub enum Broker {
     },
 }
 
+/// The parent gateway this one forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: Option<baton_agent::mqtt::Tls>,
+    /// The parent's key: its receipts count only under it.
+    pub key: baton_shared::PublicKey,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -104,6 +133,7 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     pub max_agents: usize,
     pub liveness: Liveness,
+    pub upstream: Option<Upstream>,
 }
 
 /// Liveness and summaries.
@@ -225,7 +255,59 @@ impl Config {
                 }
             }
         };
+        let upstream = match raw.upstream {
+            None => {
+                if raw.upstream_key.is_some() {
+                    return Err(invalid("upstream_key", "set, but no upstream broker is"));
+                }
+                None
+            }
+            Some(url) => {
+                let (host, port, tls) = parse_mqtt_url("upstream", &url)?;
+                let key = raw.upstream_key.ok_or(ConfigError::Missing {
+                    key: "upstream_key",
+                })?;
+                let key = baton_shared::PublicKey::trusted_hex(key.trim())
+                    .map_err(|e| invalid("upstream_key", e.to_string()))?;
+                // The parent's chains use the same topics as this cluster's
+                // agents: on one broker each would hear the other's receipts.
+                let same = match &broker {
+                    Broker::Embedded { listen } => {
+                        port == listen.port()
+                            && (host == listen.ip().to_string()
+                                || host == "localhost"
+                                || listen.ip().is_unspecified())
+                    }
+                    Broker::External {
+                        host: h, port: p, ..
+                    } => *h == host && *p == port,
+                };
+                if same {
+                    return Err(invalid(
+                        "upstream",
+                        format!(
+                            "{url:?} is this cluster's own broker; the parent must be on another one (PROTOCOL §8)"
+                        ),
+                    ));
+                }
+                Some(Upstream {
+                    host,
+                    port,
+                    username: raw.upstream_username,
+                    password: raw.upstream_password,
+                    tls: baton_agent::config::tls_settings(
+                        "upstream",
+                        tls,
+                        raw.upstream_ca,
+                        raw.upstream_client_cert,
+                        raw.upstream_client_key,
+                    )?,
+                    key,
+                })
+            }
+        };
         Ok(Config {
+            upstream,
             liveness,
             id,
             cluster,
@@ -303,6 +385,15 @@ clock_band = "2s"
 # this often, and written to the gateway's chain at the slower interval.
 summary_interval = "10s"
 summary_chain_interval = "5m"
+
+# Upstream: forward every chain held here (each agent's, unchanged, and this
+# gateway's own) to a parent gateway on another broker, which must enroll
+# this gateway first: `baton-gateway enroll --agent gw-1 --pubkey … --child-cluster c1`.
+# upstream = "mqtt://sector.local:1883"
+# upstream_key = "<the parent's public key, 64 hex>"
+# upstream_username = "gw-1"
+# upstream_password = "…"
+# upstream_ca = "/etc/baton/sector-ca.pem"
 "#;
 
 #[cfg(test)]
@@ -317,6 +408,53 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/baton-gateway"));
         assert_eq!(c.key, PathBuf::from("/etc/baton/gateway.key"));
         assert_eq!(c.keys_dir, Some(PathBuf::from("/etc/baton/agents")));
+    }
+
+    #[test]
+    fn upstream_needs_a_key_and_another_broker() {
+        let base = || RawConfig {
+            id: Some("gw-1".into()),
+            cluster: Some("c1".into()),
+            data_dir: Some("/tmp/x".into()),
+            mqtt_listen: Some("127.0.0.1:1883".into()),
+            upstream: Some("mqtt://10.0.0.9:1884".into()),
+            ..Default::default()
+        };
+        let e = Config::validate(base()).unwrap_err().to_string();
+        assert!(e.contains("upstream_key"), "{e}");
+        let key = baton_shared::SecretKey::from_seed(&[3; 32])
+            .public()
+            .to_hex();
+        let c = Config::validate(RawConfig {
+            upstream_key: Some(key.clone()),
+            ..base()
+        })
+        .unwrap();
+        let up = c.upstream.unwrap();
+        assert_eq!((up.host.as_str(), up.port), ("10.0.0.9", 1884));
+        let e = Config::validate(RawConfig {
+            upstream: Some("mqtt://127.0.0.1:1883".into()),
+            upstream_key: Some(key.clone()),
+            ..base()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("own broker"), "{e}");
+        let e = Config::validate(RawConfig {
+            upstream_key: Some("00".repeat(32)),
+            ..base()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("upstream_key"), "{e}");
+        let e = Config::validate(RawConfig {
+            upstream: None,
+            upstream_key: Some(key),
+            ..base()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("upstream_key"), "{e}");
     }
 
     #[test]

@@ -114,6 +114,7 @@ pub async fn run(
         checkpoint_interval: Duration::from_secs(10),
         max_agents: args.agents.max(10),
         liveness: crate::config::Liveness::default(),
+        upstream: None,
     };
     {
         // Offline commands (`export --format baton`) read the id from the store.

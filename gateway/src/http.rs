@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use baton_shared::json::{Object, Value};
-use baton_shared::{AgentId, Seq};
+use baton_shared::{AgentId, ClusterId, Seq};
 use serde::Deserialize;
 
 use crate::ingest::Committed;
@@ -31,6 +31,8 @@ pub struct AppState {
     pub registry: Arc<std::sync::Mutex<crate::registry::Registry>>,
     pub origin: std::time::Instant,
     pub cluster: baton_shared::ClusterId,
+    /// The forwarder's state, when forwarding to a parent.
+    pub upstream: Option<Arc<std::sync::Mutex<crate::upstream::UpstreamStatus>>>,
 }
 
 impl AppState {
@@ -47,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/upstream", get(upstream))
         .route("/api/v1/agents/{id}", get(agent))
         .route("/api/v1/agents/{id}/entries", get(entries))
         .route("/api/v1/agents/{id}/export", get(export))
@@ -66,8 +69,9 @@ fn known_agent(s: &AppState, id: String) -> Result<AgentId, (StatusCode, String)
     }
 }
 
-/// `{"agent": ID, "public_key": HEX, "start_seq"?: N, "revoked_from_seq"?: N}`
-/// enrolls an agent; `{"window": "10m"}` opens a trust-on-first-use window.
+/// `{"agent": ID, "public_key": HEX, "start_seq"?: N, "revoked_from_seq"?: N,
+/// "child_cluster"?: C}` enrolls an agent (with `child_cluster`: a child
+/// gateway forwarding cluster C); `{"window": "10m"}` opens a trust-on-first-use window.
 /// Answered after the enrollment (and its `enroll` entry) is durable.
 async fn enroll(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
     use crate::server::{Command, Inbound};
@@ -116,13 +120,26 @@ async fn enroll(State(s): State<AppState>, body: axum::body::Bytes) -> Response 
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
         };
+        let child_cluster = match o.get("child_cluster").map(|v| {
+            v.as_str()
+                .ok_or_else(|| "child_cluster is not a string".to_owned())
+                .and_then(|c| ClusterId::new(c).map_err(|e| format!("child_cluster: {e}")))
+        }) {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        let enrolled_by = match crate::cli::operator_enrollment(&s.cluster, child_cluster) {
+            Ok(by) => by,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
         Command::Enroll {
             agent,
             record: crate::store::AgentRecord {
                 public_key: key.to_bytes(),
                 start_seq,
                 revoked_from_seq,
-                enrolled_by: crate::store::EnrolledBy::Operator,
+                enrolled_by,
                 enrolled_ms: crate::server::unix_ms(),
             },
         }
@@ -357,11 +374,45 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Forwarding to the parent: per chain what is held, what the parent's
+/// receipts cover and the receipt itself; recent alerts. 404 without an
+/// upstream.
+async fn upstream(State(s): State<AppState>) -> Response {
+    let Some(status) = &s.upstream else {
+        return error(StatusCode::NOT_FOUND, "this gateway has no upstream");
+    };
+    let v = status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .to_value();
+    let body = baton_shared::canonical::to_vec(&v);
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The cluster summary; on a parent, the roll-up of its clusters with
+/// `own` (its own agents) and `children` (each child cluster's latest
+/// summary, with the gateway that wrote it and when).
 async fn cluster(State(s): State<AppState>) -> Response {
-    let summary = s.registry().summary();
-    let body = baton_shared::canonical::to_vec(
-        &summary.to_value(s.cluster.as_str(), crate::server::unix_ms()),
-    );
+    use baton_shared::json::{Object, Value};
+    let now = crate::server::unix_ms();
+    let reg = s.registry();
+    let mut v = reg.summary().to_value(s.cluster.as_str(), now);
+    if !reg.children().is_empty()
+        && let Value::Object(o) = &mut v
+    {
+        o.insert("own", reg.own_summary().to_value(s.cluster.as_str(), now));
+        let mut children = Object::new();
+        for (cluster, c) in reg.children() {
+            let mut cv = c.summary.to_value(cluster, c.at_ms);
+            if let Value::Object(co) = &mut cv {
+                co.insert("gateway", Value::from(c.gateway.as_str()));
+            }
+            children.insert(cluster, cv);
+        }
+        o.insert("children", Value::Object(children));
+    }
+    drop(reg);
+    let body = baton_shared::canonical::to_vec(&v);
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -508,7 +559,7 @@ fn registry_row(
     let mut o = Object::new();
     o.insert("id", Value::from(id.as_str()));
     o.insert("public_key", Value::from(key));
-    o.insert("enrolled_by", Value::from(format!("{:?}", r.enrolled_by)));
+    o.insert("enrolled_by", Value::from(r.enrolled_by.describe()));
     o.insert("head_seq", Value::from(head.seq.0));
     o.insert("head_hash", Value::from(head.hash.to_hex()));
     o.insert(

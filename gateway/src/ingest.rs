@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use baton_shared::intake::{Enrollment, Head, Intake, IntakeConfig, Verdict};
 use baton_shared::memory::Layered;
+use baton_shared::summary::Summary;
 use baton_shared::wire::{
     DecodeError, EntryBatch, Heartbeat, Hello, Message, Nack, NackKind, RejectReason, StateMsg,
     TimeReply, TimeRequest,
@@ -23,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::metrics::{BadInput, Metrics};
 use crate::own_chain::{self, OwnChain};
-use crate::registry::Registry;
+use crate::registry::{ChildSummary, Registry};
 use crate::store::{AgentRecord, EnrolledBy, Store, StoreError, Write};
 
 const WINDOW_KEY: &str = "enroll_window_until_ms";
@@ -80,6 +81,16 @@ pub struct Ingest {
     last_logged: HashMap<(String, &'static str), Duration>,
     checkpointed: HashMap<AgentId, Seq>,
     registry: Arc<Mutex<Registry>>,
+    /// Chains forwarded by child gateways: agent → (the cluster its topics
+    /// use, the child gateway that forwards it).
+    routes: HashMap<AgentId, (ClusterId, AgentId)>,
+    /// Child clusters → their gateway (PROTOCOL §8).
+    children: BTreeMap<ClusterId, AgentId>,
+    /// Enrollments staged and not yet committed (a record is looked up
+    /// here before the store).
+    staged_records: HashMap<AgentId, AgentRecord>,
+    /// Topic filters added since the last [`Ingest::take_new_subscriptions`].
+    new_subscriptions: Vec<String>,
 }
 
 /// The answer to a clock request received at `t1` (PROTOCOL §7): the
@@ -119,7 +130,9 @@ impl Ingest {
             .meta(WINDOW_KEY)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map(i64::from_be_bytes);
-        let registry = Arc::new(Mutex::new(Registry::new(cfg.thresholds)));
+        let registry = Arc::new(Mutex::new(
+            Registry::new(cfg.thresholds).with_cluster(cfg.cluster.as_str()),
+        ));
         let mut ingest = Ingest {
             cfg,
             key,
@@ -135,6 +148,10 @@ impl Ingest {
             last_logged: HashMap::new(),
             checkpointed: HashMap::new(),
             registry,
+            routes: HashMap::new(),
+            children: BTreeMap::new(),
+            staged_records: HashMap::new(),
+            new_subscriptions: Vec::new(),
         };
         if head.seq == Seq::ZERO {
             let genesis = ingest.own.genesis(unix_ms, &ingest.cfg.software);
@@ -153,15 +170,16 @@ impl Ingest {
                 },
             ])?;
         }
-        {
-            let mut reg = ingest.registry();
-            for (agent, record) in ingest.store.agents()? {
-                if record.enrolled_by != EnrolledBy::SelfChain {
-                    let halted = ingest.store.halted(&agent)?.is_some();
-                    reg.enroll(&agent, unix_ms, halted);
-                }
+        for (agent, record) in ingest.store.agents()? {
+            if ingest.route(&agent, &record.enrolled_by) {
+                continue;
+            }
+            if record.enrolled_by != EnrolledBy::SelfChain {
+                let halted = ingest.store.halted(&agent)?.is_some();
+                ingest.registry().enroll(&agent, unix_ms, halted);
             }
         }
+        ingest.new_subscriptions.clear();
         Ok(ingest)
     }
 
@@ -181,6 +199,10 @@ impl Ingest {
         &self.store
     }
 
+    pub fn cluster(&self) -> &ClusterId {
+        &self.cfg.cluster
+    }
+
     pub fn key(&self) -> &SecretKey {
         &self.key
     }
@@ -189,16 +211,65 @@ impl Ingest {
         self.own.head()
     }
 
-    /// The filters to subscribe to (on every ConnAck).
+    /// The filters to subscribe to (on every ConnAck): this cluster's
+    /// agents, and the chains each child gateway forwards.
     pub fn subscriptions(&self) -> Vec<String> {
         let c = &self.cfg.cluster;
-        vec![
+        let mut out = vec![
             format!("baton/v1/{c}/+/hello"),
             format!("baton/v1/{c}/+/entries"),
             format!("baton/v1/{c}/+/hb"),
             format!("baton/v1/{c}/+/state"),
             format!("baton/v1/{c}/+/time"),
-        ]
+        ];
+        for child in self.children.keys() {
+            out.extend(child_filters(child));
+        }
+        out
+    }
+
+    /// Filters for child clusters enrolled since the last call (to
+    /// subscribe to at once).
+    pub fn take_new_subscriptions(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.new_subscriptions)
+    }
+
+    /// Notes where a forwarded chain arrives; true if `by` is a child
+    /// gateway or an agent behind one.
+    fn route(&mut self, agent: &AgentId, by: &EnrolledBy) -> bool {
+        match by {
+            EnrolledBy::ChildGateway { cluster } => {
+                self.routes
+                    .insert(agent.clone(), (cluster.clone(), agent.clone()));
+                if self
+                    .children
+                    .insert(cluster.clone(), agent.clone())
+                    .is_none()
+                {
+                    self.new_subscriptions.extend(child_filters(cluster));
+                }
+                true
+            }
+            EnrolledBy::Vouched { via, cluster, .. } => {
+                self.routes
+                    .insert(agent.clone(), (cluster.clone(), via.clone()));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The cluster on whose topics `agent`'s chain arrives.
+    fn cluster_of(&self, agent: &AgentId) -> &ClusterId {
+        self.routes.get(agent).map_or(&self.cfg.cluster, |r| &r.0)
+    }
+
+    /// An enrolled agent's record: staged in this group, or stored.
+    fn record(&self, agent: &AgentId) -> Result<Option<AgentRecord>, StoreError> {
+        match self.staged_records.get(agent) {
+            Some(r) => Ok(Some(r.clone())),
+            None => self.store.agent(agent),
+        }
     }
 
     /// On start, the current receipt on every known agent's `ack`
@@ -214,7 +285,7 @@ impl Ingest {
             {
                 let r = intake.receipt(&self.key);
                 out.push(Outbound {
-                    topic: topic(&self.cfg.cluster, &agent, "ack"),
+                    topic: topic(self.cluster_of(&agent), &agent, "ack"),
                     payload: r.encode(),
                 });
             }
@@ -287,7 +358,7 @@ impl Ingest {
 
     fn nack(&self, agent: &AgentId, kind: NackKind) -> Outbound {
         Outbound {
-            topic: topic(&self.cfg.cluster, agent, "nack"),
+            topic: topic(self.cluster_of(agent), agent, "nack"),
             payload: Nack {
                 gateway: self.cfg.gateway.clone(),
                 agent: agent.clone(),
@@ -330,11 +401,13 @@ impl Ingest {
         payload: &[u8],
     ) -> Result<Vec<Outbound>, StoreError> {
         let parts: Vec<&str> = topic.split('/').collect();
-        let (agent, kind) = match parts.as_slice() {
-            ["baton", "v1", cluster, agent, kind] if *cluster == self.cfg.cluster.as_str() => {
-                match AgentId::new(*agent) {
-                    Ok(a) => (a, *kind),
-                    Err(_) => {
+        let (cluster, agent, kind) = match parts.as_slice() {
+            ["baton", "v1", cluster, agent, kind] => {
+                match (ClusterId::new(*cluster), AgentId::new(*agent)) {
+                    (Ok(c), Ok(a)) if c == self.cfg.cluster || self.children.contains_key(&c) => {
+                        (c, a, *kind)
+                    }
+                    _ => {
                         self.bad(now, "-", BadInput::Topic, topic);
                         return Ok(Vec::new());
                     }
@@ -345,9 +418,21 @@ impl Ingest {
                 return Ok(Vec::new());
             }
         };
+        let forwarded = cluster != self.cfg.cluster;
+        // A chain is taken only on its own cluster's topics: an agent
+        // vouched for by child c1 is unknown on c2's topics and here.
+        if matches!(kind, "hello" | "entries") && cluster != *self.cluster_of(&agent) {
+            let what = format!("{kind} on cluster {cluster}, which does not forward {agent}");
+            return Ok(vec![self.refuse_unknown_on(now, &cluster, &agent, &what)]);
+        }
         match kind {
-            "hello" => self.hello(now, unix_ms, &agent, payload),
+            "hello" => self.hello(now, unix_ms, &agent, payload, forwarded),
             "entries" => self.entries(now, unix_ms, &agent, payload),
+            // child clusters forward chains only
+            _ if forwarded => {
+                self.bad(now, agent.as_str(), BadInput::Topic, topic);
+                Ok(Vec::new())
+            }
             "hb" => {
                 if let Some(hb) = self.decode(now, &agent, payload, |m: &Heartbeat| &m.agent)
                     && !self.registry().heartbeat(now, unix_ms, hb)
@@ -418,14 +503,31 @@ impl Ingest {
     /// Bad input from an unenrolled agent: counted, logged (limited), and
     /// answered with `reject(unknown_agent)`.
     fn refuse_unknown(&mut self, now: Duration, agent: &AgentId, what: &str) -> Outbound {
+        let cluster = self.cluster_of(agent).clone();
+        self.refuse_unknown_on(now, &cluster, agent, what)
+    }
+
+    /// As [`Ingest::refuse_unknown`], answered on `cluster`'s topics.
+    fn refuse_unknown_on(
+        &mut self,
+        now: Duration,
+        cluster: &ClusterId,
+        agent: &AgentId,
+        what: &str,
+    ) -> Outbound {
         self.bad(now, agent.as_str(), BadInput::UnknownAgent, what);
-        self.nack(
-            agent,
-            NackKind::Reject {
-                reason: RejectReason::UnknownAgent,
-                seq: Seq::ZERO,
-            },
-        )
+        Outbound {
+            topic: topic(cluster, agent, "nack"),
+            payload: Nack {
+                gateway: self.cfg.gateway.clone(),
+                agent: agent.clone(),
+                kind: NackKind::Reject {
+                    reason: RejectReason::UnknownAgent,
+                    seq: Seq::ZERO,
+                },
+            }
+            .encode(),
+        }
     }
 
     fn hello(
@@ -434,11 +536,16 @@ impl Ingest {
         unix_ms: i64,
         agent: &AgentId,
         payload: &[u8],
+        forwarded: bool,
     ) -> Result<Vec<Outbound>, StoreError> {
         let Some(hello) = self.decode::<Hello>(now, agent, payload, |h| &h.agent) else {
             return Ok(Vec::new());
         };
-        if self.intake(agent)?.is_none() && !self.enroll_on_first_use(now, unix_ms, &hello)? {
+        // Trust on first use is for this cluster's own devices only: a
+        // forwarded chain needs a child's vouch (PROTOCOL §8).
+        if self.intake(agent)?.is_none()
+            && (forwarded || !self.enroll_on_first_use(now, unix_ms, &hello)?)
+        {
             return Ok(vec![self.refuse_unknown(
                 now,
                 agent,
@@ -454,7 +561,7 @@ impl Ingest {
         };
         let out = match intake.answer_hello(&hello, &key) {
             Ok(r) => Outbound {
-                topic: topic(&self.cfg.cluster, agent, "ack"),
+                topic: topic(self.cluster_of(agent), agent, "ack"),
                 payload: r.encode(),
             },
             Err(kind) => self.nack(agent, kind),
@@ -500,19 +607,26 @@ impl Ingest {
     }
 
     /// Stages an enrollment and its `enroll` entry in the gateway's chain.
+    /// A child gateway or an agent behind one is enrolled with the cluster
+    /// its chain arrives on; it sends no heartbeats here.
     pub fn stage_enrollment(&mut self, unix_ms: i64, agent: &AgentId, record: AgentRecord) {
+        let forwarded = self.route(agent, &record.enrolled_by);
+        let cluster = self.cluster_of(agent).clone();
         let entry = self.own.append(
             unix_ms,
             "enroll",
-            own_chain::enroll_data(agent, &record.public_key, self.cfg.cluster.as_str()),
+            own_chain::enroll_data(agent, &record.public_key, cluster.as_str()),
         );
+        self.staged_records.insert(agent.clone(), record.clone());
         self.staged.push(Write::Enroll {
             agent: agent.clone(),
             record,
         });
         self.staged.push(entry);
         self.intakes.remove(agent);
-        self.registry().enroll(agent, unix_ms, false);
+        if !forwarded {
+            self.registry().enroll(agent, unix_ms, false);
+        }
     }
 
     /// Re-judges every agent's liveness; each state change becomes an
@@ -548,6 +662,7 @@ impl Ingest {
         let Some(batch) = self.decode::<EntryBatch>(now, agent, payload, |b| &b.agent) else {
             return Ok(Vec::new());
         };
+        let routed = self.routes.get(agent).cloned();
         if !self.ensure_intake(agent)? {
             return Ok(vec![self.refuse_unknown(
                 now,
@@ -568,7 +683,11 @@ impl Ingest {
         // receipt at once (rule 4: one answer per decoded batch).
         let answer_now = match &verdict {
             Verdict::Duplicate | Verdict::ResendSuppressed => Some(Outbound {
-                topic: topic(&self.cfg.cluster, agent, "ack"),
+                topic: topic(
+                    routed.as_ref().map_or(&self.cfg.cluster, |r| &r.0),
+                    agent,
+                    "ack",
+                ),
                 payload: intake.receipt(&self.key).encode(),
             }),
             _ => None,
@@ -598,6 +717,11 @@ impl Ingest {
                         .own
                         .append(unix_ms, "gap", own_chain::gap_data(agent, from, to));
                     self.staged.push(e);
+                }
+                if let Some((cluster, via)) = &routed
+                    && via == agent
+                {
+                    self.child_entries(unix_ms, via, cluster, first, &entries);
                 }
                 self.staged.push(Write::Entries {
                     agent: agent.clone(),
@@ -629,10 +753,18 @@ impl Ingest {
                 if self.log_due(now, agent.as_str(), reason.as_str()) {
                     warn!(%agent, %reason, %seq, detail, "batch rejected");
                 }
+                if let Some((_, via)) = &routed {
+                    let what = format!("{reason} at seq {seq}: {detail}");
+                    self.forwarding_alert(now, unix_ms, via, agent, &what);
+                }
                 Ok(vec![self.nack(agent, NackKind::Reject { reason, seq })])
             }
             Verdict::Fork { seq, evidence } => {
-                self.stage_fork(unix_ms, agent, seq, evidence, "");
+                let how = match &routed {
+                    Some((_, via)) => format!(" (forwarded by child gateway {via})"),
+                    None => String::new(),
+                };
+                self.stage_fork(unix_ms, agent, seq, evidence, &how);
                 Ok(vec![self.nack(
                     agent,
                     NackKind::Reject {
@@ -650,6 +782,165 @@ impl Ingest {
                         seq,
                     },
                 )])
+            }
+        }
+    }
+
+    /// A forwarded chain failed verification here: the child gateway that
+    /// forwarded it altered it (or let it be altered). An `alert` naming
+    /// the child goes into this gateway's chain, at most once a minute per
+    /// chain; the batch itself is refused like any other.
+    fn forwarding_alert(
+        &mut self,
+        now: Duration,
+        unix_ms: i64,
+        via: &AgentId,
+        agent: &AgentId,
+        what: &str,
+    ) {
+        self.metrics
+            .forwarded_rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !self.log_due(now, agent.as_str(), "forwarded_rejected") {
+            return;
+        }
+        let detail = format!("child gateway {via} forwarded {agent}'s chain, refused: {what}");
+        warn!(child = %via, %agent, what, "forwarded chain refused");
+        let mut data = own_chain::alert_data("forwarded_chain_refused", agent, &detail);
+        if let baton_shared::json::Value::Object(o) = &mut data {
+            o.insert("child", baton_shared::json::Value::from(via.as_str()));
+        }
+        let e = self.own.append(unix_ms, "alert", data);
+        self.staged.push(e);
+    }
+
+    /// New verified entries of child gateway `child`'s own chain: its
+    /// `enroll` entries vouch for the agents behind it (PROTOCOL §8), its
+    /// `cluster_summary` entries feed the sector's roll-up.
+    fn child_entries(
+        &mut self,
+        unix_ms: i64,
+        child: &AgentId,
+        cluster: &ClusterId,
+        first: Seq,
+        entries: &[baton_shared::Entry],
+    ) {
+        use baton_shared::json::{self, Mode};
+        for (i, e) in entries.iter().enumerate() {
+            let seq = Seq(first.0 + i as u64);
+            // Intake accepted these: they parse; anything odd is skipped.
+            let Ok(content) = json::parse(&e.content, Mode::Verify) else {
+                continue;
+            };
+            let Some(o) = content.as_object() else {
+                continue;
+            };
+            let data = o.get("data");
+            match o.get("event").and_then(|v| v.as_str()) {
+                Some("enroll") => self.vouch(unix_ms, child, cluster, seq, data),
+                Some("cluster_summary") => {
+                    if let Some((from, summary)) = data.and_then(Summary::from_value) {
+                        let at_ms = data
+                            .and_then(|d| d.as_object())
+                            .and_then(|d| d.get("at_ms"))
+                            .and_then(|v| v.as_f64())
+                            .map_or(0, |t| t as i64);
+                        if from != cluster.as_str() {
+                            warn!(%child, %cluster, named = from, "child summary names another cluster; kept under the child's");
+                        }
+                        self.registry().child_summary(
+                            cluster.to_string(),
+                            ChildSummary {
+                                summary,
+                                at_ms,
+                                gateway: child.clone(),
+                            },
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// An `enroll` entry at `seq` of child gateway `child`'s verified chain:
+    /// the agent it names is trusted here under that key, unless another
+    /// key is already trusted for that id (an alert naming the child;
+    /// PROTOCOL §8: the same id vouched for with two keys is refused).
+    fn vouch(
+        &mut self,
+        unix_ms: i64,
+        child: &AgentId,
+        cluster: &ClusterId,
+        seq: Seq,
+        data: Option<&baton_shared::json::Value>,
+    ) {
+        let o = data.and_then(|d| d.as_object());
+        let agent = o
+            .and_then(|o| o.get("agent"))
+            .and_then(|v| v.as_str())
+            .map(AgentId::new);
+        let key = o
+            .and_then(|o| o.get("public_key"))
+            .and_then(|v| v.as_str())
+            .map(PublicKey::trusted_hex);
+        let (agent, key) = match (agent, key) {
+            (Some(Ok(a)), Some(Ok(k))) => (a, k),
+            _ => {
+                let detail = format!("enroll entry at seq {seq} names no valid agent and key");
+                let e = self.own.append(
+                    unix_ms,
+                    "alert",
+                    own_chain::alert_data("bad_vouch", child, &detail),
+                );
+                self.staged.push(e);
+                return;
+            }
+        };
+        let existing = match self.record(&agent) {
+            Ok(r) => r,
+            Err(e) => {
+                // The batch is committed with the rest; the vouch is lost
+                // until the store reads again. Say so loudly.
+                warn!(%child, %agent, error = %e, "store read failed while taking a vouch");
+                return;
+            }
+        };
+        match existing {
+            None => {
+                info!(%child, %agent, key = %key, "agent vouched for by child gateway");
+                self.stage_enrollment(
+                    unix_ms,
+                    &agent,
+                    AgentRecord {
+                        public_key: key.to_bytes(),
+                        start_seq: None,
+                        revoked_from_seq: None,
+                        enrolled_by: EnrolledBy::Vouched {
+                            via: child.clone(),
+                            cluster: cluster.clone(),
+                            at_seq: seq,
+                        },
+                        enrolled_ms: unix_ms,
+                    },
+                );
+            }
+            Some(r) if r.public_key == key.to_bytes() => {}
+            Some(r) => {
+                warn!(%child, %agent, "child vouches for another key than the one trusted here; refused");
+                self.metrics
+                    .forwarded_rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let detail = format!(
+                    "child gateway {child} vouches for {agent} with key {key} (its seq {seq}), but {agent} is trusted here with another key ({}): refused",
+                    r.enrolled_by.describe()
+                );
+                let mut data = own_chain::alert_data("conflicting_vouch", &agent, &detail);
+                if let baton_shared::json::Value::Object(o) = &mut data {
+                    o.insert("child", baton_shared::json::Value::from(child.as_str()));
+                }
+                let e = self.own.append(unix_ms, "alert", data);
+                self.staged.push(e);
             }
         }
     }
@@ -839,6 +1130,7 @@ impl Ingest {
         }
         let staged = std::mem::take(&mut self.staged);
         let entries = std::mem::take(&mut self.staged_entries);
+        self.staged_records.clear();
         let started = std::time::Instant::now();
         let result = self.store.commit(&staged);
         self.metrics.commit_took(started.elapsed());
@@ -902,7 +1194,7 @@ impl Ingest {
         for agent in std::mem::take(&mut self.answer_after_commit) {
             if let Some(i) = self.intakes.get(&agent) {
                 receipts.push(Outbound {
-                    topic: topic(&self.cfg.cluster, &agent, "ack"),
+                    topic: topic(self.cluster_of(&agent), &agent, "ack"),
                     payload: i.receipt(&self.key).encode(),
                 });
             }
@@ -922,6 +1214,7 @@ impl Ingest {
         self.pending.clear();
         self.staged.clear();
         self.staged_entries = 0;
+        self.staged_records.clear();
         self.answer_after_commit.clear();
         Ok(())
     }
@@ -933,6 +1226,15 @@ impl Ingest {
         self.window_until_ms = until_ms;
         Ok(())
     }
+}
+
+/// What a parent subscribes to for child cluster `c`: the chains it
+/// forwards (hello and batches; heartbeats stay in the child's cluster).
+fn child_filters(c: &ClusterId) -> [String; 2] {
+    [
+        format!("baton/v1/{c}/+/hello"),
+        format!("baton/v1/{c}/+/entries"),
+    ]
 }
 
 /// Opens the enrollment window in a stopped gateway's store.

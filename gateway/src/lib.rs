@@ -20,6 +20,7 @@ pub mod own_chain;
 pub mod publisher;
 pub mod registry;
 pub mod server;
+pub mod upstream;
 
 pub use config::Config;
 pub use server::run;

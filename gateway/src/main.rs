@@ -91,6 +91,26 @@ struct RunArgs {
     /// How often the summary is written to the gateway's chain, e.g. "5m".
     #[arg(long, env = "BATON_GATEWAY_SUMMARY_CHAIN_INTERVAL")]
     summary_chain_interval: Option<String>,
+    /// The parent gateway's broker, e.g. mqtt://sector.local:1883: forward
+    /// every chain held here to it (it must enroll this gateway with
+    /// `enroll --child-cluster`).
+    #[arg(long, env = "BATON_GATEWAY_UPSTREAM")]
+    upstream: Option<String>,
+    /// The parent gateway's public key (64 hex): its receipts count only
+    /// under this key.
+    #[arg(long, env = "BATON_GATEWAY_UPSTREAM_KEY")]
+    upstream_key: Option<String>,
+    #[arg(long, env = "BATON_GATEWAY_UPSTREAM_USERNAME")]
+    upstream_username: Option<String>,
+    #[arg(long, env = "BATON_GATEWAY_UPSTREAM_PASSWORD", hide_env_values = true)]
+    upstream_password: Option<String>,
+    /// TLS (mqtts:// upstream): the parent broker's CA file.
+    #[arg(long, env = "BATON_GATEWAY_UPSTREAM_CA")]
+    upstream_ca: Option<PathBuf>,
+    #[arg(long, env = "BATON_GATEWAY_UPSTREAM_CLIENT_CERT")]
+    upstream_client_cert: Option<PathBuf>,
+    #[arg(long, env = "BATON_GATEWAY_UPSTREAM_CLIENT_KEY")]
+    upstream_client_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -116,6 +136,11 @@ enum Command {
         /// Refuse entries at or after this seq.
         #[arg(long)]
         revoked_from_seq: Option<u64>,
+        /// The agent is a child gateway forwarding this cluster's chains
+        /// (its `run --upstream` points here); the agents behind it are
+        /// trusted as its own chain enrolls them.
+        #[arg(long, requires = "agent")]
+        child_cluster: Option<String>,
         /// Open a trust-on-first-use window for this long, e.g. "10m".
         #[arg(long, conflicts_with = "agent")]
         window: Option<String>,
@@ -312,6 +337,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 clock_band: a.clock_band,
                 summary_interval: a.summary_interval,
                 summary_chain_interval: a.summary_chain_interval,
+                upstream: a.upstream,
+                upstream_key: a.upstream_key,
+                upstream_username: a.upstream_username,
+                upstream_password: a.upstream_password,
+                upstream_ca: a.upstream_ca,
+                upstream_client_cert: a.upstream_client_cert,
+                upstream_client_key: a.upstream_client_key,
             };
             let config = Config::validate(file.merge(flags))?;
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
@@ -328,10 +360,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             pubkey,
             start_seq,
             revoked_from_seq,
+            child_cluster,
             window,
             id,
             cluster,
         } => {
+            let child_cluster = child_cluster.map(ClusterId::new).transpose()?;
             let id = id.map(AgentId::new).transpose()?;
             let cluster = cluster.map(ClusterId::new).transpose()?;
             let mut ingest = cli::open_offline(&dir.data_dir, dir.key, id, cluster)?;
@@ -352,6 +386,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                         pubkey,
                         start_seq,
                         revoked_from_seq,
+                        child_cluster,
                     },
                 )?;
                 println!("enrolled {agent}");
@@ -389,14 +424,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map(|(id, r)| {
                         let head = store.head(id).map(|h| h.seq.0).unwrap_or(0);
                         format!(
-                            "{{\"id\":\"{id}\",\"enrolled_by\":\"{:?}\",\"head_seq\":{head}}}",
-                            r.enrolled_by
+                            "{{\"id\":\"{id}\",\"enrolled_by\":\"{}\",\"head_seq\":{head}}}",
+                            r.enrolled_by.describe()
                         )
                     })
                     .collect();
                 println!("[{}]", rows.join(","));
             } else {
-                println!("{:<32} {:<16} {:>10} STATE", "AGENT", "ENROLLED BY", "HEAD");
+                println!("{:<32} {:<24} {:>10} STATE", "AGENT", "ENROLLED BY", "HEAD");
                 for (id, r) in &agents {
                     let head = store.head(id)?.seq;
                     let state = match store.halted(id)? {
@@ -404,9 +439,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                         None => "ok".into(),
                     };
                     println!(
-                        "{:<32} {:<16} {:>10} {state}",
+                        "{:<32} {:<24} {:>10} {state}",
                         id.as_str(),
-                        format!("{:?}", r.enrolled_by),
+                        r.enrolled_by.describe(),
                         head.0
                     );
                 }

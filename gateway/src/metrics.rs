@@ -66,6 +66,13 @@ pub struct Metrics {
     pub hellos: AtomicU64,
     pub commits: AtomicU64,
     pub commit_errors: AtomicU64,
+    /// Forwarded chains (or vouches) of child gateways refused here.
+    pub forwarded_rejected: AtomicU64,
+    /// Upstream: batches published to the parent, entries its receipts
+    /// covered, alerts of the forwarder.
+    pub upstream_batches: AtomicU64,
+    pub upstream_receipted: AtomicU64,
+    pub upstream_alerts: AtomicU64,
     rejected: [AtomicU64; 7],
     bad_input: [AtomicU64; 6],
     commit_buckets: [AtomicU64; 10],
@@ -136,6 +143,30 @@ impl Metrics {
             "baton_batches_duplicate_total",
             "Batches whose entries were all held already.",
             &self.batches_duplicate,
+        );
+        counter(
+            &mut out,
+            "baton_forwarded_rejected_total",
+            "Child gateways' forwarded batches or vouches refused (an alert names the child).",
+            &self.forwarded_rejected,
+        );
+        counter(
+            &mut out,
+            "baton_upstream_batches_total",
+            "Batches forwarded to the parent gateway.",
+            &self.upstream_batches,
+        );
+        counter(
+            &mut out,
+            "baton_upstream_receipted_entries_total",
+            "Forwarded entries newly covered by the parent's receipts.",
+            &self.upstream_receipted,
+        );
+        counter(
+            &mut out,
+            "baton_upstream_alerts_total",
+            "Forwarder alerts (bad receipts, rejects, a parent ahead of this gateway).",
+            &self.upstream_alerts,
         );
         counter(
             &mut out,

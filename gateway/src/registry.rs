@@ -8,7 +8,7 @@
 //!
 //! [`liveness`]: baton_shared::liveness
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use baton_shared::AgentId;
@@ -98,6 +98,19 @@ impl Change {
 pub struct Registry {
     agents: HashMap<AgentId, Live>,
     thresholds: Thresholds,
+    /// This gateway's cluster (names its own agents in a roll-up).
+    cluster: String,
+    /// Child clusters' latest summaries (from their forwarded chains):
+    /// cluster → (summary, its `at_ms`, the child gateway).
+    children: BTreeMap<String, ChildSummary>,
+}
+
+/// A child cluster's latest `cluster_summary`, as its gateway wrote it.
+#[derive(Debug, Clone)]
+pub struct ChildSummary {
+    pub summary: Summary,
+    pub at_ms: i64,
+    pub gateway: AgentId,
 }
 
 impl Registry {
@@ -105,7 +118,31 @@ impl Registry {
         Registry {
             agents: HashMap::new(),
             thresholds,
+            cluster: String::new(),
+            children: BTreeMap::new(),
         }
+    }
+
+    /// Names this gateway's own cluster (in roll-ups).
+    pub fn with_cluster(mut self, cluster: &str) -> Registry {
+        cluster.clone_into(&mut self.cluster);
+        self
+    }
+
+    /// A child gateway's `cluster_summary` arrived (newer ones win).
+    pub fn child_summary(&mut self, cluster: String, child: ChildSummary) {
+        let newer = self
+            .children
+            .get(&cluster)
+            .is_none_or(|c| c.at_ms <= child.at_ms);
+        if newer {
+            self.children.insert(cluster, child);
+        }
+    }
+
+    /// The child clusters' latest summaries, by cluster.
+    pub fn children(&self) -> &BTreeMap<String, ChildSummary> {
+        &self.children
     }
 
     /// An enrolled agent (at start, or enrolled since).
@@ -183,8 +220,24 @@ impl Registry {
         changes
     }
 
-    /// The cluster summary as of the last evaluation.
+    /// The summary as of the last evaluation: of this gateway's own agents,
+    /// or, once child clusters reported, the roll-up of them and its own
+    /// agents (if it has any) — a sector's view.
     pub fn summary(&self) -> Summary {
+        let own = self.own_summary();
+        if self.children.is_empty() {
+            return own;
+        }
+        let own_part = (own.agents > 0).then_some((self.cluster.as_str(), &own));
+        Summary::rollup(
+            own_part
+                .into_iter()
+                .chain(self.children.iter().map(|(c, s)| (c.as_str(), &s.summary))),
+        )
+    }
+
+    /// The summary of this gateway's own agents only.
+    pub fn own_summary(&self) -> Summary {
         Summary::of(self.agents.iter().map(|(id, l)| Member {
             id: id.as_str(),
             state: l.state,

@@ -257,7 +257,10 @@ pub async fn run(
     let command_tx = tx.clone();
     let ingest_committed = committed_tx.clone();
     let http_key = ingest.key().clone();
-    let subscriptions = ingest.subscriptions();
+    // Shared with the ingest thread, which adds child clusters' filters as
+    // they are enrolled; the poller subscribes to all after every ConnAck.
+    let subscriptions = Arc::new(std::sync::Mutex::new(ingest.subscriptions()));
+    let poll_subscriptions = Arc::clone(&subscriptions);
     let poll_cluster = config.cluster.clone();
 
     // The poller: nothing but the event loop.
@@ -273,7 +276,11 @@ pub async fn run(
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff.reset();
-                    for f in &subscriptions {
+                    let filters = poll_subscriptions
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone();
+                    for f in &filters {
                         if let Err(e) = poll_client.try_subscribe(f, QoS::AtLeastOnce) {
                             warn!(filter = %f, error = %e, "subscribe failed");
                         }
@@ -411,6 +418,17 @@ pub async fn run(
                 }
                 match ingest.commit() {
                     Ok(outcome) => {
+                        let new_filters = ingest.take_new_subscriptions();
+                        for f in &new_filters {
+                            info!(filter = %f, "subscribing to a child cluster's chains");
+                            if let Err(e) = ingest_client.try_subscribe(f, QoS::AtLeastOnce) {
+                                warn!(filter = %f, error = %e, "subscribe failed; retried at the next connect");
+                            }
+                        }
+                        subscriptions
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .extend(new_filters);
                         publish(outcome.receipts);
                         for c in outcome.committed {
                             // nobody watching is fine
@@ -443,6 +461,26 @@ pub async fn run(
             }
         })?;
 
+    // Upstream: every chain held here, to the parent gateway.
+    let forwarder = match &config.upstream {
+        Some(up) => {
+            info!(parent = %format!("{}:{}", up.host, up.port), "forwarding upstream");
+            Some(crate::upstream::spawn(
+                crate::upstream::ForwarderConfig {
+                    gateway: config.id.clone(),
+                    cluster: config.cluster.clone(),
+                    upstream: up.clone(),
+                    resend_timeout: config.resend_timeout,
+                },
+                http_key.public(),
+                Arc::clone(&store),
+                committed_tx.subscribe(),
+                Arc::clone(&metrics),
+            )?)
+        }
+        None => None,
+    };
+
     // HTTP
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -459,6 +497,7 @@ pub async fn run(
         registry,
         origin,
         cluster: config.cluster.clone(),
+        upstream: forwarder.as_ref().map(|f| Arc::clone(&f.status)),
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
@@ -487,6 +526,9 @@ pub async fn run(
     let _ = ticker.await;
     let _ = liveness.await;
     let _ = summaries.await;
+    if let Some(f) = forwarder {
+        f.stop().await;
+    }
     let _ = client.try_disconnect();
     let _ = stop_http.send(());
     let _ = http_task.await;

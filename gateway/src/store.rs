@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use baton_shared::intake::{ChainView, Head};
-use baton_shared::{AgentId, Entry, Hash, PublicKey, Seq, Sig};
+use baton_shared::{AgentId, ClusterId, Entry, Hash, PublicKey, Seq, Sig};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -66,8 +66,9 @@ struct StoredHead {
     sig: Option<Sig>,
 }
 
-/// How an agent came to be trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How an agent came to be trusted. (Stored with postcard: new variants
+/// go at the end, existing ones never change.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EnrolledBy {
     /// `baton-gateway enroll --agent … --pubkey …`
     Operator,
@@ -77,6 +78,43 @@ pub enum EnrolledBy {
     TrustOnFirstUse,
     /// The gateway itself.
     SelfChain,
+    /// A child gateway (operator: `enroll --child-cluster C`) that forwards
+    /// its chains here on `baton/v1/{cluster}/…` (PROTOCOL §8).
+    ChildGateway { cluster: ClusterId },
+    /// An agent behind child gateway `via`, trusted because `via`'s own
+    /// verified chain enrolls it at `at_seq`; its chain arrives on `via`'s
+    /// `cluster`.
+    Vouched {
+        via: AgentId,
+        cluster: ClusterId,
+        at_seq: Seq,
+    },
+}
+
+impl EnrolledBy {
+    /// Short text for listings: `operator`, `child-gateway(c1)`,
+    /// `vouched(c1-gw)`, …
+    pub fn describe(&self) -> String {
+        match self {
+            EnrolledBy::Operator => "operator".into(),
+            EnrolledBy::KeyFile => "key-file".into(),
+            EnrolledBy::TrustOnFirstUse => "first-use".into(),
+            EnrolledBy::SelfChain => "self".into(),
+            EnrolledBy::ChildGateway { cluster } => format!("child-gateway({cluster})"),
+            EnrolledBy::Vouched { via, .. } => format!("vouched({via})"),
+        }
+    }
+
+    /// The cluster on whose topics this chain arrives, if not the
+    /// gateway's own (a child gateway or an agent behind one).
+    pub fn forwarded_on(&self) -> Option<&ClusterId> {
+        match self {
+            EnrolledBy::ChildGateway { cluster } | EnrolledBy::Vouched { cluster, .. } => {
+                Some(cluster)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A trusted agent.
@@ -321,6 +359,30 @@ impl Store {
         txn.open_table(META)?.insert(key, value)?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Several named values in one durable transaction.
+    pub fn set_metas(&self, values: &[(String, Vec<u8>)]) -> Result<()> {
+        let txn = self.begin_write()?;
+        {
+            let mut t = txn.open_table(META)?;
+            for (k, v) in values {
+                t.insert(k.as_str(), v.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The lowest seq stored for `agent` (`None`: nothing stored).
+    pub fn oldest(&self, agent: &AgentId) -> Result<Option<Seq>> {
+        let txn = self.begin_read()?;
+        let t = txn.open_table(RUNS)?;
+        let id = agent.as_str();
+        Ok(t.range((id, 0)..=(id, u64::MAX))?
+            .next()
+            .transpose()?
+            .map(|(k, _)| Seq(k.value().1)))
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {

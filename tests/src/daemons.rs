@@ -92,6 +92,7 @@ impl Gateway {
                 summary_interval: Duration::from_secs(1),
                 ..Default::default()
             },
+            upstream: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready, bound) = oneshot::channel();
@@ -135,6 +136,12 @@ pub struct Agent {
     pub dir: PathBuf,
     pub ready: baton_agent::Ready,
     running: baton_agent::Running,
+}
+
+/// Creates a gateway's identity in `dir` (once) and returns its public key
+/// (to enroll it somewhere before it starts).
+pub fn gateway_key(dir: &Path) -> PublicKey {
+    prepare_gateway_dir(dir, &[]).0.public()
 }
 
 /// Creates an agent's identity in `dir` (once) and returns its public key.
@@ -258,29 +265,85 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A gateway process's identity and any further `run` flags (an
+/// upstream, intervals).
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub id: String,
+    pub cluster: String,
+    pub extra: Vec<String>,
+}
+
+impl Default for Role {
+    fn default() -> Self {
+        Role {
+            id: "gw-proc".into(),
+            cluster: "c1".into(),
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl Role {
+    pub fn new(id: &str, cluster: &str) -> Role {
+        Role {
+            id: id.into(),
+            cluster: cluster.into(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Forward to the parent gateway behind `broker`, trusting `key`.
+    pub fn upstream(mut self, broker: SocketAddr, key: PublicKey) -> Role {
+        self.extra.extend([
+            "--upstream".into(),
+            format!("mqtt://{broker}"),
+            "--upstream-key".into(),
+            key.to_hex(),
+        ]);
+        self
+    }
+
+    pub fn arg(mut self, flag: &str, value: &str) -> Role {
+        self.extra.extend([flag.into(), value.into()]);
+        self
+    }
+}
+
 pub fn spawn_gateway(dir: &Path, via: Via, http: SocketAddr) -> Child {
+    spawn_gateway_as(dir, via, http, &Role::default())
+}
+
+/// `baton-gateway run` as `role`; its log goes to `<dir>/gateway.log`.
+pub fn spawn_gateway_as(dir: &Path, via: Via, http: SocketAddr, role: &Role) -> Child {
     let mut cmd = Command::new(crate::bins::gateway());
     cmd.args([
         "run",
         "--id",
-        "gw-proc",
+        &role.id,
         "--cluster",
-        "c1",
+        &role.cluster,
         "--resend-timeout",
         "1s",
     ])
     .arg("--data-dir")
     .arg(dir)
     .arg("--keys-dir")
-    .arg(dir.join("agents"));
+    .arg(dir.join("agents"))
+    .args(&role.extra);
     match via {
         Via::Embedded(a) => cmd.arg("--mqtt-listen").arg(a.to_string()),
         Via::External(a) => cmd.arg("--broker").arg(format!("mqtt://{a}")),
     };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.log"))
+        .map_or_else(|_| Stdio::null(), Stdio::from);
     cmd.arg("--http-listen")
         .arg(http.to_string())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap()
 }
@@ -303,12 +366,23 @@ pub struct GatewayProc {
     pub via: Via,
     pub http: SocketAddr,
     pub key: PublicKey,
+    pub role: Role,
     child: Option<Child>,
 }
 
 impl GatewayProc {
     /// Starts a gateway in `dir` trusting `agents` (key created once).
     pub fn start(dir: &Path, agents: &[(AgentId, PublicKey)], via: Via) -> GatewayProc {
+        GatewayProc::start_as(dir, agents, via, Role::default())
+    }
+
+    /// As [`GatewayProc::start`], as `role`.
+    pub fn start_as(
+        dir: &Path,
+        agents: &[(AgentId, PublicKey)],
+        via: Via,
+        role: Role,
+    ) -> GatewayProc {
         let (key, _, _) = prepare_gateway_dir(dir, agents);
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut g = GatewayProc {
@@ -316,6 +390,7 @@ impl GatewayProc {
             via,
             http,
             key: key.public(),
+            role,
             child: None,
         };
         g.restart();
@@ -333,7 +408,7 @@ impl GatewayProc {
     /// Kills (if running) and starts again on the same ports and files.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = Some(spawn_gateway(&self.dir, self.via, self.http));
+        self.child = Some(spawn_gateway_as(&self.dir, self.via, self.http, &self.role));
         wait_listening(self.http);
         if let Via::Embedded(a) = self.via {
             wait_listening(a);

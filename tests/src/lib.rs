@@ -58,3 +58,12 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
     }
     cond()
 }
+
+/// An agent's own chain as JSONL, read from its store (the agent must be
+/// stopped: redb allows one process at a time).
+pub fn agent_chain(dir: &std::path::Path) -> Vec<u8> {
+    let (_, o) = baton_agent::cli::open(dir).unwrap();
+    let mut out = Vec::new();
+    baton_agent::cli::export_jsonl(&o, None, None, &mut out).unwrap();
+    out
+}

@@ -13,23 +13,15 @@ use baton_shared::AgentId;
 use baton_shared::PublicKey;
 use baton_shared::verify::verify_text;
 use baton_tests::daemons::{Agent, Gateway, GatewayProc, Via, agent_key};
-use baton_tests::eventually;
 use baton_tests::http::{gateway_chain, lines};
 use baton_tests::watch::Watcher;
+use baton_tests::{agent_chain, eventually};
 
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-}
-
-/// The agent's own chain as JSONL (the agent must be stopped).
-fn agent_chain(dir: &Path) -> Vec<u8> {
-    let (_, o) = baton_agent::cli::open(dir).unwrap();
-    let mut out = Vec::new();
-    baton_agent::cli::export_jsonl(&o, None, None, &mut out).unwrap();
-    out
 }
 
 async fn receipted_all(a: &Agent, limit: Duration) -> bool {

@@ -1,0 +1,643 @@
+//! Upstream forwarding (PROTOCOL §8): every chain this gateway holds — each
+//! agent's, byte for byte with its original sigs, and the gateway's own —
+//! goes to a parent gateway on another broker, over the same protocol an
+//! agent speaks.
+//!
+//! Each forwarded chain runs `baton-shared`'s [`Uplink`] state machine, the
+//! one the agent runs, against a [`Ledger`] view of the store: hello with a
+//! nonce after every connect, batches cut at the chain's own checkpoints,
+//! a window of batches in flight, resend when no receipt advances. A
+//! forwarded entry is done only when the parent's signed receipt covers it;
+//! the best receipt per chain is the durable cursor (the store's meta table,
+//! `upstream/{chain}`), written at most every [`CURSOR_EVERY`]. A cursor that
+//! lags after a crash costs duplicates, never loss: the hello answer says
+//! where the parent is, and the parent skips what it holds.
+//!
+//! The MQTT event loop is polled by its own task and nothing else (as in
+//! `server.rs`); this task reacts to its events, to commits (the ingest's
+//! broadcast), and to the uplinks' timers.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use baton_shared::backoff::Backoff;
+use baton_shared::json::{Object, Value};
+use baton_shared::uplink::{BatchLimits, Ledger, Output, Uplink, UplinkConfig, span_end};
+use baton_shared::wire::{EntryBatch, Message, Nack, Receipt};
+use baton_shared::{AgentId, ClusterId, Entry, Hash, PublicKey, Seq};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use tokio::sync::{broadcast, mpsc};
+use tracing::{info, warn};
+
+use crate::config::Upstream;
+use crate::ingest::Committed;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// How often dirty cursors are written (one transaction for all chains).
+pub const CURSOR_EVERY: Duration = Duration::from_millis(250);
+/// How often the chain list is re-read (new enrollments).
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// Alerts kept for `/api/v1/upstream`.
+const ALERTS_KEPT: usize = 32;
+
+/// The store's meta key of a chain's cursor.
+pub fn cursor_key(chain: &AgentId) -> String {
+    format!("upstream/{chain}")
+}
+
+/// What the forwarder needs to know.
+#[derive(Debug, Clone)]
+pub struct ForwarderConfig {
+    pub gateway: AgentId,
+    /// The cluster whose topics carry this gateway's chains upstream.
+    pub cluster: ClusterId,
+    pub upstream: Upstream,
+    pub resend_timeout: Duration,
+}
+
+/// One forwarded chain as `/api/v1/upstream` shows it.
+#[derive(Debug, Clone, Default)]
+pub struct ChainStatus {
+    /// Highest seq held here.
+    pub held: u64,
+    /// Highest seq the parent's receipts cover.
+    pub receipted: u64,
+    pub in_flight: usize,
+    /// Stopped after a reject (retrying hello with backoff).
+    pub halted: bool,
+    /// The best receipt (the durable cursor).
+    pub receipt: Option<Receipt>,
+}
+
+/// The forwarder's state for the read side.
+#[derive(Debug, Default)]
+pub struct UpstreamStatus {
+    pub parent: String,
+    pub connected: bool,
+    pub chains: BTreeMap<AgentId, ChainStatus>,
+    /// The latest alerts, oldest first.
+    pub alerts: VecDeque<String>,
+}
+
+impl UpstreamStatus {
+    pub fn to_value(&self) -> Value {
+        let mut chains = Object::new();
+        #[allow(clippy::cast_precision_loss)]
+        let num = |n: u64| Value::Number(n as f64);
+        for (id, c) in &self.chains {
+            let mut o = Object::new();
+            o.insert("held", num(c.held));
+            o.insert("receipted", num(c.receipted));
+            o.insert("behind", num(c.held.saturating_sub(c.receipted)));
+            o.insert("in_flight", num(c.in_flight as u64));
+            o.insert("halted", Value::Bool(c.halted));
+            let receipt = c.receipt.as_ref().map_or(Value::Null, |r| {
+                let mut ro = Object::new();
+                ro.insert("gateway", Value::from(r.gateway.as_str()));
+                ro.insert("seq", num(r.seq.0));
+                ro.insert("hash", Value::from(r.hash.to_hex()));
+                ro.insert("sig", Value::from(r.sig.to_hex()));
+                Value::Object(ro)
+            });
+            o.insert("receipt", receipt);
+            chains.insert(id.as_str(), Value::Object(o));
+        }
+        let mut o = Object::new();
+        o.insert("parent", Value::from(self.parent.as_str()));
+        o.insert("connected", Value::Bool(self.connected));
+        o.insert("chains", Value::Object(chains));
+        o.insert(
+            "alerts",
+            Value::Array(
+                self.alerts
+                    .iter()
+                    .map(|a| Value::from(a.as_str()))
+                    .collect(),
+            ),
+        );
+        Value::Object(o)
+    }
+}
+
+/// A running forwarder.
+#[derive(Debug)]
+pub struct Forwarder {
+    pub status: Arc<Mutex<UpstreamStatus>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    client: AsyncClient,
+}
+
+impl Forwarder {
+    /// Stops forwarding (the cursors written so far stay).
+    pub async fn stop(self) {
+        let _ = self.client.try_disconnect();
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// What the poller hands the forwarder.
+enum Pumped {
+    Connected,
+    Message { topic: String, payload: Vec<u8> },
+    Lost,
+}
+
+/// Starts forwarding the chains in `store` to the parent; `committed` wakes
+/// it when ingest made entries durable.
+pub fn spawn(
+    cfg: ForwarderConfig,
+    own_key: PublicKey,
+    store: Arc<Store>,
+    committed: broadcast::Receiver<Committed>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Forwarder> {
+    let up = &cfg.upstream;
+    let client_id = format!("baton-forwarder-{}", cfg.gateway);
+    let mut opts = baton_agent::mqtt::options(
+        &client_id,
+        &up.host,
+        up.port,
+        up.username.as_deref(),
+        up.password.as_deref(),
+        up.tls.as_ref(),
+    )
+    .context("upstream connection settings")?;
+    opts.set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(opts, 4096);
+    eventloop.set_network_options(baton_agent::mqtt::network_options());
+    let status = Arc::new(Mutex::new(UpstreamStatus {
+        parent: format!("{}:{}", up.host, up.port),
+        ..Default::default()
+    }));
+
+    let (tx, rx) = mpsc::channel::<Pumped>(1024);
+    let poller = tokio::spawn(async move {
+        let mut backoff = Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+            u64::try_from(crate::server::unix_ms()).unwrap_or(7),
+        );
+        loop {
+            let pumped = match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff.reset();
+                    Pumped::Connected
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => Pumped::Message {
+                    topic: p.topic,
+                    payload: p.payload.to_vec(),
+                },
+                Ok(_) => continue,
+                Err(e) => {
+                    let d = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?d, "upstream connection lost");
+                    if tx.send(Pumped::Lost).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(d).await;
+                    continue;
+                }
+            };
+            if tx.send(pumped).await.is_err() {
+                return;
+            }
+        }
+    });
+    let state = State {
+        chains: BTreeMap::new(),
+        cfg,
+        own_key,
+        store,
+        metrics,
+        client: client.clone(),
+        status: Arc::clone(&status),
+        origin: Instant::now(),
+        dirty_cursors: BTreeMap::new(),
+        connected: false,
+    };
+    let forwarder = tokio::spawn(state.run(rx, committed));
+    Ok(Forwarder {
+        status,
+        tasks: vec![poller, forwarder],
+        client,
+    })
+}
+
+/// One forwarded chain.
+struct Chain {
+    uplink: Uplink,
+    /// Highest durable seq held here (from the store, then from commits).
+    head: Seq,
+    oldest: Seq,
+}
+
+struct State {
+    cfg: ForwarderConfig,
+    own_key: PublicKey,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    client: AsyncClient,
+    status: Arc<Mutex<UpstreamStatus>>,
+    origin: Instant,
+    chains: BTreeMap<AgentId, Chain>,
+    /// Best receipts not yet written.
+    dirty_cursors: BTreeMap<AgentId, Receipt>,
+    connected: bool,
+}
+
+impl State {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Pumped>,
+        mut committed: broadcast::Receiver<Committed>,
+    ) {
+        self.refresh();
+        let mut refresh = tokio::time::interval(REFRESH_EVERY);
+        let mut cursors = tokio::time::interval(CURSOR_EVERY);
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    None => return,
+                    Some(ev) => self.event(ev),
+                },
+                c = committed.recv() => match c {
+                    Ok(c) => {
+                        if let Some(chain) = self.chains.get_mut(&c.agent) {
+                            chain.head = chain.head.max(c.last);
+                        } else {
+                            self.refresh();
+                        }
+                    }
+                    // Missed some: read every head again.
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.refresh(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = refresh.tick() => self.refresh(),
+                _ = cursors.tick() => self.write_cursors(),
+                () = tokio::time::sleep(wake) => {}
+            }
+            self.drive();
+            self.publish_status();
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// When some uplink's timer is next due (at most a second away).
+    fn next_wake(&self) -> Duration {
+        self.chains
+            .values()
+            .filter_map(|c| c.uplink.poll_timeout())
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1))
+    }
+
+    /// Reads the chain list and every head from the store: new enrollments
+    /// become chains (once they hold an entry), heads catch up.
+    fn refresh(&mut self) {
+        let records = match self.store.agents() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "upstream: reading the registry failed");
+                return;
+            }
+        };
+        for (id, record) in records {
+            let head = match self.store.head(&id) {
+                Ok(h) => h.seq,
+                Err(e) => {
+                    warn!(agent = %id, error = %e, "upstream: reading a head failed");
+                    continue;
+                }
+            };
+            if let Some(chain) = self.chains.get_mut(&id) {
+                chain.head = chain.head.max(head);
+                continue;
+            }
+            if head == Seq::ZERO {
+                continue;
+            }
+            let Some(key) = record.key() else { continue };
+            if id == self.cfg.gateway && key != self.own_key {
+                warn!("upstream: the stored self record names another key; not forwarding it");
+                continue;
+            }
+            let best = match self.store.meta(&cursor_key(&id)) {
+                Ok(Some(bytes)) => match Receipt::decode(&bytes) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        warn!(agent = %id, error = %e, "upstream cursor does not decode; starting from the parent's answer");
+                        None
+                    }
+                },
+                Ok(None) => None,
+                Err(e) => {
+                    warn!(agent = %id, error = %e, "upstream: reading a cursor failed");
+                    continue;
+                }
+            };
+            let oldest = self.store.oldest(&id).ok().flatten().unwrap_or(Seq(1));
+            let mut seed = [0u8; 8];
+            // Nonces must not repeat across restarts; without OS entropy
+            // the clock still differs.
+            if getrandom::fill(&mut seed).is_err() {
+                seed = crate::server::unix_ms().to_le_bytes();
+            }
+            let mut ucfg = UplinkConfig::new(
+                id.clone(),
+                key,
+                Some(self.cfg.upstream.key),
+                u64::from_le_bytes(seed),
+            );
+            ucfg.software = format!("baton-gateway {}", env!("CARGO_PKG_VERSION"));
+            ucfg.resend_timeout = self.cfg.resend_timeout;
+            // A chain the parent does not know yet (its vouch is still on
+            // the way in this gateway's own chain) is retried soon.
+            ucfg.backoff_max = Duration::from_secs(5);
+            let mut uplink = Uplink::new(ucfg, best);
+            if self.connected {
+                uplink.connected(self.origin.elapsed());
+            }
+            self.chains.insert(
+                id,
+                Chain {
+                    uplink,
+                    head,
+                    oldest,
+                },
+            );
+        }
+    }
+
+    fn event(&mut self, ev: Pumped) {
+        let now = self.now();
+        match ev {
+            Pumped::Connected => {
+                info!(parent = %self.cfg.upstream.host, "upstream connected");
+                self.connected = true;
+                let c = &self.cfg.cluster;
+                for f in [
+                    format!("baton/v1/{c}/+/ack"),
+                    format!("baton/v1/{c}/+/nack"),
+                ] {
+                    if let Err(e) = self.client.try_subscribe(&f, QoS::AtLeastOnce) {
+                        warn!(filter = %f, error = %e, "upstream subscribe failed");
+                    }
+                }
+                for chain in self.chains.values_mut() {
+                    chain.uplink.connected(now);
+                }
+            }
+            Pumped::Lost => {
+                self.connected = false;
+                for chain in self.chains.values_mut() {
+                    chain.uplink.disconnected(now);
+                }
+            }
+            Pumped::Message { topic, payload } => self.message(now, &topic, &payload),
+        }
+    }
+
+    /// A receipt or nack from the parent.
+    fn message(&mut self, now: Duration, topic: &str, payload: &[u8]) {
+        let prefix = format!("baton/v1/{}/", self.cfg.cluster);
+        let Some((agent, kind)) = topic
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split_once('/'))
+        else {
+            return;
+        };
+        let Ok(agent) = AgentId::new(agent) else {
+            return;
+        };
+        let Some(chain) = self.chains.get_mut(&agent) else {
+            return;
+        };
+        let ledger = StoreLedger::new(&self.store, &agent, chain.head, chain.oldest);
+        match kind {
+            "ack" => match Receipt::decode(payload) {
+                Ok(r) if r.agent == agent => {
+                    let before = chain.uplink.acked();
+                    chain.uplink.handle_receipt(now, &r, &ledger);
+                    let after = chain.uplink.acked();
+                    self.metrics
+                        .upstream_receipted
+                        .fetch_add(after.0.saturating_sub(before.0), Ordering::Relaxed);
+                }
+                _ => {
+                    warn!(%agent, "upstream: a receipt that does not decode or names another chain")
+                }
+            },
+            "nack" => match Nack::decode(payload) {
+                Ok(n) if n.agent == agent => chain.uplink.handle_nack(now, &n),
+                _ => warn!(%agent, "upstream: a nack that does not decode or names another chain"),
+            },
+            _ => {}
+        }
+    }
+
+    /// Carries out what every uplink asks for until none asks more.
+    fn drive(&mut self) {
+        let now = self.now();
+        let topic = |agent: &AgentId, suffix: &str| {
+            format!("baton/v1/{}/{agent}/{suffix}", self.cfg.cluster)
+        };
+        let mut alerts = Vec::new();
+        for (agent, chain) in &mut self.chains {
+            let ledger = StoreLedger::new(&self.store, agent, chain.head, chain.oldest);
+            while let Some(out) = chain.uplink.poll(now, &ledger) {
+                match out {
+                    Output::Hello(h) => {
+                        let _ = self.client.try_publish(
+                            topic(agent, "hello"),
+                            QoS::AtLeastOnce,
+                            false,
+                            h.encode(),
+                        );
+                    }
+                    Output::Batch { from, to, proof } => match ledger.entries(from, to) {
+                        Ok(entries) => {
+                            let batch = EntryBatch {
+                                agent: agent.clone(),
+                                proof,
+                                entries,
+                            };
+                            self.metrics.upstream_batches.fetch_add(1, Ordering::Relaxed);
+                            // A full queue drops it; the resend timer asks again.
+                            let _ = self.client.try_publish(
+                                topic(agent, "entries"),
+                                QoS::AtLeastOnce,
+                                false,
+                                batch.encode(),
+                            );
+                        }
+                        Err(e) => alerts.push(format!("{agent}: reading {from}..={to}: {e}")),
+                    },
+                    Output::StoreBestReceipt(r) => {
+                        self.dirty_cursors.insert(agent.clone(), r);
+                    }
+                    Output::SignHead { seq } => {
+                        // Stored heads end at signed entries; this means
+                        // the store holds an unsigned tail it cannot have.
+                        alerts.push(format!(
+                            "{agent}: entry {seq} is the head but carries no sig; not forwarding past it"
+                        ));
+                        break;
+                    }
+                    Output::PinGatewayKey(_) => {}
+                    Output::Adopt(a) => alerts.push(format!(
+                        "{agent}: the parent holds it through seq {} (beyond this gateway's {}), under the chain's own signature; this gateway lost data: not forwarding {agent}",
+                        a.receipt.seq, chain.head
+                    )),
+                    Output::Alert(a) => alerts.push(format!("{agent}: {a:?}")),
+                }
+            }
+        }
+        for a in alerts {
+            self.alert(a);
+        }
+    }
+
+    fn alert(&mut self, text: String) {
+        warn!(alert = %text, "upstream");
+        self.metrics.upstream_alerts.fetch_add(1, Ordering::Relaxed);
+        let mut st = lock(&self.status);
+        if st.alerts.len() >= ALERTS_KEPT {
+            st.alerts.pop_front();
+        }
+        st.alerts.push_back(text);
+    }
+
+    /// Writes the best receipts that changed, in one transaction.
+    fn write_cursors(&mut self) {
+        if self.dirty_cursors.is_empty() {
+            return;
+        }
+        let values: Vec<(String, Vec<u8>)> = self
+            .dirty_cursors
+            .iter()
+            .map(|(a, r)| (cursor_key(a), r.encode()))
+            .collect();
+        match self.store.set_metas(&values) {
+            Ok(()) => self.dirty_cursors.clear(),
+            // Kept dirty: written with the next tick.
+            Err(e) => warn!(error = %e, "upstream: writing cursors failed"),
+        }
+    }
+
+    fn publish_status(&self) {
+        let mut st = lock(&self.status);
+        st.connected = self.connected;
+        for (id, c) in &self.chains {
+            let s = st.chains.entry(id.clone()).or_default();
+            s.held = c.head.0;
+            s.receipted = c.uplink.acked().0;
+            s.in_flight = c.uplink.in_flight();
+            s.halted = c.uplink.is_halted();
+            if s.receipt.as_ref().map(|r| r.seq) != c.uplink.best().map(|r| r.seq) {
+                s.receipt = c.uplink.best().cloned();
+            }
+        }
+    }
+}
+
+fn lock(m: &Mutex<UpstreamStatus>) -> std::sync::MutexGuard<'_, UpstreamStatus> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A stored chain as the uplink reads it. The entries read to cut a batch
+/// are kept for the batch that follows.
+struct StoreLedger<'a> {
+    store: &'a Store,
+    agent: &'a AgentId,
+    head: Seq,
+    oldest: Seq,
+    cut: RefCell<Option<(Seq, Vec<Entry>)>>,
+}
+
+impl<'a> StoreLedger<'a> {
+    fn new(store: &'a Store, agent: &'a AgentId, head: Seq, oldest: Seq) -> Self {
+        StoreLedger {
+            store,
+            agent,
+            head,
+            oldest,
+            cut: RefCell::new(None),
+        }
+    }
+
+    /// Up to `limit` contiguous stored entries from `from` (a recorded
+    /// hole ends them).
+    fn read(&self, from: Seq, limit: usize) -> Result<Vec<Entry>, crate::store::StoreError> {
+        let rows = self.store.range(self.agent, from, limit)?;
+        Ok(rows
+            .into_iter()
+            .enumerate()
+            .take_while(|(i, (s, _))| s.0 == from.0 + *i as u64 && *s <= self.head)
+            .map(|(_, (_, e))| e)
+            .collect())
+    }
+
+    /// Entries `from..=to`, from the last cut if it holds them.
+    fn entries(&self, from: Seq, to: Seq) -> Result<Vec<Entry>, String> {
+        let n = usize::try_from(to.0.saturating_sub(from.0) + 1).unwrap_or(usize::MAX);
+        let cached = self.cut.borrow_mut().take();
+        let entries = match cached {
+            Some((f, mut e)) if f == from && e.len() >= n => {
+                e.truncate(n);
+                e
+            }
+            _ => self.read(from, n).map_err(|e| e.to_string())?,
+        };
+        if entries.len() == n {
+            Ok(entries)
+        } else {
+            Err(format!("only {} of {n} entries are stored", entries.len()))
+        }
+    }
+}
+
+impl Ledger for StoreLedger<'_> {
+    fn head(&self) -> Seq {
+        self.head
+    }
+
+    fn oldest(&self) -> Seq {
+        self.oldest
+    }
+
+    fn hash_at(&self, seq: Seq) -> Option<Hash> {
+        if seq == Seq::ZERO {
+            return Some(Hash::ZERO);
+        }
+        if seq > self.head {
+            return None;
+        }
+        self.store
+            .entry(self.agent, seq)
+            .ok()
+            .flatten()
+            .map(|e| e.hash)
+    }
+
+    fn batch_end(&self, from: Seq, limits: BatchLimits) -> Option<Seq> {
+        let entries = self.read(from, limits.max_entries).ok()?;
+        let end = span_end(from, &entries, limits);
+        *self.cut.borrow_mut() = Some((from, entries));
+        end
+    }
+}
