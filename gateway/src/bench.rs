@@ -28,7 +28,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
 use crate::mosquitto::{MosquittoOptions, config};
 use crate::publisher::{Options, publish};
 
-const BATCH: usize = 64;
+pub(crate) const BATCH: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct BenchArgs {
@@ -65,7 +65,7 @@ pub(crate) fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
     bail!("nothing listens on {addr}")
 }
 
-fn ledger(i: usize, entries: u64) -> anyhow::Result<MemLedger> {
+pub(crate) fn ledger(i: usize, entries: u64) -> anyhow::Result<MemLedger> {
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
     let mut l = MemLedger::new(
@@ -95,7 +95,11 @@ fn ledger(i: usize, entries: u64) -> anyhow::Result<MemLedger> {
     Ok(l)
 }
 
-fn client(id: &str, broker: SocketAddr, inflight: u16) -> (AsyncClient, rumqttc::EventLoop) {
+pub(crate) fn client(
+    id: &str,
+    broker: SocketAddr,
+    inflight: u16,
+) -> (AsyncClient, rumqttc::EventLoop) {
     let mut o = MqttOptions::new(id, broker.ip().to_string(), broker.port());
     o.set_credentials(id, "");
     o.set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET);
@@ -227,7 +231,7 @@ async fn ingest(
         child,
         http: _,
         broker,
-    } = spawn_gateway(exe, &dir, "bench", external, ledgers.len())?;
+    } = spawn_gateway(exe, &dir, "bench", external, ledgers.len(), &[])?;
     let entries: u64 = ledgers.iter().map(|l| l.head().0).sum();
     let batches: u64 = ledgers
         .iter()
@@ -285,13 +289,15 @@ pub(crate) struct GatewayChild {
 }
 
 /// Starts `exe run` on `dir` (cluster `cluster`), through `external` or its
-/// own embedded broker sized for `agents`, and waits until it listens.
+/// own embedded broker sized for `agents`, with `extra` flags, and waits
+/// until it listens.
 pub(crate) fn spawn_gateway(
     exe: &Path,
     dir: &Path,
     cluster: &str,
     external: Option<SocketAddr>,
     agents: usize,
+    extra: &[String],
 ) -> anyhow::Result<GatewayChild> {
     let http = free_addr()?;
     let mut cmd = Command::new(exe);
@@ -309,7 +315,8 @@ pub(crate) fn spawn_gateway(
     .arg("--http-listen")
     .arg(http.to_string())
     .arg("--max-agents")
-    .arg((agents + 10).to_string());
+    .arg((agents + 10).to_string())
+    .args(extra);
     let broker = match external {
         Some(a) => {
             cmd.arg("--broker").arg(format!("mqtt://{a}"));

@@ -242,7 +242,7 @@ async fn one(
         child,
         http,
         broker,
-    } = spawn_gateway(exe, &dir, CLUSTER, external, n)?;
+    } = spawn_gateway(exe, &dir, CLUSTER, external, n, &[])?;
     let pid = child.0.id();
 
     let started = Instant::now();

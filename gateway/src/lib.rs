@@ -20,6 +20,7 @@ pub mod own_chain;
 pub mod publisher;
 pub mod registry;
 pub mod server;
+pub mod tier_bench;
 pub mod upstream;
 
 pub use config::Config;

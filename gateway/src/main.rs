@@ -233,6 +233,17 @@ enum Command {
         #[arg(long)]
         no_mosquitto: bool,
     },
+    /// Two tiers: agents → a cluster gateway → a sector gateway (two
+    /// children, each with its own broker, both durable); prints the
+    /// end-to-end rate and the forwarding lag (see BENCHMARKS.md).
+    BenchTiers {
+        /// Agent counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,100")]
+        agents: Vec<usize>,
+        /// Entries per run, split over the agents.
+        #[arg(long, default_value_t = 262_144)]
+        entries: u64,
+    },
     /// Print a ready Mosquitto drop-in config for production.
     PrintMosquittoConfig {
         /// Agents expected (sets the connection limit).
@@ -558,6 +569,18 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 !no_mosquitto,
             ))?;
             print!("{}", baton_gateway::fleet_bench::table(&rows));
+        }
+        Command::BenchTiers { agents, entries } => {
+            let exe = std::env::current_exe().context("locating this binary")?;
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let rows = rt.block_on(baton_gateway::tier_bench::run(
+                &baton_gateway::tier_bench::TierArgs {
+                    agents,
+                    total_entries: entries,
+                },
+                &exe,
+            ))?;
+            print!("{}", baton_gateway::tier_bench::table(&rows));
         }
         Command::PrintMosquittoConfig {
             agents,

@@ -357,7 +357,7 @@ async fn a_running_gateway_enrolls_over_http() {
     assert_eq!(p.receipted, Seq(11));
     let (_, agents) = http::get(gw.bound.http, "/api/v1/agents").unwrap();
     assert!(
-        agents.contains("\"id\":\"pi-tofu\"") && agents.contains("TrustOnFirstUse"),
+        agents.contains("\"id\":\"pi-tofu\"") && agents.contains("\"enrolled_by\":\"first-use\""),
         "{agents}"
     );
     gw.stop().await;
