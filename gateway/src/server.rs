@@ -333,10 +333,18 @@ pub async fn run(
     // Liveness every 500 ms; the summary into the chain at its interval.
     let live_tx = tx.clone();
     let chain_every = config.liveness.summary_chain_interval;
+    // A child's parent rolls its clusters up from these entries: the first
+    // one comes soon after start (once liveness settled), not a whole
+    // interval later.
+    let first_summary = if config.upstream.is_some() {
+        config.liveness.summary_interval.min(chain_every)
+    } else {
+        chain_every
+    };
     let liveness = tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_millis(500));
-        let mut summary = tokio::time::interval(chain_every);
-        summary.tick().await;
+        let mut summary =
+            tokio::time::interval_at(tokio::time::Instant::now() + first_summary, chain_every);
         loop {
             let msg = tokio::select! {
                 _ = t.tick() => Inbound::Liveness,
