@@ -615,7 +615,13 @@ impl Ingest {
         let entry = self.own.append(
             unix_ms,
             "enroll",
-            own_chain::enroll_data(agent, &record.public_key, cluster.as_str()),
+            own_chain::enroll_data(
+                agent,
+                &record.public_key,
+                cluster.as_str(),
+                record.start_seq,
+                record.revoked_from_seq,
+            ),
         );
         self.staged_records.insert(agent.clone(), record.clone());
         self.staged.push(Write::Enroll {
@@ -884,8 +890,22 @@ impl Ingest {
             .and_then(|o| o.get("public_key"))
             .and_then(|v| v.as_str())
             .map(PublicKey::trusted_hex);
-        let (agent, key) = match (agent, key) {
-            (Some(Ok(a)), Some(Ok(k))) => (a, k),
+        // Optional: a seq if present, and then it must be one.
+        let seq_field = |name: &str| match o.and_then(|o| o.get(name)) {
+            None => Ok(None),
+            Some(v) => v
+                .as_exact_u64()
+                .filter(|n| *n > 0)
+                .map(|n| Some(Seq(n)))
+                .ok_or(()),
+        };
+        let (agent, key, start_seq, revoked_from_seq) = match (
+            agent,
+            key,
+            seq_field("start_seq"),
+            seq_field("revoked_from_seq"),
+        ) {
+            (Some(Ok(a)), Some(Ok(k)), Ok(s), Ok(r)) => (a, k, s, r),
             _ => {
                 let detail = format!("enroll entry at seq {seq} names no valid agent and key");
                 let e = self.own.append(
@@ -914,8 +934,8 @@ impl Ingest {
                     &agent,
                     AgentRecord {
                         public_key: key.to_bytes(),
-                        start_seq: None,
-                        revoked_from_seq: None,
+                        start_seq,
+                        revoked_from_seq,
                         enrolled_by: EnrolledBy::Vouched {
                             via: child.clone(),
                             cluster: cluster.clone(),

@@ -107,12 +107,26 @@ pub fn gap_data(agent: &AgentId, from: Seq, to: Seq) -> Value {
     Value::Object(d)
 }
 
-/// `{"agent": A, "public_key": hex, "cluster": C}`.
-pub fn enroll_data(agent: &AgentId, public_key: &[u8; 32], cluster: &str) -> Value {
+/// `{"agent": A, "public_key": hex, "cluster": C}`, plus `start_seq` and
+/// `revoked_from_seq` when the enrollment has them (a parent that learns
+/// the agent from this entry applies them too).
+pub fn enroll_data(
+    agent: &AgentId,
+    public_key: &[u8; 32],
+    cluster: &str,
+    start_seq: Option<Seq>,
+    revoked_from_seq: Option<Seq>,
+) -> Value {
     let mut d = Object::new();
     d.insert("agent", Value::from(agent.as_str()));
     d.insert("public_key", Value::from(hex_of(public_key)));
     d.insert("cluster", Value::from(cluster));
+    if let Some(s) = start_seq {
+        d.insert("start_seq", Value::from(s.0));
+    }
+    if let Some(s) = revoked_from_seq {
+        d.insert("revoked_from_seq", Value::from(s.0));
+    }
     Value::Object(d)
 }
 
@@ -134,7 +148,11 @@ mod tests {
         let agent = AgentId::new("pi-1").unwrap();
         let writes = [
             c.genesis(1_795_460_700_123, "baton-gateway 0.1.0"),
-            c.append(1, "enroll", enroll_data(&agent, &[7; 32], "c07")),
+            c.append(
+                1,
+                "enroll",
+                enroll_data(&agent, &[7; 32], "c07", None, None),
+            ),
             c.append(2, "alert", alert_data("fork", &agent, "seq 4")),
             c.append(3, "checkpoint", checkpoint_data(&agent, &c.head())),
         ];

@@ -44,6 +44,8 @@ pub const CURSOR_EVERY: Duration = Duration::from_millis(250);
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// Alerts kept for `/api/v1/upstream`.
 const ALERTS_KEPT: usize = 32;
+/// The same kind of alert for the same chain at most this often.
+const ALERT_EVERY: Duration = Duration::from_secs(60);
 
 /// The store's meta key of a chain's cursor.
 pub fn cursor_key(chain: &AgentId) -> String {
@@ -224,6 +226,7 @@ pub fn spawn(
         origin: Instant::now(),
         dirty_cursors: BTreeMap::new(),
         connected: false,
+        alerted: BTreeMap::new(),
     };
     let forwarder = tokio::spawn(state.run(rx, committed));
     Ok(Forwarder {
@@ -253,6 +256,8 @@ struct State {
     /// Best receipts not yet written.
     dirty_cursors: BTreeMap<AgentId, Receipt>,
     connected: bool,
+    /// When each (chain, kind) last alerted.
+    alerted: BTreeMap<(AgentId, &'static str), Instant>,
 }
 
 impl State {
@@ -485,7 +490,11 @@ impl State {
                                 batch.encode(),
                             );
                         }
-                        Err(e) => alerts.push(format!("{agent}: reading {from}..={to}: {e}")),
+                        Err(e) => alerts.push((
+                            agent.clone(),
+                            "read",
+                            format!("{agent}: reading {from}..={to}: {e}"),
+                        )),
                     },
                     Output::StoreBestReceipt(r) => {
                         self.dirty_cursors.insert(agent.clone(), r);
@@ -493,28 +502,52 @@ impl State {
                     Output::SignHead { seq } => {
                         // Stored heads end at signed entries; this means
                         // the store holds an unsigned tail it cannot have.
-                        alerts.push(format!(
-                            "{agent}: entry {seq} is the head but carries no sig; not forwarding past it"
+                        // (Or the chain has a recorded hole, past which the
+                        // parent would need a receipt it never gave.)
+                        alerts.push((
+                            agent.clone(),
+                            "stuck",
+                            format!(
+                                "{agent}: nothing signed can be sent after seq {} (head {seq}): not forwarding past it",
+                                chain.uplink.acked()
+                            ),
                         ));
                         break;
                     }
                     Output::PinGatewayKey(_) => {}
-                    Output::Adopt(a) => alerts.push(format!(
-                        "{agent}: the parent holds it through seq {} (beyond this gateway's {}), under the chain's own signature; this gateway lost data: not forwarding {agent}",
-                        a.receipt.seq, chain.head
+                    Output::Adopt(a) => alerts.push((
+                        agent.clone(),
+                        "parent_ahead",
+                        format!(
+                            "{agent}: the parent holds it through seq {} (beyond this gateway's {}), under the chain's own signature; this gateway lost data: not forwarding {agent}",
+                            a.receipt.seq, chain.head
+                        ),
                     )),
-                    Output::Alert(a) => alerts.push(format!("{agent}: {a:?}")),
+                    Output::Alert(a) => {
+                        alerts.push((agent.clone(), "uplink", format!("{agent}: {a:?}")));
+                    }
                 }
             }
         }
-        for a in alerts {
-            self.alert(a);
+        for (chain, kind, text) in alerts {
+            self.alert(chain, kind, text);
         }
     }
 
-    fn alert(&mut self, text: String) {
-        warn!(alert = %text, "upstream");
+    /// Counts an alert; logs and keeps it at most once a minute per chain
+    /// and kind (a stuck chain asks again at every new head).
+    fn alert(&mut self, chain: AgentId, kind: &'static str, text: String) {
         self.metrics.upstream_alerts.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        if self
+            .alerted
+            .get(&(chain.clone(), kind))
+            .is_some_and(|at| now.duration_since(*at) < ALERT_EVERY)
+        {
+            return;
+        }
+        self.alerted.insert((chain, kind), now);
+        warn!(alert = %text, "upstream");
         let mut st = lock(&self.status);
         if st.alerts.len() >= ALERTS_KEPT {
             st.alerts.pop_front();

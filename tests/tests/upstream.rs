@@ -449,23 +449,7 @@ async fn a_tampering_child_is_caught_and_named() {
     };
     let mut watcher =
         baton_tests::watch::Watcher::start(broker, "test-watch", &["baton/v1/c9/pi-9/nack"]).await;
-    let (client, mut el) = {
-        let mut o =
-            rumqttc::MqttOptions::new("evil-gw-pub", broker.ip().to_string(), broker.port());
-        o.set_max_packet_size(300 * 1024, 300 * 1024);
-        o.set_credentials("evil-gw-pub", "");
-        rumqttc::AsyncClient::new(o, 16)
-    };
-    let pump = tokio::spawn(async move { while el.poll().await.is_ok() {} });
-    client
-        .publish(
-            "baton/v1/c9/pi-9/entries",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            tampered.encode(),
-        )
-        .await
-        .unwrap();
+    publish_raw(broker, "baton/v1/c9/pi-9/entries", tampered.encode()).await;
     let Some(nack) = watcher.next(Duration::from_secs(20)).await else {
         panic!(
             "no nack; the sector's log: {}",
@@ -541,5 +525,82 @@ async fn a_tampering_child_is_caught_and_named() {
         41,
         "pi-9 stays as its own key wrote it"
     );
-    pump.abort();
+}
+
+/// Publishes one message (QoS 1) as its own client; returns at the PubAck.
+async fn publish_raw(broker: SocketAddr, topic: &str, payload: Vec<u8>) {
+    use rumqttc::{Event, Packet};
+    let mut o = rumqttc::MqttOptions::new("raw-pub", broker.ip().to_string(), broker.port());
+    o.set_max_packet_size(300 * 1024, 300 * 1024);
+    o.set_credentials("raw-pub", "");
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 16);
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+        .await
+        .unwrap();
+    let acked = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Event::Incoming(Packet::PubAck(_)) = el.poll().await.unwrap() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(acked.is_ok(), "no PubAck for {topic}");
+    let _ = client.disconnect().await;
+}
+
+/// An agent enrolled at its cluster gateway with a `start_seq` (it had
+/// pruned before this gateway met it): the child's `enroll` entry carries
+/// the start_seq, so the parent takes the chain from there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_held_from_a_start_seq_is_forwarded_from_it() {
+    use baton_shared::Seq;
+    use baton_shared::wire::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sector = GatewayProc::start_as(
+        &dir.path().join("sector"),
+        &[],
+        Via::Embedded(local(free_port())),
+        Role::new("sector-gw", "s1"),
+    );
+    let cdir = dir.path().join("c1-gw");
+    enroll_child(sector.http, "c1-gw", gateway_key(&cdir), "c1");
+    let cluster = GatewayProc::start_as(
+        &cdir,
+        &[],
+        Via::Embedded(local(free_port())),
+        Role::new("c1-gw", "c1").upstream(sector.via.broker(), sector.key),
+    );
+    let agent = baton_tests::ledger("pi-s", 11, 99, 10);
+    let body = format!(
+        "{{\"agent\":\"pi-s\",\"public_key\":\"{}\",\"start_seq\":51}}",
+        agent.key().public().to_hex()
+    );
+    let (status, answer) = post(cluster.http, "/api/v1/enroll", body.as_bytes()).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let batch = agent.batch(Seq(51), Seq(100), None);
+    publish_raw(
+        cluster.via.broker(),
+        "baton/v1/c1/pi-s/entries",
+        batch.encode(),
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(10), || held(cluster.http, "pi-s")
+            == 100)
+        .await,
+        "the cluster takes the chain from its start_seq"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || held(sector.http, "pi-s") == 100).await,
+        "the sector takes it from there too: {}",
+        text(&std::fs::read(cdir.join("gateway.log")).unwrap_or_default())
+    );
+    let top = gateway_chain(sector.http, "pi-s");
+    assert_eq!(lines(&top), 50);
+    assert!(top == gateway_chain(cluster.http, "pi-s"));
+    let v = verify_text(&top, Some(agent.key().public()));
+    assert!(v.is_valid(), "{v:?}");
 }
