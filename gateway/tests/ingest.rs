@@ -607,3 +607,283 @@ fn an_io_error_fails_the_commit_without_receipts_and_the_store_is_reopened() {
     assert_eq!(stored.len(), 12);
     assert!(stored.iter().zip(l.held()).all(|((_, a), b)| a == b));
 }
+
+/// A child gateway's own chain: genesis, an `enroll` of each (agent, key),
+/// and a `cluster_summary`; every entry signed.
+fn child_chain(name: &str, seed: u8, vouches: &[(&str, baton_shared::PublicKey)]) -> MemLedger {
+    let mut l = MemLedger::new(
+        AgentId::new(name).unwrap(),
+        SecretKey::from_seed(&[seed; 32]),
+    );
+    l.checkpoint_every = 1;
+    l.append(NOW_MS, "genesis", None, Value::Object(Object::new()))
+        .unwrap();
+    for (agent, key) in vouches {
+        let mut d = Object::new();
+        d.insert("agent", Value::from(*agent));
+        d.insert("public_key", Value::from(key.to_hex()));
+        d.insert("cluster", Value::from("c1"));
+        l.append(NOW_MS, "enroll", None, Value::Object(d)).unwrap();
+    }
+    let summary = baton_shared::summary::Summary::of([baton_shared::summary::Member {
+        id: "pi-1",
+        state: baton_shared::liveness::AgentState::Active,
+        impedance_ms: Some(12.0),
+    }]);
+    l.append(
+        NOW_MS,
+        "cluster_summary",
+        None,
+        summary.to_value("c1", NOW_MS),
+    )
+    .unwrap();
+    l
+}
+
+fn enroll_child(f: &mut Fixture, l: &MemLedger, cluster: &str) {
+    f.ingest.stage_enrollment(
+        NOW_MS,
+        l.agent(),
+        AgentRecord {
+            public_key: l.key().public().to_bytes(),
+            start_seq: None,
+            revoked_from_seq: None,
+            enrolled_by: EnrolledBy::ChildGateway {
+                cluster: ClusterId::new(cluster).unwrap(),
+            },
+            enrolled_ms: NOW_MS,
+        },
+    );
+    f.ingest.commit().unwrap();
+}
+
+fn send_on(f: &mut Fixture, cluster: &str, l: &MemLedger, from: u64, to: u64) -> Vec<Outbound> {
+    let b = l.batch(Seq(from), Seq(to), None);
+    let t = format!("baton/v1/{cluster}/{}/entries", l.agent());
+    f.ingest.handle(T, NOW_MS, &t, &b.encode())
+}
+
+fn own_chain_text(f: &Fixture) -> String {
+    let gw = AgentId::new("gw-1").unwrap();
+    f.ingest
+        .store()
+        .range(&gw, Seq(1), 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e.to_jsonl() + "\n")
+        .collect()
+}
+
+#[test]
+fn a_child_gateway_vouches_for_its_agents_through_its_own_chain() {
+    let mut f = fixture();
+    let child = child_chain(
+        "c1-gw",
+        0x31,
+        &[("pi-1", agent_ledger("pi-1", 1, 0).key().public())],
+    );
+    enroll_child(&mut f, &child, "c1");
+    let filters = f.ingest.take_new_subscriptions();
+    assert!(
+        filters.contains(&"baton/v1/c1/+/entries".to_owned()),
+        "{filters:?}"
+    );
+    assert!(
+        f.ingest
+            .subscriptions()
+            .contains(&"baton/v1/c1/+/hello".to_owned())
+    );
+    let pi = agent_ledger("pi-1", 1, 10);
+
+    // Before the child vouches, pi-1 is unknown on c1's topics.
+    let out = send_on(&mut f, "c1", &pi, 1, pi.head().0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].topic, "baton/v1/c1/pi-1/nack");
+    assert!(matches!(
+        nack_of(&out[0]),
+        NackKind::Reject {
+            reason: RejectReason::UnknownAgent,
+            ..
+        }
+    ));
+
+    // The child's chain arrives: pi-1 is trusted, on c1's topics only.
+    assert!(send_on(&mut f, "c1", &child, 1, child.head().0).is_empty());
+    let receipts = f.ingest.commit().unwrap().receipts;
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0].topic, "baton/v1/c1/c1-gw/ack");
+    assert_eq!(receipt_of(&receipts[0]).seq, child.head());
+    let record = f
+        .ingest
+        .store()
+        .agent(&AgentId::new("pi-1").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record.enrolled_by,
+        EnrolledBy::Vouched {
+            via: AgentId::new("c1-gw").unwrap(),
+            cluster: ClusterId::new("c1").unwrap(),
+            at_seq: Seq(2),
+        }
+    );
+    let own = own_chain_text(&f);
+    assert!(
+        own.lines().any(|l| l.contains("\"event\":\"enroll\"")
+            && l.contains("\"agent\":\"pi-1\"")
+            && l.contains("\"cluster\":\"c1\"")),
+        "{own}"
+    );
+    // on this gateway's own cluster it is not pi-1's chain
+    let out = send_batch(&mut f, &pi, 1, pi.head().0);
+    assert_eq!(out[0].topic, "baton/v1/c07/pi-1/nack");
+    // child clusters carry chains only
+    f.ingest.handle(T, NOW_MS, "baton/v1/c1/pi-1/hb", b"\x01");
+    assert_eq!(f.metrics.bad_input_count(BadInput::Topic), 1);
+    // a cluster that is no child's is refused like any foreign topic
+    f.ingest
+        .handle(T, NOW_MS, "baton/v1/c9/pi-1/entries", b"\x01");
+    assert_eq!(f.metrics.bad_input_count(BadInput::Topic), 2);
+
+    assert!(send_on(&mut f, "c1", &pi, 1, pi.head().0).is_empty());
+    let receipts = f.ingest.commit().unwrap().receipts;
+    assert_eq!(receipts[0].topic, "baton/v1/c1/pi-1/ack");
+    assert_eq!(receipt_of(&receipts[0]).seq, pi.head());
+
+    // The child's summary feeds the sector view.
+    {
+        let reg = f.ingest.registry_handle();
+        let reg = reg.lock().unwrap();
+        assert_eq!(reg.children().len(), 1);
+        let s = reg.summary();
+        assert_eq!((s.clusters, s.agents, s.active), (Some(1), 1, 1));
+        assert_eq!(s.slowest.map(|(c, _)| c), Some("c1".to_owned()));
+    }
+
+    // After a restart the routes and subscriptions come back from the store.
+    let mut f = reopen(f);
+    assert!(
+        f.ingest
+            .subscriptions()
+            .contains(&"baton/v1/c1/+/entries".to_owned())
+    );
+    let mut pi = pi;
+    pi.append(NOW_MS, "info", None, Value::from(99)).unwrap();
+    pi.sign_head();
+    assert!(send_on(&mut f, "c1", &pi, 12, 12).is_empty());
+    let receipts = f.ingest.commit().unwrap().receipts;
+    assert_eq!(receipt_of(&receipts[0]).seq, Seq(12));
+
+    // A second child vouching for pi-1 with another key is refused, named.
+    let impostor = SecretKey::from_seed(&[0x66; 32]).public();
+    let child2 = child_chain("c2-gw", 0x32, &[("pi-1", impostor)]);
+    enroll_child(&mut f, &child2, "c2");
+    assert!(send_on(&mut f, "c2", &child2, 1, child2.head().0).is_empty());
+    f.ingest.commit().unwrap();
+    let record = f
+        .ingest
+        .store()
+        .agent(&AgentId::new("pi-1").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record.public_key,
+        pi.key().public().to_bytes(),
+        "the first key stays"
+    );
+    let own = own_chain_text(&f);
+    assert!(
+        own.lines()
+            .any(|l| l.contains("\"kind\":\"conflicting_vouch\"")
+                && l.contains("\"child\":\"c2-gw\"")),
+        "{own}"
+    );
+    let forged = {
+        let mut l = MemLedger::new(
+            AgentId::new("pi-1").unwrap(),
+            SecretKey::from_seed(&[0x66; 32]),
+        );
+        l.append(NOW_MS, "genesis", None, Value::Object(Object::new()))
+            .unwrap();
+        l.sign_head();
+        l
+    };
+    let out = send_on(&mut f, "c2", &forged, 1, 1);
+    assert_eq!(out[0].topic, "baton/v1/c2/pi-1/nack");
+    assert!(matches!(
+        nack_of(&out[0]),
+        NackKind::Reject {
+            reason: RejectReason::UnknownAgent,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_forwarded_batch_that_fails_verification_raises_an_alert_naming_the_child() {
+    let mut f = fixture();
+    let pi = agent_ledger("pi-1", 1, 10);
+    let child = child_chain("c1-gw", 0x31, &[("pi-1", pi.key().public())]);
+    enroll_child(&mut f, &child, "c1");
+    send_on(&mut f, "c1", &child, 1, child.head().0);
+    f.ingest.commit().unwrap();
+    // entry 3's data altered, the chain re-hashed, the agent's sigs kept
+    let mut b = pi.batch(Seq(1), pi.head(), None);
+    let mut prev = Hash::ZERO;
+    for (i, e) in b.entries.iter_mut().enumerate() {
+        if i == 2 {
+            e.content = String::from_utf8(e.content.clone())
+                .unwrap()
+                .replace("\"data\":1", "\"data\":7")
+                .into_bytes();
+        }
+        let sig = e.sig;
+        *e = baton_shared::Entry::seal(e.content.clone(), prev);
+        e.sig = sig;
+        prev = e.hash;
+    }
+    let out = f
+        .ingest
+        .handle(T, NOW_MS, "baton/v1/c1/pi-1/entries", &b.encode());
+    assert!(matches!(
+        nack_of(&out[0]),
+        NackKind::Reject {
+            reason: RejectReason::BadSignature,
+            ..
+        }
+    ));
+    f.ingest.commit().unwrap();
+    assert_eq!(
+        f.metrics
+            .forwarded_rejected
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let own = own_chain_text(&f);
+    assert!(
+        own.lines()
+            .any(|l| l.contains("\"kind\":\"forwarded_chain_refused\"")
+                && l.contains("\"child\":\"c1-gw\"")
+                && l.contains("bad_signature")),
+        "{own}"
+    );
+    // a retry within the minute is refused again but alerts once
+    f.ingest
+        .handle(T, NOW_MS, "baton/v1/c1/pi-1/entries", &b.encode());
+    f.ingest.commit().unwrap();
+    assert_eq!(
+        own_chain_text(&f)
+            .matches("forwarded_chain_refused")
+            .count(),
+        1
+    );
+    assert_eq!(
+        f.ingest
+            .store()
+            .head(&AgentId::new("pi-1").unwrap())
+            .unwrap()
+            .seq,
+        Seq::ZERO,
+        "nothing of it is stored"
+    );
+}
