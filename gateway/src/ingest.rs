@@ -357,8 +357,14 @@ impl Ingest {
     }
 
     fn nack(&self, agent: &AgentId, kind: NackKind) -> Outbound {
+        self.nack_on(self.cluster_of(agent), agent, kind)
+    }
+
+    /// A nack on `cluster`'s topics (a refusal on a topic the agent's
+    /// chain does not belong to).
+    fn nack_on(&self, cluster: &ClusterId, agent: &AgentId, kind: NackKind) -> Outbound {
         Outbound {
-            topic: topic(self.cluster_of(agent), agent, "nack"),
+            topic: topic(cluster, agent, "nack"),
             payload: Nack {
                 gateway: self.cfg.gateway.clone(),
                 agent: agent.clone(),
@@ -516,18 +522,14 @@ impl Ingest {
         what: &str,
     ) -> Outbound {
         self.bad(now, agent.as_str(), BadInput::UnknownAgent, what);
-        Outbound {
-            topic: topic(cluster, agent, "nack"),
-            payload: Nack {
-                gateway: self.cfg.gateway.clone(),
-                agent: agent.clone(),
-                kind: NackKind::Reject {
-                    reason: RejectReason::UnknownAgent,
-                    seq: Seq::ZERO,
-                },
-            }
-            .encode(),
-        }
+        self.nack_on(
+            cluster,
+            agent,
+            NackKind::Reject {
+                reason: RejectReason::UnknownAgent,
+                seq: Seq::ZERO,
+            },
+        )
     }
 
     fn hello(
@@ -669,6 +671,7 @@ impl Ingest {
             return Ok(Vec::new());
         };
         let routed = self.routes.get(agent).cloned();
+        let ack_topic = topic(self.cluster_of(agent), agent, "ack");
         if !self.ensure_intake(agent)? {
             return Ok(vec![self.refuse_unknown(
                 now,
@@ -689,11 +692,7 @@ impl Ingest {
         // receipt at once (rule 4: one answer per decoded batch).
         let answer_now = match &verdict {
             Verdict::Duplicate | Verdict::ResendSuppressed => Some(Outbound {
-                topic: topic(
-                    routed.as_ref().map_or(&self.cfg.cluster, |r| &r.0),
-                    agent,
-                    "ack",
-                ),
+                topic: ack_topic,
                 payload: intake.receipt(&self.key).encode(),
             }),
             _ => None,
@@ -812,10 +811,7 @@ impl Ingest {
         }
         let detail = format!("child gateway {via} forwarded {agent}'s chain, refused: {what}");
         warn!(child = %via, %agent, what, "forwarded chain refused");
-        let mut data = own_chain::alert_data("forwarded_chain_refused", agent, &detail);
-        if let baton_shared::json::Value::Object(o) = &mut data {
-            o.insert("child", baton_shared::json::Value::from(via.as_str()));
-        }
+        let data = own_chain::child_alert_data("forwarded_chain_refused", agent, via, &detail);
         let e = self.own.append(unix_ms, "alert", data);
         self.staged.push(e);
     }
@@ -955,10 +951,7 @@ impl Ingest {
                     "child gateway {child} vouches for {agent} with key {key} (its seq {seq}), but {agent} is trusted here with another key ({}): refused",
                     r.enrolled_by.describe()
                 );
-                let mut data = own_chain::alert_data("conflicting_vouch", &agent, &detail);
-                if let baton_shared::json::Value::Object(o) = &mut data {
-                    o.insert("child", baton_shared::json::Value::from(child.as_str()));
-                }
+                let data = own_chain::child_alert_data("conflicting_vouch", &agent, child, &detail);
                 let e = self.own.append(unix_ms, "alert", data);
                 self.staged.push(e);
             }

@@ -90,11 +90,23 @@ pub fn checkpoint_data(agent: &AgentId, head: &Head) -> Value {
 
 /// `{"kind": …, "agent": …, "detail": …}`.
 pub fn alert_data(kind: &str, agent: &AgentId, detail: &str) -> Value {
+    Value::Object(alert_object(kind, agent, detail))
+}
+
+/// An alert about a child gateway's doing: [`alert_data`] plus
+/// `"child": C`, the child it names.
+pub fn child_alert_data(kind: &str, agent: &AgentId, child: &AgentId, detail: &str) -> Value {
+    let mut d = alert_object(kind, agent, detail);
+    d.insert("child", Value::from(child.as_str()));
+    Value::Object(d)
+}
+
+fn alert_object(kind: &str, agent: &AgentId, detail: &str) -> Object {
     let mut d = Object::new();
     d.insert("kind", Value::from(kind));
     d.insert("agent", Value::from(agent.as_str()));
     d.insert("detail", Value::from(detail));
-    Value::Object(d)
+    d
 }
 
 /// `{"reason": "gateway_data_loss", "agent": A, "from": a, "to": b}`.
