@@ -72,6 +72,10 @@ fn agent_ledger(name: &str, seed: u8, n: u64) -> MemLedger {
 }
 
 fn enroll(f: &mut Fixture, l: &MemLedger) {
+    enroll_as(f, l, EnrolledBy::Operator);
+}
+
+fn enroll_as(f: &mut Fixture, l: &MemLedger, by: EnrolledBy) {
     f.ingest.stage_enrollment(
         NOW_MS,
         l.agent(),
@@ -79,7 +83,7 @@ fn enroll(f: &mut Fixture, l: &MemLedger) {
             public_key: l.key().public().to_bytes(),
             start_seq: None,
             revoked_from_seq: None,
-            enrolled_by: EnrolledBy::Operator,
+            enrolled_by: by,
             enrolled_ms: NOW_MS,
         },
     );
@@ -91,13 +95,7 @@ fn topic(agent: &str, kind: &str) -> String {
 }
 
 fn send_batch(f: &mut Fixture, l: &MemLedger, from: u64, to: u64) -> Vec<Outbound> {
-    let b = l.batch(Seq(from), Seq(to), None);
-    f.ingest.handle(
-        T,
-        NOW_MS,
-        &topic(l.agent().as_str(), "entries"),
-        &b.encode(),
-    )
+    send_on(f, "c07", l, from, to)
 }
 
 fn hello(l: &MemLedger, nonce: u8) -> Hello {
@@ -641,20 +639,8 @@ fn child_chain(name: &str, seed: u8, vouches: &[(&str, baton_shared::PublicKey)]
 }
 
 fn enroll_child(f: &mut Fixture, l: &MemLedger, cluster: &str) {
-    f.ingest.stage_enrollment(
-        NOW_MS,
-        l.agent(),
-        AgentRecord {
-            public_key: l.key().public().to_bytes(),
-            start_seq: None,
-            revoked_from_seq: None,
-            enrolled_by: EnrolledBy::ChildGateway {
-                cluster: ClusterId::new(cluster).unwrap(),
-            },
-            enrolled_ms: NOW_MS,
-        },
-    );
-    f.ingest.commit().unwrap();
+    let cluster = ClusterId::new(cluster).unwrap();
+    enroll_as(f, l, EnrolledBy::ChildGateway { cluster });
 }
 
 fn send_on(f: &mut Fixture, cluster: &str, l: &MemLedger, from: u64, to: u64) -> Vec<Outbound> {
@@ -798,16 +784,8 @@ fn a_child_gateway_vouches_for_its_agents_through_its_own_chain() {
                 && l.contains("\"child\":\"c2-gw\"")),
         "{own}"
     );
-    let forged = {
-        let mut l = MemLedger::new(
-            AgentId::new("pi-1").unwrap(),
-            SecretKey::from_seed(&[0x66; 32]),
-        );
-        l.append(NOW_MS, "genesis", None, Value::Object(Object::new()))
-            .unwrap();
-        l.sign_head();
-        l
-    };
+    // pi-1's genesis under the impostor's key (seed 0x66)
+    let forged = agent_ledger("pi-1", 0x66, 0);
     let out = send_on(&mut f, "c2", &forged, 1, 1);
     assert_eq!(out[0].topic, "baton/v1/c2/pi-1/nack");
     assert!(matches!(
