@@ -300,7 +300,7 @@ impl Ingest {
 
     fn intake(&mut self, agent: &AgentId) -> Result<Option<&mut Intake>, StoreError> {
         if !self.intakes.contains_key(agent) {
-            let Some(record) = self.store.agent(agent)? else {
+            let Some(record) = self.record(agent)? else {
                 return Ok(None);
             };
             let Some(key) = record
@@ -546,7 +546,7 @@ impl Ingest {
         // Trust on first use is for this cluster's own devices only: a
         // forwarded chain needs a child's vouch (PROTOCOL §8).
         if self.intake(agent)?.is_none()
-            && (forwarded || !self.enroll_on_first_use(now, unix_ms, &hello)?)
+            && (forwarded || !self.enroll_on_first_use(now, unix_ms, &hello))
         {
             return Ok(vec![self.refuse_unknown(
                 now,
@@ -573,14 +573,9 @@ impl Ingest {
 
     /// Trust on first use, only inside an operator-opened window: the first
     /// key seen for an id is enrolled; later keys meet that record.
-    fn enroll_on_first_use(
-        &mut self,
-        now: Duration,
-        unix_ms: i64,
-        hello: &Hello,
-    ) -> Result<bool, StoreError> {
+    fn enroll_on_first_use(&mut self, now: Duration, unix_ms: i64, hello: &Hello) -> bool {
         if !self.window_open(unix_ms) {
-            return Ok(false);
+            return false;
         }
         let Ok(key) = PublicKey::trusted(&hello.public_key) else {
             self.bad(
@@ -589,7 +584,7 @@ impl Ingest {
                 BadInput::UnknownAgent,
                 "small-order key refused",
             );
-            return Ok(false);
+            return false;
         };
         info!(agent = %hello.agent, key = %key, "enrolled on first use");
         self.stage_enrollment(
@@ -603,9 +598,10 @@ impl Ingest {
                 enrolled_ms: unix_ms,
             },
         );
-        // The record must be readable for the intake: commit it now.
-        self.store.commit(&std::mem::take(&mut self.staged))?;
-        Ok(true)
+        // No commit here: the intake reads the staged record, and the
+        // enrollment lands (or fails) with the group in `commit()`, the
+        // one commit point.
+        true
     }
 
     /// Stages an enrollment and its `enroll` entry in the gateway's chain.
@@ -1143,7 +1139,7 @@ impl Ingest {
         }
         let staged = std::mem::take(&mut self.staged);
         let entries = std::mem::take(&mut self.staged_entries);
-        self.staged_records.clear();
+        let enrolled = std::mem::take(&mut self.staged_records);
         let started = std::time::Instant::now();
         let result = self.store.commit(&staged);
         self.metrics.commit_took(started.elapsed());
@@ -1158,6 +1154,11 @@ impl Ingest {
             }
             self.pending.clear();
             self.answer_after_commit.clear();
+            // enrollments lost with the group: their agents are unknown
+            // again until enrolled again
+            for agent in enrolled.keys() {
+                self.intakes.remove(agent);
+            }
             // checkpoints staged with the failed commit are made again
             self.checkpointed.clear();
             // redb refuses every transaction after an I/O error until the

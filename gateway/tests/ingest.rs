@@ -377,6 +377,7 @@ fn trust_on_first_use_only_inside_the_window() {
         .ingest
         .handle(T, NOW_MS, &topic("pi-9", "hello"), &hello(&l, 2).encode());
     assert_eq!(receipt_of(&out[0]).seq, Seq(0));
+    f.ingest.commit().unwrap();
     let record = f.ingest.store().agent(l.agent()).unwrap().unwrap();
     assert_eq!(record.enrolled_by, EnrolledBy::TrustOnFirstUse);
     assert_eq!(record.public_key, l.key().public().to_bytes());
@@ -532,8 +533,9 @@ impl redb::StorageBackend for Flaky {
     }
 }
 
-#[test]
-fn an_io_error_fails_the_commit_without_receipts_and_the_store_is_reopened() {
+/// A gateway whose disk fails on demand: set the flag and every write and
+/// sync fails until it is cleared.
+fn flaky_fixture() -> (Fixture, Arc<std::sync::atomic::AtomicBool>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.redb");
     let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -555,21 +557,21 @@ fn an_io_error_fails_the_commit_without_receipts_and_the_store_is_reopened() {
     let store = Arc::new(Store::open_with(&path, opener).unwrap());
     let metrics = Arc::new(Metrics::default());
     let gw_key = SecretKey::from_seed(&[0x77; 32]);
-    let ingest = Ingest::open(
-        cfg(),
-        gw_key.clone(),
-        Arc::clone(&store),
-        Arc::clone(&metrics),
-        NOW_MS,
-    )
-    .unwrap();
-    let mut f = Fixture {
+    let ingest = Ingest::open(cfg(), gw_key.clone(), store, Arc::clone(&metrics), NOW_MS).unwrap();
+    let f = Fixture {
         _dir: dir,
         path,
         ingest,
         metrics,
         gw_key,
     };
+    (f, failing)
+}
+
+#[test]
+fn an_io_error_fails_the_commit_without_receipts_and_the_store_is_reopened() {
+    let (mut f, failing) = flaky_fixture();
+    let store = Arc::clone(f.ingest.store());
     let l = agent_ledger("pi-1", 1, 11);
     enroll(&mut f, &l);
     assert!(send_batch(&mut f, &l, 1, 4).is_empty());
@@ -863,5 +865,72 @@ fn a_forwarded_batch_that_fails_verification_raises_an_alert_naming_the_child() 
             .seq,
         Seq::ZERO,
         "nothing of it is stored"
+    );
+}
+
+/// Regression: trust on first use committed the whole staged group from
+/// inside `hello` — a second commit point that skipped `commit()`'s
+/// receipts (other agents' receipts waited for an unrelated later write)
+/// and its failure path (a failed mid-group commit dropped staged entries
+/// while their intakes kept them as pending, so a later commit receipted
+/// entries that were never stored: PROTOCOL §7 rule 1).
+#[test]
+fn enroll_on_first_use_is_no_second_commit_point() {
+    // No commit outside `commit()`, and the group's receipts come from it.
+    let mut f = fixture();
+    let a = agent_ledger("pi-1", 1, 7);
+    enroll(&mut f, &a);
+    assert!(send_batch(&mut f, &a, 1, 4).is_empty());
+    f.ingest.set_window(Some(NOW_MS + 600_000)).unwrap();
+    let b = agent_ledger("pi-2", 2, 3);
+    let out = f
+        .ingest
+        .handle(T, NOW_MS, &topic("pi-2", "hello"), &hello(&b, 1).encode());
+    assert_eq!(receipt_of(&out[0]).seq, Seq(0), "the newcomer is answered");
+    assert_eq!(
+        f.ingest.store().head(a.agent()).unwrap().seq,
+        Seq(0),
+        "a hello committed another agent's staged entries"
+    );
+    assert!(f.ingest.store().agent(b.agent()).unwrap().is_none());
+    let outcome = f.ingest.commit().unwrap();
+    let acked: Vec<Receipt> = outcome.receipts.iter().map(receipt_of).collect();
+    assert!(
+        acked
+            .iter()
+            .any(|r| r.agent == *a.agent() && r.seq == Seq(4)),
+        "the staged batch's receipt comes with the group's commit: {acked:?}"
+    );
+    assert!(f.ingest.store().agent(b.agent()).unwrap().is_some());
+
+    // With the disk failing, nothing is receipted that is not stored.
+    let (mut f, failing) = flaky_fixture();
+    let store = Arc::clone(f.ingest.store());
+    enroll(&mut f, &a);
+    f.ingest.set_window(Some(NOW_MS + 600_000)).unwrap();
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(send_batch(&mut f, &a, 1, 4).is_empty());
+    f.ingest
+        .handle(T, NOW_MS, &topic("pi-2", "hello"), &hello(&b, 2).encode());
+    assert!(f.ingest.commit().is_err());
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut receipts = send_batch(&mut f, &a, 5, 8);
+    receipts.extend(f.ingest.commit().unwrap().receipts);
+    let durable = store.head(a.agent()).unwrap().seq;
+    for out in receipts.iter().filter(|o| o.topic.ends_with("/ack")) {
+        let r = receipt_of(out);
+        assert!(
+            r.agent != *a.agent() || r.seq <= durable,
+            "receipt at seq {} while the store holds up to {durable}",
+            r.seq
+        );
+    }
+    // the newcomer whose enrollment was lost with the failed commit is
+    // not trusted until it is enrolled again
+    assert!(store.agent(b.agent()).unwrap().is_none());
+    let out = send_batch(&mut f, &b, 1, 3);
+    assert!(
+        !out.iter().any(|o| o.topic.ends_with("/ack")),
+        "an agent whose enrollment never reached the disk got a receipt"
     );
 }
