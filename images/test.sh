@@ -143,6 +143,15 @@ cmp -s "$fb/etc/baton/agent.pub" "$fb/boot/firmware/baton/agent.pub" || fail "fi
 first=$(cat "$fb/etc/baton/agent.pub" "$fb/etc/baton/agent.env")
 BATON_ROOT="$fb" "$fb/usr/lib/baton/baton-firstboot" >/dev/null
 [ "$(cat "$fb/etc/baton/agent.pub" "$fb/etc/baton/agent.env")" = "$first" ] || fail "firstboot: a second run changed the identity"
+# a key file cut short (a power cut mid-keygen): set aside, a new key made
+head -c 40 "$fb/etc/baton/agent.key" >"$fb/etc/baton/agent.key.cut" && mv "$fb/etc/baton/agent.key.cut" "$fb/etc/baton/agent.key"
+BATON_ROOT="$fb" "$fb/usr/lib/baton/baton-firstboot" >/dev/null 2>&1 || fail "firstboot: a truncated key stopped first boot"
+[ "$("$host_bin" pubkey --data-dir "$t/fbstate" --key "$fb/etc/baton/agent.key" 2>/dev/null)" = "$(cat "$fb/etc/baton/agent.pub")" ] ||
+    fail "firstboot: no valid key after a truncated one"
+ls "$fb/etc/baton/"agent.key.unreadable-* >/dev/null 2>&1 || fail "firstboot: the truncated key was not kept aside"
+: >"$fb/etc/baton/agent.key"
+BATON_ROOT="$fb" "$fb/usr/lib/baton/baton-firstboot" >/dev/null 2>&1 || fail "firstboot: an empty key stopped first boot"
+[ -s "$fb/etc/baton/agent.key" ] || fail "firstboot: still an empty key"
 # no serial: the machine id
 fb2="$t/fb2"
 mkdir -p "$fb2/etc"

@@ -19,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use baton_runtime::proc::rss_kb;
 
 #[derive(Debug, Clone)]
 pub struct BenchArgs {
@@ -53,19 +54,6 @@ impl Drop for Proc {
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`); 0 if absent.
-pub fn rss_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn spawn_agent(
@@ -191,9 +179,9 @@ pub fn run(args: &BenchArgs, exe: &Path) -> anyhow::Result<Report> {
         tmp.path().join("idle"),
         tmp.path().join("gw"),
     );
-    let agent_key = crate::keys::generate(&adir.join("agent.key"))?.public();
-    let idle_key = crate::keys::generate(&idir.join("agent.key"))?.public();
-    let gw_key = crate::keys::generate(&gdir.join("gateway.key"))?.public();
+    let agent_key = baton_runtime::keys::generate(&adir.join("agent.key"))?.public();
+    let idle_key = baton_runtime::keys::generate(&idir.join("agent.key"))?.public();
+    let gw_key = baton_runtime::keys::generate(&gdir.join("gateway.key"))?.public();
     std::fs::create_dir_all(gdir.join("agents"))?;
     std::fs::write(gdir.join("agents/pi-bench.pub"), agent_key.to_hex())?;
     std::fs::write(gdir.join("agents/pi-idle.pub"), idle_key.to_hex())?;

@@ -9,6 +9,8 @@ use anyhow::Context;
 use baton_shared::export::{BatonDoc, BatonReceipt, SignedPoint};
 use baton_shared::{AgentId, Entry, Seq};
 
+use baton_runtime::daily::DailyWriter;
+
 use crate::ledger::{Ledger, Opened};
 
 /// Opens the ledger in `data_dir` for the agent it belongs to.
@@ -30,7 +32,7 @@ pub fn open(data_dir: &Path) -> anyhow::Result<(AgentId, Opened)> {
 /// Verifies the whole held chain; prints a line and returns whether it held.
 pub fn verify(data_dir: &Path, key: Option<PathBuf>, out: &mut impl Write) -> anyhow::Result<bool> {
     let (agent, o) = open(data_dir)?;
-    let key = crate::keys::load(&key.unwrap_or_else(|| data_dir.join("agent.key")))?;
+    let key = baton_runtime::keys::load(&key.unwrap_or_else(|| data_dir.join("agent.key")))?;
     match o
         .ledger
         .verify(&agent, &key.public(), &o.head, o.head.oldest)
@@ -87,51 +89,6 @@ pub fn export_jsonl(
     Ok(n)
 }
 
-/// Writes entries into `<dir>/<agent>/YYYY-MM-DD.jsonl` files by their `ts`
-/// day (PROTOCOL §5, daily). Shared with the gateway's export.
-#[derive(Debug)]
-pub struct DailyWriter {
-    agent_dir: PathBuf,
-    files: std::collections::BTreeMap<String, std::io::BufWriter<std::fs::File>>,
-}
-
-impl DailyWriter {
-    pub fn new(dir: &Path, agent: &AgentId) -> anyhow::Result<DailyWriter> {
-        let agent_dir = dir.join(agent.as_str());
-        std::fs::create_dir_all(&agent_dir)
-            .with_context(|| format!("creating {}", agent_dir.display()))?;
-        Ok(DailyWriter {
-            agent_dir,
-            files: std::collections::BTreeMap::new(),
-        })
-    }
-
-    pub fn push(&mut self, e: &Entry) -> anyhow::Result<()> {
-        let ts = e.header()?.ts;
-        let day = baton_shared::export::daily_file_stem(&ts).to_owned();
-        if !self.files.contains_key(&day) {
-            let path = self.agent_dir.join(format!("{day}.jsonl"));
-            let f = std::fs::File::create(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            self.files.insert(day.clone(), std::io::BufWriter::new(f));
-        }
-        if let Some(w) = self.files.get_mut(&day) {
-            writeln!(w, "{}", e.to_jsonl())?;
-        }
-        Ok(())
-    }
-
-    /// Flushes every file; returns their paths, oldest day first.
-    pub fn finish(self) -> anyhow::Result<Vec<PathBuf>> {
-        let mut paths = Vec::new();
-        for (day, mut w) in self.files {
-            w.flush()?;
-            paths.push(self.agent_dir.join(format!("{day}.jsonl")));
-        }
-        Ok(paths)
-    }
-}
-
 /// `<dir>/<agent>/YYYY-MM-DD.jsonl` files of the held chain.
 pub fn export_daily(
     agent: &AgentId,
@@ -179,7 +136,7 @@ pub fn export_baton(
         agent: agent.clone(),
         public_key: public_key.to_hex(),
         context: None,
-        exported_at: baton_shared::entry::format_timestamp(crate::unix_ms()),
+        exported_at: baton_shared::entry::format_timestamp(baton_runtime::unix_ms()),
         entries,
         head,
         receipt,

@@ -174,7 +174,7 @@ impl Health {
     pub fn heartbeat(&mut self) -> Heartbeat {
         let head = self.writer.head();
         let receipted = self.shared.receipted();
-        let now = crate::unix_ms();
+        let now = baton_runtime::unix_ms();
         let state = self.shared.state(&head, self.uplink, now).to_owned();
         let backlog = head.seq.0.saturating_sub(receipted);
         let queued = self.writer.queued() as u64;
@@ -233,7 +233,7 @@ impl Health {
                     beats_since_summary = 0;
                     if let Err(e) = self
                         .writer
-                        .runtime(crate::unix_ms(), "heartbeat_summary", Value::Object(data))
+                        .runtime(baton_runtime::unix_ms(), "heartbeat_summary", Value::Object(data))
                         .await
                     {
                         warn!(error = %e, "could not record the heartbeat summary");

@@ -12,11 +12,8 @@ pub mod clock;
 pub mod config;
 pub mod device;
 pub mod health;
-pub mod keys;
 pub mod ledger;
 pub mod link;
-pub mod mqtt;
-pub mod service;
 pub mod socket;
 pub mod status;
 pub mod writer;
@@ -25,9 +22,10 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
+use baton_runtime::{keys, mqtt, service, unix_ms};
 use baton_shared::json::{Object, Value};
 use baton_shared::{AgentId, Seq};
 use tracing::{error, info, warn};
@@ -36,13 +34,6 @@ pub use config::{Config, RawConfig};
 use ledger::{Ledger, Opened};
 use status::Shared;
 use writer::Writer;
-
-/// Wall-clock milliseconds since the epoch (0 before 1970).
-pub fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// What a started agent serves.
 #[derive(Debug, Clone)]
@@ -281,22 +272,6 @@ pub async fn run(
     writer.close().await;
     info!(agent = %config.id, "agent stopped");
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }
 
 /// An `alert` entry in the agent's own chain.

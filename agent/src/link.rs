@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use baton_shared::backoff::Backoff;
 use baton_shared::clock::ClockFilter;
+use baton_shared::topic::{self, Kind};
 use baton_shared::uplink::{Output, Uplink, UplinkConfig};
 use baton_shared::wire::{
     Heartbeat, Message, Nack, PresenceState, Receipt, StateMsg, TimeReply, TimeRequest,
 };
-use baton_shared::{AgentId, PublicKey, Seq};
+use baton_shared::{PublicKey, Seq};
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, Packet, QoS};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
@@ -25,10 +26,6 @@ use crate::config::{Config, Uplink as Broker};
 use crate::ledger::Ledger;
 use crate::status::Shared;
 use crate::writer::Writer;
-
-fn topic(cluster: &str, agent: &AgentId, suffix: &str) -> String {
-    format!("baton/v1/{cluster}/{agent}/{suffix}")
-}
 
 /// Everything the uplink task needs.
 #[derive(Debug)]
@@ -73,12 +70,17 @@ impl Link {
         } = self;
         let agent = config.id.clone();
         let cluster = config.cluster.as_str().to_owned();
-        let t = |s: &str| topic(&cluster, &agent, s);
-        let (hello_t, entries_t, ack_t, nack_t, state_t) =
-            (t("hello"), t("entries"), t("ack"), t("nack"), t("state"));
-        let (hb_t, time_t, time_reply_t) = (t("hb"), t("time"), t("time/reply"));
+        let t = |k: Kind| topic::agent(&cluster, &agent, k);
+        let (hello_t, entries_t, ack_t, nack_t, state_t) = (
+            t(Kind::Hello),
+            t(Kind::Entries),
+            t(Kind::Ack),
+            t(Kind::Nack),
+            t(Kind::State),
+        );
+        let (hb_t, time_t, time_reply_t) = (t(Kind::Hb), t(Kind::Time), t(Kind::TimeReply));
 
-        let mut opts = match crate::mqtt::options(
+        let mut opts = match baton_runtime::mqtt::options(
             agent.as_str(),
             &broker.host,
             broker.port,
@@ -113,10 +115,10 @@ impl Link {
                 true,
             )
         };
-        let mut session_ms = crate::unix_ms();
+        let mut session_ms = baton_runtime::unix_ms();
         opts.set_last_will(will(session_ms));
         let (client, mut eventloop) = AsyncClient::new(opts, 256);
-        eventloop.set_network_options(crate::mqtt::network_options());
+        eventloop.set_network_options(baton_runtime::mqtt::network_options());
 
         let mut seed = [0u8; 8];
         let _ = getrandom::fill(&mut seed);
@@ -167,7 +169,7 @@ impl Link {
                     }
                 } => {
                     let id = clock_ids.next_u64().to_le_bytes();
-                    let t0 = crate::unix_ms();
+                    let t0 = baton_runtime::unix_ms();
                     filter.requested(origin.elapsed(), id, t0);
                     let req = TimeRequest { agent: agent.clone(), id, t0 };
                     let _ = client.try_publish(&time_t, QoS::AtMostOnce, false, req.encode());
@@ -216,7 +218,7 @@ impl Link {
                                     Err(e) => debug!(error = %e, "undecodable receipt dropped"),
                                 }
                             } else if p.topic == time_reply_t {
-                                let t3 = crate::unix_ms();
+                                let t3 = baton_runtime::unix_ms();
                                 let step = t3 - i64::try_from(now.as_millis()).unwrap_or(0);
                                 if wall_minus_mono.is_some_and(|w| (w - step).abs() > CLOCK_STEP_MS) {
                                     warn!(step_ms = step - wall_minus_mono.unwrap_or(step), "the wall clock stepped: clock samples start over");
@@ -286,26 +288,26 @@ impl Link {
                             }
                             Err(e) => {
                                 warn!(error = %e, %from, %to, "reading a batch failed");
-                                shared.error(crate::unix_ms(), e.to_string());
+                                shared.error(baton_runtime::unix_ms(), e.to_string());
                             }
                         }
                     }
                     Output::SignHead { .. } => {
                         if let Err(e) = writer.sign_head().await {
-                            shared.error(crate::unix_ms(), e);
+                            shared.error(baton_runtime::unix_ms(), e);
                         }
                     }
                     Output::StoreBestReceipt(r) => {
                         shared.set_receipt(&r);
                         shared.receipt_covers(r.seq.0);
                         if let Err(e) = writer.store_best(r).await {
-                            shared.error(crate::unix_ms(), e);
+                            shared.error(baton_runtime::unix_ms(), e);
                         }
                     }
                     Output::PinGatewayKey(k) => {
                         info!(key = %k, "pinned the gateway's key on first contact");
                         if let Err(e) = writer.pin_gateway_key(k).await {
-                            shared.error(crate::unix_ms(), e);
+                            shared.error(baton_runtime::unix_ms(), e);
                         }
                     }
                     Output::Adopt(a) => {
@@ -315,7 +317,10 @@ impl Link {
                             "gateway_ahead"
                         };
                         warn!(seq = %a.receipt.seq, reason, "adopting the gateway's head (it carries our signature)");
-                        match writer.adopt(a.clone(), crate::unix_ms(), reason).await {
+                        match writer
+                            .adopt(a.clone(), baton_runtime::unix_ms(), reason)
+                            .await
+                        {
                             Ok(()) => {
                                 uplink.adopted(now, &a);
                                 if shared.rebuilding.swap(false, Ordering::Relaxed) {
@@ -327,7 +332,7 @@ impl Link {
                                     .await;
                                 }
                             }
-                            Err(e) => shared.error(crate::unix_ms(), e),
+                            Err(e) => shared.error(baton_runtime::unix_ms(), e),
                         }
                     }
                     Output::Alert(a) => {
@@ -379,7 +384,7 @@ async fn pump(
             Err(error) => {
                 let delay = backoff.next_delay();
                 let next_session_ms =
-                    crate::unix_ms() + i64::try_from(delay.as_millis()).unwrap_or(0);
+                    baton_runtime::unix_ms() + i64::try_from(delay.as_millis()).unwrap_or(0);
                 eventloop.mqtt_options.set_last_will(will(next_session_ms));
                 if to_link
                     .send(Pumped::Lost {

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use baton_agent::config::{Config, DEFAULT_CONFIG, RawConfig};
 use baton_agent::socket::client;
-use baton_agent::{cli, keys, status};
+use baton_agent::{cli, status};
+use baton_runtime::keys;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -257,7 +258,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::validate(raw_config(*args)?)?;
             runtime()?.block_on(baton_agent::run(
                 config,
-                baton_agent::shutdown_signal(),
+                baton_runtime::service::shutdown_signal(),
                 None,
             ))?;
         }

@@ -192,7 +192,7 @@ async fn connection(stream: UnixStream, writer: Writer, shared: Arc<Shared>) {
             Pending::Batch {
                 slots,
                 since: std::time::Instant::now(),
-                answers: writer.append_many(crate::unix_ms(), reqs).await,
+                answers: writer.append_many(baton_runtime::unix_ms(), reqs).await,
             }
         };
         if tx.send(pending).await.is_err() {

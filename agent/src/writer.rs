@@ -391,7 +391,7 @@ fn write_loop(
                     .last_error
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    Some((crate::unix_ms(), msg.clone()));
+                    Some((baton_runtime::unix_ms(), msg.clone()));
                 for r in replies {
                     r.send_err(&msg, stats);
                 }

@@ -199,7 +199,7 @@ async fn raw_broker(
     Ok((got / took.max(1e-9), got / total as f64))
 }
 
-use baton_agent::bench::rss_kb;
+use baton_runtime::proc::rss_kb;
 
 pub(crate) struct ChildGuard(pub(crate) Child);
 
@@ -218,7 +218,7 @@ async fn ingest(
     ledgers: Vec<MemLedger>,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let dir = tempfile_dir()?;
-    let key = crate::keys::generate(&dir.join("gateway.key"))?;
+    let key = baton_runtime::keys::generate(&dir.join("gateway.key"))?;
     let keys_dir = dir.join("agents");
     std::fs::create_dir_all(&keys_dir)?;
     for l in &ledgers {
@@ -392,9 +392,10 @@ pub async fn run(args: &BenchArgs, exe: &Path) -> anyhow::Result<Vec<Row>> {
         brokers.push(("mosquitto", Some(addr)));
     }
     // A bare embedded broker for the raw figures.
-    let raw_embedded = free_addr()?;
+    let raw_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let raw_embedded = raw_listener.local_addr()?;
     crate::broker::start(
-        raw_embedded,
+        raw_listener,
         args.agents.iter().copied().max().unwrap_or(1) + 10,
     )?;
     let mut rows = Vec::new();

@@ -78,16 +78,16 @@ fn config(listen: SocketAddr, agents: usize) -> Config {
     }
 }
 
-/// Starts rumqttd on its own threads and waits until `listen` accepts TCP.
+/// Starts rumqttd on its own threads, accepting on `listener` (bound by
+/// the caller: see `server::Listeners`), and waits until it accepts TCP.
 /// The broker lives as long as the process.
-pub fn start(listen: SocketAddr, agents: usize) -> std::io::Result<()> {
-    // Bind-check first, so a taken port is a clear error, not a log line.
-    drop(std::net::TcpListener::bind(listen)?);
+pub fn start(listener: std::net::TcpListener, agents: usize) -> std::io::Result<()> {
+    let listen = listener.local_addr()?;
     let cfg = config(listen, agents);
     std::thread::Builder::new()
         .name("rumqttd".into())
         .spawn(move || {
-            let mut broker = Broker::new(cfg);
+            let mut broker = Broker::new(cfg).with_v4_listener("v4", listener);
             if let Err(e) = broker.start() {
                 error!(error = %e, "embedded broker stopped");
             }

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use baton_shared::verify::{Verdict, Verifier};
-use baton_shared::{AgentId, ClusterId, Entry, PublicKey, Seq};
+use baton_shared::{AgentId, ClusterId, PublicKey, Seq};
 
 use crate::ingest::{Ingest, IngestConfig};
-use crate::keys;
 use crate::metrics::Metrics;
-use crate::server::unix_ms;
-use crate::store::{AgentRecord, EnrolledBy, Store};
+use crate::operator::operator_enrollment;
+use crate::store::{AgentRecord, Store};
+use baton_runtime::keys;
+use baton_runtime::unix_ms;
 
 pub const ID_KEY: &str = "gateway_id";
 pub const CLUSTER_KEY: &str = "cluster";
@@ -91,21 +92,6 @@ pub struct EnrollArgs {
     pub child_cluster: Option<baton_shared::ClusterId>,
 }
 
-/// How an operator enrollment is recorded: a child gateway (whose chains
-/// arrive on `child_cluster`'s topics) or an agent of this cluster.
-pub fn operator_enrollment(
-    own: &baton_shared::ClusterId,
-    child_cluster: Option<baton_shared::ClusterId>,
-) -> anyhow::Result<EnrolledBy> {
-    match child_cluster {
-        None => Ok(EnrolledBy::Operator),
-        Some(c) if c == *own => bail!(
-            "--child-cluster {c} is this gateway's own cluster; a child forwards another cluster"
-        ),
-        Some(cluster) => Ok(EnrolledBy::ChildGateway { cluster }),
-    }
-}
-
 pub fn enroll(ingest: &mut Ingest, a: &EnrollArgs) -> anyhow::Result<()> {
     let key = PublicKey::trusted_hex(a.pubkey.trim()).context("--pubkey")?;
     if let Some(existing) = ingest.store().agent(&a.agent)?
@@ -178,106 +164,6 @@ pub fn verify(
         }
     }
     Ok(all_ok)
-}
-
-/// The first seq of the run that contains the head (runs are split by
-/// the holes this gateway recorded as gaps).
-fn head_run_start(store: &Store, agent: &AgentId) -> anyhow::Result<Seq> {
-    let head = store.head(agent)?.seq;
-    Ok(store
-        .gaps(agent)?
-        .into_iter()
-        .filter(|(_, to)| *to < head)
-        .map(|(_, to)| to.next())
-        .max()
-        .unwrap_or(Seq(1)))
-}
-
-/// Calls `f` with every entry of the run that contains the head, in order.
-pub fn for_each_in_head_run(
-    store: &Store,
-    agent: &AgentId,
-    mut f: impl FnMut(Seq, &Entry) -> anyhow::Result<()>,
-) -> anyhow::Result<usize> {
-    let mut from = head_run_start(store, agent)?;
-    let mut n = 0;
-    loop {
-        let rows = store.range(agent, from, 4096)?;
-        if rows.is_empty() {
-            break;
-        }
-        for (seq, e) in &rows {
-            f(*seq, e)?;
-            n += 1;
-            from = seq.next();
-        }
-    }
-    Ok(n)
-}
-
-/// Writes the run that contains the head as JSONL.
-pub fn export_jsonl(
-    store: &Store,
-    agent: &AgentId,
-    out: &mut impl std::io::Write,
-) -> anyhow::Result<usize> {
-    let n = for_each_in_head_run(store, agent, |_, e| {
-        writeln!(out, "{}", e.to_jsonl())?;
-        Ok(())
-    })?;
-    out.flush()?;
-    Ok(n)
-}
-
-/// Writes `<dir>/<agent>/YYYY-MM-DD.jsonl` files (PROTOCOL §5, daily).
-pub fn export_daily(store: &Store, agent: &AgentId, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut daily = baton_agent::cli::DailyWriter::new(dir, agent)?;
-    for_each_in_head_run(store, agent, |_, e| daily.push(e))?;
-    daily.finish()
-}
-
-/// The head run as a baton document (PROTOCOL §5), with the agent's signed
-/// head and this gateway's receipt for it.
-pub fn export_baton(
-    store: &Store,
-    agent: &AgentId,
-    gateway: &AgentId,
-    key: &baton_shared::SecretKey,
-) -> anyhow::Result<Vec<u8>> {
-    use baton_shared::export::{BatonDoc, BatonReceipt, SignedPoint};
-    let record = store
-        .agent(agent)?
-        .with_context(|| format!("unknown agent {agent}"))?;
-    let mut entries = Vec::new();
-    for_each_in_head_run(store, agent, |_, e| {
-        entries.push(e.clone());
-        Ok(())
-    })?;
-    let head = store.head(agent)?;
-    let signed_head = head.sig.map(|sig| SignedPoint {
-        seq: head.seq,
-        hash: head.hash,
-        sig,
-    });
-    let receipt = (head.seq > Seq::ZERO).then(|| {
-        let r = baton_shared::wire::Receipt::sign(key, gateway, agent, head.seq, head.hash);
-        BatonReceipt::from(&r)
-    });
-    let doc = BatonDoc {
-        agent: agent.clone(),
-        public_key: record
-            .public_key
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        context: None,
-        exported_at: baton_shared::entry::format_timestamp(unix_ms()),
-        entries,
-        head: signed_head,
-        receipt,
-        notes: Vec::new(),
-    };
-    Ok(doc.to_json())
 }
 
 /// `GET path` from a running gateway at `url` (`http://HOST:PORT`): the

@@ -50,7 +50,7 @@ pub struct RawConfig {
 impl RawConfig {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
-        baton_agent::config::read_toml(path)
+        baton_runtime::config::read_toml(path)
     }
 
     /// Values in `over` win.
@@ -88,8 +88,8 @@ impl RawConfig {
     }
 }
 
-pub use baton_agent::config::{ConfigError, parse_mqtt_url};
-use baton_agent::config::{duration, invalid};
+pub use baton_runtime::config::{ConfigError, parse_mqtt_url};
+use baton_runtime::config::{duration, invalid};
 
 /// Where MQTT comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +103,7 @@ pub enum Broker {
         username: Option<String>,
         password: Option<String>,
         /// `Some` for `mqtts://`.
-        tls: Option<baton_agent::mqtt::Tls>,
+        tls: Option<baton_runtime::mqtt::Tls>,
     },
 }
 
@@ -114,7 +114,7 @@ pub struct Upstream {
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
-    pub tls: Option<baton_agent::mqtt::Tls>,
+    pub tls: Option<baton_runtime::mqtt::Tls>,
     /// The parent's key: its receipts count only under it.
     pub key: baton_shared::PublicKey,
 }
@@ -245,7 +245,7 @@ impl Config {
                     port,
                     username: raw.broker_username,
                     password: raw.broker_password,
-                    tls: baton_agent::config::tls_settings(
+                    tls: baton_runtime::config::tls_settings(
                         "broker",
                         tls,
                         raw.broker_ca,
@@ -295,7 +295,7 @@ impl Config {
                     port,
                     username: raw.upstream_username,
                     password: raw.upstream_password,
-                    tls: baton_agent::config::tls_settings(
+                    tls: baton_runtime::config::tls_settings(
                         "upstream",
                         tls,
                         raw.upstream_ca,
@@ -381,7 +381,7 @@ phi_suspect = 8.0
 phi_offline = 16.0
 # An agent whose clock is off by more than this is flagged `clock_skewed`.
 clock_band = "2s"
-# The cluster summary: published retained on baton/v1/{cluster}/summary
+# The cluster summary: published retained on the cluster's summary topic
 # this often, and written to the gateway's chain at the slower interval.
 summary_interval = "10s"
 summary_chain_interval = "5m"

@@ -67,7 +67,7 @@ pub async fn run(
 ) -> anyhow::Result<DemoReport> {
     let base = match args.data_dir.clone() {
         Some(d) => d,
-        None => std::env::temp_dir().join(format!("baton-demo-{}", crate::server::unix_ms())),
+        None => std::env::temp_dir().join(format!("baton-demo-{}", baton_runtime::unix_ms())),
     };
     let gw_dir = base.join("gateway");
     let keys_dir = gw_dir.join("agents");
@@ -75,9 +75,9 @@ pub async fn run(
         .with_context(|| format!("creating {}", keys_dir.display()))?;
     let gw_key_path = gw_dir.join("gateway.key");
     let gw_key = if gw_key_path.exists() {
-        crate::keys::load(&gw_key_path)?
+        baton_runtime::keys::load(&gw_key_path)?
     } else {
-        crate::keys::generate(&gw_key_path)?
+        baton_runtime::keys::generate(&gw_key_path)?
     };
     let cluster = ClusterId::new("demo")?;
 
@@ -88,9 +88,9 @@ pub async fn run(
         let dir = base.join("agents").join(id.as_str());
         let key_path = dir.join("agent.key");
         let key = if key_path.exists() {
-            baton_agent::keys::load(&key_path)?
+            baton_runtime::keys::load(&key_path)?
         } else {
-            baton_agent::keys::generate(&key_path)?
+            baton_runtime::keys::generate(&key_path)?
         };
         std::fs::write(keys_dir.join(format!("{id}.pub")), key.public().to_hex())?;
         identities.push((id, dir));
@@ -123,8 +123,10 @@ pub async fn run(
     }
     let (gw_stop, gw_stopped) = oneshot::channel::<()>();
     let (gw_ready, gw_bound) = oneshot::channel();
+    let listeners = crate::server::Listeners::bind(&config)?;
     let gateway = tokio::spawn(crate::server::run(
         config,
+        listeners,
         async move {
             let _ = gw_stopped.await;
         },

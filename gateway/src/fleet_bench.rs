@@ -9,6 +9,7 @@
 //! heartbeats (only phi can tell); the time from each one's last heartbeat
 //! to `offline` at the gateway is what an operator waits.
 
+use baton_shared::topic::{self, Kind};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -116,11 +117,15 @@ fn heartbeat(agent: &AgentId, sent_ms: i64) -> Heartbeat {
 
 fn sim(broker: SocketAddr, i: usize, phase: Duration) -> anyhow::Result<Sim> {
     let agent = AgentId::new(format!("sim-{i}"))?;
-    let base = format!("baton/v1/{CLUSTER}/{agent}");
+    let (state_t, hb_t, time_t) = (
+        topic::agent(CLUSTER, &agent, Kind::State),
+        topic::agent(CLUSTER, &agent, Kind::Hb),
+        topic::agent(CLUSTER, &agent, Kind::Time),
+    );
     let mut o = MqttOptions::new(agent.as_str(), broker.ip().to_string(), broker.port());
     o.set_credentials(agent.as_str(), "");
     o.set_keep_alive(Duration::from_secs(30));
-    let session = crate::server::unix_ms();
+    let session = baton_runtime::unix_ms();
     let presence = |state| {
         StateMsg {
             agent: agent.clone(),
@@ -130,7 +135,7 @@ fn sim(broker: SocketAddr, i: usize, phase: Duration) -> anyhow::Result<Sim> {
         .encode()
     };
     o.set_last_will(LastWill::new(
-        format!("{base}/state"),
+        state_t.clone(),
         presence(PresenceState::Offline),
         QoS::AtLeastOnce,
         true,
@@ -149,7 +154,7 @@ fn sim(broker: SocketAddr, i: usize, phase: Duration) -> anyhow::Result<Sim> {
     });
     let task = tokio::spawn(async move {
         let _ = client
-            .publish(format!("{base}/state"), QoS::AtLeastOnce, true, online)
+            .publish(state_t.clone(), QoS::AtLeastOnce, true, online)
             .await;
         tokio::time::sleep(phase).await;
         let mut tick = tokio::time::interval(HEARTBEAT);
@@ -159,10 +164,10 @@ fn sim(broker: SocketAddr, i: usize, phase: Duration) -> anyhow::Result<Sim> {
             if quiet.load(Ordering::Relaxed) {
                 continue;
             }
-            let now = crate::server::unix_ms();
+            let now = baton_runtime::unix_ms();
             let hb = heartbeat(&agent, now).encode();
             if client
-                .publish(format!("{base}/hb"), QoS::AtMostOnce, false, hb)
+                .publish(hb_t.clone(), QoS::AtMostOnce, false, hb)
                 .await
                 .is_ok()
             {
@@ -177,7 +182,7 @@ fn sim(broker: SocketAddr, i: usize, phase: Duration) -> anyhow::Result<Sim> {
                     t0: now,
                 };
                 let _ = client
-                    .publish(format!("{base}/time"), QoS::AtMostOnce, false, req.encode())
+                    .publish(time_t.clone(), QoS::AtMostOnce, false, req.encode())
                     .await;
             }
             n += 1;
@@ -227,7 +232,7 @@ async fn one(
     window: Duration,
 ) -> anyhow::Result<FleetRow> {
     let dir = tempfile_dir()?;
-    crate::keys::generate(&dir.join("gateway.key"))?;
+    baton_runtime::keys::generate(&dir.join("gateway.key"))?;
     let keys_dir = dir.join("agents");
     std::fs::create_dir_all(&keys_dir)?;
     for i in 0..n {
@@ -278,7 +283,7 @@ async fn one(
     #[allow(clippy::cast_precision_loss)]
     let cpu_pct = (cpu_ticks(pid)? - t0) as f64 / TICKS_PER_S / w0.elapsed().as_secs_f64() * 100.0;
     #[allow(clippy::cast_precision_loss)]
-    let rss_mb = baton_agent::bench::rss_kb(pid, "VmRSS:") as f64 / 1024.0;
+    let rss_mb = baton_runtime::proc::rss_kb(pid, "VmRSS:") as f64 / 1024.0;
 
     // Silence: sim-0 drops its connection (no DISCONNECT), sim-1 keeps it
     // open and stops heartbeats.

@@ -12,8 +12,9 @@ use baton_shared::json::{Object, Value};
 use baton_shared::{AgentId, ClusterId, Seq};
 use serde::Deserialize;
 
-use crate::ingest::Committed;
+use crate::ingest::{Committed, LoadError};
 use crate::metrics::{Gauge, Metrics};
+use crate::operator::{Command, CommandError, Done, Inbound};
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -26,7 +27,7 @@ pub struct AppState {
     /// New durable entries, as the ingest thread commits them.
     pub committed: tokio::sync::broadcast::Sender<Committed>,
     /// Operator commands for the ingest thread.
-    pub commands: tokio::sync::mpsc::Sender<crate::server::Inbound>,
+    pub commands: tokio::sync::mpsc::Sender<Inbound>,
     /// Liveness: the live registry, and the clock its phi is measured on.
     pub registry: Arc<std::sync::Mutex<crate::registry::Registry>>,
     pub origin: std::time::Instant,
@@ -74,7 +75,6 @@ fn known_agent(s: &AppState, id: String) -> Result<AgentId, (StatusCode, String)
 /// gateway forwarding cluster C); `{"window": "10m"}` opens a trust-on-first-use window.
 /// Answered after the enrollment (and its `enroll` entry) is durable.
 async fn enroll(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
-    use crate::server::{Command, Inbound};
     use baton_shared::json::{self, Mode, Value};
     let v = match json::parse(&body, Mode::Verify) {
         Ok(v) => v,
@@ -99,7 +99,7 @@ async fn enroll(State(s): State<AppState>, body: axum::body::Bytes) -> Response 
                 "window must be a duration like \"10m\"",
             );
         };
-        let until_ms = crate::server::unix_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let until_ms = baton_runtime::unix_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         Command::Window { until_ms }
     } else {
         let agent = match o.get("agent").and_then(Value::as_str).map(AgentId::new) {
@@ -129,7 +129,7 @@ async fn enroll(State(s): State<AppState>, body: axum::body::Bytes) -> Response 
             Some(Ok(c)) => Some(c),
             Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
         };
-        let enrolled_by = match crate::cli::operator_enrollment(&s.cluster, child_cluster) {
+        let enrolled_by = match crate::operator::operator_enrollment(&s.cluster, child_cluster) {
             Ok(by) => by,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         };
@@ -140,29 +140,48 @@ async fn enroll(State(s): State<AppState>, body: axum::body::Bytes) -> Response 
                 start_seq,
                 revoked_from_seq,
                 enrolled_by,
-                enrolled_ms: crate::server::unix_ms(),
+                enrolled_ms: baton_runtime::unix_ms(),
             },
         }
     };
+    match command(&s, cmd).await {
+        Ok(done) => {
+            let mut o = Object::new();
+            o.insert("ok", Value::from(done.to_string()));
+            json_response(StatusCode::OK, &Value::Object(o))
+        }
+        Err(e) => e,
+    }
+}
+
+/// Hands `cmd` to the ingest thread and waits for its durable outcome; a
+/// refusal comes back as the response to give.
+async fn command(s: &AppState, cmd: Command) -> Result<Done, Response> {
+    let shutting_down = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is shutting down",
+        )
+    };
     let (reply, answer) = tokio::sync::oneshot::channel();
     if s.commands.send(Inbound::Command(cmd, reply)).await.is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the gateway is shutting down",
-        );
+        return Err(shutting_down());
     }
     match answer.await {
-        Ok(Ok(done)) => (
-            [(header::CONTENT_TYPE, "application/json")],
-            format!("{{\"ok\":{done:?}}}"),
-        )
-            .into_response(),
-        Ok(Err(e)) if e.contains("another key") => error(StatusCode::CONFLICT, e),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the gateway is shutting down",
-        ),
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(e)) => Err(error(command_status(&e), e.to_string())),
+        Err(_) => Err(shutting_down()),
+    }
+}
+
+/// The status an operator command's error is answered with.
+fn command_status(e: &CommandError) -> StatusCode {
+    match e {
+        CommandError::KeyConflict { .. } => StatusCode::CONFLICT,
+        CommandError::Load(LoadError::Store(_))
+        | CommandError::Store(_)
+        | CommandError::NotStored { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        CommandError::Load(_) => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }
 
@@ -182,13 +201,13 @@ async fn export(
         Err((status, message)) => return error(status, message),
     };
     match q.format.as_deref().unwrap_or("baton") {
-        "baton" => match crate::cli::export_baton(&s.store, &agent, &s.gateway, &s.key) {
+        "baton" => match crate::export::export_baton(&s.store, &agent, &s.gateway, &s.key) {
             Ok(doc) => ([(header::CONTENT_TYPE, "application/json")], doc).into_response(),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
         },
         "jsonl" => {
             let mut body = Vec::new();
-            match crate::cli::export_jsonl(&s.store, &agent, &mut body) {
+            match crate::export::export_jsonl(&s.store, &agent, &mut body) {
                 Ok(_) => ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response(),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
             }
@@ -253,55 +272,49 @@ async fn load(
                     )
                     .cloned()
                     .collect();
-                if entries.is_empty() || through < b.summary.first_seq {
-                    "{\"stored\":0,\"already_held\":0}".to_owned()
+                let (stored, already_held) = if entries.is_empty() || through < b.summary.first_seq
+                {
+                    (0, 0)
                 } else {
-                    let cmd = crate::server::Command::Load {
+                    let cmd = Command::Load {
                         agent: b.agent.clone(),
                         first: b.summary.first_seq,
                         entries,
                     };
-                    let (reply, answer) = tokio::sync::oneshot::channel();
-                    if s.commands
-                        .send(crate::server::Inbound::Command(cmd, reply))
-                        .await
-                        .is_err()
-                    {
-                        return error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the gateway is shutting down",
-                        );
-                    }
-                    match answer.await {
-                        Ok(Ok(done)) => done,
-                        Ok(Err(e)) => {
+                    match command(&s, cmd).await {
+                        Ok(Done::Loaded {
+                            stored,
+                            already_held,
+                        }) => (stored, already_held),
+                        Ok(other) => {
                             return error(
-                                StatusCode::UNPROCESSABLE_ENTITY,
-                                format!("baton refused: {e}"),
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                format!("load answered {other}"),
                             );
                         }
-                        Err(_) => {
-                            return error(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "the gateway is shutting down",
-                            );
-                        }
+                        Err(refused) => return refused,
                     }
-                }
+                };
+                let mut o = Object::new();
+                o.insert("stored", Value::from(stored));
+                o.insert("already_held", Value::from(already_held));
+                Value::Object(o)
             } else {
-                "null".to_owned()
+                Value::Null
             };
-            let body = format!(
-                "{{\"agent\":\"{}\",\"first_seq\":{},\"last_seq\":{},\"authenticated\":{},\"authenticated_through\":{},\"unsigned_tail\":{},\"truncated\":{},\"stored\":{stored}}}",
-                b.agent,
-                b.summary.first_seq,
-                b.summary.head_seq,
-                b.authenticated,
-                b.summary.authenticated_through,
-                b.summary.unsigned_tail,
-                b.truncated
+            let mut o = Object::new();
+            o.insert("agent", Value::from(b.agent.as_str()));
+            o.insert("first_seq", Value::from(b.summary.first_seq.0));
+            o.insert("last_seq", Value::from(b.summary.head_seq.0));
+            o.insert("authenticated", Value::from(b.authenticated));
+            o.insert(
+                "authenticated_through",
+                Value::from(b.summary.authenticated_through.0),
             );
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+            o.insert("unsigned_tail", Value::from(b.summary.unsigned_tail as u64));
+            o.insert("truncated", Value::from(b.truncated));
+            o.insert("stored", stored);
+            json_response(StatusCode::OK, &Value::Object(o))
         }
         Err(e) => error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -365,8 +378,16 @@ async fn watch(State(s): State<AppState>, Query(q): Query<WatchQuery>) -> Respon
         .into_response()
 }
 
+/// `{"error": "…"}`, written by the JSON writer (any text is escaped as
+/// JSON requires, control characters included).
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = format!("{{\"error\":{:?}}}", message.into());
+    let mut o = Object::new();
+    o.insert("error", Value::from(message.into()));
+    json_response(status, &Value::Object(o))
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    let body = baton_shared::canonical::to_vec(v);
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -394,7 +415,7 @@ async fn upstream(State(s): State<AppState>) -> Response {
 /// summary, with the gateway that wrote it and when).
 async fn cluster(State(s): State<AppState>) -> Response {
     use baton_shared::json::{Object, Value};
-    let now = crate::server::unix_ms();
+    let now = baton_runtime::unix_ms();
     let reg = s.registry();
     let mut v = reg.summary().to_value(s.cluster.as_str(), now);
     if !reg.children().is_empty()
@@ -595,5 +616,43 @@ async fn entries(
             ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(r: Response) -> Vec<u8> {
+        axum::body::to_bytes(r.into_body(), 1 << 20)
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
+    /// Regression: error bodies were written with Rust's `{:?}`, which is
+    /// not JSON for control characters (`\u{1}`) among others.
+    #[tokio::test]
+    async fn error_bodies_are_json_whatever_the_message() {
+        let message = "bad \u{1} \"quoted\" \\ \u{7f} é \n line";
+        let r = error(StatusCode::BAD_REQUEST, message);
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let body = body_of(r).await;
+        let v = baton_shared::json::parse(&body, baton_shared::json::Mode::Verify)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)));
+        let got = v
+            .as_object()
+            .and_then(|o| o.get("error"))
+            .and_then(Value::as_str);
+        assert_eq!(got, Some(message));
+    }
+
+    #[test]
+    fn a_key_conflict_is_409_by_its_variant() {
+        let agent = AgentId::new("pi-1").unwrap();
+        let conflict = CommandError::KeyConflict { agent };
+        assert_eq!(command_status(&conflict), StatusCode::CONFLICT);
+        let busy = CommandError::Load(LoadError::Busy(AgentId::new("pi-2").unwrap()));
+        assert_eq!(command_status(&busy), StatusCode::UNPROCESSABLE_ENTITY);
     }
 }

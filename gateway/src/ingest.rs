@@ -12,9 +12,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use baton_shared::intake::{Enrollment, Head, Intake, IntakeConfig, Verdict};
+use baton_shared::intake::{Answer, Enrollment, Head, Intake, IntakeConfig, Verdict};
 use baton_shared::memory::Layered;
 use baton_shared::summary::Summary;
+use baton_shared::topic::{self, Kind};
 use baton_shared::wire::{
     DecodeError, EntryBatch, Heartbeat, Hello, Message, Nack, NackKind, RejectReason, StateMsg,
     TimeReply, TimeRequest,
@@ -23,7 +24,7 @@ use baton_shared::{AgentId, ClusterId, Hash, PublicKey, SecretKey, Seq};
 use tracing::{info, warn};
 
 use crate::metrics::{BadInput, Metrics};
-use crate::own_chain::{self, OwnChain};
+use crate::own_chain::{self, OwnChain, OwnEvent};
 use crate::registry::{ChildSummary, Registry};
 use crate::store::{AgentRecord, EnrolledBy, Store, StoreError, Write};
 
@@ -40,6 +41,29 @@ pub struct IngestConfig {
     pub software: String,
     /// How the live registry judges agents.
     pub thresholds: baton_shared::liveness::Thresholds,
+}
+
+/// Why [`Ingest::open`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("building the gateway's genesis entry: {0}")]
+    Genesis(#[from] baton_shared::entry::AppendError),
+}
+
+/// Why a loaded baton was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0} is not enrolled here")]
+    NotEnrolled(AgentId),
+    #[error("batches of {0} are being stored right now; retry")]
+    Busy(AgentId),
+    /// The intake's judgement, in words (the text is the answer).
+    #[error("{0}")]
+    Refused(String),
+    #[error("reading the store: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// A message to publish.
@@ -101,17 +125,12 @@ pub fn time_reply(cluster: &ClusterId, req: &TimeRequest, t1: i64) -> Outbound {
         id: req.id,
         t0: req.t0,
         t1,
-        t2: crate::server::unix_ms(),
+        t2: baton_runtime::unix_ms(),
     };
     Outbound {
-        topic: topic(cluster, &req.agent, "time/reply"),
+        topic: topic::agent(cluster, &req.agent, Kind::TimeReply),
         payload: reply.encode(),
     }
-}
-
-/// Topic of a message for `agent` under this cluster.
-pub fn topic(cluster: &ClusterId, agent: &AgentId, suffix: &str) -> String {
-    format!("baton/v1/{cluster}/{agent}/{suffix}")
 }
 
 impl Ingest {
@@ -123,7 +142,7 @@ impl Ingest {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         unix_ms: i64,
-    ) -> Result<Ingest, StoreError> {
+    ) -> Result<Ingest, OpenError> {
         let head = store.head(&cfg.gateway)?;
         let own = OwnChain::new(cfg.gateway.clone(), key.clone(), head);
         let window_until_ms = store
@@ -154,7 +173,7 @@ impl Ingest {
             new_subscriptions: Vec::new(),
         };
         if head.seq == Seq::ZERO {
-            let genesis = ingest.own.genesis(unix_ms, &ingest.cfg.software);
+            let genesis = ingest.own.genesis(unix_ms, &ingest.cfg.software)?;
             let record = AgentRecord {
                 public_key: ingest.key.public().to_bytes(),
                 start_seq: None,
@@ -216,11 +235,11 @@ impl Ingest {
     pub fn subscriptions(&self) -> Vec<String> {
         let c = &self.cfg.cluster;
         let mut out = vec![
-            format!("baton/v1/{c}/+/hello"),
-            format!("baton/v1/{c}/+/entries"),
-            format!("baton/v1/{c}/+/hb"),
-            format!("baton/v1/{c}/+/state"),
-            format!("baton/v1/{c}/+/time"),
+            topic::cluster_filter(c, Kind::Hello),
+            topic::cluster_filter(c, Kind::Entries),
+            topic::cluster_filter(c, Kind::Hb),
+            topic::cluster_filter(c, Kind::State),
+            topic::cluster_filter(c, Kind::Time),
         ];
         for child in self.children.keys() {
             out.extend(child_filters(child));
@@ -285,7 +304,7 @@ impl Ingest {
             {
                 let r = intake.receipt(&self.key);
                 out.push(Outbound {
-                    topic: topic(self.cluster_of(&agent), &agent, "ack"),
+                    topic: topic::agent(self.cluster_of(&agent), &agent, Kind::Ack),
                     payload: r.encode(),
                 });
             }
@@ -364,7 +383,7 @@ impl Ingest {
     /// chain does not belong to).
     fn nack_on(&self, cluster: &ClusterId, agent: &AgentId, kind: NackKind) -> Outbound {
         Outbound {
-            topic: topic(cluster, agent, "nack"),
+            topic: topic::agent(cluster, agent, Kind::Nack),
             payload: Nack {
                 gateway: self.cfg.gateway.clone(),
                 agent: agent.clone(),
@@ -406,40 +425,36 @@ impl Ingest {
         topic: &str,
         payload: &[u8],
     ) -> Result<Vec<Outbound>, StoreError> {
-        let parts: Vec<&str> = topic.split('/').collect();
-        let (cluster, agent, kind) = match parts.as_slice() {
-            ["baton", "v1", cluster, agent, kind] => {
-                match (ClusterId::new(*cluster), AgentId::new(*agent)) {
-                    (Ok(c), Ok(a)) if c == self.cfg.cluster || self.children.contains_key(&c) => {
-                        (c, a, *kind)
-                    }
-                    _ => {
-                        self.bad(now, "-", BadInput::Topic, topic);
-                        return Ok(Vec::new());
-                    }
-                }
-            }
-            _ => {
-                self.bad(now, "-", BadInput::Topic, topic);
-                return Ok(Vec::new());
-            }
+        let parsed = topic::parse(topic).and_then(|t| {
+            let c = ClusterId::new(t.cluster).ok()?;
+            let a = AgentId::new(t.agent).ok()?;
+            (c == self.cfg.cluster || self.children.contains_key(&c)).then_some((c, a, t.kind))
+        });
+        let Some((cluster, agent, kind)) = parsed else {
+            self.bad(now, "-", BadInput::Topic, topic);
+            return Ok(Vec::new());
         };
         let forwarded = cluster != self.cfg.cluster;
         // A chain is taken only on its own cluster's topics: an agent
         // vouched for by child c1 is unknown on c2's topics and here.
-        if matches!(kind, "hello" | "entries") && cluster != *self.cluster_of(&agent) {
-            let what = format!("{kind} on cluster {cluster}, which does not forward {agent}");
+        if let Some(k @ (Kind::Hello | Kind::Entries)) = kind
+            && cluster != *self.cluster_of(&agent)
+        {
+            let what = format!(
+                "{} on cluster {cluster}, which does not forward {agent}",
+                k.suffix()
+            );
             return Ok(vec![self.refuse_unknown_on(now, &cluster, &agent, &what)]);
         }
         match kind {
-            "hello" => self.hello(now, unix_ms, &agent, payload, forwarded),
-            "entries" => self.entries(now, unix_ms, &agent, payload),
+            Some(Kind::Hello) => self.hello(now, unix_ms, &agent, payload, forwarded),
+            Some(Kind::Entries) => self.entries(now, unix_ms, &agent, payload),
             // child clusters forward chains only
             _ if forwarded => {
                 self.bad(now, agent.as_str(), BadInput::Topic, topic);
                 Ok(Vec::new())
             }
-            "hb" => {
+            Some(Kind::Hb) => {
                 if let Some(hb) = self.decode(now, &agent, payload, |m: &Heartbeat| &m.agent)
                     && !self.registry().heartbeat(now, unix_ms, hb)
                 {
@@ -447,7 +462,7 @@ impl Ingest {
                 }
                 Ok(Vec::new())
             }
-            "state" => {
+            Some(Kind::State) => {
                 if let Some(m) = self.decode(now, &agent, payload, |m: &StateMsg| &m.agent)
                     && !self.registry().presence(&m)
                 {
@@ -455,7 +470,7 @@ impl Ingest {
                 }
                 Ok(Vec::new())
             }
-            "time" => {
+            Some(Kind::Time) => {
                 // Normally answered by the MQTT poller at once (see
                 // `time_reply`); here when it reaches ingest anyway.
                 let t1 = unix_ms;
@@ -563,7 +578,7 @@ impl Ingest {
         };
         let out = match intake.answer_hello(&hello, &key) {
             Ok(r) => Outbound {
-                topic: topic(self.cluster_of(agent), agent, "ack"),
+                topic: topic::agent(self.cluster_of(agent), agent, Kind::Ack),
                 payload: r.encode(),
             },
             Err(kind) => self.nack(agent, kind),
@@ -610,23 +625,19 @@ impl Ingest {
     pub fn stage_enrollment(&mut self, unix_ms: i64, agent: &AgentId, record: AgentRecord) {
         let forwarded = self.route(agent, &record.enrolled_by);
         let cluster = self.cluster_of(agent).clone();
-        let entry = self.own.append(
-            unix_ms,
-            "enroll",
-            own_chain::enroll_data(
-                agent,
-                &record.public_key,
-                cluster.as_str(),
-                record.start_seq,
-                record.revoked_from_seq,
-            ),
+        let data = own_chain::enroll_data(
+            agent,
+            &record.public_key,
+            cluster.as_str(),
+            record.start_seq,
+            record.revoked_from_seq,
         );
         self.staged_records.insert(agent.clone(), record.clone());
         self.staged.push(Write::Enroll {
             agent: agent.clone(),
             record,
         });
-        self.staged.push(entry);
+        self.stage_own(unix_ms, OwnEvent::Enroll, data);
         self.intakes.remove(agent);
         if !forwarded {
             self.registry().enroll(agent, unix_ms, false);
@@ -640,20 +651,15 @@ impl Ingest {
         let changes = self.registry().evaluate(now, unix_ms);
         for c in &changes {
             info!(agent = %c.agent, from = %c.from, to = %c.to, reason = %c.reason, "agent state");
-            let e = self.own.append(unix_ms, "agent_state", c.to_value());
-            self.staged.push(e);
+            self.stage_own(unix_ms, OwnEvent::AgentState, c.to_value());
         }
     }
 
     /// A `cluster_summary` entry in the gateway's chain.
     pub fn stage_summary(&mut self, unix_ms: i64) {
         let summary = self.registry().summary();
-        let e = self.own.append(
-            unix_ms,
-            "cluster_summary",
-            summary.to_value(self.cfg.cluster.as_str(), unix_ms),
-        );
-        self.staged.push(e);
+        let data = summary.to_value(self.cfg.cluster.as_str(), unix_ms);
+        self.stage_own(unix_ms, OwnEvent::ClusterSummary, data);
     }
 
     fn entries(
@@ -667,7 +673,7 @@ impl Ingest {
             return Ok(Vec::new());
         };
         let routed = self.routes.get(agent).cloned();
-        let ack_topic = topic(self.cluster_of(agent), agent, "ack");
+        let ack_topic = topic::agent(self.cluster_of(agent), agent, Kind::Ack);
         if !self.ensure_intake(agent)? {
             return Ok(vec![self.refuse_unknown(
                 now,
@@ -684,26 +690,24 @@ impl Ingest {
             pending,
         };
         let verdict = intake.handle_batch(now, &batch, &view);
-        // Duplicates and suppressed resends are answered with the current
-        // receipt at once (rule 4: one answer per decoded batch).
-        let answer_now = match &verdict {
-            Verdict::Duplicate | Verdict::ResendSuppressed => Some(Outbound {
+        // Rule 4: one answer per decoded batch, the same function the
+        // simulation answers with. A receipt for accepted entries waits for
+        // the commit; any other receipt goes at once.
+        let answer = match verdict.answer() {
+            Answer::Receipt if matches!(verdict, Verdict::Accepted { .. }) => None,
+            Answer::Receipt => Some(Outbound {
                 topic: ack_topic,
                 payload: intake.receipt(&self.key).encode(),
             }),
-            _ => None,
+            Answer::Nack(kind) => Some(self.nack(agent, kind)),
         };
+        // What each verdict does besides its answer.
         match verdict {
             Verdict::Accepted {
                 first,
                 entries,
                 gap,
             } => {
-                let p = self.pending.entry(agent.clone()).or_default();
-                for (i, e) in entries.iter().enumerate() {
-                    p.insert(first.0 + i as u64, e.hash);
-                }
-                self.staged_entries += entries.len() as u64;
                 self.metrics
                     .batches_accepted
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -714,36 +718,26 @@ impl Ingest {
                         from,
                         to,
                     });
-                    let e = self
-                        .own
-                        .append(unix_ms, "gap", own_chain::gap_data(agent, from, to));
-                    self.staged.push(e);
+                    self.stage_own(unix_ms, OwnEvent::Gap, own_chain::gap_data(agent, from, to));
                 }
                 if let Some((cluster, via)) = &routed
                     && via == agent
                 {
                     self.child_entries(unix_ms, via, cluster, first, &entries);
                 }
-                self.staged.push(Write::Entries {
-                    agent: agent.clone(),
-                    first,
-                    entries,
-                });
+                self.stage_accepted(agent, first, entries);
                 self.answer_after_commit.insert(agent.clone());
-                Ok(Vec::new())
             }
             Verdict::Duplicate => {
                 self.metrics
                     .batches_duplicate
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Ok(answer_now.into_iter().collect())
             }
-            Verdict::ResendSuppressed => Ok(answer_now.into_iter().collect()),
-            Verdict::Resend { from } => {
+            Verdict::ResendSuppressed => {}
+            Verdict::Resend { .. } => {
                 self.metrics
                     .resend_nacks
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Ok(vec![self.nack(agent, NackKind::Resend { from })])
             }
             Verdict::Rejected {
                 reason,
@@ -758,7 +752,6 @@ impl Ingest {
                     let what = format!("{reason} at seq {seq}: {detail}");
                     self.forwarding_alert(now, unix_ms, via, agent, &what);
                 }
-                Ok(vec![self.nack(agent, NackKind::Reject { reason, seq })])
             }
             Verdict::Fork { seq, evidence } => {
                 let how = match &routed {
@@ -766,25 +759,26 @@ impl Ingest {
                     None => String::new(),
                 };
                 self.stage_fork(unix_ms, agent, seq, evidence, &how);
-                Ok(vec![self.nack(
-                    agent,
-                    NackKind::Reject {
-                        reason: RejectReason::Fork,
-                        seq,
-                    },
-                )])
             }
-            Verdict::Halted { seq } => {
-                self.metrics.rejected(RejectReason::Halted);
-                Ok(vec![self.nack(
-                    agent,
-                    NackKind::Reject {
-                        reason: RejectReason::Fork,
-                        seq,
-                    },
-                )])
-            }
+            Verdict::Halted { .. } => self.metrics.rejected(RejectReason::Halted),
         }
+        Ok(answer.into_iter().collect())
+    }
+
+    /// Stages accepted entries of `agent` from `first`: their hashes become
+    /// pending in the intake's view, and the write joins the group. The
+    /// one accept-and-stage step of MQTT batches and loaded batons alike.
+    fn stage_accepted(&mut self, agent: &AgentId, first: Seq, entries: Vec<baton_shared::Entry>) {
+        let p = self.pending.entry(agent.clone()).or_default();
+        for (i, e) in entries.iter().enumerate() {
+            p.insert(first.0 + i as u64, e.hash);
+        }
+        self.staged_entries += entries.len() as u64;
+        self.staged.push(Write::Entries {
+            agent: agent.clone(),
+            first,
+            entries,
+        });
     }
 
     /// A forwarded chain failed verification here: the child gateway that
@@ -808,8 +802,7 @@ impl Ingest {
         let detail = format!("child gateway {via} forwarded {agent}'s chain, refused: {what}");
         warn!(child = %via, %agent, what, "forwarded chain refused");
         let data = own_chain::child_alert_data("forwarded_chain_refused", agent, via, &detail);
-        let e = self.own.append(unix_ms, "alert", data);
-        self.staged.push(e);
+        self.stage_own(unix_ms, OwnEvent::Alert, data);
     }
 
     /// New verified entries of child gateway `child`'s own chain: its
@@ -900,12 +893,8 @@ impl Ingest {
             (Some(Ok(a)), Some(Ok(k)), Ok(s), Ok(r)) => (a, k, s, r),
             _ => {
                 let detail = format!("enroll entry at seq {seq} names no valid agent and key");
-                let e = self.own.append(
-                    unix_ms,
-                    "alert",
-                    own_chain::alert_data("bad_vouch", child, &detail),
-                );
-                self.staged.push(e);
+                let data = own_chain::alert_data("bad_vouch", child, &detail);
+                self.stage_own(unix_ms, OwnEvent::Alert, data);
                 return;
             }
         };
@@ -948,8 +937,7 @@ impl Ingest {
                     r.enrolled_by.describe()
                 );
                 let data = own_chain::child_alert_data("conflicting_vouch", &agent, child, &detail);
-                let e = self.own.append(unix_ms, "alert", data);
-                self.staged.push(e);
+                self.stage_own(unix_ms, OwnEvent::Alert, data);
             }
         }
     }
@@ -973,12 +961,8 @@ impl Ingest {
             evidence,
         });
         let detail = format!("two entries at seq {seq}{how}");
-        let alert = self.own.append(
-            unix_ms,
-            "alert",
-            own_chain::alert_data("fork", agent, &detail),
-        );
-        self.staged.push(alert);
+        let data = own_chain::alert_data("fork", agent, &detail);
+        self.stage_own(unix_ms, OwnEvent::Alert, data);
     }
 
     /// Stores the entries of a verified baton (`POST /api/v1/load`) through
@@ -992,14 +976,12 @@ impl Ingest {
         agent: &AgentId,
         first: Seq,
         entries: Vec<baton_shared::Entry>,
-    ) -> Result<(u64, u64), String> {
-        if !self.ensure_intake(agent).map_err(|e| e.to_string())? {
-            return Err(format!("{agent} is not enrolled here"));
+    ) -> Result<(u64, u64), LoadError> {
+        if !self.ensure_intake(agent)? {
+            return Err(LoadError::NotEnrolled(agent.clone()));
         }
         if self.pending.get(agent).is_some_and(|p| !p.is_empty()) {
-            return Err(format!(
-                "batches of {agent} are being stored right now; retry"
-            ));
+            return Err(LoadError::Busy(agent.clone()));
         }
         // Cut into whole checkpoint spans, as an agent would send them.
         let mut batches = Vec::new();
@@ -1008,9 +990,9 @@ impl Ingest {
             let from = Seq(first.0 + start as u64);
             let limits = baton_shared::uplink::BatchLimits::default();
             let Some(end) = baton_shared::uplink::span_end(from, &entries[start..], limits) else {
-                return Err(format!(
+                return Err(LoadError::Refused(format!(
                     "entries from seq {from} on are not covered by a checkpoint; nothing stored"
-                ));
+                )));
             };
             let n = usize::try_from(end.0 - from.0 + 1).unwrap_or(usize::MAX);
             batches.push(EntryBatch {
@@ -1029,7 +1011,7 @@ impl Ingest {
             let n = batch.entries.len() as u64;
             let pending = self.pending.entry(agent.clone()).or_default();
             let Some(intake) = self.intakes.get_mut(agent) else {
-                return Err(format!("{agent} is not enrolled here"));
+                return Err(LoadError::NotEnrolled(agent.clone()));
             };
             let view = Layered {
                 durable: &self.store.view(agent),
@@ -1042,16 +1024,7 @@ impl Ingest {
                 .map(|h| h.seq);
             match intake.handle_batch(now, batch, &view) {
                 Verdict::Accepted { first, entries, .. } => {
-                    let p = self.pending.entry(agent.clone()).or_default();
-                    for (i, e) in entries.iter().enumerate() {
-                        p.insert(first.0 + i as u64, e.hash);
-                    }
-                    self.staged_entries += entries.len() as u64;
-                    self.staged.push(Write::Entries {
-                        agent: agent.clone(),
-                        first,
-                        entries,
-                    });
+                    self.stage_accepted(agent, first, entries);
                     new += n;
                 }
                 Verdict::Duplicate | Verdict::ResendSuppressed => held += n,
@@ -1096,7 +1069,7 @@ impl Ingest {
             if let Some((seq, evidence)) = fork {
                 self.stage_fork(unix_ms, agent, seq, evidence, " (loaded baton)");
             }
-            return Err(why);
+            return Err(LoadError::Refused(why));
         }
         if new > 0 {
             self.answer_after_commit.insert(agent.clone());
@@ -1118,13 +1091,27 @@ impl Ingest {
             .collect();
         moved.sort_by(|a, b| a.0.cmp(&b.0));
         for (agent, head) in moved {
-            let e = self.own.append(
+            self.stage_own(
                 unix_ms,
-                "checkpoint",
+                OwnEvent::Checkpoint,
                 own_chain::checkpoint_data(&agent, &head),
             );
-            self.staged.push(e);
             self.checkpointed.insert(agent, head.seq);
+        }
+    }
+
+    /// Stages an entry of the gateway's own chain. One that cannot be
+    /// built is refused by `OwnChain::append` (nothing signed): logged and
+    /// counted in `baton_own_entries_refused_total`.
+    fn stage_own(&mut self, unix_ms: i64, event: OwnEvent, data: baton_shared::json::Value) {
+        match self.own.append(unix_ms, event, data) {
+            Ok(w) => self.staged.push(w),
+            Err(e) => {
+                self.metrics
+                    .own_entries_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(event = event.as_str(), error = %e, "an entry of the gateway's own chain could not be built");
+            }
         }
     }
 
@@ -1208,7 +1195,7 @@ impl Ingest {
         for agent in std::mem::take(&mut self.answer_after_commit) {
             if let Some(i) = self.intakes.get(&agent) {
                 receipts.push(Outbound {
-                    topic: topic(self.cluster_of(&agent), &agent, "ack"),
+                    topic: topic::agent(self.cluster_of(&agent), &agent, Kind::Ack),
                     payload: i.receipt(&self.key).encode(),
                 });
             }
@@ -1246,8 +1233,8 @@ impl Ingest {
 /// forwards (hello and batches; heartbeats stay in the child's cluster).
 fn child_filters(c: &ClusterId) -> [String; 2] {
     [
-        format!("baton/v1/{c}/+/hello"),
-        format!("baton/v1/{c}/+/entries"),
+        topic::cluster_filter(c, Kind::Hello),
+        topic::cluster_filter(c, Kind::Entries),
     ]
 }
 

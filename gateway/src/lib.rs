@@ -4,23 +4,30 @@
 //! protocol's `intake` state machine, durable storage in redb, signed
 //! receipts, and the gateway's own chain.
 
+#[cfg(feature = "tools")]
 pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "tools")]
 pub mod demo;
+pub mod export;
+#[cfg(feature = "tools")]
 pub mod fleet_bench;
 pub mod http;
 pub mod ingest;
-/// Key files (shared with the agent).
-pub use baton_agent::keys;
 pub mod metrics;
 pub mod mosquitto;
+pub mod operator;
 pub mod own_chain;
+#[cfg(feature = "tools")]
 pub mod publisher;
 pub mod registry;
 pub mod server;
+#[cfg(feature = "tools")]
 pub mod tier_bench;
+#[cfg(feature = "tools")]
+pub mod tools;
 pub mod upstream;
 
 pub use config::Config;

@@ -191,59 +191,10 @@ enum Command {
     },
     /// Print the commented default configuration.
     PrintDefaultConfig,
-    /// A gateway, its embedded broker and N local agents appending sample
-    /// events, in one process (Ctrl-C stops it).
-    Demo {
-        #[arg(long, default_value_t = 3)]
-        agents: usize,
-        /// Where to keep the demo's state (default: a new temp directory).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        http_listen: String,
-        /// Events per second per agent.
-        #[arg(long, default_value_t = 5)]
-        rate: u32,
-        /// Stop after this long, e.g. "30s" (default: run until Ctrl-C).
-        #[arg(long)]
-        duration: Option<String>,
-    },
-    /// Measure raw broker throughput against durable ingest (see BENCHMARKS.md).
-    Bench {
-        /// Agent counts to run, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
-        agents: Vec<usize>,
-        /// Entries per run, split over the agents.
-        #[arg(long, default_value_t = 262_144)]
-        entries: u64,
-        /// Skip the Mosquitto runs.
-        #[arg(long)]
-        no_mosquitto: bool,
-    },
-    /// Liveness cost: N simulated agents (real MQTT, 5 s heartbeats) against
-    /// a gateway child; prints its CPU and RSS and the time to offline.
-    BenchFleet {
-        /// Agent counts to run, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
-        agents: Vec<usize>,
-        /// The CPU measuring window, e.g. "30s".
-        #[arg(long, default_value = "30s")]
-        window: String,
-        /// Skip the Mosquitto runs.
-        #[arg(long)]
-        no_mosquitto: bool,
-    },
-    /// Two tiers: agents → a cluster gateway → a sector gateway (two
-    /// children, each with its own broker, both durable); prints the
-    /// end-to-end rate and the forwarding lag (see BENCHMARKS.md).
-    BenchTiers {
-        /// Agent counts to run, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "10,100")]
-        agents: Vec<usize>,
-        /// Entries per run, split over the agents.
-        #[arg(long, default_value_t = 262_144)]
-        entries: u64,
-    },
+    /// The demo and the benchmarks (feature "tools", on by default).
+    #[cfg(feature = "tools")]
+    #[command(flatten)]
+    Tool(baton_gateway::tools::Tool),
     /// Print a ready Mosquitto drop-in config for production.
     PrintMosquittoConfig {
         /// Agents expected (sets the connection limit).
@@ -287,7 +238,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own lines; its logs say only what went wrong.
-    let default = if matches!(cli.command, Command::Demo { .. }) {
+    #[cfg(feature = "tools")]
+    let demo = matches!(
+        cli.command,
+        Command::Tool(baton_gateway::tools::Tool::Demo { .. })
+    );
+    #[cfg(not(feature = "tools"))]
+    let demo = false;
+    let default = if demo {
         "warn,rumqttd=off"
     } else {
         // rumqttd logs ordinary disconnects at ERROR
@@ -314,11 +272,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Keygen(d) => {
             let path = cli::key_path(&d.data_dir, d.key);
-            let key = baton_gateway::keys::generate(&path)?;
+            let key = baton_runtime::keys::generate(&path)?;
             println!("{}", key.public().to_hex());
         }
         Command::Pubkey(d) => {
-            let key = baton_gateway::keys::load(&cli::key_path(&d.data_dir, d.key))?;
+            let key = baton_runtime::keys::load(&cli::key_path(&d.data_dir, d.key))?;
             println!("{}", key.public().to_hex());
         }
         Command::Run(a) => {
@@ -357,12 +315,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 upstream_client_key: a.upstream_client_key,
             };
             let config = Config::validate(file.merge(flags))?;
+            let listeners = baton_gateway::server::Listeners::bind(&config)?;
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
             rt.block_on(async {
                 let store = cli::open_store(&config.data_dir)?;
                 cli::remember_identity(&store, &config.id, &config.cluster)?;
                 drop(store);
-                baton_gateway::run(config, baton_agent::shutdown_signal(), None).await
+                baton_gateway::run(
+                    config,
+                    listeners,
+                    baton_runtime::service::shutdown_signal(),
+                    None,
+                )
+                .await
             })?;
         }
         Command::Enroll {
@@ -382,8 +347,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut ingest = cli::open_offline(&dir.data_dir, dir.key, id, cluster)?;
             if let Some(w) = window {
                 let d = humantime::parse_duration(&w).with_context(|| format!("--window {w:?}"))?;
-                let until = baton_gateway::server::unix_ms()
-                    + i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                let until =
+                    baton_runtime::unix_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
                 ingest.set_window(Some(until))?;
                 println!(
                     "enrollment window open for {w}: the first key each new agent presents will be trusted"
@@ -483,7 +448,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             match format.as_str() {
                 "daily" => {
                     let out = out.context("--format daily needs --out DIR")?;
-                    for path in cli::export_daily(&store, &agent, &out)? {
+                    for path in baton_gateway::export::export_daily(&store, &agent, &out)? {
                         println!("{}", path.display());
                     }
                 }
@@ -492,8 +457,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                         "this data directory has no gateway id yet (run the gateway once)",
                     )?;
                     let gateway = AgentId::new(String::from_utf8_lossy(&id).into_owned())?;
-                    let key = baton_gateway::keys::load(&cli::key_path(&dir.data_dir, dir.key))?;
-                    let doc = cli::export_baton(&store, &agent, &gateway, &key)?;
+                    let key = baton_runtime::keys::load(&cli::key_path(&dir.data_dir, dir.key))?;
+                    let doc = baton_gateway::export::export_baton(&store, &agent, &gateway, &key)?;
                     match out {
                         Some(p) => std::fs::write(&p, &doc)
                             .with_context(|| format!("writing {}", p.display()))?,
@@ -506,82 +471,21 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                             std::fs::File::create(&p)
                                 .with_context(|| format!("creating {}", p.display()))?,
                         );
-                        cli::export_jsonl(&store, &agent, &mut f)?;
+                        baton_gateway::export::export_jsonl(&store, &agent, &mut f)?;
                     }
                     None => {
-                        cli::export_jsonl(&store, &agent, &mut std::io::stdout().lock())?;
+                        baton_gateway::export::export_jsonl(
+                            &store,
+                            &agent,
+                            &mut std::io::stdout().lock(),
+                        )?;
                     }
                 },
             }
         }
         Command::PrintDefaultConfig => print!("{DEFAULT_CONFIG}"),
-        Command::Demo {
-            agents,
-            data_dir,
-            http_listen,
-            rate,
-            duration,
-        } => {
-            let duration = duration
-                .map(|d| humantime::parse_duration(&d).with_context(|| format!("--duration {d:?}")))
-                .transpose()?;
-            let args = baton_gateway::demo::DemoArgs {
-                agents,
-                data_dir,
-                http_listen,
-                rate,
-                duration,
-            };
-            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            rt.block_on(baton_gateway::demo::run(
-                args,
-                baton_agent::shutdown_signal(),
-            ))?;
-        }
-        Command::Bench {
-            agents,
-            entries,
-            no_mosquitto,
-        } => {
-            let exe = std::env::current_exe().context("locating this binary")?;
-            let args = baton_gateway::bench::BenchArgs {
-                agents,
-                total_entries: entries,
-                mosquitto: !no_mosquitto,
-            };
-            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            let rows = rt.block_on(baton_gateway::bench::run(&args, &exe))?;
-            print!("{}", baton_gateway::bench::table(&rows));
-        }
-        Command::BenchFleet {
-            agents,
-            window,
-            no_mosquitto,
-        } => {
-            let exe = std::env::current_exe().context("locating this binary")?;
-            let window = humantime::parse_duration(&window)
-                .with_context(|| format!("--window {window:?}"))?;
-            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            let rows = rt.block_on(baton_gateway::fleet_bench::run(
-                &exe,
-                &agents,
-                window,
-                !no_mosquitto,
-            ))?;
-            print!("{}", baton_gateway::fleet_bench::table(&rows));
-        }
-        Command::BenchTiers { agents, entries } => {
-            let exe = std::env::current_exe().context("locating this binary")?;
-            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            let rows = rt.block_on(baton_gateway::tier_bench::run(
-                &baton_gateway::tier_bench::TierArgs {
-                    agents,
-                    total_entries: entries,
-                },
-                &exe,
-            ))?;
-            print!("{}", baton_gateway::tier_bench::table(&rows));
-        }
+        #[cfg(feature = "tools")]
+        Command::Tool(tool) => baton_gateway::tools::run(tool, &mut std::io::stdout())?,
         Command::PrintMosquittoConfig {
             agents,
             listen,

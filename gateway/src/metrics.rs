@@ -54,6 +54,58 @@ pub struct Gauge {
     pub samples: Vec<(String, f64)>,
 }
 
+/// One counter per reject reason, picked by an exhaustive match: a reason
+/// added to the protocol does not compile until it has its counter, and
+/// no reason can be counted as another (an index into an array could).
+#[derive(Debug, Default)]
+struct RejectCounts {
+    fork: AtomicU64,
+    bad_signature: AtomicU64,
+    not_canonical: AtomicU64,
+    invalid: AtomicU64,
+    unknown_agent: AtomicU64,
+    halted: AtomicU64,
+    too_large: AtomicU64,
+}
+
+impl RejectCounts {
+    fn of(&self, r: RejectReason) -> &AtomicU64 {
+        match r {
+            RejectReason::Fork => &self.fork,
+            RejectReason::BadSignature => &self.bad_signature,
+            RejectReason::NotCanonical => &self.not_canonical,
+            RejectReason::Invalid => &self.invalid,
+            RejectReason::UnknownAgent => &self.unknown_agent,
+            RejectReason::Halted => &self.halted,
+            RejectReason::TooLarge => &self.too_large,
+        }
+    }
+}
+
+/// One counter per kind of bad input, as [`RejectCounts`].
+#[derive(Debug, Default)]
+struct BadInputCounts {
+    topic: AtomicU64,
+    undecodable: AtomicU64,
+    version: AtomicU64,
+    too_large: AtomicU64,
+    agent_mismatch: AtomicU64,
+    unknown_agent: AtomicU64,
+}
+
+impl BadInputCounts {
+    fn of(&self, k: BadInput) -> &AtomicU64 {
+        match k {
+            BadInput::Topic => &self.topic,
+            BadInput::Undecodable => &self.undecodable,
+            BadInput::Version => &self.version,
+            BadInput::TooLarge => &self.too_large,
+            BadInput::AgentMismatch => &self.agent_mismatch,
+            BadInput::UnknownAgent => &self.unknown_agent,
+        }
+    }
+}
+
 /// Upper bounds of the commit latency histogram, in seconds.
 const COMMIT_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0];
 
@@ -73,8 +125,11 @@ pub struct Metrics {
     pub upstream_batches: AtomicU64,
     pub upstream_receipted: AtomicU64,
     pub upstream_alerts: AtomicU64,
-    rejected: [AtomicU64; 7],
-    bad_input: [AtomicU64; 6],
+    /// Entries of the gateway's own chain that could not be built (and
+    /// so were not signed).
+    pub own_entries_refused: AtomicU64,
+    rejected: RejectCounts,
+    bad_input: BadInputCounts,
     commit_buckets: [AtomicU64; 10],
     commit_count: AtomicU64,
     commit_micros: AtomicU64,
@@ -82,29 +137,19 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn rejected(&self, reason: RejectReason) {
-        let i = RejectReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.rejected[i].fetch_add(1, Relaxed);
+        self.rejected.of(reason).fetch_add(1, Relaxed);
     }
 
     pub fn rejected_count(&self, reason: RejectReason) -> u64 {
-        let i = RejectReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.rejected[i].load(Relaxed)
+        self.rejected.of(reason).load(Relaxed)
     }
 
     pub fn bad_input(&self, kind: BadInput) {
-        let i = BadInput::ALL.iter().position(|k| *k == kind).unwrap_or(0);
-        self.bad_input[i].fetch_add(1, Relaxed);
+        self.bad_input.of(kind).fetch_add(1, Relaxed);
     }
 
     pub fn bad_input_count(&self, kind: BadInput) -> u64 {
-        let i = BadInput::ALL.iter().position(|k| *k == kind).unwrap_or(0);
-        self.bad_input[i].load(Relaxed)
+        self.bad_input.of(kind).load(Relaxed)
     }
 
     pub fn commit_took(&self, d: Duration) {
@@ -188,6 +233,12 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "baton_own_entries_refused_total",
+            "Entries of the gateway's own chain that could not be built (nothing signed).",
+            &self.own_entries_refused,
+        );
+        counter(
+            &mut out,
             "baton_commit_errors_total",
             "Group commits that failed (nothing receipted).",
             &self.commit_errors,
@@ -196,24 +247,24 @@ impl Metrics {
             out,
             "# HELP baton_batches_rejected_total Batches refused whole, by reason.\n# TYPE baton_batches_rejected_total counter"
         );
-        for (i, r) in RejectReason::ALL.iter().enumerate() {
+        for r in RejectReason::ALL {
             let _ = writeln!(
                 out,
                 "baton_batches_rejected_total{{reason=\"{}\"}} {}",
                 r.as_str(),
-                self.rejected[i].load(Relaxed)
+                self.rejected.of(r).load(Relaxed)
             );
         }
         let _ = writeln!(
             out,
             "# HELP baton_bad_input_total Payloads dropped as bad input, by kind.\n# TYPE baton_bad_input_total counter"
         );
-        for (i, k) in BadInput::ALL.iter().enumerate() {
+        for k in BadInput::ALL {
             let _ = writeln!(
                 out,
                 "baton_bad_input_total{{kind=\"{}\"}} {}",
                 k.as_str(),
-                self.bad_input[i].load(Relaxed)
+                self.bad_input.of(k).load(Relaxed)
             );
         }
         let _ = writeln!(

@@ -3,7 +3,7 @@
 //! agent's. Each entry is signed as it is made (the chain is slow), and is
 //! committed in the same transaction as the ingest writes it describes.
 
-use baton_shared::entry::{self, Entry, Seq, Stamp, a_now};
+use baton_shared::entry::{self, AppendError, Entry, Seq, Stamp, a_now};
 use baton_shared::intake::Head;
 use baton_shared::json::{Object, Value};
 use baton_shared::{AgentId, EventName, SecretKey};
@@ -36,8 +36,16 @@ impl OwnChain {
         self.head = stored;
     }
 
-    /// Appends a runtime entry; the returned write must be committed.
-    pub fn append(&mut self, unix_ms: i64, event: &str, data: Value) -> Write {
+    /// Appends an entry; the returned write must be committed. An entry
+    /// that cannot be built (its content over the 64 KiB limit, say a
+    /// summary of very many clusters) is refused whole: nothing is signed
+    /// and the head stays where it was.
+    pub fn append(
+        &mut self,
+        unix_ms: i64,
+        event: OwnEvent,
+        data: Value,
+    ) -> Result<Write, AppendError> {
         let seq = self.head.seq.next();
         let stamp = Stamp {
             agent: &self.id,
@@ -45,13 +53,8 @@ impl OwnChain {
             unix_ms,
             clock: None,
         };
-        // Runtime events are valid names and runtime data is small: building
-        // cannot fail; an impossible failure records the event as "alert".
-        let event = EventName::new(event).unwrap_or_else(|_| {
-            EventName::new("alert").unwrap_or_else(|_| unreachable!("\"alert\" is a valid event"))
-        });
-        let content =
-            entry::build_content(&stamp, &event, None, &data).unwrap_or_else(|_| b"{}".to_vec());
+        let name = EventName::new(event.as_str()).map_err(AppendError::Event)?;
+        let content = entry::build_content(&stamp, &name, None, &data)?;
         let mut e = Entry::seal(content, self.head.hash);
         e.sig = Some(self.key.sign_checkpoint(&self.id, seq, &e.hash));
         self.head = Head {
@@ -59,20 +62,57 @@ impl OwnChain {
             hash: e.hash,
             sig: e.sig,
         };
-        Write::Entries {
+        Ok(Write::Entries {
             agent: self.id.clone(),
             first: seq,
             entries: vec![e],
-        }
+        })
     }
 
     /// The first entry of a new gateway.
-    pub fn genesis(&mut self, unix_ms: i64, software: &str) -> Write {
+    pub fn genesis(&mut self, unix_ms: i64, software: &str) -> Result<Write, AppendError> {
         let mut d = Object::new();
         d.insert("a_now", Value::from(a_now(unix_ms)));
         d.insert("class", Value::from("GATEWAY"));
         d.insert("software", Value::from(software));
-        self.append(unix_ms, "genesis", Value::Object(d))
+        self.append(unix_ms, OwnEvent::Genesis, Value::Object(d))
+    }
+}
+
+/// The events of a gateway's own chain (PROTOCOL §8): a closed set, so no
+/// caller can name an event the chain does not define.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnEvent {
+    Genesis,
+    Enroll,
+    Alert,
+    Gap,
+    Checkpoint,
+    AgentState,
+    ClusterSummary,
+}
+
+impl OwnEvent {
+    pub const ALL: [OwnEvent; 7] = [
+        OwnEvent::Genesis,
+        OwnEvent::Enroll,
+        OwnEvent::Alert,
+        OwnEvent::Gap,
+        OwnEvent::Checkpoint,
+        OwnEvent::AgentState,
+        OwnEvent::ClusterSummary,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OwnEvent::Genesis => "genesis",
+            OwnEvent::Enroll => "enroll",
+            OwnEvent::Alert => "alert",
+            OwnEvent::Gap => "gap",
+            OwnEvent::Checkpoint => "checkpoint",
+            OwnEvent::AgentState => "agent_state",
+            OwnEvent::ClusterSummary => "cluster_summary",
+        }
     }
 }
 
@@ -162,13 +202,14 @@ mod tests {
             c.genesis(1_795_460_700_123, "baton-gateway 0.1.0"),
             c.append(
                 1,
-                "enroll",
+                OwnEvent::Enroll,
                 enroll_data(&agent, &[7; 32], "c07", None, None),
             ),
-            c.append(2, "alert", alert_data("fork", &agent, "seq 4")),
-            c.append(3, "checkpoint", checkpoint_data(&agent, &c.head())),
+            c.append(2, OwnEvent::Alert, alert_data("fork", &agent, "seq 4")),
+            c.append(3, OwnEvent::Checkpoint, checkpoint_data(&agent, &c.head())),
         ];
         for w in writes {
+            let w = w.unwrap();
             let Write::Entries { entries, .. } = w else {
                 panic!()
             };
@@ -179,5 +220,31 @@ mod tests {
         let Verdict::Valid(s) = &v else { panic!("{v}") };
         assert_eq!(s.authenticated_through, Seq(4));
         assert_eq!(a_now(1_795_460_700_123), "20261123190500");
+    }
+
+    #[test]
+    fn every_event_is_a_valid_name() {
+        for e in OwnEvent::ALL {
+            assert!(EventName::new(e.as_str()).is_ok(), "{}", e.as_str());
+        }
+    }
+
+    /// Regression: an entry that could not be built was signed with `{}`
+    /// as its content. Now it is refused and the chain stays as it was.
+    #[test]
+    fn an_entry_too_large_to_build_is_refused_and_nothing_is_signed() {
+        let key = SecretKey::from_seed(&[9; 32]);
+        let mut c = OwnChain::new(AgentId::new("gw-1").unwrap(), key, Head::EMPTY);
+        c.genesis(1, "baton-gateway").unwrap();
+        let before = c.head();
+        let huge = Value::from("x".repeat(entry::MAX_CONTENT_BYTES));
+        let refused = c.append(2, OwnEvent::ClusterSummary, huge);
+        assert!(
+            matches!(refused, Err(AppendError::TooLarge(_))),
+            "{refused:?}"
+        );
+        assert_eq!(c.head(), before);
+        assert!(c.append(3, OwnEvent::Alert, Value::from("ok")).is_ok());
+        assert_eq!(c.head().seq, Seq(2));
     }
 }

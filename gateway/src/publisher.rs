@@ -2,6 +2,7 @@
 //! `uplink` state machine over an in-memory ledger. The end-to-end tests
 //! use it as their agents, and `bench` as its load generator.
 
+use baton_shared::topic::{self, Kind};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,10 +18,6 @@ pub struct Published {
     pub ledger: MemLedger,
     pub alerts: Vec<Alert>,
     pub receipted: Seq,
-}
-
-fn topic(cluster: &str, agent: &str, suffix: &str) -> String {
-    format!("baton/v1/{cluster}/{agent}/{suffix}")
 }
 
 /// Entries the publisher appends while it runs, like a live agent.
@@ -119,8 +116,8 @@ pub async fn publish(
     cfg.limits.max_entries = options.max_batch_entries;
     let mut uplink = Uplink::new(cfg, ledger.best.clone());
     let (ack, nack) = (
-        topic(cluster, agent.as_str(), "ack"),
-        topic(cluster, agent.as_str(), "nack"),
+        topic::agent(cluster, &agent, Kind::Ack),
+        topic::agent(cluster, &agent, Kind::Nack),
     );
     let origin = tokio::time::Instant::now();
     let deadline = origin + limit;
@@ -192,7 +189,7 @@ pub async fn publish(
             match out {
                 Output::Hello(h) => {
                     let _ = client.try_publish(
-                        topic(cluster, agent.as_str(), "hello"),
+                        topic::agent(cluster, &agent, Kind::Hello),
                         QoS::AtLeastOnce,
                         false,
                         h.encode(),
@@ -201,7 +198,7 @@ pub async fn publish(
                 Output::Batch { from, to, proof } => {
                     let b = ledger.batch(from, to, proof).encode();
                     let _ = client.try_publish(
-                        topic(cluster, agent.as_str(), "entries"),
+                        topic::agent(cluster, &agent, Kind::Entries),
                         QoS::AtLeastOnce,
                         false,
                         b,

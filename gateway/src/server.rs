@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
@@ -19,92 +19,11 @@ use tracing::{info, warn};
 use crate::config::{Broker, Config};
 use crate::ingest::{Ingest, IngestConfig, Outbound};
 use crate::metrics::Metrics;
+use crate::operator::{CommandError, Inbound};
 use crate::store::{AgentRecord, EnrolledBy, Store};
-use crate::{broker, http, keys};
+use baton_runtime::{keys, unix_ms};
 
-/// Milliseconds since the Unix epoch, from the wall clock.
-pub fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// What the ingest thread is handed.
-#[derive(Debug)]
-pub enum Inbound {
-    Connected,
-    Message {
-        topic: String,
-        payload: Vec<u8>,
-    },
-    Tick,
-    /// Re-judge liveness (every 500 ms).
-    Liveness,
-    /// Write the cluster summary into the gateway's chain.
-    Summary,
-    /// An operator command from HTTP; answered after the durable commit.
-    Command(
-        Command,
-        tokio::sync::oneshot::Sender<Result<String, String>>,
-    ),
-}
-
-/// Operator commands a running gateway takes over HTTP.
-#[derive(Debug)]
-pub enum Command {
-    Enroll {
-        agent: baton_shared::AgentId,
-        record: AgentRecord,
-    },
-    Window {
-        until_ms: i64,
-    },
-    /// Store a verified baton's entries (from `first`).
-    Load {
-        agent: baton_shared::AgentId,
-        first: baton_shared::Seq,
-        entries: Vec<baton_shared::Entry>,
-    },
-}
-
-/// Carries out an operator command; the caller answers after the commit.
-fn run_command(ingest: &mut Ingest, now: Duration, cmd: Command) -> Result<String, String> {
-    match cmd {
-        Command::Enroll { agent, record } => {
-            match ingest.store().agent(&agent) {
-                Ok(Some(existing)) if existing.public_key == record.public_key => {
-                    return Ok(format!("{agent} was already enrolled with this key"));
-                }
-                Ok(Some(_)) => {
-                    return Err(format!(
-                        "{agent} is enrolled with another key; a key change is a new agent id"
-                    ));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-            ingest.stage_enrollment(unix_ms(), &agent, record);
-            Ok(format!("enrolled {agent}"))
-        }
-        Command::Load {
-            agent,
-            first,
-            entries,
-        } => {
-            let (new, held) = ingest.load(now, unix_ms(), &agent, first, entries)?;
-            Ok(format!("{{\"stored\":{new},\"already_held\":{held}}}"))
-        }
-        Command::Window { until_ms } => {
-            ingest
-                .set_window(Some(until_ms))
-                .map_err(|e| e.to_string())?;
-            Ok(format!(
-                "enrollment window open until {}",
-                baton_shared::entry::format_timestamp(until_ms)
-            ))
-        }
-    }
-}
+use crate::{broker, http};
 
 /// The reply to a well-formed clock request on `topic`; `None` leaves the
 /// message to ingest, which counts what is wrong with it.
@@ -115,13 +34,39 @@ fn answer_time(
 ) -> Option<crate::ingest::Outbound> {
     use baton_shared::wire::{Message, TimeRequest};
     let t1 = unix_ms();
-    let agent = topic
-        .strip_prefix("baton/v1/")?
-        .strip_prefix(cluster.as_str())?
-        .strip_prefix('/')?
-        .strip_suffix("/time")?;
+    let t = baton_shared::topic::parse(topic)?;
+    if t.cluster != cluster.as_str() || t.kind != Some(baton_shared::topic::Kind::Time) {
+        return None;
+    }
     let req = TimeRequest::decode(payload).ok()?;
-    (req.agent.as_str() == agent).then(|| crate::ingest::time_reply(cluster, &req, t1))
+    (req.agent.as_str() == t.agent).then(|| crate::ingest::time_reply(cluster, &req, t1))
+}
+
+/// The sockets a gateway serves on, bound by its caller: [`run`] binds
+/// nothing itself, so a port asked as 0 is bound once and never dropped
+/// and re-bound (a race another process could win).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The embedded broker's (`None` with an external broker).
+    pub mqtt: Option<std::net::TcpListener>,
+    pub http: std::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds what `config` asks for: `http_listen`, and `mqtt_listen` for
+    /// the embedded broker.
+    pub fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let http = std::net::TcpListener::bind(config.http_listen)
+            .with_context(|| format!("binding http_listen {}", config.http_listen))?;
+        let mqtt = match &config.broker {
+            Broker::Embedded { listen } => Some(
+                std::net::TcpListener::bind(listen)
+                    .with_context(|| format!("binding mqtt_listen {listen}"))?,
+            ),
+            Broker::External { .. } => None,
+        };
+        Ok(Listeners { mqtt, http })
+    }
 }
 
 /// Addresses the gateway ended up serving on (port 0 resolved).
@@ -176,6 +121,7 @@ fn enroll_key_files(ingest: &mut Ingest, dir: &std::path::Path) -> anyhow::Resul
 /// addresses once the broker, MQTT client and HTTP listener are up.
 pub async fn run(
     config: Config,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<Bound>>,
 ) -> anyhow::Result<()> {
@@ -210,14 +156,12 @@ pub async fn run(
 
     let client_id = format!("baton-gateway-{}", config.id);
     let (host, port, username, password, tls, mqtt_bound) = match &config.broker {
-        Broker::Embedded { listen } => {
-            let listen = if listen.port() == 0 {
-                // resolve a free port for the broker, which binds itself
-                std::net::TcpListener::bind(listen)?.local_addr()?
-            } else {
-                *listen
-            };
-            broker::start(listen, config.max_agents)
+        Broker::Embedded { .. } => {
+            let listener = listeners
+                .mqtt
+                .context("an embedded broker needs its MQTT listener (Listeners::bind)")?;
+            let listen = listener.local_addr()?;
+            broker::start(listener, config.max_agents)
                 .with_context(|| format!("starting the embedded broker on {listen}"))?;
             info!(%listen, "embedded broker listening");
             (
@@ -244,11 +188,11 @@ pub async fn run(
             None,
         ),
     };
-    let mut opts = baton_agent::mqtt::options(&client_id, &host, port, username, password, tls)
+    let mut opts = baton_runtime::mqtt::options(&client_id, &host, port, username, password, tls)
         .context("broker connection settings")?;
     opts.set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(opts, 65_536);
-    eventloop.set_network_options(baton_agent::mqtt::network_options());
+    eventloop.set_network_options(baton_runtime::mqtt::network_options());
 
     // Small on purpose: when ingest is the bottleneck, backpressure reaches
     // the broker instead of queueing ~28 KB batches in this process.
@@ -356,7 +300,7 @@ pub async fn run(
         }
     });
     // The summary, retained, on baton/v1/{cluster}/summary.
-    let summary_topic = format!("baton/v1/{}/summary", config.cluster);
+    let summary_topic = baton_shared::topic::summary(&config.cluster);
     let summary_client = client.clone();
     let summary_registry = Arc::clone(&registry);
     let summary_cluster = config.cluster.clone();
@@ -394,7 +338,7 @@ pub async fn run(
             };
             let mut replies = Vec::new();
             // WATCHDOG=1 from this loop, after commits that went through
-            let watchdog_every = baton_agent::service::watchdog_every();
+            let watchdog_every = baton_runtime::service::watchdog_every();
             let mut pinged = Instant::now();
             while let Some(first) = rx.blocking_recv() {
                 let mut next = Some(first);
@@ -415,7 +359,7 @@ pub async fn run(
                         // Answered after the commit, refusals too: a refusal
                         // may have staged something (a loaded fork's evidence).
                         Inbound::Command(cmd, reply) => {
-                            let result = run_command(&mut ingest, origin.elapsed(), cmd);
+                            let result = crate::operator::run_command(&mut ingest, origin.elapsed(), cmd);
                             replies.push((reply, result));
                         }
                     }
@@ -446,18 +390,18 @@ pub async fn run(
                             let _ = reply.send(result);
                         }
                         if watchdog_every.is_some_and(|every| pinged.elapsed() >= every) {
-                            baton_agent::service::watchdog();
+                            baton_runtime::service::watchdog();
                             pinged = Instant::now();
                         }
                     }
                     Err(e) => {
                         warn!(error = %e, "group commit failed; nothing of it was receipted");
+                        let e = Arc::new(e);
                         for (reply, result) in replies.drain(..) {
-                            let why = match result {
-                                Ok(_) => format!("not stored: {e}"),
-                                Err(refused) => format!("{refused} (and the store failed: {e})"),
-                            };
-                            let _ = reply.send(Err(why));
+                            let _ = reply.send(Err(CommandError::NotStored {
+                                refused: result.err().map(Box::new),
+                                source: Arc::clone(&e),
+                            }));
                         }
                         std::thread::sleep(Duration::from_millis(100));
                     }
@@ -490,9 +434,9 @@ pub async fn run(
     };
 
     // HTTP
-    let listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
-        .with_context(|| format!("binding http_listen {}", config.http_listen))?;
+    listeners.http.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listeners.http)
+        .context("serving HTTP on the bound listener")?;
     let http_bound = listener.local_addr()?;
     info!(%http_bound, "HTTP listening");
     let app = http::router(http::AppState {
@@ -522,9 +466,9 @@ pub async fn run(
         });
     }
 
-    baton_agent::service::ready();
+    baton_runtime::service::ready();
     shutdown.await;
-    baton_agent::service::stopping();
+    baton_runtime::service::stopping();
     info!("shutting down");
     poller.abort();
     ticker.abort();

@@ -63,8 +63,11 @@ async fn watch_receipts(
     seen: Seen,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let (c, mut el) = client(id, broker, 100);
-    c.subscribe(format!("baton/v1/{cluster}/+/ack"), QoS::AtMostOnce)
-        .await?;
+    c.subscribe(
+        baton_shared::topic::cluster_filter(cluster, baton_shared::topic::Kind::Ack),
+        QoS::AtMostOnce,
+    )
+    .await?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if Instant::now() > deadline {
@@ -165,9 +168,9 @@ async fn one_run(exe: &Path, agents: usize, total: u64) -> anyhow::Result<TierRo
     let root = tempfile_dir()?;
     // The sector, with the cluster gateway enrolled as its child.
     let sector_dir = root.join("sector");
-    let sector_key = crate::keys::generate(&sector_dir.join("gateway.key"))?;
+    let sector_key = baton_runtime::keys::generate(&sector_dir.join("gateway.key"))?;
     let cluster_dir = root.join("cluster");
-    let cluster_key = crate::keys::generate(&cluster_dir.join("gateway.key"))?;
+    let cluster_key = baton_runtime::keys::generate(&cluster_dir.join("gateway.key"))?;
     let enrolled = Command::new(exe)
         .args(["enroll", "--agent", "gw-bench", "--child-cluster", "bench"])
         .args(["--id", "gw-sector", "--cluster", "sector", "--pubkey"])
@@ -267,7 +270,7 @@ async fn one_run(exe: &Path, agents: usize, total: u64) -> anyhow::Result<TierRo
     let lag = lags(&at_cluster, &at_sector);
     let rss = |g: &GatewayChild| {
         #[allow(clippy::cast_precision_loss)]
-        let mb = baton_agent::bench::rss_kb(g.child.0.id(), "VmHWM:") as f64 / 1024.0;
+        let mb = baton_runtime::proc::rss_kb(g.child.0.id(), "VmHWM:") as f64 / 1024.0;
         mb
     };
     let row = TierRow {

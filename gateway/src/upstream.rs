@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use baton_shared::backoff::Backoff;
 use baton_shared::json::{Object, Value};
+use baton_shared::topic::{self, Kind};
 use baton_shared::uplink::{BatchLimits, Ledger, Output, Uplink, UplinkConfig, span_end};
 use baton_shared::wire::{EntryBatch, Message, Nack, Receipt};
 use baton_shared::{AgentId, ClusterId, Entry, Hash, PublicKey, Seq};
@@ -165,7 +166,7 @@ pub fn spawn(
 ) -> anyhow::Result<Forwarder> {
     let up = &cfg.upstream;
     let client_id = format!("baton-forwarder-{}", cfg.gateway);
-    let mut opts = baton_agent::mqtt::options(
+    let mut opts = baton_runtime::mqtt::options(
         &client_id,
         &up.host,
         up.port,
@@ -176,7 +177,7 @@ pub fn spawn(
     .context("upstream connection settings")?;
     opts.set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
-    eventloop.set_network_options(baton_agent::mqtt::network_options());
+    eventloop.set_network_options(baton_runtime::mqtt::network_options());
     let status = Arc::new(Mutex::new(UpstreamStatus {
         parent: format!("{}:{}", up.host, up.port),
         ..Default::default()
@@ -187,7 +188,7 @@ pub fn spawn(
         let mut backoff = Backoff::new(
             Duration::from_millis(200),
             Duration::from_secs(10),
-            u64::try_from(crate::server::unix_ms()).unwrap_or(7),
+            u64::try_from(baton_runtime::unix_ms()).unwrap_or(7),
         );
         loop {
             let pumped = match eventloop.poll().await {
@@ -360,7 +361,7 @@ impl State {
             // Nonces must not repeat across restarts; without OS entropy
             // the clock still differs.
             if getrandom::fill(&mut seed).is_err() {
-                seed = crate::server::unix_ms().to_le_bytes();
+                seed = baton_runtime::unix_ms().to_le_bytes();
             }
             let mut ucfg = UplinkConfig::new(
                 id.clone(),
@@ -396,8 +397,8 @@ impl State {
                 self.connected = true;
                 let c = &self.cfg.cluster;
                 for f in [
-                    format!("baton/v1/{c}/+/ack"),
-                    format!("baton/v1/{c}/+/nack"),
+                    topic::cluster_filter(c, Kind::Ack),
+                    topic::cluster_filter(c, Kind::Nack),
                 ] {
                     if let Err(e) = self.client.try_subscribe(&f, QoS::AtLeastOnce) {
                         warn!(filter = %f, error = %e, "upstream subscribe failed");
@@ -419,22 +420,18 @@ impl State {
 
     /// A receipt or nack from the parent.
     fn message(&mut self, now: Duration, topic: &str, payload: &[u8]) {
-        let prefix = format!("baton/v1/{}/", self.cfg.cluster);
-        let Some((agent, kind)) = topic
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.split_once('/'))
-        else {
+        let Some(t) = topic::parse(topic).filter(|t| t.cluster == self.cfg.cluster.as_str()) else {
             return;
         };
-        let Ok(agent) = AgentId::new(agent) else {
+        let Ok(agent) = AgentId::new(t.agent) else {
             return;
         };
         let Some(chain) = self.chains.get_mut(&agent) else {
             return;
         };
         let ledger = StoreLedger::new(&self.store, &agent, chain.head, chain.oldest);
-        match kind {
-            "ack" => match Receipt::decode(payload) {
+        match t.kind {
+            Some(Kind::Ack) => match Receipt::decode(payload) {
                 Ok(r) if r.agent == agent => {
                     let before = chain.uplink.acked();
                     chain.uplink.handle_receipt(now, &r, &ledger);
@@ -447,7 +444,7 @@ impl State {
                     warn!(%agent, "upstream: a receipt that does not decode or names another chain")
                 }
             },
-            "nack" => match Nack::decode(payload) {
+            Some(Kind::Nack) => match Nack::decode(payload) {
                 Ok(n) if n.agent == agent => chain.uplink.handle_nack(now, &n),
                 _ => warn!(%agent, "upstream: a nack that does not decode or names another chain"),
             },
@@ -458,9 +455,8 @@ impl State {
     /// Carries out what every uplink asks for until none asks more.
     fn drive(&mut self) {
         let now = self.now();
-        let topic = |agent: &AgentId, suffix: &str| {
-            format!("baton/v1/{}/{agent}/{suffix}", self.cfg.cluster)
-        };
+        let cluster = &self.cfg.cluster;
+        let topic = |agent: &AgentId, kind: Kind| topic::agent(cluster, agent, kind);
         let mut alerts = Vec::new();
         for (agent, chain) in &mut self.chains {
             let ledger = StoreLedger::new(&self.store, agent, chain.head, chain.oldest);
@@ -468,7 +464,7 @@ impl State {
                 match out {
                     Output::Hello(h) => {
                         let _ = self.client.try_publish(
-                            topic(agent, "hello"),
+                            topic(agent, Kind::Hello),
                             QoS::AtLeastOnce,
                             false,
                             h.encode(),
@@ -484,7 +480,7 @@ impl State {
                             self.metrics.upstream_batches.fetch_add(1, Ordering::Relaxed);
                             // A full queue drops it; the resend timer asks again.
                             let _ = self.client.try_publish(
-                                topic(agent, "entries"),
+                                topic(agent, Kind::Entries),
                                 QoS::AtLeastOnce,
                                 false,
                                 batch.encode(),

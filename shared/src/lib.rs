@@ -8,7 +8,7 @@
 //! [`intake`] (receiver), and the fleet's view of itself: the clock
 //! exchange ([`clock`]), the impedance profile ([`impedance`]), the
 //! phi-accrual detector and agent states ([`liveness`]) and cluster
-//! summaries ([`summary`]).
+//! summaries ([`summary`]), and the MQTT topics they travel on ([`topic`]).
 //!
 //! *Invariant:* this crate does no I/O. It reads no clock (`now` is passed
 //! in), no file, no socket and no entropy; its dependency tree holds no
@@ -28,6 +28,7 @@ pub mod json;
 pub mod liveness;
 pub mod memory;
 pub mod summary;
+pub mod topic;
 pub mod uplink;
 pub mod verify;
 pub mod wire;

@@ -19,9 +19,9 @@ fn prepare_gateway_dir(
 ) -> (baton_shared::SecretKey, PathBuf, PathBuf) {
     let key_path = dir.join("gateway.key");
     let key = if key_path.exists() {
-        baton_gateway::keys::load(&key_path).unwrap()
+        baton_runtime::keys::load(&key_path).unwrap()
     } else {
-        baton_gateway::keys::generate(&key_path).unwrap()
+        baton_runtime::keys::generate(&key_path).unwrap()
     };
     let keys_dir = dir.join("agents");
     std::fs::create_dir_all(&keys_dir).unwrap();
@@ -96,8 +96,10 @@ impl Gateway {
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready, bound) = oneshot::channel();
+        let listeners = baton_gateway::server::Listeners::bind(&config).unwrap();
         let task = tokio::spawn(baton_gateway::run(
             config,
+            listeners,
             async move {
                 let _ = stopped.await;
             },
@@ -148,9 +150,9 @@ pub fn gateway_key(dir: &Path) -> PublicKey {
 pub fn agent_key(dir: &Path) -> PublicKey {
     let path = dir.join("agent.key");
     if path.exists() {
-        baton_agent::keys::load(&path).unwrap().public()
+        baton_runtime::keys::load(&path).unwrap().public()
     } else {
-        baton_agent::keys::generate(&path).unwrap().public()
+        baton_runtime::keys::generate(&path).unwrap().public()
     }
 }
 

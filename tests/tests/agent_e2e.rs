@@ -17,6 +17,12 @@ use baton_tests::http::{gateway_chain, lines};
 use baton_tests::watch::Watcher;
 use baton_tests::{agent_chain, eventually};
 
+/// A listener on a free loopback port, and its address.
+fn bound() -> (SocketAddr, TcpListener) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    (l.local_addr().unwrap(), l)
+}
+
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -261,8 +267,8 @@ async fn a_gateway_head_the_agent_never_signed_is_refused() {
     use baton_shared::{Hash, SecretKey, Seq, Sig};
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-    let mqtt = free_addr();
-    baton_gateway::broker::start(mqtt, 10).unwrap();
+    let (mqtt, listener) = bound();
+    baton_gateway::broker::start(listener, 10).unwrap();
     let gw_key = SecretKey::from_seed(&[42; 32]);
     let gw_public = gw_key.public();
     let gateway = AgentId::new("gw-hostile").unwrap();
@@ -345,7 +351,7 @@ async fn tls_to_mosquitto_end_to_end() {
         port: tls_addr.port(),
         username: None,
         password: None,
-        tls: Some(baton_agent::mqtt::Tls {
+        tls: Some(baton_runtime::mqtt::Tls {
             ca: Some(ca.clone()),
             ..Default::default()
         }),
@@ -390,8 +396,8 @@ async fn tls_to_mosquitto_end_to_end() {
 async fn presence_online_then_the_last_will_offline_of_the_same_session() {
     use baton_shared::wire::{Message, PresenceState, StateMsg};
 
-    let mqtt = free_addr();
-    baton_gateway::broker::start(mqtt, 10).unwrap();
+    let (mqtt, listener) = bound();
+    baton_gateway::broker::start(listener, 10).unwrap();
     let mut watcher = Watcher::start(mqtt, "watcher", &["baton/v1/c1/pi-p/state"]).await;
     let dir = tempfile::tempdir().unwrap();
     let key = baton_shared::SecretKey::from_seed(&[3; 32]).public();

@@ -320,7 +320,7 @@ async fn over_budget_appends_are_refused_then_a_gap_entry_proves_the_loss() {
         .parse()
         .unwrap();
     // The gateway's key, but the gateway itself is not up yet: offline.
-    let gw_key = baton_gateway::keys::generate(&gdir.join("gateway.key"))
+    let gw_key = baton_runtime::keys::generate(&gdir.join("gateway.key"))
         .unwrap()
         .public();
     let budget = baton_agent::RawConfig {

@@ -66,11 +66,9 @@ async fn takeover(mqtt: SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_broker_takeover_fires_the_old_will_and_keeps_the_new() {
-    let mqtt = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    baton_gateway::broker::start(mqtt, 10).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mqtt = listener.local_addr().unwrap();
+    baton_gateway::broker::start(listener, 10).unwrap();
     takeover(mqtt).await;
 }
 

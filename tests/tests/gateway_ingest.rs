@@ -151,7 +151,7 @@ async fn many_agents(external: Option<SocketAddr>) {
     );
     // its own export is recognised, entry for entry, and adds nothing
     assert!(
-        body.contains("\"stored\":{\"stored\":0,\"already_held\":301}"),
+        body.contains("\"stored\":{\"already_held\":301,\"stored\":0}"),
         "{body}"
     );
     // one changed value and the whole document is refused, with the reason
@@ -400,7 +400,7 @@ async fn a_loaded_baton_is_stored_through_the_intake_or_refused_whole() {
     let (status, body) = http::post(http_addr, "/api/v1/load", baton_of(&l, 1).as_bytes()).unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(
-        body.contains("\"stored\":{\"stored\":301,\"already_held\":0}"),
+        body.contains("\"stored\":{\"already_held\":0,\"stored\":301}"),
         "{body}"
     );
     let (_, stored) = http::get(http_addr, "/api/v1/agents/pi-load/entries?limit=1000").unwrap();
@@ -410,7 +410,7 @@ async fn a_loaded_baton_is_stored_through_the_intake_or_refused_whole() {
     let (status, body) = http::post(http_addr, "/api/v1/load", baton_of(&l, 1).as_bytes()).unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(
-        body.contains("\"stored\":{\"stored\":0,\"already_held\":301}"),
+        body.contains("\"stored\":{\"already_held\":301,\"stored\":0}"),
         "{body}"
     );
     // a continuation from 302: only the new part
@@ -429,7 +429,7 @@ async fn a_loaded_baton_is_stored_through_the_intake_or_refused_whole() {
         http::post(http_addr, "/api/v1/load", baton_of(&more, 302).as_bytes()).unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(
-        body.contains("\"stored\":{\"stored\":50,\"already_held\":0}"),
+        body.contains("\"stored\":{\"already_held\":0,\"stored\":50}"),
         "{body}"
     );
     // a baton that would leave a hole is refused whole, with the reason

@@ -81,7 +81,7 @@ fn the_gateway_tells_systemd_it_is_ready_alive_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    baton_gateway::keys::generate(&data.join("gateway.key")).unwrap();
+    baton_runtime::keys::generate(&data.join("gateway.key")).unwrap();
     let mut cmd = Command::new(baton_tests::bins::gateway());
     cmd.args(["run", "--id", "gw-sd", "--cluster", "c1", "--data-dir"])
         .arg(&data)

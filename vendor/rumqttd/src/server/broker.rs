@@ -67,6 +67,8 @@ pub enum Error {
 pub struct Broker {
     config: Arc<Config>,
     router_tx: Sender<(ConnectionId, Event)>,
+    // Baton patch: listeners bound by the caller, by v4 server name.
+    prebound: HashMap<String, std::net::TcpListener>,
 }
 
 impl Broker {
@@ -87,13 +89,29 @@ impl Broker {
                 // Start router first and then cluster in the background
                 let router_tx = router.spawn();
                 // cluster.spawn();
-                Broker { config, router_tx }
+                Broker {
+                    config,
+                    router_tx,
+                    prebound: HashMap::new(),
+                }
             }
             None => {
                 let router_tx = router.spawn();
-                Broker { config, router_tx }
+                Broker {
+                    config,
+                    router_tx,
+                    prebound: HashMap::new(),
+                }
             }
         }
+    }
+
+    /// Baton patch: the v4 server named `name` accepts on `listener`,
+    /// bound by the caller, instead of binding its `listen` address itself
+    /// (binding port 0, dropping it and binding again is a race).
+    pub fn with_v4_listener(mut self, name: &str, listener: std::net::TcpListener) -> Broker {
+        self.prebound.insert(name.to_owned(), listener);
+        self
     }
 
     // pub fn new_local_cluster(
@@ -203,9 +221,10 @@ impl Broker {
 
         // Spawn servers in a separate thread.
         if let Some(v4_config) = &self.config.v4 {
-            for (_, config) in v4_config.clone() {
+            for (name, config) in v4_config.clone() {
                 let server_thread = thread::Builder::new().name(config.name.clone());
                 let mut server = Server::new(config, self.router_tx.clone(), V4);
+                server.prebound = self.prebound.remove(&name);
                 let handle = server_thread.spawn(move || {
                     let mut runtime = tokio::runtime::Builder::new_current_thread();
                     let runtime = runtime.enable_all().build().unwrap();
@@ -349,6 +368,8 @@ pub struct Server<P> {
     router_tx: Sender<(ConnectionId, Event)>,
     protocol: P,
     awaiting_will_handler: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+    // Baton patch: a listener the caller bound (see Broker::with_v4_listener).
+    prebound: Option<std::net::TcpListener>,
 }
 
 impl<P: Protocol + Clone + Send + 'static> Server<P> {
@@ -362,6 +383,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             router_tx,
             protocol,
             awaiting_will_handler: Arc::new(Mutex::new(HashMap::default())),
+            prebound: None,
         }
     }
 
@@ -380,7 +402,13 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
     }
 
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
-        let listener = TcpListener::bind(&self.config.listen).await?;
+        let listener = match self.prebound.take() {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)?
+            }
+            None => TcpListener::bind(&self.config.listen).await?,
+        };
         let delay = Duration::from_millis(self.config.next_connection_delay_ms);
         let mut count: usize = 0;
 

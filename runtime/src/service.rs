@@ -34,3 +34,21 @@ pub fn watchdog() {
 pub fn watchdog_every() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|t| t / 2)
 }
+
+/// Resolves on SIGTERM (systemd's stop) or Ctrl-C: the shutdown future
+/// both daemons' mains hand to their `run`. Library code never installs
+/// signal handlers; a main does, through this.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,141 @@
+//! The gateway's tools (feature `tools`, on by default): the demo — a
+//! gateway, its embedded broker and agents in one process — and the
+//! benchmarks. Tools, not the daemon: without this feature the gateway
+//! does not depend on `baton-agent`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+/// The tools' subcommands (flattened into the gateway's CLI).
+#[derive(Debug, Subcommand)]
+pub enum Tool {
+    /// A gateway, its embedded broker and N local agents appending sample
+    /// events, in one process (Ctrl-C stops it).
+    Demo {
+        #[arg(long, default_value_t = 3)]
+        agents: usize,
+        /// Where to keep the demo's state (default: a new temp directory).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_listen: String,
+        /// Events per second per agent.
+        #[arg(long, default_value_t = 5)]
+        rate: u32,
+        /// Stop after this long, e.g. "30s" (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<String>,
+    },
+    /// Measure raw broker throughput against durable ingest (see BENCHMARKS.md).
+    Bench {
+        /// Agent counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+        agents: Vec<usize>,
+        /// Entries per run, split over the agents.
+        #[arg(long, default_value_t = 262_144)]
+        entries: u64,
+        /// Skip the Mosquitto runs.
+        #[arg(long)]
+        no_mosquitto: bool,
+    },
+    /// Liveness cost: N simulated agents (real MQTT, 5 s heartbeats) against
+    /// a gateway child; prints its CPU and RSS and the time to offline.
+    BenchFleet {
+        /// Agent counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        agents: Vec<usize>,
+        /// The CPU measuring window, e.g. "30s".
+        #[arg(long, default_value = "30s")]
+        window: String,
+        /// Skip the Mosquitto runs.
+        #[arg(long)]
+        no_mosquitto: bool,
+    },
+    /// Two tiers: agents → a cluster gateway → a sector gateway (two
+    /// children, each with its own broker, both durable); prints the
+    /// end-to-end rate and the forwarding lag (see BENCHMARKS.md).
+    BenchTiers {
+        /// Agent counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,100")]
+        agents: Vec<usize>,
+        /// Entries per run, split over the agents.
+        #[arg(long, default_value_t = 262_144)]
+        entries: u64,
+    },
+}
+
+/// Runs one tool to its end; the benchmarks' tables go to `out`.
+pub fn run(tool: Tool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    match tool {
+        Tool::Demo {
+            agents,
+            data_dir,
+            http_listen,
+            rate,
+            duration,
+        } => {
+            let duration = duration
+                .map(|d| humantime::parse_duration(&d).with_context(|| format!("--duration {d:?}")))
+                .transpose()?;
+            let args = crate::demo::DemoArgs {
+                agents,
+                data_dir,
+                http_listen,
+                rate,
+                duration,
+            };
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            rt.block_on(crate::demo::run(
+                args,
+                baton_runtime::service::shutdown_signal(),
+            ))?;
+        }
+        Tool::Bench {
+            agents,
+            entries,
+            no_mosquitto,
+        } => {
+            let exe = std::env::current_exe().context("locating this binary")?;
+            let args = crate::bench::BenchArgs {
+                agents,
+                total_entries: entries,
+                mosquitto: !no_mosquitto,
+            };
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let rows = rt.block_on(crate::bench::run(&args, &exe))?;
+            write!(out, "{}", crate::bench::table(&rows))?;
+        }
+        Tool::BenchFleet {
+            agents,
+            window,
+            no_mosquitto,
+        } => {
+            let exe = std::env::current_exe().context("locating this binary")?;
+            let window = humantime::parse_duration(&window)
+                .with_context(|| format!("--window {window:?}"))?;
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let rows = rt.block_on(crate::fleet_bench::run(
+                &exe,
+                &agents,
+                window,
+                !no_mosquitto,
+            ))?;
+            write!(out, "{}", crate::fleet_bench::table(&rows))?;
+        }
+        Tool::BenchTiers { agents, entries } => {
+            let exe = std::env::current_exe().context("locating this binary")?;
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let rows = rt.block_on(crate::tier_bench::run(
+                &crate::tier_bench::TierArgs {
+                    agents,
+                    total_entries: entries,
+                },
+                &exe,
+            ))?;
+            write!(out, "{}", crate::tier_bench::table(&rows))?;
+        }
+    }
+    Ok(())
+}
