@@ -45,11 +45,14 @@ fi
 #    listed before it (ARCHITECTURE.md, "Layers"). `lib.rs` and `main.rs`
 #    stand above all of them.
 order=(metrics config broker mosquitto store own_chain registry ingest operator
-  export upstream http server cli publisher bench fleet_bench tier_bench demo tools)
+  export upstream http server cli publisher bench fleet_bench tier_bench demo tools command)
 declare -A rank
 for i in "${!order[@]}"; do rank[${order[$i]}]=$i; done
-for f in gateway/src/*.rs; do
-  m=$(basename "$f" .rs)
+for f in gateway/src/*.rs gateway/src/*/*.rs; do
+  # a module is a file of src/ or a directory of it (ingest/)
+  m=${f#gateway/src/}
+  m=${m%%/*}
+  m=${m%.rs}
   [ "$m" = lib ] || [ "$m" = main ] && continue
   if [ -z "${rank[$m]+x}" ]; then
     echo "layering: gateway/src/$m.rs is not in the module order of scripts/check-layers.sh" >&2

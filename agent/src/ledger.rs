@@ -13,6 +13,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use baton_runtime::db::{Opener, Reopenable};
+
 use baton_shared::entry::{self, AppendError, AppendRequest, ClockInfo, Entry, Seq, Stamp};
 use baton_shared::json::{Object, Value};
 use baton_shared::uplink::{Adoption, BatchLimits};
@@ -162,27 +164,13 @@ fn decode_entry(seq: u64, bytes: &[u8]) -> Result<Entry> {
 /// one [`Writer`](crate::writer) commits. The database sits behind a lock
 /// so that it can be closed and reopened after an I/O error (redb refuses
 /// every transaction after one) while readers keep their `Ledger`.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Ledger {
-    db: Arc<std::sync::RwLock<Option<Arc<Database>>>>,
-    path: PathBuf,
+    db: Arc<Reopenable>,
 }
 
-fn open_db(path: &Path) -> Result<Database> {
-    Database::builder()
-        .set_cache_size(4 * 1024 * 1024)
-        .create(path)
-        .map_err(|source| LedgerError::Open {
-            path: path.to_owned(),
-            source,
-        })
-}
-
-impl std::fmt::Debug for Ledger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ledger").field("path", &self.path).finish()
-    }
-}
+/// The ledger's page cache: small, the agent appends and rarely re-reads.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 /// What a fresh open found.
 #[derive(Debug, Clone)]
@@ -196,8 +184,18 @@ pub struct Opened {
 impl Ledger {
     /// Opens (or creates) the ledger of `agent` at `path`.
     pub fn open(path: &Path, agent: &AgentId) -> Result<Opened> {
-        let db = open_db(path)?;
-        let txn = db.begin_write()?;
+        Self::open_with(path, agent, baton_runtime::db::file_opener(CACHE_BYTES))
+    }
+
+    /// Opens with a given opener (tests inject storage faults this way:
+    /// `baton_runtime::db::faults`).
+    pub fn open_with(path: &Path, agent: &AgentId, opener: Opener) -> Result<Opened> {
+        let db = Reopenable::open(path, opener).map_err(|source| LedgerError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let ledger = Ledger { db: Arc::new(db) };
+        let txn = ledger.db()?.begin_write()?;
         {
             txn.open_table(ENTRIES)?;
             txn.open_table(ORPHANS)?;
@@ -217,10 +215,6 @@ impl Ledger {
             }
         }
         txn.commit()?;
-        let ledger = Ledger {
-            db: Arc::new(std::sync::RwLock::new(Some(Arc::new(db)))),
-            path: path.to_owned(),
-        };
         let head = ledger.head()?;
         let best = ledger.best()?;
         let gateway_key = ledger.gateway_key()?;
@@ -233,41 +227,16 @@ impl Ledger {
     }
 
     fn db(&self) -> Result<Arc<Database>> {
-        self.db
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-            .ok_or(LedgerError::Closed)
+        self.db.get().ok_or(LedgerError::Closed)
     }
 
     /// Closes and reopens the file after an I/O error. Readers that hold
     /// the old handle for a moment are waited for (up to ~2 s).
     pub fn reopen(&self) -> Result<()> {
-        let mut g = self
-            .db
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *g = None;
-        let mut last = LedgerError::Closed;
-        for _ in 0..200 {
-            match open_db(&self.path) {
-                Ok(db) => {
-                    *g = Some(Arc::new(db));
-                    return Ok(());
-                }
-                Err(
-                    e @ LedgerError::Open {
-                        source: redb::DatabaseError::DatabaseAlreadyOpen,
-                        ..
-                    },
-                ) => {
-                    last = e;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last)
+        self.db.reopen().map_err(|source| LedgerError::Open {
+            path: self.db.path().to_owned(),
+            source,
+        })
     }
 
     /// Whether an error means the handle must be reopened (redb refuses
@@ -305,7 +274,7 @@ impl Ledger {
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.db.path()
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -402,7 +371,7 @@ impl Ledger {
 
     /// Bytes the file takes on disk.
     pub fn file_bytes(&self) -> u64 {
-        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+        std::fs::metadata(self.db.path()).map_or(0, |m| m.len())
     }
 
     /// A read view for the uplink at `head`.
@@ -956,6 +925,38 @@ mod tests {
             Ledger::open(&path, &other),
             Err(LedgerError::WrongAgent { .. })
         ));
+    }
+
+    /// The same injected disk failure the gateway's store is tested with:
+    /// a failed commit changes nothing, is an error that asks for a reopen,
+    /// and after the reopen the ledger holds what was committed and takes
+    /// appends again.
+    #[test]
+    fn an_io_error_fails_the_commit_whole_and_a_reopen_recovers() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, k) = agent();
+        let (opener, failing) = baton_runtime::db::faults::flaky_opener();
+        let o = Ledger::open_with(&dir.path().join("l.redb"), &a, opener).unwrap();
+        let head = append_n(&o.ledger, &a, &k, o.head, 5);
+        failing.store(true, Ordering::SeqCst);
+        let mut t = o.ledger.begin(&a, &k, head).unwrap();
+        t.append(0, None, &runtime_event("info"), None, &Value::from(6u64))
+            .unwrap();
+        let e = t.commit().unwrap_err();
+        assert!(Ledger::needs_reopen(&e), "{e}");
+        failing.store(false, Ordering::SeqCst);
+        // redb refuses the old handle until it is reopened
+        assert!(o.ledger.begin(&a, &k, head).and_then(Txn::commit).is_err());
+        o.ledger.reopen().unwrap();
+        assert_eq!(
+            o.ledger.head().unwrap(),
+            head,
+            "the failed commit left nothing"
+        );
+        let after = append_n(&o.ledger, &a, &k, head, 3);
+        assert_eq!(after.seq, Seq(8));
+        assert_eq!(o.ledger.verify(&a, &k.public(), &after, Seq(1)).unwrap(), 8);
     }
 
     #[test]

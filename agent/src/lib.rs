@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod command;
 pub mod config;
 pub mod device;
 pub mod health;

@@ -1,6 +1,6 @@
 //! The uplink shell: one rumqttc connection driven by `baton-shared`'s
-//! `uplink` state machine. The MQTT event loop is polled by one long-lived
-//! `pump` beside the link's loop (never cancelled mid-connect);
+//! `uplink` state machine. The MQTT event loop is polled by the runtime's
+//! one long-lived `pump` beside the link's loop (never cancelled mid-connect);
 //! publishing uses `try_publish` and never blocks it. What is resent comes
 //! from the ledger, never from rumqttc's memory: the session is clean, and
 //! every (re)connect starts with a hello (PROTOCOL §7).
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use baton_runtime::mqtt::Polled;
 use baton_shared::backoff::Backoff;
 use baton_shared::clock::ClockFilter;
 use baton_shared::topic::{self, Kind};
@@ -17,7 +18,7 @@ use baton_shared::wire::{
     Heartbeat, Message, Nack, PresenceState, Receipt, StateMsg, TimeReply, TimeRequest,
 };
 use baton_shared::{PublicKey, Seq};
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, Packet, QoS};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
@@ -144,7 +145,24 @@ impl Link {
             u64::from_le_bytes(seed).rotate_left(17),
         );
         let (pumped_tx, mut pumped) = mpsc::channel(64);
-        let pump = pump(eventloop, pumped_tx, backoff, will);
+        // Each new session gets its own last will, naming the time it
+        // will call itself once the paced reconnect lands.
+        let pump = baton_runtime::mqtt::pump(eventloop, backoff, pumped_tx, move |p| match p {
+            Polled::Event(event) => Some(Pumped::Event(event)),
+            Polled::Lost {
+                error,
+                retry_in,
+                options,
+            } => {
+                let next_session_ms =
+                    baton_runtime::unix_ms() + i64::try_from(retry_in.as_millis()).unwrap_or(0);
+                options.set_last_will(will(next_session_ms));
+                Some(Pumped::Lost {
+                    error,
+                    next_session_ms,
+                })
+            }
+        });
         tokio::pin!(pump);
         let mut heads = writer.watch();
         let origin = tokio::time::Instant::now();
@@ -294,20 +312,20 @@ impl Link {
                     }
                     Output::SignHead { .. } => {
                         if let Err(e) = writer.sign_head().await {
-                            shared.error(baton_runtime::unix_ms(), e);
+                            shared.error(baton_runtime::unix_ms(), e.to_string());
                         }
                     }
                     Output::StoreBestReceipt(r) => {
                         shared.set_receipt(&r);
                         shared.receipt_covers(r.seq.0);
                         if let Err(e) = writer.store_best(r).await {
-                            shared.error(baton_runtime::unix_ms(), e);
+                            shared.error(baton_runtime::unix_ms(), e.to_string());
                         }
                     }
                     Output::PinGatewayKey(k) => {
                         info!(key = %k, "pinned the gateway's key on first contact");
                         if let Err(e) = writer.pin_gateway_key(k).await {
-                            shared.error(baton_runtime::unix_ms(), e);
+                            shared.error(baton_runtime::unix_ms(), e.to_string());
                         }
                     }
                     Output::Adopt(a) => {
@@ -332,7 +350,7 @@ impl Link {
                                     .await;
                                 }
                             }
-                            Err(e) => shared.error(baton_runtime::unix_ms(), e),
+                            Err(e) => shared.error(baton_runtime::unix_ms(), e.to_string()),
                         }
                     }
                     Output::Alert(a) => {
@@ -355,53 +373,4 @@ enum Pumped {
         error: ConnectionError,
         next_session_ms: i64,
     },
-}
-
-/// Polls the MQTT event loop for as long as the link reads what it yields,
-/// pacing reconnects with `backoff` and giving each new session its own
-/// last will (`will(session_ms)`).
-///
-/// It runs beside the link's loop in the same task, as one long-lived
-/// future, so a poll is never cancelled half-way: rumqttc's `poll` is not
-/// cancel-safe while it connects. Polled from the link's `select!`, every
-/// append or heartbeat cancelled a connect waiting for its ConnAck; the
-/// broker was left with a half-open session whose cleanup fired the last
-/// will of the session that replaced it.
-async fn pump(
-    mut eventloop: EventLoop,
-    to_link: mpsc::Sender<Pumped>,
-    mut backoff: Backoff,
-    will: impl Fn(i64) -> LastWill,
-) {
-    loop {
-        let pumped = match eventloop.poll().await {
-            Ok(event) => {
-                if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
-                    backoff.reset();
-                }
-                Pumped::Event(event)
-            }
-            Err(error) => {
-                let delay = backoff.next_delay();
-                let next_session_ms =
-                    baton_runtime::unix_ms() + i64::try_from(delay.as_millis()).unwrap_or(0);
-                eventloop.mqtt_options.set_last_will(will(next_session_ms));
-                if to_link
-                    .send(Pumped::Lost {
-                        error,
-                        next_session_ms,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-        };
-        if to_link.send(pumped).await.is_err() {
-            return;
-        }
-    }
 }

@@ -61,6 +61,48 @@ impl Budget {
     }
 }
 
+/// Why a writer operation other than an append failed. It crosses a
+/// thread seam, so it keeps what the caller may need to ask of the ledger
+/// error behind it — damage, or a handle that needs reopening — besides
+/// the words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriterError {
+    #[error("ledger writer stopped")]
+    Stopped,
+    #[error("ledger: {message}")]
+    Ledger {
+        message: String,
+        damage: bool,
+        needs_reopen: bool,
+    },
+}
+
+impl WriterError {
+    fn of(e: &LedgerError) -> WriterError {
+        WriterError::Ledger {
+            message: e.to_string(),
+            damage: e.is_damage(),
+            needs_reopen: Ledger::needs_reopen(e),
+        }
+    }
+
+    /// The ledger file is damaged (PROTOCOL: set aside, never served).
+    pub fn is_damage(&self) -> bool {
+        matches!(self, WriterError::Ledger { damage: true, .. })
+    }
+
+    /// The failure was an I/O error: the writer reopens the handle.
+    pub fn needs_reopen(&self) -> bool {
+        matches!(
+            self,
+            WriterError::Ledger {
+                needs_reopen: true,
+                ..
+            }
+        )
+    }
+}
+
 /// The largest stored entry: 64 KiB of content plus its hashes and sig.
 const MAX_STORED_ENTRY: u64 = 64 * 1024 + 256;
 
@@ -77,17 +119,17 @@ enum Op {
         data: Value,
         reply: oneshot::Sender<AppendResult>,
     },
-    SignHead(oneshot::Sender<Result<(), String>>),
-    StoreBest(Receipt, oneshot::Sender<Result<(), String>>),
-    Pin(PublicKey, oneshot::Sender<Result<(), String>>),
+    SignHead(oneshot::Sender<Result<(), WriterError>>),
+    StoreBest(Receipt, oneshot::Sender<Result<(), WriterError>>),
+    Pin(PublicKey, oneshot::Sender<Result<(), WriterError>>),
     Adopt {
         adoption: Box<Adoption>,
         unix_ms: i64,
         reason: &'static str,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), WriterError>>,
     },
     /// Delete prunable entries with `ts` before the cutoff (retention).
-    Retain(String, oneshot::Sender<Result<u64, String>>),
+    Retain(String, oneshot::Sender<Result<u64, WriterError>>),
     /// Commit what is queued, then stop and close the file.
     Close,
 }
@@ -193,13 +235,13 @@ impl Writer {
         self.head.clone()
     }
 
-    async fn call<T>(&self, op: Op, rx: oneshot::Receiver<Result<T, String>>) -> Result<T, String> {
-        self.tx
-            .send(op)
-            .await
-            .map_err(|_| "ledger writer stopped".to_owned())?;
-        rx.await
-            .unwrap_or_else(|_| Err("ledger writer stopped".to_owned()))
+    async fn call<T>(
+        &self,
+        op: Op,
+        rx: oneshot::Receiver<Result<T, WriterError>>,
+    ) -> Result<T, WriterError> {
+        self.tx.send(op).await.map_err(|_| WriterError::Stopped)?;
+        rx.await.unwrap_or(Err(WriterError::Stopped))
     }
 
     /// Queues many appends as one message; the receiver gets their answers
@@ -240,17 +282,17 @@ impl Writer {
     }
 
     /// Signs the head as a checkpoint (if unsigned), durably.
-    pub async fn sign_head(&self) -> Result<(), String> {
+    pub async fn sign_head(&self) -> Result<(), WriterError> {
         let (reply, rx) = oneshot::channel();
         self.call(Op::SignHead(reply), rx).await
     }
 
-    pub async fn store_best(&self, r: Receipt) -> Result<(), String> {
+    pub async fn store_best(&self, r: Receipt) -> Result<(), WriterError> {
         let (reply, rx) = oneshot::channel();
         self.call(Op::StoreBest(r, reply), rx).await
     }
 
-    pub async fn pin_gateway_key(&self, k: PublicKey) -> Result<(), String> {
+    pub async fn pin_gateway_key(&self, k: PublicKey) -> Result<(), WriterError> {
         let (reply, rx) = oneshot::channel();
         self.call(Op::Pin(k, reply), rx).await
     }
@@ -260,7 +302,7 @@ impl Writer {
         adoption: Box<Adoption>,
         unix_ms: i64,
         reason: &'static str,
-    ) -> Result<(), String> {
+    ) -> Result<(), WriterError> {
         let (reply, rx) = oneshot::channel();
         self.call(
             Op::Adopt {
@@ -276,7 +318,7 @@ impl Writer {
 
     /// Deletes receipted entries whose `ts` is before `cutoff` (never the
     /// best receipt's entry or anything after it, rule 2).
-    pub async fn retain(&self, cutoff: String) -> Result<u64, String> {
+    pub async fn retain(&self, cutoff: String) -> Result<u64, WriterError> {
         let (reply, rx) = oneshot::channel();
         self.call(Op::Retain(cutoff, reply), rx).await
     }
@@ -287,8 +329,8 @@ enum Reply {
     Append(oneshot::Sender<AppendResult>, AppendResult),
     /// The answers so far and how many were asked.
     Many(oneshot::Sender<Vec<AppendResult>>, Vec<AppendResult>, usize),
-    Unit(oneshot::Sender<Result<(), String>>),
-    Count(oneshot::Sender<Result<u64, String>>, u64),
+    Unit(oneshot::Sender<Result<(), WriterError>>),
+    Count(oneshot::Sender<Result<u64, WriterError>>, u64),
 }
 
 impl Reply {
@@ -323,21 +365,21 @@ impl Reply {
         }
     }
 
-    fn send_err(self, e: &str, stats: &WriterStats) {
+    fn send_err(self, e: &WriterError, stats: &WriterStats) {
         match self {
             Reply::Append(tx, _) => {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
-                let _ = tx.send(Err(AppendRefused::Ledger(e.to_owned())));
+                let _ = tx.send(Err(AppendRefused::Ledger(e.to_string())));
             }
             Reply::Many(tx, _, n) => {
                 stats.refused.fetch_add(n as u64, Ordering::Relaxed);
-                let _ = tx.send(vec![Err(AppendRefused::Ledger(e.to_owned())); n]);
+                let _ = tx.send(vec![Err(AppendRefused::Ledger(e.to_string())); n]);
             }
             Reply::Unit(tx) => {
-                let _ = tx.send(Err(e.to_owned()));
+                let _ = tx.send(Err(e.clone()));
             }
             Reply::Count(tx, _) => {
-                let _ = tx.send(Err(e.to_owned()));
+                let _ = tx.send(Err(e.clone()));
             }
         }
     }
@@ -386,14 +428,14 @@ fn write_loop(
                 // was and every caller hears why.
                 stats.commit_errors.fetch_add(1, Ordering::Relaxed);
                 error!(error = %e, "ledger commit failed; nothing of this group was stored");
-                let msg = e.to_string();
+                let failed = WriterError::of(&e);
                 *stats
                     .last_error
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    Some((baton_runtime::unix_ms(), msg.clone()));
+                    Some((baton_runtime::unix_ms(), e.to_string()));
                 for r in replies {
-                    r.send_err(&msg, stats);
+                    r.send_err(&failed, stats);
                 }
                 if Ledger::needs_reopen(&e) {
                     // redb refuses everything after an I/O error: reopen, so
@@ -629,5 +671,37 @@ fn answer_append(
             replies.push(Reply::Append(reply, Ok((Seq::ZERO, Hash::ZERO))));
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_shared::json::Object;
+
+    /// Regression: the writer's replies were `String`, so a caller could no
+    /// longer ask whether a failure was damage or an I/O error that needs a
+    /// reopen. With the disk failing, the error says `needs_reopen()`; the
+    /// writer reopens, and once the disk is back it commits again.
+    #[tokio::test]
+    async fn a_failed_commit_reaches_the_caller_typed_and_the_writer_recovers() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = AgentId::new("pi-1").unwrap();
+        let key = SecretKey::from_seed(&[7; 32]);
+        let (opener, failing) = baton_runtime::db::faults::flaky_opener();
+        let o = Ledger::open_with(&dir.path().join("l.redb"), &agent, opener).unwrap();
+        let clock = Arc::new(ClockState::new("boot".into()));
+        let w = Writer::start(o.ledger, agent, key, o.head, Budget::unlimited(), clock).unwrap();
+        let genesis = Value::Object(Object::new());
+        w.runtime(1, "genesis", genesis).await.unwrap();
+        w.runtime(2, "info", Value::from(1u64)).await.unwrap();
+        failing.store(true, Ordering::SeqCst);
+        let e = w.sign_head().await.unwrap_err();
+        assert!(e.needs_reopen() && !e.is_damage(), "{e:?}");
+        failing.store(false, Ordering::SeqCst);
+        w.sign_head().await.unwrap();
+        assert_eq!(w.head().unsigned, 0);
+        w.close().await;
     }
 }

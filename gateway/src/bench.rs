@@ -68,16 +68,11 @@ pub(crate) fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
 pub(crate) fn ledger(i: usize, entries: u64) -> anyhow::Result<MemLedger> {
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-    let mut l = MemLedger::new(
+    let mut l = MemLedger::genesis(
         AgentId::new(format!("bench-{i}"))?,
         SecretKey::from_seed(&seed),
-    );
-    l.checkpoint_every = BATCH;
-    l.append(
         1_795_460_700_000,
-        "genesis",
-        None,
-        Value::Object(Object::new()),
+        BATCH,
     )?;
     let filler = "x".repeat(224);
     for n in 1..entries {
@@ -237,30 +232,7 @@ async fn ingest(
         .iter()
         .map(|l| l.head().0.div_ceil(BATCH as u64))
         .sum();
-    let opts = Options {
-        window: 8,
-        max_batch_entries: BATCH,
-        ..Options::default()
-    };
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for l in ledgers {
-        let gw = key.public();
-        tasks.push(tokio::spawn(async move {
-            publish(broker, "bench", l, gw, opts, Duration::from_secs(600)).await
-        }));
-    }
-    for t in tasks {
-        let p = t.await??;
-        if p.receipted != p.ledger.head() {
-            bail!(
-                "{} receipted {} of {}",
-                p.ledger.agent(),
-                p.receipted,
-                p.ledger.head()
-            );
-        }
-    }
+    let start = publish_receipted(broker, ledgers, key.public()).await?;
     let took = start.elapsed().as_secs_f64();
     let peak = rss_kb(child.0.id(), "VmHWM:");
     drop(child);
@@ -428,23 +400,83 @@ pub async fn run(args: &BenchArgs, exe: &Path) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// The report as a Markdown table.
-pub fn table(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| broker | agents | raw broker QoS 1 msgs/s (delivered) | durable ingest entries/s | ingest batches/s | ingest entries/s ÷ raw msgs/s | gateway peak RSS |\n|---|---|---|---|---|---|---|\n",
-    );
-    for r in rows {
-        out.push_str(&format!(
-            "| {} | {} | {:.0} ({:.0}%) | {:.0} | {:.0} | {:.2}x | {:.1} MiB |\n",
-            r.broker,
-            r.agents,
-            r.raw_msgs_per_s,
-            r.raw_delivered * 100.0,
-            r.ingest_entries_per_s,
-            r.ingest_msgs_per_s,
-            r.ingest_entries_per_s / r.raw_msgs_per_s.max(1e-9),
-            r.rss_peak_mb
-        ));
+/// Publishes every ledger to `broker` as the benchmarks' agents do (window
+/// 8, whole batches) and waits until the gateway whose key is `gw` has
+/// receipted each one whole. Returns when publishing started.
+pub(crate) async fn publish_receipted(
+    broker: SocketAddr,
+    ledgers: Vec<MemLedger>,
+    gw: baton_shared::PublicKey,
+) -> anyhow::Result<Instant> {
+    let opts = Options {
+        window: 8,
+        max_batch_entries: BATCH,
+        ..Options::default()
+    };
+    let start = Instant::now();
+    let tasks: Vec<_> = ledgers
+        .into_iter()
+        .map(|l| {
+            tokio::spawn(async move {
+                publish(broker, "bench", l, gw, opts, Duration::from_secs(600)).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let p = t.await??;
+        if p.receipted != p.ledger.head_seq() {
+            bail!(
+                "{} receipted {} of {}",
+                p.ledger.agent(),
+                p.receipted,
+                p.ledger.head_seq()
+            );
+        }
+    }
+    Ok(start)
+}
+
+/// A Markdown table: the header and separator lines, then a line per row.
+pub(crate) fn markdown_table<const N: usize>(
+    header: [&str; N],
+    separator: &str,
+    rows: impl IntoIterator<Item = [String; N]>,
+) -> String {
+    let mut out = format!("| {} |\n{separator}\n", header.join(" | "));
+    for cells in rows {
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
     out
+}
+
+/// The report as a Markdown table.
+pub fn table(rows: &[Row]) -> String {
+    let header = [
+        "broker",
+        "agents",
+        "raw broker QoS 1 msgs/s (delivered)",
+        "durable ingest entries/s",
+        "ingest batches/s",
+        "ingest entries/s ÷ raw msgs/s",
+        "gateway peak RSS",
+    ];
+    let cells = |r: &Row| {
+        [
+            r.broker.to_string(),
+            r.agents.to_string(),
+            format!("{:.0} ({:.0}%)", r.raw_msgs_per_s, r.raw_delivered * 100.0),
+            format!("{:.0}", r.ingest_entries_per_s),
+            format!("{:.0}", r.ingest_msgs_per_s),
+            format!(
+                "{:.2}x",
+                r.ingest_entries_per_s / r.raw_msgs_per_s.max(1e-9)
+            ),
+            format!("{:.1} MiB", r.rss_peak_mb),
+        ]
+    };
+    markdown_table(
+        header,
+        "|---|---|---|---|---|---|---|",
+        rows.iter().map(cells),
+    )
 }

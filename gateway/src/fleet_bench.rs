@@ -341,21 +341,31 @@ pub async fn run(
 
 /// The report as a Markdown table.
 pub fn table(rows: &[FleetRow]) -> String {
-    let mut s = String::from(
-        "| broker | agents | heartbeats/s | gateway CPU (% of a core) | gateway RSS (MiB) | all active after (s) | connection dropped → offline (s) | last heartbeat → offline, connection open (s) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
-    for r in rows {
-        s.push_str(&format!(
-            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |\n",
-            r.broker,
-            r.agents,
-            r.heartbeats_per_s,
-            r.cpu_pct,
-            r.rss_mb,
-            r.all_active_s,
-            r.will_offline_s,
-            r.phi_offline_s
-        ));
-    }
-    s
+    let header = [
+        "broker",
+        "agents",
+        "heartbeats/s",
+        "gateway CPU (% of a core)",
+        "gateway RSS (MiB)",
+        "all active after (s)",
+        "connection dropped → offline (s)",
+        "last heartbeat → offline, connection open (s)",
+    ];
+    let cells = |r: &FleetRow| {
+        [
+            r.broker.to_string(),
+            r.agents.to_string(),
+            format!("{:.0}", r.heartbeats_per_s),
+            format!("{:.1}", r.cpu_pct),
+            format!("{:.1}", r.rss_mb),
+            format!("{:.1}", r.all_active_s),
+            format!("{:.2}", r.will_offline_s),
+            format!("{:.2}", r.phi_offline_s),
+        ]
+    };
+    crate::bench::markdown_table(
+        header,
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        rows.iter().map(cells),
+    )
 }

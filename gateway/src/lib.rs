@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod broker;
 pub mod cli;
+pub mod command;
 pub mod config;
 #[cfg(feature = "tools")]
 pub mod demo;

@@ -54,55 +54,63 @@ pub struct Gauge {
     pub samples: Vec<(String, f64)>,
 }
 
-/// One counter per reject reason, picked by an exhaustive match: a reason
-/// added to the protocol does not compile until it has its counter, and
-/// no reason can be counted as another (an index into an array could).
-#[derive(Debug, Default)]
-struct RejectCounts {
-    fork: AtomicU64,
-    bad_signature: AtomicU64,
-    not_canonical: AtomicU64,
-    invalid: AtomicU64,
-    unknown_agent: AtomicU64,
-    halted: AtomicU64,
-    too_large: AtomicU64,
+/// A struct of one counter per variant of a fieldless enum, and `of`, which
+/// picks a variant's counter by an exhaustive match: a variant added to the
+/// enum does not compile until it has its counter, and no variant can be
+/// counted as another (an index into an array could).
+macro_rules! counters_by {
+    ($(#[$doc:meta])* $name:ident for $enum:ident { $($variant:ident => $field:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Default)]
+        struct $name {
+            $($field: AtomicU64,)+
+        }
+
+        impl $name {
+            fn of(&self, v: $enum) -> &AtomicU64 {
+                match v {
+                    $($enum::$variant => &self.$field,)+
+                }
+            }
+        }
+    };
 }
 
-impl RejectCounts {
-    fn of(&self, r: RejectReason) -> &AtomicU64 {
-        match r {
-            RejectReason::Fork => &self.fork,
-            RejectReason::BadSignature => &self.bad_signature,
-            RejectReason::NotCanonical => &self.not_canonical,
-            RejectReason::Invalid => &self.invalid,
-            RejectReason::UnknownAgent => &self.unknown_agent,
-            RejectReason::Halted => &self.halted,
-            RejectReason::TooLarge => &self.too_large,
-        }
+counters_by!(
+    /// Batches refused whole, by reason.
+    RejectCounts for RejectReason {
+        Fork => fork,
+        BadSignature => bad_signature,
+        NotCanonical => not_canonical,
+        Invalid => invalid,
+        UnknownAgent => unknown_agent,
+        Halted => halted,
+        TooLarge => too_large,
     }
-}
+);
 
-/// One counter per kind of bad input, as [`RejectCounts`].
-#[derive(Debug, Default)]
-struct BadInputCounts {
-    topic: AtomicU64,
-    undecodable: AtomicU64,
-    version: AtomicU64,
-    too_large: AtomicU64,
-    agent_mismatch: AtomicU64,
-    unknown_agent: AtomicU64,
-}
+counters_by!(
+    /// Payloads dropped as bad input, by kind.
+    BadInputCounts for BadInput {
+        Topic => topic,
+        Undecodable => undecodable,
+        Version => version,
+        TooLarge => too_large,
+        AgentMismatch => agent_mismatch,
+        UnknownAgent => unknown_agent,
+    }
+);
 
-impl BadInputCounts {
-    fn of(&self, k: BadInput) -> &AtomicU64 {
-        match k {
-            BadInput::Topic => &self.topic,
-            BadInput::Undecodable => &self.undecodable,
-            BadInput::Version => &self.version,
-            BadInput::TooLarge => &self.too_large,
-            BadInput::AgentMismatch => &self.agent_mismatch,
-            BadInput::UnknownAgent => &self.unknown_agent,
-        }
+/// A counter family with one label: `name{label="value"} n` per sample.
+fn labeled<const N: usize>(
+    out: &mut String,
+    (name, help): (&str, &str),
+    label: &str,
+    samples: [(&str, u64); N],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, n) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
     }
 }
 
@@ -243,30 +251,24 @@ impl Metrics {
             "Group commits that failed (nothing receipted).",
             &self.commit_errors,
         );
-        let _ = writeln!(
-            out,
-            "# HELP baton_batches_rejected_total Batches refused whole, by reason.\n# TYPE baton_batches_rejected_total counter"
+        labeled(
+            &mut out,
+            (
+                "baton_batches_rejected_total",
+                "Batches refused whole, by reason.",
+            ),
+            "reason",
+            RejectReason::ALL.map(|r| (r.as_str(), self.rejected.of(r).load(Relaxed))),
         );
-        for r in RejectReason::ALL {
-            let _ = writeln!(
-                out,
-                "baton_batches_rejected_total{{reason=\"{}\"}} {}",
-                r.as_str(),
-                self.rejected.of(r).load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP baton_bad_input_total Payloads dropped as bad input, by kind.\n# TYPE baton_bad_input_total counter"
+        labeled(
+            &mut out,
+            (
+                "baton_bad_input_total",
+                "Payloads dropped as bad input, by kind.",
+            ),
+            "kind",
+            BadInput::ALL.map(|k| (k.as_str(), self.bad_input.of(k).load(Relaxed))),
         );
-        for k in BadInput::ALL {
-            let _ = writeln!(
-                out,
-                "baton_bad_input_total{{kind=\"{}\"}} {}",
-                k.as_str(),
-                self.bad_input.of(k).load(Relaxed)
-            );
-        }
         let _ = writeln!(
             out,
             "# HELP baton_commit_duration_seconds Durable group commit latency.\n# TYPE baton_commit_duration_seconds histogram"

@@ -21,6 +21,7 @@ use crate::ingest::{Ingest, IngestConfig, Outbound};
 use crate::metrics::Metrics;
 use crate::operator::{CommandError, Inbound};
 use crate::store::{AgentRecord, EnrolledBy, Store};
+use baton_runtime::mqtt::Polled;
 use baton_runtime::{keys, unix_ms};
 
 use crate::{broker, http};
@@ -210,56 +211,44 @@ pub async fn run(
     // The poller: nothing but the event loop.
     let poll_tx = tx.clone();
     let poll_client = client.clone();
-    let poller = tokio::spawn(async move {
-        let mut backoff = baton_shared::backoff::Backoff::new(
-            Duration::from_millis(200),
-            Duration::from_secs(10),
-            u64::try_from(unix_ms()).unwrap_or(1),
-        );
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff.reset();
-                    let filters = poll_subscriptions
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .clone();
-                    for f in &filters {
-                        if let Err(e) = poll_client.try_subscribe(f, QoS::AtLeastOnce) {
-                            warn!(filter = %f, error = %e, "subscribe failed");
-                        }
-                    }
-                    if poll_tx.send(Inbound::Connected).await.is_err() {
-                        return;
+    let seed = u64::try_from(unix_ms()).unwrap_or(1);
+    let poller = tokio::spawn(baton_runtime::mqtt::pump(
+        eventloop,
+        baton_runtime::mqtt::gateway_backoff(seed),
+        poll_tx,
+        move |p| match p {
+            Polled::Event(Event::Incoming(Packet::ConnAck(_))) => {
+                let filters = poll_subscriptions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                for f in &filters {
+                    if let Err(e) = poll_client.try_subscribe(f, QoS::AtLeastOnce) {
+                        warn!(filter = %f, error = %e, "subscribe failed");
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    // Clock requests are answered here, at once: a reply
-                    // queued behind a group commit would only add RTT.
-                    if p.topic.ends_with("/time")
-                        && let Some(out) = answer_time(&poll_cluster, &p.topic, &p.payload)
-                    {
-                        let _ =
-                            poll_client.try_publish(out.topic, QoS::AtMostOnce, false, out.payload);
-                        continue;
-                    }
-                    let msg = Inbound::Message {
-                        topic: p.topic,
-                        payload: p.payload.to_vec(),
-                    };
-                    if poll_tx.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let d = backoff.next_delay();
-                    warn!(error = %e, retry_in = ?d, "MQTT connection lost");
-                    tokio::time::sleep(d).await;
-                }
+                Some(Inbound::Connected)
             }
-        }
-    });
+            Polled::Event(Event::Incoming(Packet::Publish(p))) => {
+                // Clock requests are answered here, at once: a reply
+                // queued behind a group commit would only add RTT.
+                if p.topic.ends_with("/time")
+                    && let Some(out) = answer_time(&poll_cluster, &p.topic, &p.payload)
+                {
+                    let _ = poll_client.try_publish(out.topic, QoS::AtMostOnce, false, out.payload);
+                    return None;
+                }
+                Some(Inbound::Message {
+                    topic: p.topic,
+                    payload: p.payload.to_vec(),
+                })
+            }
+            other => {
+                other.warn_if_lost("MQTT");
+                None
+            }
+        },
+    ));
 
     // Checkpoints of the heads the gateway holds, in its own chain.
     let tick_tx = tx.clone();

@@ -7,6 +7,10 @@
 //! (PROTOCOL §7 rule 1).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use baton_runtime::db::Opener;
+use baton_runtime::db::Reopenable;
 
 use baton_shared::intake::{ChainView, Head};
 use baton_shared::{AgentId, ClusterId, Entry, Hash, PublicKey, Seq, Sig};
@@ -53,8 +57,6 @@ pub enum StoreError {
         what: String,
         source: postcard::Error,
     },
-    #[error("store is closed (reopening after an I/O error failed)")]
-    Closed,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -168,54 +170,36 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).unwrap_or_default()
 }
 
-/// Opens the database file (again): a file backend normally, a
-/// fault-injecting one in tests.
-pub type Opener =
-    Box<dyn Fn(&Path) -> std::result::Result<Database, redb::DatabaseError> + Send + Sync>;
-
-/// The store. The database sits behind a lock so that it can be closed and
-/// reopened after an I/O error (redb refuses further transactions then)
-/// while readers keep their `Arc<Store>`.
+/// The store. The database is a [`Reopenable`] handle, so it can be closed
+/// and reopened after an I/O error (redb refuses further transactions
+/// then) while readers keep their `Arc<Store>`.
+#[derive(Debug)]
 pub struct Store {
-    db: std::sync::RwLock<Option<Database>>,
-    path: PathBuf,
-    opener: Opener,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
-    }
-}
-
-/// The production opener. redb's default page cache grows to 1 GiB; ingest
-/// writes and rarely re-reads, so a small cache keeps the gateway's RSS flat.
-fn open_file(path: &Path) -> std::result::Result<Database, redb::DatabaseError> {
-    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+    db: Reopenable,
 }
 
 impl Store {
-    /// Opens (or creates) the store and its tables.
+    /// Opens (or creates) the store and its tables. redb's default page
+    /// cache grows to 1 GiB; ingest writes and rarely re-reads, so a small
+    /// cache keeps the gateway's RSS flat.
     pub fn open(path: &Path) -> Result<Store> {
-        Self::open_with(path, Box::new(open_file))
+        Self::open_with(path, baton_runtime::db::file_opener(CACHE_BYTES))
     }
 
-    /// Opens with a given opener (tests inject storage faults this way).
+    /// Opens with a given opener (tests inject storage faults this way:
+    /// `baton_runtime::db::faults`).
     pub fn open_with(path: &Path, opener: Opener) -> Result<Store> {
-        let db = Self::open_db(path, &opener)?;
-        Ok(Store {
-            db: std::sync::RwLock::new(Some(db)),
-            path: path.to_owned(),
-            opener,
-        })
-    }
-
-    fn open_db(path: &Path, opener: &Opener) -> Result<Database> {
-        let db = opener(path).map_err(|source| StoreError::Open {
+        let db = Reopenable::open(path, opener).map_err(|source| StoreError::Open {
             path: path.to_owned(),
             source,
         })?;
-        let txn = db.begin_write()?;
+        let store = Store { db };
+        store.create_tables()?;
+        Ok(store)
+    }
+
+    fn create_tables(&self) -> Result<()> {
+        let txn = self.begin_write()?;
         {
             txn.open_table(RUNS)?;
             txn.open_table(HEADS)?;
@@ -226,64 +210,37 @@ impl Store {
             txn.open_table(META)?;
         }
         txn.commit()?;
-        Ok(db)
+        Ok(())
     }
 
     /// Closes the database and opens it again (after an I/O error). What
     /// was committed is there; what failed to commit is not.
     pub fn reopen(&self) -> Result<()> {
-        let mut slot = self
-            .db
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // The old handle must be gone before the file can be opened again.
-        drop(slot.take());
-        *slot = Some(Self::open_db(&self.path, &self.opener)?);
-        Ok(())
+        self.db.reopen().map_err(|source| StoreError::Open {
+            path: self.path().to_owned(),
+            source,
+        })
     }
 
     /// The open database; a store left closed by a failed reopen tries to
     /// open again on its next use.
-    fn db(&self) -> Result<std::sync::RwLockReadGuard<'_, Option<Database>>> {
-        let guard = self
-            .db
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if guard.is_some() {
-            return Ok(guard);
-        }
-        drop(guard);
-        {
-            let mut slot = self
-                .db
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if slot.is_none() {
-                *slot = Some(Self::open_db(&self.path, &self.opener)?);
-            }
-        }
-        Ok(self
-            .db
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    fn db(&self) -> Result<Arc<Database>> {
+        self.db.get_or_reopen().map_err(|source| StoreError::Open {
+            path: self.path().to_owned(),
+            source,
+        })
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction> {
-        match self.db()?.as_ref() {
-            Some(db) => Ok(db.begin_write()?),
-            None => Err(StoreError::Closed),
-        }
+        Ok(self.db()?.begin_write()?)
     }
 
     fn begin_read(&self) -> Result<redb::ReadTransaction> {
-        match self.db()?.as_ref() {
-            Some(db) => Ok(db.begin_read()?),
-            None => Err(StoreError::Closed),
-        }
+        Ok(self.db()?.begin_read()?)
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.db.path()
     }
 
     /// Applies a group of writes in one durable transaction.
@@ -506,7 +463,7 @@ impl Store {
 
     /// Bytes of the store file.
     pub fn file_size(&self) -> u64 {
-        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+        std::fs::metadata(self.path()).map_or(0, |m| m.len())
     }
 }
 

@@ -28,7 +28,6 @@ use baton_shared::wire::{Message, Receipt};
 use rumqttc::{Event, Packet, QoS};
 
 use crate::bench::{BATCH, GatewayChild, client, ledger, spawn_gateway, tempfile_dir};
-use crate::publisher::{Options, publish};
 
 #[derive(Debug, Clone)]
 pub struct TierArgs {
@@ -224,31 +223,8 @@ async fn one_run(exe: &Path, agents: usize, total: u64) -> anyhow::Result<TierRo
         .map(|l| (l.agent().to_string(), l.head_seq().0))
         .collect();
     let entries: u64 = heads.iter().map(|(_, h)| h).sum();
-    let opts = Options {
-        window: 8,
-        max_batch_entries: BATCH,
-        ..Options::default()
-    };
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for l in ledgers {
-        let gw = cluster_key.public();
-        let broker = cluster.broker;
-        tasks.push(tokio::spawn(async move {
-            publish(broker, "bench", l, gw, opts, Duration::from_secs(600)).await
-        }));
-    }
-    for t in tasks {
-        let p = t.await??;
-        if p.receipted != p.ledger.head_seq() {
-            bail!(
-                "{} receipted {} of {}",
-                p.ledger.agent(),
-                p.receipted,
-                p.ledger.head_seq()
-            );
-        }
-    }
+    let start =
+        crate::bench::publish_receipted(cluster.broker, ledgers, cluster_key.public()).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     let (cluster_done, sector_done) = loop {
         if let (Some(c), Some(s)) = (done_at(&at_cluster, &heads), done_at(&at_sector, &heads)) {
@@ -307,22 +283,32 @@ pub async fn run(args: &TierArgs, exe: &Path) -> anyhow::Result<Vec<TierRow>> {
 
 /// The report as a Markdown table.
 pub fn table(rows: &[TierRow]) -> String {
-    let mut out = String::from(
-        "| agents | entries | cluster receipts entries/s | end to end (sector receipts) entries/s | forwarding lag p50 / p99 / max | cluster gw peak RSS | sector gw peak RSS |\n|---|---|---|---|---|---|---|\n",
-    );
-    for r in rows {
-        out.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} / {:.0} / {:.0} ms | {:.1} MiB | {:.1} MiB |\n",
-            r.agents,
-            r.entries,
-            r.cluster_entries_per_s,
-            r.end_to_end_entries_per_s,
-            r.lag_p50_ms,
-            r.lag_p99_ms,
-            r.lag_max_ms,
-            r.cluster_rss_mb,
-            r.sector_rss_mb
-        ));
-    }
-    out
+    let header = [
+        "agents",
+        "entries",
+        "cluster receipts entries/s",
+        "end to end (sector receipts) entries/s",
+        "forwarding lag p50 / p99 / max",
+        "cluster gw peak RSS",
+        "sector gw peak RSS",
+    ];
+    let cells = |r: &TierRow| {
+        [
+            r.agents.to_string(),
+            r.entries.to_string(),
+            format!("{:.0}", r.cluster_entries_per_s),
+            format!("{:.0}", r.end_to_end_entries_per_s),
+            format!(
+                "{:.0} / {:.0} / {:.0} ms",
+                r.lag_p50_ms, r.lag_p99_ms, r.lag_max_ms
+            ),
+            format!("{:.1} MiB", r.cluster_rss_mb),
+            format!("{:.1} MiB", r.sector_rss_mb),
+        ]
+    };
+    crate::bench::markdown_table(
+        header,
+        "|---|---|---|---|---|---|---|",
+        rows.iter().map(cells),
+    )
 }

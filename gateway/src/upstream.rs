@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use baton_shared::backoff::Backoff;
+use baton_runtime::mqtt::Polled;
 use baton_shared::json::{Object, Value};
 use baton_shared::topic::{self, Kind};
 use baton_shared::uplink::{BatchLimits, Ledger, Output, Uplink, UplinkConfig, span_end};
@@ -184,38 +184,20 @@ pub fn spawn(
     }));
 
     let (tx, rx) = mpsc::channel::<Pumped>(1024);
-    let poller = tokio::spawn(async move {
-        let mut backoff = Backoff::new(
-            Duration::from_millis(200),
-            Duration::from_secs(10),
-            u64::try_from(baton_runtime::unix_ms()).unwrap_or(7),
-        );
-        loop {
-            let pumped = match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff.reset();
-                    Pumped::Connected
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => Pumped::Message {
-                    topic: p.topic,
-                    payload: p.payload.to_vec(),
-                },
-                Ok(_) => continue,
-                Err(e) => {
-                    let d = backoff.next_delay();
-                    warn!(error = %e, retry_in = ?d, "upstream connection lost");
-                    if tx.send(Pumped::Lost).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(d).await;
-                    continue;
-                }
-            };
-            if tx.send(pumped).await.is_err() {
-                return;
-            }
-        }
-    });
+    let seed = u64::try_from(baton_runtime::unix_ms()).unwrap_or(7);
+    let poller = tokio::spawn(baton_runtime::mqtt::pump(
+        eventloop,
+        baton_runtime::mqtt::gateway_backoff(seed),
+        tx,
+        |p| match p {
+            Polled::Event(Event::Incoming(Packet::ConnAck(_))) => Some(Pumped::Connected),
+            Polled::Event(Event::Incoming(Packet::Publish(p))) => Some(Pumped::Message {
+                topic: p.topic,
+                payload: p.payload.to_vec(),
+            }),
+            other => other.warn_if_lost("upstream").then_some(Pumped::Lost),
+        },
+    ));
     let state = State {
         chains: BTreeMap::new(),
         cfg,

@@ -56,13 +56,13 @@ fn fixture() -> Fixture {
 }
 
 fn agent_ledger(name: &str, seed: u8, n: u64) -> MemLedger {
-    let mut l = MemLedger::new(
+    let mut l = MemLedger::genesis(
         AgentId::new(name).unwrap(),
         SecretKey::from_seed(&[seed; 32]),
-    );
-    l.checkpoint_every = 4;
-    l.append(NOW_MS, "genesis", None, Value::Object(Object::new()))
-        .unwrap();
+        NOW_MS,
+        4,
+    )
+    .unwrap();
     for i in 0..n {
         l.append(NOW_MS + i as i64, "info", Some("test"), Value::from(i))
             .unwrap();
@@ -112,6 +112,14 @@ fn hello(l: &MemLedger, nonce: u8) -> Hello {
 fn receipt_of(out: &Outbound) -> Receipt {
     assert!(out.topic.ends_with("/ack"), "{}", out.topic);
     Receipt::decode(&out.payload).unwrap()
+}
+
+/// `out` is a reject for `reason`.
+fn assert_reject(out: &Outbound, reason: RejectReason) {
+    match nack_of(out) {
+        NackKind::Reject { reason: r, .. } => assert_eq!(r, reason),
+        other => panic!("expected reject({reason}), got {other:?}"),
+    }
 }
 
 fn nack_of(out: &Outbound) -> NackKind {
@@ -247,13 +255,7 @@ fn bad_input_is_counted_answered_or_dropped_and_never_stops_others() {
     let out = f
         .ingest
         .handle(T, NOW_MS, &topic("pi-1", "entries"), &bent.encode());
-    assert!(matches!(
-        nack_of(&out[0]),
-        NackKind::Reject {
-            reason: RejectReason::NotCanonical,
-            ..
-        }
-    ));
+    assert_reject(&out[0], RejectReason::NotCanonical);
 
     // and the genuine batch still goes through
     assert!(send_batch(&mut f, &good, 1, 4).is_empty());
@@ -364,13 +366,7 @@ fn trust_on_first_use_only_inside_the_window() {
     let out = f
         .ingest
         .handle(T, NOW_MS, &topic("pi-9", "hello"), &hello(&l, 1).encode());
-    assert!(matches!(
-        nack_of(&out[0]),
-        NackKind::Reject {
-            reason: RejectReason::UnknownAgent,
-            ..
-        }
-    ));
+    assert_reject(&out[0], RejectReason::UnknownAgent);
     // window open: the first key seen is enrolled
     f.ingest.set_window(Some(NOW_MS + 600_000)).unwrap();
     let out = f
@@ -384,13 +380,7 @@ fn trust_on_first_use_only_inside_the_window() {
     // another key for the same id, even inside the window, gets nowhere
     let impostor = agent_ledger("pi-9", 10, 3);
     let out = send_batch(&mut f, &impostor, 1, 4);
-    assert!(matches!(
-        nack_of(&out[0]),
-        NackKind::Reject {
-            reason: RejectReason::BadSignature,
-            ..
-        }
-    ));
+    assert_reject(&out[0], RejectReason::BadSignature);
     // after the window: a new id is refused again
     let late = agent_ledger("pi-10", 11, 1);
     let out = f.ingest.handle(
@@ -399,13 +389,7 @@ fn trust_on_first_use_only_inside_the_window() {
         &topic("pi-10", "hello"),
         &hello(&late, 3).encode(),
     );
-    assert!(matches!(
-        nack_of(&out[0]),
-        NackKind::Reject {
-            reason: RejectReason::UnknownAgent,
-            ..
-        }
-    ));
+    assert_reject(&out[0], RejectReason::UnknownAgent);
 }
 
 #[test]
@@ -457,103 +441,12 @@ fn a_write_group_lands_whole_or_not_at_all() {
     assert_eq!(reopened.head(l.agent()).unwrap().seq, Seq(4));
 }
 
-/// A redb backend over the real file that fails writes and syncs on demand.
-#[derive(Debug)]
-struct Flaky {
-    inner: redb::backends::FileBackend,
-    failing: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Flaky {
-    fn check(&self) -> Result<(), std::io::Error> {
-        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            Err(std::io::Error::other("injected I/O error"))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl redb::StorageBackend for Flaky {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.inner.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.check()?;
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.check()?;
-        self.inner.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.check()?;
-        self.inner.write(offset, data)
-    }
-    fn close(&self) -> Result<(), std::io::Error> {
-        self.inner.close()
-    }
-    fn try_lock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.inner.try_lock_range(start, end)
-    }
-    fn try_lock_shared_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.inner.try_lock_shared_range(start, end)
-    }
-    fn lock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<(), redb::BackendError> {
-        self.inner.lock_range(start, end)
-    }
-    fn lock_shared_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<(), redb::BackendError> {
-        self.inner.lock_shared_range(start, end)
-    }
-    fn unlock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<(), redb::BackendError> {
-        self.inner.unlock_range(start, end)
-    }
-}
-
 /// A gateway whose disk fails on demand: set the flag and every write and
 /// sync fails until it is cleared.
 fn flaky_fixture() -> (Fixture, Arc<std::sync::atomic::AtomicBool>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.redb");
-    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = Arc::clone(&failing);
-    let opener: baton_gateway::store::Opener = Box::new(move |p| {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(p)
-            .map_err(redb::DatabaseError::from)?;
-        let inner = redb::backends::FileBackend::new(file)?;
-        redb::Database::builder().create_with_backend(Flaky {
-            inner,
-            failing: Arc::clone(&flag),
-        })
-    });
+    let (opener, failing) = baton_runtime::db::faults::flaky_opener();
     let store = Arc::new(Store::open_with(&path, opener).unwrap());
     let metrics = Arc::new(Metrics::default());
     let gw_key = SecretKey::from_seed(&[0x77; 32]);
@@ -611,13 +504,13 @@ fn an_io_error_fails_the_commit_without_receipts_and_the_store_is_reopened() {
 /// A child gateway's own chain: genesis, an `enroll` of each (agent, key),
 /// and a `cluster_summary`; every entry signed.
 fn child_chain(name: &str, seed: u8, vouches: &[(&str, baton_shared::PublicKey)]) -> MemLedger {
-    let mut l = MemLedger::new(
+    let mut l = MemLedger::genesis(
         AgentId::new(name).unwrap(),
         SecretKey::from_seed(&[seed; 32]),
-    );
-    l.checkpoint_every = 1;
-    l.append(NOW_MS, "genesis", None, Value::Object(Object::new()))
-        .unwrap();
+        NOW_MS,
+        1,
+    )
+    .unwrap();
     for (agent, key) in vouches {
         let mut d = Object::new();
         d.insert("agent", Value::from(*agent));
@@ -687,13 +580,7 @@ fn a_child_gateway_vouches_for_its_agents_through_its_own_chain() {
     let out = send_on(&mut f, "c1", &pi, 1, pi.head().0);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].topic, "baton/v1/c1/pi-1/nack");
-    assert!(matches!(
-        nack_of(&out[0]),
-        NackKind::Reject {
-            reason: RejectReason::UnknownAgent,
-            ..
-        }
-    ));
+    assert_reject(&out[0], RejectReason::UnknownAgent);
 
     // The child's chain arrives: pi-1 is trusted, on c1's topics only.
     assert!(send_on(&mut f, "c1", &child, 1, child.head().0).is_empty());
@@ -790,13 +677,7 @@ fn a_child_gateway_vouches_for_its_agents_through_its_own_chain() {
     let forged = agent_ledger("pi-1", 0x66, 0);
     let out = send_on(&mut f, "c2", &forged, 1, 1);
     assert_eq!(out[0].topic, "baton/v1/c2/pi-1/nack");
-    assert!(matches!(
-        nack_of(&out[0]),
-        NackKind::Reject {
-            reason: RejectReason::UnknownAgent,
-            ..
-        }
-    ));
+    assert_reject(&out[0], RejectReason::UnknownAgent);
 }
 
 #[test]
@@ -825,13 +706,7 @@ fn a_forwarded_batch_that_fails_verification_raises_an_alert_naming_the_child() 
     let out = f
         .ingest
         .handle(T, NOW_MS, "baton/v1/c1/pi-1/entries", &b.encode());
-    assert!(matches!(
-        nack_of(&out[0]),
-        NackKind::Reject {
-            reason: RejectReason::BadSignature,
-            ..
-        }
-    ));
+    assert_reject(&out[0], RejectReason::BadSignature);
     f.ingest.commit().unwrap();
     assert_eq!(
         f.metrics

@@ -1,6 +1,7 @@
 //! baton-runtime: the I/O glue both daemons stand on — the wall clock, MQTT
 //! client settings, key files, config-file helpers, systemd notification
-//! and shutdown signals, daily files, `/proc` figures.
+//! and shutdown signals, the reopenable redb handle with an injectable
+//! storage backend, daily files, `/proc` figures.
 //!
 //! *Invariant:* this crate decides nothing about the protocol. It never
 //! judges an entry, a batch or a receipt, never chooses what to send or
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod daily;
+pub mod db;
 pub mod keys;
 pub mod mqtt;
 pub mod proc;

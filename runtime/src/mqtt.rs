@@ -6,8 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use baton_shared::backoff::Backoff;
 use baton_shared::wire::MQTT_MAX_PACKET;
-use rumqttc::{MqttOptions, NetworkOptions, TlsConfiguration, Transport};
+use rumqttc::{
+    ConnectionError, Event, EventLoop, MqttOptions, NetworkOptions, Packet, TlsConfiguration,
+    Transport,
+};
+use tokio::sync::mpsc;
 
 /// TLS to a broker: the CA to trust (none: the system's roots) and an
 /// optional client certificate and key (PEM files).
@@ -75,6 +80,96 @@ pub fn network_options() -> NetworkOptions {
     net.set_tcp_nodelay(true);
     net.set_connection_timeout(30);
     net
+}
+
+/// What one poll of the event loop gave the pump's hook.
+#[derive(Debug)]
+pub enum Polled<'a> {
+    /// An event of the current session (a ConnAck has already reset the
+    /// backoff).
+    Event(Event),
+    /// The session ended; the pump waits `retry_in` before the next
+    /// connect, whose options (a new last will, say) may be set here.
+    Lost {
+        error: ConnectionError,
+        retry_in: Duration,
+        options: &'a mut MqttOptions,
+    },
+}
+
+impl Polled<'_> {
+    /// Logs a lost session of the `what` client and when it retries; true
+    /// if this was one.
+    pub fn warn_if_lost(&self, what: &str) -> bool {
+        match self {
+            Polled::Lost {
+                error, retry_in, ..
+            } => {
+                tracing::warn!(%error, ?retry_in, "{what} connection lost");
+                true
+            }
+            Polled::Event(_) => false,
+        }
+    }
+}
+
+/// Reconnect pacing of the gateway's clients (ingest and forwarder): 0.2 s
+/// doubling to 10 s, with jitter from `seed`. (The agent paces its own,
+/// slower: it is one of thousands reconnecting to one broker.)
+pub fn gateway_backoff(seed: u64) -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(10), seed)
+}
+
+/// The one MQTT poller of every Baton client (the agent's link, the
+/// gateway's ingest, the forwarder): it polls `eventloop` and nothing else,
+/// hands what `hook` makes of each poll to `to`, and paces reconnects with
+/// `backoff` (reset by every ConnAck). It returns when `to` is closed.
+///
+/// Run it as one long-lived future — its own task, or beside its reader
+/// in a `select!` that never drops it: rumqttc's `poll` is not cancel-safe
+/// while it connects. Polled straight from a `select!`, every append or
+/// heartbeat cancelled a connect waiting for its ConnAck; the broker was
+/// left with a half-open session whose cleanup fired the last will of the
+/// session that replaced it. The hook runs inside the pump, so it must not
+/// wait: publish from it with `try_publish` only (a full client queue is
+/// covered by the protocol's resend timers).
+pub async fn pump<T>(
+    mut eventloop: EventLoop,
+    mut backoff: Backoff,
+    to: mpsc::Sender<T>,
+    mut hook: impl FnMut(Polled<'_>) -> Option<T>,
+) {
+    loop {
+        match eventloop.poll().await {
+            Ok(event) => {
+                if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                    backoff.reset();
+                }
+                if let Some(out) = hook(Polled::Event(event))
+                    && to.send(out).await.is_err()
+                {
+                    return;
+                }
+            }
+            Err(error) => {
+                let retry_in = backoff.next_delay();
+                let lost = Polled::Lost {
+                    error,
+                    retry_in,
+                    options: &mut eventloop.mqtt_options,
+                };
+                if let Some(out) = hook(lost)
+                    && to.send(out).await.is_err()
+                {
+                    return;
+                }
+                if to.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(retry_in).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::crypto::{Hash, SecretKey};
 use crate::entry::{self, AppendError, Entry, Seq, Stamp};
 use crate::id::{AgentId, EventName};
 use crate::intake::ChainView;
-use crate::json::Value;
+use crate::json::{Object, Value};
 use crate::uplink::{Adoption, BatchLimits, Ledger};
 use crate::wire::{EntryBatch, Receipt};
 
@@ -52,6 +52,21 @@ impl MemLedger {
             checkpoint_every: 1000,
             best: None,
         }
+    }
+
+    /// A new chain of `agent` whose first entry, `genesis` with empty data
+    /// at `unix_ms`, is appended; signed every `checkpoint_every` entries.
+    /// What simulations, publishers and tests start from.
+    pub fn genesis(
+        agent: AgentId,
+        key: SecretKey,
+        unix_ms: i64,
+        checkpoint_every: usize,
+    ) -> Result<Self, AppendError> {
+        let mut l = MemLedger::new(agent, key);
+        l.checkpoint_every = checkpoint_every;
+        l.append(unix_ms, "genesis", None, Value::Object(Object::new()))?;
+        Ok(l)
     }
 
     pub fn agent(&self) -> &AgentId {

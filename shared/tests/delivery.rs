@@ -10,7 +10,7 @@ use baton_shared::crypto::{Hash, SecretKey, Sig};
 use baton_shared::entry::{Entry, Seq};
 use baton_shared::id::AgentId;
 use baton_shared::intake::{Answer, Enrollment, Head, Intake, IntakeConfig, Verdict};
-use baton_shared::json::{Object, Value};
+use baton_shared::json::Value;
 use baton_shared::memory::{MemChain, MemLedger};
 use baton_shared::uplink::{Alert, Ledger, Output, Uplink, UplinkConfig};
 use baton_shared::wire::{EntryBatch, Hello, Nack, NackKind, Receipt, RejectReason};
@@ -39,10 +39,7 @@ fn gw_key() -> SecretKey {
 
 /// A ledger with genesis and `n` more entries, signed every `every`.
 fn ledger(n: u64, every: usize) -> MemLedger {
-    let mut l = MemLedger::new(agent_id(), agent_key());
-    l.checkpoint_every = every;
-    l.append(0, "genesis", None, Value::Object(Object::new()))
-        .unwrap();
+    let mut l = MemLedger::genesis(agent_id(), agent_key(), 0, every).unwrap();
     for i in 0..n {
         l.append(i as i64, "info", None, Value::from(i)).unwrap();
     }

@@ -43,13 +43,11 @@ fn agent_key() -> SecretKey {
 
 /// A chain whose entries carry the given data, signed every `every`.
 fn chain(data: &[Value], every: usize) -> MemLedger {
-    let mut l = MemLedger::new(AgentId::new("pi-9").unwrap(), agent_key());
-    l.checkpoint_every = every;
-    l.append(
+    let mut l = MemLedger::genesis(
+        AgentId::new("pi-9").unwrap(),
+        agent_key(),
         1_700_000_000_000,
-        "genesis",
-        None,
-        Value::Object(Object::new()),
+        every,
     )
     .unwrap();
     for (i, d) in data.iter().enumerate() {

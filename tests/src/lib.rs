@@ -20,16 +20,11 @@ use baton_shared::{AgentId, SecretKey};
 /// An agent's ledger: genesis and `n` entries of ~200 B data, signed every
 /// `every` entries (the tail may stay unsigned; the uplink signs it).
 pub fn ledger(name: &str, seed: u8, n: u64, every: usize) -> MemLedger {
-    let mut l = MemLedger::new(
+    let mut l = MemLedger::genesis(
         AgentId::new(name).unwrap(),
         SecretKey::from_seed(&[seed; 32]),
-    );
-    l.checkpoint_every = every;
-    l.append(
         1_795_460_700_000,
-        "genesis",
-        None,
-        Value::Object(Object::new()),
+        every,
     )
     .unwrap();
     for i in 0..n {

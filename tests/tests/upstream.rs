@@ -397,13 +397,11 @@ async fn a_tampering_child_is_caught_and_named() {
     agent.sign_head();
     // The child's own chain: genesis, then an enroll of the real agent key.
     let vouch = |child: &str, key: &SecretKey, cluster: &str, vouched: PublicKey| {
-        let mut l = MemLedger::new(AgentId::new(child).unwrap(), key.clone());
-        l.checkpoint_every = 1;
-        l.append(
+        let mut l = MemLedger::genesis(
+            AgentId::new(child).unwrap(),
+            key.clone(),
             1_795_460_700_000,
-            "genesis",
-            None,
-            Value::Object(Object::new()),
+            1,
         )
         .unwrap();
         let mut d = Object::new();
@@ -508,16 +506,13 @@ async fn a_tampering_child_is_caught_and_named() {
     })
     .await;
     assert!(alerted);
-    let mut forged = MemLedger::new(AgentId::new("pi-9").unwrap(), impostor);
-    forged.checkpoint_every = 4;
-    forged
-        .append(
-            1_795_460_700_000,
-            "genesis",
-            None,
-            Value::Object(Object::new()),
-        )
-        .unwrap();
+    let forged = MemLedger::genesis(
+        AgentId::new("pi-9").unwrap(),
+        impostor,
+        1_795_460_700_000,
+        4,
+    )
+    .unwrap();
     let refused = publish_all(broker, "c8", forged, sector.key, Duration::from_secs(5)).await;
     assert!(refused.is_err(), "the impostor's chain is refused");
     assert_eq!(

@@ -6,7 +6,12 @@
 //! writes everything staged in one durable transaction (many batches per
 //! fsync when they arrive together) and only then returns the receipts for
 //! the batches it covered (PROTOCOL §7 rule 1). No I/O happens here except
-//! through the [`Store`]; the MQTT loop lives in `mqtt.rs`.
+//! through the [`Store`]; the MQTT loop lives in `server.rs`.
+//!
+//! This file routes topics, judges batches and hellos, and commits; the
+//! other concerns have their own files: `enroll` (operator enrollments and
+//! trust on first use), `child` (child gateways' chains and the agents
+//! they vouch for), `load` (verified batons through the same intake).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,7 +33,14 @@ use crate::own_chain::{self, OwnChain, OwnEvent};
 use crate::registry::{ChildSummary, Registry};
 use crate::store::{AgentRecord, EnrolledBy, Store, StoreError, Write};
 
-const WINDOW_KEY: &str = "enroll_window_until_ms";
+mod child;
+mod enroll;
+mod load;
+
+use child::child_filters;
+use enroll::WINDOW_KEY;
+pub use enroll::open_window;
+pub use load::LoadError;
 
 /// Beyond this many remembered (agent, kind) log times, expired ones go.
 const LOG_LIMITER_ENTRIES: usize = 4096;
@@ -50,20 +62,6 @@ pub enum OpenError {
     Store(#[from] StoreError),
     #[error("building the gateway's genesis entry: {0}")]
     Genesis(#[from] baton_shared::entry::AppendError),
-}
-
-/// Why a loaded baton was not stored.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("{0} is not enrolled here")]
-    NotEnrolled(AgentId),
-    #[error("batches of {0} are being stored right now; retry")]
-    Busy(AgentId),
-    /// The intake's judgement, in words (the text is the answer).
-    #[error("{0}")]
-    Refused(String),
-    #[error("reading the store: {0}")]
-    Store(#[from] StoreError),
 }
 
 /// A message to publish.
@@ -393,11 +391,6 @@ impl Ingest {
         }
     }
 
-    /// Whether an enrollment window is open at `unix_ms`.
-    pub fn window_open(&self, unix_ms: i64) -> bool {
-        self.window_until_ms.is_some_and(|until| unix_ms < until)
-    }
-
     /// Judges one message. Returns the answers that need no commit.
     pub fn handle(
         &mut self,
@@ -586,64 +579,6 @@ impl Ingest {
         Ok(vec![out])
     }
 
-    /// Trust on first use, only inside an operator-opened window: the first
-    /// key seen for an id is enrolled; later keys meet that record.
-    fn enroll_on_first_use(&mut self, now: Duration, unix_ms: i64, hello: &Hello) -> bool {
-        if !self.window_open(unix_ms) {
-            return false;
-        }
-        let Ok(key) = PublicKey::trusted(&hello.public_key) else {
-            self.bad(
-                now,
-                hello.agent.as_str(),
-                BadInput::UnknownAgent,
-                "small-order key refused",
-            );
-            return false;
-        };
-        info!(agent = %hello.agent, key = %key, "enrolled on first use");
-        self.stage_enrollment(
-            unix_ms,
-            &hello.agent,
-            AgentRecord {
-                public_key: key.to_bytes(),
-                start_seq: None,
-                revoked_from_seq: None,
-                enrolled_by: EnrolledBy::TrustOnFirstUse,
-                enrolled_ms: unix_ms,
-            },
-        );
-        // No commit here: the intake reads the staged record, and the
-        // enrollment lands (or fails) with the group in `commit()`, the
-        // one commit point.
-        true
-    }
-
-    /// Stages an enrollment and its `enroll` entry in the gateway's chain.
-    /// A child gateway or an agent behind one is enrolled with the cluster
-    /// its chain arrives on; it sends no heartbeats here.
-    pub fn stage_enrollment(&mut self, unix_ms: i64, agent: &AgentId, record: AgentRecord) {
-        let forwarded = self.route(agent, &record.enrolled_by);
-        let cluster = self.cluster_of(agent).clone();
-        let data = own_chain::enroll_data(
-            agent,
-            &record.public_key,
-            cluster.as_str(),
-            record.start_seq,
-            record.revoked_from_seq,
-        );
-        self.staged_records.insert(agent.clone(), record.clone());
-        self.staged.push(Write::Enroll {
-            agent: agent.clone(),
-            record,
-        });
-        self.stage_own(unix_ms, OwnEvent::Enroll, data);
-        self.intakes.remove(agent);
-        if !forwarded {
-            self.registry().enroll(agent, unix_ms, false);
-        }
-    }
-
     /// Re-judges every agent's liveness; each state change becomes an
     /// `agent_state` entry in the gateway's chain (committed with the next
     /// group).
@@ -781,167 +716,6 @@ impl Ingest {
         });
     }
 
-    /// A forwarded chain failed verification here: the child gateway that
-    /// forwarded it altered it (or let it be altered). An `alert` naming
-    /// the child goes into this gateway's chain, at most once a minute per
-    /// chain; the batch itself is refused like any other.
-    fn forwarding_alert(
-        &mut self,
-        now: Duration,
-        unix_ms: i64,
-        via: &AgentId,
-        agent: &AgentId,
-        what: &str,
-    ) {
-        self.metrics
-            .forwarded_rejected
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if !self.log_due(now, agent.as_str(), "forwarded_rejected") {
-            return;
-        }
-        let detail = format!("child gateway {via} forwarded {agent}'s chain, refused: {what}");
-        warn!(child = %via, %agent, what, "forwarded chain refused");
-        let data = own_chain::child_alert_data("forwarded_chain_refused", agent, via, &detail);
-        self.stage_own(unix_ms, OwnEvent::Alert, data);
-    }
-
-    /// New verified entries of child gateway `child`'s own chain: its
-    /// `enroll` entries vouch for the agents behind it (PROTOCOL §8), its
-    /// `cluster_summary` entries feed the sector's roll-up.
-    fn child_entries(
-        &mut self,
-        unix_ms: i64,
-        child: &AgentId,
-        cluster: &ClusterId,
-        first: Seq,
-        entries: &[baton_shared::Entry],
-    ) {
-        use baton_shared::json::{self, Mode};
-        for (i, e) in entries.iter().enumerate() {
-            let seq = Seq(first.0 + i as u64);
-            // Intake accepted these: they parse; anything odd is skipped.
-            let Ok(content) = json::parse(&e.content, Mode::Verify) else {
-                continue;
-            };
-            let Some(o) = content.as_object() else {
-                continue;
-            };
-            let data = o.get("data");
-            match o.get("event").and_then(|v| v.as_str()) {
-                Some("enroll") => self.vouch(unix_ms, child, cluster, seq, data),
-                Some("cluster_summary") => {
-                    if let Some((from, summary)) = data.and_then(Summary::from_value) {
-                        let at_ms = data
-                            .and_then(|d| d.as_object())
-                            .and_then(|d| d.get("at_ms"))
-                            .and_then(|v| v.as_f64())
-                            .map_or(0, |t| t as i64);
-                        if from != cluster.as_str() {
-                            warn!(%child, %cluster, named = from, "child summary names another cluster; kept under the child's");
-                        }
-                        self.registry().child_summary(
-                            cluster.to_string(),
-                            ChildSummary {
-                                summary,
-                                at_ms,
-                                gateway: child.clone(),
-                            },
-                        );
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// An `enroll` entry at `seq` of child gateway `child`'s verified chain:
-    /// the agent it names is trusted here under that key, unless another
-    /// key is already trusted for that id (an alert naming the child;
-    /// PROTOCOL §8: the same id vouched for with two keys is refused).
-    fn vouch(
-        &mut self,
-        unix_ms: i64,
-        child: &AgentId,
-        cluster: &ClusterId,
-        seq: Seq,
-        data: Option<&baton_shared::json::Value>,
-    ) {
-        let o = data.and_then(|d| d.as_object());
-        let agent = o
-            .and_then(|o| o.get("agent"))
-            .and_then(|v| v.as_str())
-            .map(AgentId::new);
-        let key = o
-            .and_then(|o| o.get("public_key"))
-            .and_then(|v| v.as_str())
-            .map(PublicKey::trusted_hex);
-        // Optional: a seq if present, and then it must be one.
-        let seq_field = |name: &str| match o.and_then(|o| o.get(name)) {
-            None => Ok(None),
-            Some(v) => v
-                .as_exact_u64()
-                .filter(|n| *n > 0)
-                .map(|n| Some(Seq(n)))
-                .ok_or(()),
-        };
-        let (agent, key, start_seq, revoked_from_seq) = match (
-            agent,
-            key,
-            seq_field("start_seq"),
-            seq_field("revoked_from_seq"),
-        ) {
-            (Some(Ok(a)), Some(Ok(k)), Ok(s), Ok(r)) => (a, k, s, r),
-            _ => {
-                let detail = format!("enroll entry at seq {seq} names no valid agent and key");
-                let data = own_chain::alert_data("bad_vouch", child, &detail);
-                self.stage_own(unix_ms, OwnEvent::Alert, data);
-                return;
-            }
-        };
-        let existing = match self.record(&agent) {
-            Ok(r) => r,
-            Err(e) => {
-                // The batch is committed with the rest; the vouch is lost
-                // until the store reads again. Say so loudly.
-                warn!(%child, %agent, error = %e, "store read failed while taking a vouch");
-                return;
-            }
-        };
-        match existing {
-            None => {
-                info!(%child, %agent, key = %key, "agent vouched for by child gateway");
-                self.stage_enrollment(
-                    unix_ms,
-                    &agent,
-                    AgentRecord {
-                        public_key: key.to_bytes(),
-                        start_seq,
-                        revoked_from_seq,
-                        enrolled_by: EnrolledBy::Vouched {
-                            via: child.clone(),
-                            cluster: cluster.clone(),
-                            at_seq: seq,
-                        },
-                        enrolled_ms: unix_ms,
-                    },
-                );
-            }
-            Some(r) if r.public_key == key.to_bytes() => {}
-            Some(r) => {
-                warn!(%child, %agent, "child vouches for another key than the one trusted here; refused");
-                self.metrics
-                    .forwarded_rejected
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let detail = format!(
-                    "child gateway {child} vouches for {agent} with key {key} (its seq {seq}), but {agent} is trusted here with another key ({}): refused",
-                    r.enrolled_by.describe()
-                );
-                let data = own_chain::child_alert_data("conflicting_vouch", &agent, child, &detail);
-                self.stage_own(unix_ms, OwnEvent::Alert, data);
-            }
-        }
-    }
-
     /// A fork (PROTOCOL §6): the evidence and the durable halt staged, an
     /// `alert` entry in the gateway's own chain; `how` adds to its detail.
     fn stage_fork(
@@ -963,118 +737,6 @@ impl Ingest {
         let detail = format!("two entries at seq {seq}{how}");
         let data = own_chain::alert_data("fork", agent, &detail);
         self.stage_own(unix_ms, OwnEvent::Alert, data);
-    }
-
-    /// Stores the entries of a verified baton (`POST /api/v1/load`) through
-    /// the same intake as MQTT batches, cut at its checkpoints: all of them
-    /// are staged (new ones) or already held (duplicates), or none is, and
-    /// the reason says why. The caller commits. Returns (new, already held).
-    pub fn load(
-        &mut self,
-        now: Duration,
-        unix_ms: i64,
-        agent: &AgentId,
-        first: Seq,
-        entries: Vec<baton_shared::Entry>,
-    ) -> Result<(u64, u64), LoadError> {
-        if !self.ensure_intake(agent)? {
-            return Err(LoadError::NotEnrolled(agent.clone()));
-        }
-        if self.pending.get(agent).is_some_and(|p| !p.is_empty()) {
-            return Err(LoadError::Busy(agent.clone()));
-        }
-        // Cut into whole checkpoint spans, as an agent would send them.
-        let mut batches = Vec::new();
-        let mut start = 0;
-        while start < entries.len() {
-            let from = Seq(first.0 + start as u64);
-            let limits = baton_shared::uplink::BatchLimits::default();
-            let Some(end) = baton_shared::uplink::span_end(from, &entries[start..], limits) else {
-                return Err(LoadError::Refused(format!(
-                    "entries from seq {from} on are not covered by a checkpoint; nothing stored"
-                )));
-            };
-            let n = usize::try_from(end.0 - from.0 + 1).unwrap_or(usize::MAX);
-            batches.push(EntryBatch {
-                agent: agent.clone(),
-                proof: None,
-                entries: entries[start..start + n].to_vec(),
-            });
-            start += n;
-        }
-        let mark = self.staged.len();
-        let staged_entries = self.staged_entries;
-        let (mut new, mut held) = (0u64, 0u64);
-        let mut refusal = None;
-        let mut fork = None;
-        for batch in &batches {
-            let n = batch.entries.len() as u64;
-            let pending = self.pending.entry(agent.clone()).or_default();
-            let Some(intake) = self.intakes.get_mut(agent) else {
-                return Err(LoadError::NotEnrolled(agent.clone()));
-            };
-            let view = Layered {
-                durable: &self.store.view(agent),
-                pending,
-            };
-            let first_seq = batch
-                .entries
-                .first()
-                .and_then(|e| e.header().ok())
-                .map(|h| h.seq);
-            match intake.handle_batch(now, batch, &view) {
-                Verdict::Accepted { first, entries, .. } => {
-                    self.stage_accepted(agent, first, entries);
-                    new += n;
-                }
-                Verdict::Duplicate | Verdict::ResendSuppressed => held += n,
-                Verdict::Resend { from } => {
-                    refusal = Some(format!(
-                        "the baton continues at seq {} but this gateway holds {agent} only through seq {}: load the entries before it first",
-                        first_seq.unwrap_or(Seq::ZERO),
-                        from.prev()
-                    ));
-                }
-                Verdict::Rejected {
-                    reason,
-                    seq,
-                    detail,
-                } => {
-                    refusal = Some(format!("refused at seq {seq}: {reason}: {detail}"));
-                }
-                Verdict::Fork { seq, evidence } => {
-                    // Signed by the agent's own key: a second history, as
-                    // over MQTT (PROTOCOL §6): evidence kept, agent halted.
-                    refusal = Some(format!(
-                        "entry {seq} differs from the one this gateway holds, under the agent's own signature (a fork): evidence kept, {agent} halted until `baton-gateway resolve`"
-                    ));
-                    fork = Some((seq, evidence));
-                }
-                Verdict::Halted { seq } => {
-                    refusal = Some(format!("{agent} is halted after a fork at seq {seq}"));
-                }
-            }
-            if refusal.is_some() {
-                break;
-            }
-        }
-        if let Some(why) = refusal {
-            // Refused whole: forget what this load staged.
-            self.staged.truncate(mark);
-            self.staged_entries = staged_entries;
-            self.pending.remove(agent);
-            if let Some(i) = self.intakes.get_mut(agent) {
-                i.abandon_pending();
-            }
-            if let Some((seq, evidence)) = fork {
-                self.stage_fork(unix_ms, agent, seq, evidence, " (loaded baton)");
-            }
-            return Err(LoadError::Refused(why));
-        }
-        if new > 0 {
-            self.answer_after_commit.insert(agent.clone());
-        }
-        Ok((new, held))
     }
 
     /// `checkpoint` entries in the gateway's chain for every agent whose
@@ -1219,28 +881,6 @@ impl Ingest {
         self.answer_after_commit.clear();
         Ok(())
     }
-
-    /// Opens (or closes, with `None`) the trust-on-first-use window.
-    pub fn set_window(&mut self, until_ms: Option<i64>) -> Result<(), StoreError> {
-        self.store
-            .set_meta(WINDOW_KEY, &until_ms.unwrap_or(i64::MIN).to_be_bytes())?;
-        self.window_until_ms = until_ms;
-        Ok(())
-    }
-}
-
-/// What a parent subscribes to for child cluster `c`: the chains it
-/// forwards (hello and batches; heartbeats stay in the child's cluster).
-fn child_filters(c: &ClusterId) -> [String; 2] {
-    [
-        topic::cluster_filter(c, Kind::Hello),
-        topic::cluster_filter(c, Kind::Entries),
-    ]
-}
-
-/// Opens the enrollment window in a stopped gateway's store.
-pub fn open_window(store: &Store, until_ms: i64) -> Result<(), StoreError> {
-    store.set_meta(WINDOW_KEY, &until_ms.to_be_bytes())
 }
 
 #[cfg(test)]

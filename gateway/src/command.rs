@@ -1,0 +1,508 @@
+//! The gateway's command line: the arguments (clap) and what each
+//! subcommand does, over the library. `main.rs` only parses, sets up
+//! logging and calls [`run`]. What a subcommand prints on stdout is its
+//! product (a key, a table, an export), so printing is allowed here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::cli;
+use crate::config::{Config, DEFAULT_CONFIG, RawConfig};
+use anyhow::Context;
+use baton_shared::{AgentId, ClusterId};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "baton-gateway",
+    version,
+    about = "Baton's cluster lead: verifies, stores and receipts every agent's ledger"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct DataDir {
+    /// The gateway's state directory (redb store, default key location).
+    #[arg(long, env = "BATON_GATEWAY_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The gateway's key file (default: <data-dir>/gateway.key).
+    #[arg(long, env = "BATON_GATEWAY_KEY")]
+    key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A TOML config file; flags and environment override it.
+    #[arg(long, env = "BATON_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "BATON_GATEWAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "BATON_GATEWAY_KEY")]
+    key: Option<PathBuf>,
+    /// This gateway's id (also its own chain's agent id).
+    #[arg(long, env = "BATON_GATEWAY_ID")]
+    id: Option<String>,
+    #[arg(long, env = "BATON_GATEWAY_CLUSTER")]
+    cluster: Option<String>,
+    /// Where the embedded broker listens (ignored with --broker).
+    #[arg(long, env = "BATON_GATEWAY_MQTT_LISTEN")]
+    mqtt_listen: Option<String>,
+    #[arg(long, env = "BATON_GATEWAY_HTTP_LISTEN")]
+    http_listen: Option<String>,
+    /// An external broker, mqtt://HOST:PORT or mqtts://HOST:PORT (TLS).
+    #[arg(long, env = "BATON_GATEWAY_BROKER")]
+    broker: Option<String>,
+    #[arg(long, env = "BATON_GATEWAY_BROKER_USERNAME")]
+    broker_username: Option<String>,
+    #[arg(long, env = "BATON_GATEWAY_BROKER_PASSWORD", hide_env_values = true)]
+    broker_password: Option<String>,
+    /// With mqtts://: the broker's CA certificate, PEM (default: system roots).
+    #[arg(long, env = "BATON_GATEWAY_BROKER_CA")]
+    broker_ca: Option<PathBuf>,
+    /// With mqtts://: a client certificate, PEM, if the broker asks for one.
+    #[arg(long, env = "BATON_GATEWAY_BROKER_CLIENT_CERT")]
+    broker_client_cert: Option<PathBuf>,
+    /// With mqtts://: the client certificate's key, PEM.
+    #[arg(long, env = "BATON_GATEWAY_BROKER_CLIENT_KEY")]
+    broker_client_key: Option<PathBuf>,
+    /// A directory of <agent-id>.pub files to trust.
+    #[arg(long, env = "BATON_GATEWAY_KEYS_DIR")]
+    keys_dir: Option<PathBuf>,
+    /// Rate limit of resend nacks, e.g. "10s".
+    #[arg(long, env = "BATON_GATEWAY_RESEND_TIMEOUT")]
+    resend_timeout: Option<String>,
+    /// How often the own chain records held heads, e.g. "60s".
+    #[arg(long, env = "BATON_GATEWAY_CHECKPOINT_INTERVAL")]
+    checkpoint_interval: Option<String>,
+    #[arg(long, env = "BATON_GATEWAY_MAX_AGENTS")]
+    max_agents: Option<usize>,
+    /// phi at which a silent agent becomes suspect (default 8).
+    #[arg(long, env = "BATON_GATEWAY_PHI_SUSPECT")]
+    phi_suspect: Option<f64>,
+    /// phi at which a silent agent becomes offline (default 16).
+    #[arg(long, env = "BATON_GATEWAY_PHI_OFFLINE")]
+    phi_offline: Option<f64>,
+    /// Clock offset beyond which an agent is clock_skewed, e.g. "2s".
+    #[arg(long, env = "BATON_GATEWAY_CLOCK_BAND")]
+    clock_band: Option<String>,
+    /// How often the cluster summary is published, e.g. "10s".
+    #[arg(long, env = "BATON_GATEWAY_SUMMARY_INTERVAL")]
+    summary_interval: Option<String>,
+    /// How often the summary is written to the gateway's chain, e.g. "5m".
+    #[arg(long, env = "BATON_GATEWAY_SUMMARY_CHAIN_INTERVAL")]
+    summary_chain_interval: Option<String>,
+    /// The parent gateway's broker, e.g. mqtt://sector.local:1883: forward
+    /// every chain held here to it (it must enroll this gateway with
+    /// `enroll --child-cluster`).
+    #[arg(long, env = "BATON_GATEWAY_UPSTREAM")]
+    upstream: Option<String>,
+    /// The parent gateway's public key (64 hex): its receipts count only
+    /// under this key.
+    #[arg(long, env = "BATON_GATEWAY_UPSTREAM_KEY")]
+    upstream_key: Option<String>,
+    #[arg(long, env = "BATON_GATEWAY_UPSTREAM_USERNAME")]
+    upstream_username: Option<String>,
+    #[arg(long, env = "BATON_GATEWAY_UPSTREAM_PASSWORD", hide_env_values = true)]
+    upstream_password: Option<String>,
+    /// TLS (mqtts:// upstream): the parent broker's CA file.
+    #[arg(long, env = "BATON_GATEWAY_UPSTREAM_CA")]
+    upstream_ca: Option<PathBuf>,
+    #[arg(long, env = "BATON_GATEWAY_UPSTREAM_CLIENT_CERT")]
+    upstream_client_cert: Option<PathBuf>,
+    #[arg(long, env = "BATON_GATEWAY_UPSTREAM_CLIENT_KEY")]
+    upstream_client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the gateway's identity (refuses to overwrite one).
+    Keygen(DataDir),
+    /// Print the gateway's public key, hex.
+    Pubkey(DataDir),
+    /// Run the gateway (embedded broker unless --broker mqtt://…).
+    Run(Box<RunArgs>),
+    /// Trust an agent's key, or open a trust-on-first-use window.
+    Enroll {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long, required_unless_present = "window")]
+        agent: Option<String>,
+        /// The agent's public key, 64 hex characters.
+        #[arg(long, requires = "agent")]
+        pubkey: Option<String>,
+        /// The first seq this gateway expects (the agent already pruned).
+        #[arg(long)]
+        start_seq: Option<u64>,
+        /// Refuse entries at or after this seq.
+        #[arg(long)]
+        revoked_from_seq: Option<u64>,
+        /// The agent is a child gateway forwarding this cluster's chains
+        /// (its `run --upstream` points here); the agents behind it are
+        /// trusted as its own chain enrolls them.
+        #[arg(long, requires = "agent")]
+        child_cluster: Option<String>,
+        /// Open a trust-on-first-use window for this long, e.g. "10m".
+        #[arg(long, conflicts_with = "agent")]
+        window: Option<String>,
+        /// This gateway's id, if it has never run.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Lift a fork halt after inspecting the evidence.
+    Resolve {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        agent: String,
+    },
+    /// The agent registry.
+    Agents {
+        /// A stopped gateway's state directory.
+        #[arg(long, env = "BATON_GATEWAY_DATA_DIR", required_unless_present = "http")]
+        data_dir: Option<PathBuf>,
+        /// A running gateway's HTTP address, e.g. http://127.0.0.1:8080.
+        #[arg(long, conflicts_with = "data_dir")]
+        http: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify stored chains (all agents, or one).
+    Verify {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Export an agent's chain.
+    Export {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        agent: String,
+        /// jsonl (the run holding the head), daily (<out>/<agent>/YYYY-MM-DD.jsonl)
+        /// or baton (one document with the signed head and this gateway's receipt).
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "daily", "baton"])]
+        format: String,
+        /// Output file (a directory for daily; default stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the commented default configuration.
+    PrintDefaultConfig,
+    /// The demo and the benchmarks (feature "tools", on by default).
+    #[cfg(feature = "tools")]
+    #[command(flatten)]
+    Tool(crate::tools::Tool),
+    /// Print a ready Mosquitto drop-in config for production.
+    PrintMosquittoConfig {
+        /// Agents expected (sets the connection limit).
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// The plain listener (with --tls-listen: 127.0.0.1:1883, for the
+        /// gateway on the same server).
+        #[arg(long, default_value = "0.0.0.0:1883")]
+        listen: std::net::SocketAddr,
+        /// A TLS listener for the devices, e.g. 0.0.0.0:8883.
+        #[arg(long)]
+        tls_listen: Option<std::net::SocketAddr>,
+        /// The CA that signed the broker's certificate (TLS listener).
+        #[arg(long, default_value = "/etc/mosquitto/certs/ca.pem")]
+        cafile: PathBuf,
+        /// The broker's certificate (TLS listener).
+        #[arg(long, default_value = "/etc/mosquitto/certs/server.pem")]
+        certfile: PathBuf,
+        /// The broker's private key (TLS listener).
+        #[arg(long, default_value = "/etc/mosquitto/certs/server.key")]
+        keyfile: PathBuf,
+        /// Per-device credentials (mosquitto_passwd).
+        #[arg(long, default_value = "/etc/mosquitto/baton.passwd")]
+        password_file: PathBuf,
+        /// The topic ACL (print-mosquitto-acl).
+        #[arg(long, default_value = "/etc/mosquitto/baton.acl")]
+        acl_file: PathBuf,
+    },
+    /// Print a Mosquitto ACL file: each device (user name = agent id) only
+    /// its own baton/v1/CLUSTER/AGENT/ topics, the gateway user the cluster.
+    PrintMosquittoAcl {
+        /// The cluster id.
+        #[arg(long)]
+        cluster: String,
+        /// The gateway's MQTT user name (broker_username in its config).
+        #[arg(long)]
+        gateway_user: String,
+    },
+}
+
+impl Cli {
+    /// The log filter when `RUST_LOG` does not set one: the demo prints its
+    /// own lines, so its logs say only what went wrong; rumqttd logs
+    /// ordinary disconnects at ERROR, so it is silenced.
+    pub fn default_log_filter(&self) -> &'static str {
+        #[cfg(feature = "tools")]
+        if matches!(self.command, Command::Tool(crate::tools::Tool::Demo { .. })) {
+            return "warn,rumqttd=off";
+        }
+        "info,rumqttd=off"
+    }
+}
+
+/// Runs one subcommand to its end.
+#[allow(clippy::print_stdout)]
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Keygen(d) => {
+            let path = cli::key_path(&d.data_dir, d.key);
+            let key = baton_runtime::keys::generate(&path)?;
+            println!("{}", key.public().to_hex());
+        }
+        Command::Pubkey(d) => {
+            let key = baton_runtime::keys::load(&cli::key_path(&d.data_dir, d.key))?;
+            println!("{}", key.public().to_hex());
+        }
+        Command::Run(a) => {
+            let file = match &a.config {
+                Some(p) => RawConfig::from_file(p)?,
+                None => RawConfig::default(),
+            };
+            let flags = RawConfig {
+                id: a.id,
+                cluster: a.cluster,
+                data_dir: a.data_dir,
+                key: a.key,
+                keys_dir: a.keys_dir,
+                mqtt_listen: a.mqtt_listen,
+                http_listen: a.http_listen,
+                broker: a.broker,
+                broker_username: a.broker_username,
+                broker_password: a.broker_password,
+                broker_ca: a.broker_ca,
+                broker_client_cert: a.broker_client_cert,
+                broker_client_key: a.broker_client_key,
+                resend_timeout: a.resend_timeout,
+                checkpoint_interval: a.checkpoint_interval,
+                max_agents: a.max_agents,
+                phi_suspect: a.phi_suspect,
+                phi_offline: a.phi_offline,
+                clock_band: a.clock_band,
+                summary_interval: a.summary_interval,
+                summary_chain_interval: a.summary_chain_interval,
+                upstream: a.upstream,
+                upstream_key: a.upstream_key,
+                upstream_username: a.upstream_username,
+                upstream_password: a.upstream_password,
+                upstream_ca: a.upstream_ca,
+                upstream_client_cert: a.upstream_client_cert,
+                upstream_client_key: a.upstream_client_key,
+            };
+            let config = Config::validate(file.merge(flags))?;
+            let listeners = crate::server::Listeners::bind(&config)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            rt.block_on(async {
+                let store = cli::open_store(&config.data_dir)?;
+                cli::remember_identity(&store, &config.id, &config.cluster)?;
+                drop(store);
+                crate::run(
+                    config,
+                    listeners,
+                    baton_runtime::service::shutdown_signal(),
+                    None,
+                )
+                .await
+            })?;
+        }
+        Command::Enroll {
+            dir,
+            agent,
+            pubkey,
+            start_seq,
+            revoked_from_seq,
+            child_cluster,
+            window,
+            id,
+            cluster,
+        } => {
+            let child_cluster = child_cluster.map(ClusterId::new).transpose()?;
+            let id = id.map(AgentId::new).transpose()?;
+            let cluster = cluster.map(ClusterId::new).transpose()?;
+            let mut ingest = cli::open_offline(&dir.data_dir, dir.key, id, cluster)?;
+            if let Some(w) = window {
+                let d = humantime::parse_duration(&w).with_context(|| format!("--window {w:?}"))?;
+                let until =
+                    baton_runtime::unix_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                ingest.set_window(Some(until))?;
+                println!(
+                    "enrollment window open for {w}: the first key each new agent presents will be trusted"
+                );
+            } else if let (Some(agent), Some(pubkey)) = (agent, pubkey) {
+                let agent = AgentId::new(agent)?;
+                cli::enroll(
+                    &mut ingest,
+                    &cli::EnrollArgs {
+                        agent: agent.clone(),
+                        pubkey,
+                        start_seq,
+                        revoked_from_seq,
+                        child_cluster,
+                    },
+                )?;
+                println!("enrolled {agent}");
+            } else {
+                anyhow::bail!("--agent needs --pubkey");
+            }
+        }
+        Command::Resolve { dir, agent } => {
+            let store = cli::open_store(&dir.data_dir)?;
+            let agent = AgentId::new(agent)?;
+            match store.resolve(&agent)? {
+                Some(seq) => println!("{agent}: fork halt at seq {seq} lifted"),
+                None => println!("{agent} was not halted"),
+            }
+        }
+        Command::Agents {
+            http: Some(url),
+            json,
+            ..
+        } => {
+            let body = cli::http_get(&url, "/api/v1/agents")?;
+            if json {
+                println!("{body}");
+            } else {
+                print!("{}", cli::agents_table(&body)?);
+            }
+        }
+        Command::Agents { data_dir, json, .. } => {
+            let data_dir = data_dir.context("--data-dir or --http is needed")?;
+            let store = cli::open_store(&data_dir)?;
+            let agents = store.agents()?;
+            if json {
+                let rows: Vec<String> = agents
+                    .iter()
+                    .map(|(id, r)| {
+                        let head = store.head(id).map(|h| h.seq.0).unwrap_or(0);
+                        format!(
+                            "{{\"id\":\"{id}\",\"enrolled_by\":\"{}\",\"head_seq\":{head}}}",
+                            r.enrolled_by.describe()
+                        )
+                    })
+                    .collect();
+                println!("[{}]", rows.join(","));
+            } else {
+                println!("{:<32} {:<24} {:>10} STATE", "AGENT", "ENROLLED BY", "HEAD");
+                for (id, r) in &agents {
+                    let head = store.head(id)?.seq;
+                    let state = match store.halted(id)? {
+                        Some(s) => format!("halted (fork at {s})"),
+                        None => "ok".into(),
+                    };
+                    println!(
+                        "{:<32} {:<24} {:>10} {state}",
+                        id.as_str(),
+                        r.enrolled_by.describe(),
+                        head.0
+                    );
+                }
+            }
+        }
+        Command::Verify { dir, agent } => {
+            let store = cli::open_store(&dir.data_dir)?;
+            let agents = match agent {
+                Some(a) => vec![AgentId::new(a)?],
+                None => store.agents()?.into_iter().map(|(id, _)| id).collect(),
+            };
+            let ok = cli::verify(&store, &agents, &mut std::io::stdout())?;
+            if !ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Export {
+            dir,
+            agent,
+            format,
+            out,
+        } => {
+            let store = cli::open_store(&dir.data_dir)?;
+            let agent = AgentId::new(agent)?;
+            if store.agent(&agent)?.is_none() {
+                anyhow::bail!("unknown agent {agent}");
+            }
+            match format.as_str() {
+                "daily" => {
+                    let out = out.context("--format daily needs --out DIR")?;
+                    for path in crate::export::export_daily(&store, &agent, &out)? {
+                        println!("{}", path.display());
+                    }
+                }
+                "baton" => {
+                    let id = store.meta(cli::ID_KEY)?.context(
+                        "this data directory has no gateway id yet (run the gateway once)",
+                    )?;
+                    let gateway = AgentId::new(String::from_utf8_lossy(&id).into_owned())?;
+                    let key = baton_runtime::keys::load(&cli::key_path(&dir.data_dir, dir.key))?;
+                    let doc = crate::export::export_baton(&store, &agent, &gateway, &key)?;
+                    match out {
+                        Some(p) => std::fs::write(&p, &doc)
+                            .with_context(|| format!("writing {}", p.display()))?,
+                        None => println!("{}", String::from_utf8_lossy(&doc)),
+                    }
+                }
+                _ => match out {
+                    Some(p) => {
+                        let mut f = std::io::BufWriter::new(
+                            std::fs::File::create(&p)
+                                .with_context(|| format!("creating {}", p.display()))?,
+                        );
+                        crate::export::export_jsonl(&store, &agent, &mut f)?;
+                    }
+                    None => {
+                        crate::export::export_jsonl(&store, &agent, &mut std::io::stdout().lock())?;
+                    }
+                },
+            }
+        }
+        Command::PrintDefaultConfig => print!("{DEFAULT_CONFIG}"),
+        #[cfg(feature = "tools")]
+        Command::Tool(tool) => crate::tools::run(tool, &mut std::io::stdout())?,
+        Command::PrintMosquittoConfig {
+            agents,
+            listen,
+            tls_listen,
+            cafile,
+            certfile,
+            keyfile,
+            password_file,
+            acl_file,
+        } => {
+            use crate::mosquitto::{Auth, MosquittoOptions, TlsListener, config};
+            print!(
+                "{}",
+                config(&MosquittoOptions {
+                    listen,
+                    tls: tls_listen.map(|listen| TlsListener {
+                        listen,
+                        cafile,
+                        certfile,
+                        keyfile,
+                    }),
+                    agents,
+                    auth: Some(Auth {
+                        password_file,
+                        acl_file,
+                    }),
+                })
+            );
+        }
+        Command::PrintMosquittoAcl {
+            cluster,
+            gateway_user,
+        } => {
+            AgentId::new(&cluster).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+            print!("{}", crate::mosquitto::acl(&cluster, &gateway_user));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
