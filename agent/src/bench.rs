@@ -141,6 +141,25 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
+/// Whether the gateway at `http` answers `/healthz`.
+fn gateway_serving(http: SocketAddr) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(http) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).is_ok() && answer.starts_with("HTTP/1.1 200")
+}
+
 /// The gateway's stored head for `agent`, from its HTTP registry row.
 fn gateway_head(http: SocketAddr, agent: &str) -> Option<u64> {
     use std::io::Read;
@@ -227,9 +246,10 @@ pub fn run(args: &BenchArgs, exe: &Path) -> anyhow::Result<Report> {
             .spawn()
             .context("starting the gateway")?,
     );
+    // Serving, not merely bound: the gateway's main binds its sockets
+    // before it serves them, and catch-up must not count its start-up.
     for _ in 0..1000 {
-        if std::net::TcpStream::connect(http).is_ok() && std::net::TcpStream::connect(mqtt).is_ok()
-        {
+        if gateway_serving(http) {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));

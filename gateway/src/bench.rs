@@ -65,6 +65,21 @@ pub(crate) fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
     bail!("nothing listens on {addr}")
 }
 
+/// Waits until the gateway child at `http` answers `/healthz`. A TCP
+/// connect is no sign of readiness: the gateway's main binds its sockets
+/// before it starts serving them (the kernel queues connections meanwhile),
+/// and a timer started on a connect would count the gateway's start-up.
+pub(crate) fn wait_serving(http: SocketAddr) -> anyhow::Result<()> {
+    let url = format!("http://{http}");
+    for _ in 0..1000 {
+        if crate::cli::http_get(&url, "/healthz").is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("the gateway at {http} does not answer /healthz")
+}
+
 pub(crate) fn ledger(i: usize, entries: u64) -> anyhow::Result<MemLedger> {
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
@@ -301,7 +316,7 @@ pub(crate) fn spawn_gateway(
         }
     };
     let child = ChildGuard(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
-    wait_listening(http)?;
+    wait_serving(http)?;
     wait_listening(broker)?;
     Ok(GatewayChild {
         child,
