@@ -2,6 +2,9 @@
 //! subcommand does, over the library. `main.rs` only parses, sets up
 //! logging and calls [`run`]. What a subcommand prints on stdout is its
 //! product (a key, a seq and hash, a status), so printing is allowed here.
+// The doc comments below are the CLI's --help text (clap), written for a
+// terminal: `<data-dir>` is a placeholder there, not an HTML tag.
+#![allow(rustdoc::invalid_html_tags)]
 
 use std::io::BufRead;
 use std::path::PathBuf;
