@@ -226,10 +226,10 @@ impl Link {
                             if p.topic == ack_t {
                                 match Receipt::decode(&p.payload) {
                                     Ok(r) => {
-                                        let hello_empty = r.hello.is_some() && r.seq == Seq::ZERO;
-                                        uplink.handle_receipt(now, &r, &ledger.view(writer.head()));
-                                        if hello_empty && shared.rebuilding.load(Ordering::Relaxed) {
-                                            // The gateway holds nothing of ours: start anew.
+                                        let answered = uplink.handle_receipt(now, &r, &ledger.view(writer.head()));
+                                        if answered && r.seq == Seq::ZERO && shared.rebuilding.load(Ordering::Relaxed) {
+                                            // The gateway (its signed, nonce-matching answer)
+                                            // holds nothing of ours: start anew.
                                             crate::begin_chain(&writer, &shared, config.class.as_deref()).await;
                                         }
                                     }
@@ -352,6 +352,13 @@ impl Link {
                             }
                             Err(e) => shared.error(baton_runtime::unix_ms(), e.to_string()),
                         }
+                    }
+                    // Anyone on the broker can send an unsigned reject: it
+                    // prompted a hello and is logged, not raised as an alert.
+                    Output::Alert(
+                        a @ baton_shared::uplink::Alert::UnauthenticatedReject { .. },
+                    ) => {
+                        warn!(alert = ?a, "a reject that is not the gateway's signed answer to our hello: ignored");
                     }
                     Output::Alert(a) => {
                         warn!(alert = ?a, "uplink alert");

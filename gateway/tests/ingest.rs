@@ -336,7 +336,7 @@ fn a_fork_halts_the_agent_durably_with_evidence_and_an_alert() {
         .ingest
         .handle(T, NOW_MS, &topic("pi-1", "hello"), &hello(&l, 1).encode());
     assert_eq!(
-        nack_of(&out[0]),
+        signed_reject_of(&again, &out[0], 1),
         NackKind::Reject {
             reason: RejectReason::Fork,
             seq: Seq(5)
@@ -390,6 +390,53 @@ fn trust_on_first_use_only_inside_the_window() {
         &hello(&late, 3).encode(),
     );
     assert_reject(&out[0], RejectReason::UnknownAgent);
+}
+
+/// The nack in `out`, checked to be the gateway's signed reject answering
+/// the hello with `nonce` (PROTOCOL §7 rule 3d).
+fn signed_reject_of(f: &Fixture, out: &Outbound, nonce: u8) -> NackKind {
+    assert!(out.topic.ends_with("/nack"), "{}", out.topic);
+    let nack = Nack::decode(&out.payload).unwrap();
+    let key = f.gw_key.public();
+    assert!(
+        nack.stops_delivery(Some(&key), &[Nonce([nonce; 16])]),
+        "{nack:?} is not a signed stopping answer to hello {nonce}"
+    );
+    assert!(!nack.stops_delivery(Some(&key), &[Nonce([nonce ^ 1; 16])]));
+    nack.kind
+}
+
+#[test]
+fn refused_hellos_get_signed_rejects_and_a_foreign_key_is_an_unknown_agent() {
+    let mut f = fixture();
+    let l = agent_ledger("pi-1", 1, 3);
+    let unknown = NackKind::Reject {
+        reason: RejectReason::UnknownAgent,
+        seq: Seq::ZERO,
+    };
+    let out = f
+        .ingest
+        .handle(T, NOW_MS, &topic("pi-1", "hello"), &hello(&l, 1).encode());
+    assert_eq!(signed_reject_of(&f, &out[0], 1), unknown);
+    enroll(&mut f, &l);
+    // the same id with another key: refused before anything else
+    let impostor = agent_ledger("pi-1", 2, 3);
+    let out = f.ingest.handle(
+        T,
+        NOW_MS,
+        &topic("pi-1", "hello"),
+        &hello(&impostor, 4).encode(),
+    );
+    assert_eq!(signed_reject_of(&f, &out[0], 4), unknown);
+    // the enrolled key is answered with a receipt
+    let out = f
+        .ingest
+        .handle(T, NOW_MS, &topic("pi-1", "hello"), &hello(&l, 5).encode());
+    assert_eq!(receipt_of(&out[0]).seq, Seq(0));
+    // a reject answering a batch is never signed: it cannot stop anyone
+    let out = send_batch(&mut f, &impostor, 1, 4);
+    let nack = Nack::decode(&out[0].payload).unwrap();
+    assert!(nack.hello.is_none(), "{nack:?}");
 }
 
 #[test]

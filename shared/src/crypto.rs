@@ -171,6 +171,29 @@ pub fn checkpoint_message(agent: &AgentId, seq: Seq, hash: &Hash) -> Vec<u8> {
     m
 }
 
+/// `ASCII("baton.nack.v1") ‖ 0 ‖ gateway ‖ 0 ‖ agent ‖ 0 ‖ nonce ‖ reason ‖ 0 ‖ seq`:
+/// what a gateway signs when it refuses a hello (PROTOCOL §7 rule 3d).
+pub fn nack_message(
+    gateway: &AgentId,
+    agent: &AgentId,
+    nonce: &Nonce,
+    reason: &str,
+    seq: Seq,
+) -> Vec<u8> {
+    let mut m =
+        Vec::with_capacity(14 + gateway.as_str().len() + agent.as_str().len() + reason.len() + 28);
+    m.extend_from_slice(b"baton.nack.v1\0");
+    m.extend_from_slice(gateway.as_str().as_bytes());
+    m.push(0);
+    m.extend_from_slice(agent.as_str().as_bytes());
+    m.push(0);
+    m.extend_from_slice(&nonce.0);
+    m.extend_from_slice(reason.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&seq.0.to_be_bytes());
+    m
+}
+
 /// `ASCII("baton.receipt.v1") ‖ 0 ‖ gateway ‖ 0 ‖ agent ‖ 0 ‖ seq ‖ hash`.
 pub fn receipt_message(gateway: &AgentId, agent: &AgentId, seq: Seq, hash: &Hash) -> Vec<u8> {
     let mut m = Vec::with_capacity(17 + gateway.as_str().len() + agent.as_str().len() + 42);
@@ -260,6 +283,18 @@ impl PublicKey {
     ) -> bool {
         self.verify(&receipt_message(gateway, agent, seq, hash), sig)
     }
+
+    pub fn verify_nack(
+        &self,
+        gateway: &AgentId,
+        agent: &AgentId,
+        nonce: &Nonce,
+        reason: &str,
+        seq: Seq,
+        sig: &Sig,
+    ) -> bool {
+        self.verify(&nack_message(gateway, agent, nonce, reason, seq), sig)
+    }
 }
 
 impl fmt::Debug for PublicKey {
@@ -334,6 +369,17 @@ impl SecretKey {
 
     pub fn sign_receipt(&self, gateway: &AgentId, agent: &AgentId, seq: Seq, hash: &Hash) -> Sig {
         self.sign(&receipt_message(gateway, agent, seq, hash))
+    }
+
+    pub fn sign_nack(
+        &self,
+        gateway: &AgentId,
+        agent: &AgentId,
+        nonce: &Nonce,
+        reason: &str,
+        seq: Seq,
+    ) -> Sig {
+        self.sign(&nack_message(gateway, agent, nonce, reason, seq))
     }
 }
 

@@ -221,8 +221,13 @@ pub enum Alert {
     /// The gateway offered a head without the agent's own valid checkpoint
     /// (rule 3c): not adopted, nothing sent.
     UnsignedHead { seq: Seq, hash: Hash },
-    /// A reject nack: transmission stops, hello retries with backoff.
+    /// A signed reject answering a current hello (rule 3d): transmission
+    /// stops, hello retries with backoff.
     Rejected { reason: RejectReason, seq: Seq },
+    /// A reject that does not stop delivery (unsigned, stale, not a
+    /// stopping reason, or answering a batch): it prompted a hello, at most
+    /// one per `resend_timeout`, and nothing else.
+    UnauthenticatedReject { reason: RejectReason, seq: Seq },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -255,6 +260,8 @@ pub struct UplinkStats {
     pub batches_sent: u64,
     pub receipts_counted: u64,
     pub resends: u64,
+    /// Rejects that did not stop delivery (rule 3d).
+    pub rejects_ignored: u64,
 }
 
 #[derive(Debug)]
@@ -280,6 +287,12 @@ pub struct Uplink {
     sign_requested: Option<Seq>,
     /// When the last hello went out.
     hello_at: Duration,
+    /// The nonces of the last two hellos: a reject stops delivery only if
+    /// it answers one of them (rule 3d).
+    recent_nonces: [Option<Nonce>; 2],
+    /// An unauthenticated reject asked for a hello that must not interrupt
+    /// streaming (its answer can only raise the view).
+    probe_due: bool,
     queue: VecDeque<Output>,
     stats: UplinkStats,
 }
@@ -303,6 +316,8 @@ impl Uplink {
             proof_from: None,
             sign_requested: None,
             hello_at: Duration::ZERO,
+            recent_nonces: [None; 2],
+            probe_due: false,
             queue: VecDeque::new(),
             stats: UplinkStats::default(),
             cfg,
@@ -395,6 +410,10 @@ impl Uplink {
             Phase::Halted { retry_at } if now >= retry_at => Some(self.hello(now, ledger)),
             Phase::Halted { .. } => None,
             Phase::Streaming => {
+                if std::mem::take(&mut self.probe_due) {
+                    let (_, probe) = self.hello_message(now, ledger);
+                    return Some(probe);
+                }
                 if !self.in_flight.is_empty() && now >= self.progress_at + self.cfg.resend_timeout {
                     self.stats.resends += 1;
                     return Some(self.hello(now, ledger));
@@ -425,6 +444,7 @@ impl Uplink {
         match self.phase {
             Phase::Hello { sent_at, .. } => Some(sent_at + self.cfg.resend_timeout),
             Phase::Halted { retry_at } => Some(retry_at),
+            Phase::Streaming if self.probe_due => Some(Duration::ZERO),
             Phase::Streaming if !self.in_flight.is_empty() => {
                 Some(self.progress_at + self.cfg.resend_timeout)
             }
@@ -433,27 +453,36 @@ impl Uplink {
         }
     }
 
+    /// A hello whose answer is authoritative (rule 3): streaming waits for it.
     fn hello(&mut self, now: Duration, ledger: &impl Ledger) -> Output {
-        let mut nonce = [0u8; 16];
-        self.rng.fill(&mut nonce);
-        let nonce = Nonce(nonce);
+        let (nonce, hello) = self.hello_message(now, ledger);
         self.phase = Phase::Hello {
             nonce,
             sent_at: now,
             best: self.best.as_ref().map_or(Seq::ZERO, |b| b.seq),
         };
         self.in_flight.clear();
+        hello
+    }
+
+    /// A hello with a fresh nonce, remembered as one of the current two.
+    fn hello_message(&mut self, now: Duration, ledger: &impl Ledger) -> (Nonce, Output) {
+        let mut nonce = [0u8; 16];
+        self.rng.fill(&mut nonce);
+        let nonce = Nonce(nonce);
+        self.recent_nonces = [Some(nonce), self.recent_nonces[0]];
         self.hello_at = now;
         self.stats.hellos_sent += 1;
         let head = ledger.head();
-        Output::Hello(Hello {
+        let hello = Output::Hello(Hello {
             agent: self.cfg.agent.clone(),
             public_key: self.cfg.agent_key.to_bytes(),
             head_seq: head,
             head_hash: ledger.hash_at(head).unwrap_or(Hash::ZERO),
             nonce,
             software: self.cfg.software.clone(),
-        })
+        });
+        (nonce, hello)
     }
 
     fn transmit(&mut self, now: Duration, ledger: &impl Ledger) -> Option<Output> {
@@ -495,10 +524,17 @@ impl Uplink {
         Some(Output::Batch { from, to, proof })
     }
 
-    /// A receipt arrived on `ack`.
-    pub fn handle_receipt(&mut self, now: Duration, receipt: &Receipt, ledger: &impl Ledger) {
+    /// A receipt arrived on `ack`. Returns whether it was the verified
+    /// answer to the outstanding hello (only that may start a new chain
+    /// when the gateway holds nothing and the ledger is being rebuilt).
+    pub fn handle_receipt(
+        &mut self,
+        now: Duration,
+        receipt: &Receipt,
+        ledger: &impl Ledger,
+    ) -> bool {
         if receipt.agent != self.cfg.agent {
-            return;
+            return false;
         }
         let (answer_to, best_at_hello) = match &self.phase {
             Phase::Hello { nonce, best, .. } => (
@@ -524,7 +560,7 @@ impl Uplink {
                         k
                     }
                     // No key to judge it by: it changes nothing.
-                    _ => return,
+                    _ => return false,
                 }
             }
         };
@@ -539,12 +575,14 @@ impl Uplink {
                 },
             };
             self.queue.push_back(Output::Alert(alert));
-            return;
+            return false;
         }
         if answer_to.is_some() {
             self.hello_answer(now, receipt, ledger, best_at_hello);
+            true
         } else {
             self.raise(now, receipt, ledger);
+            false
         }
     }
 
@@ -669,7 +707,8 @@ impl Uplink {
         };
     }
 
-    /// A nack arrived: advisory, it can trigger a resend or a hello only.
+    /// A nack arrived: advisory, it can trigger a resend or a hello only,
+    /// except the signed answer to a current hello (rule 3d).
     pub fn handle_nack(&mut self, now: Duration, nack: &Nack) {
         if nack.agent != self.cfg.agent {
             return;
@@ -688,12 +727,27 @@ impl Uplink {
                 }
             }
             NackKind::Reject { reason, seq } => {
-                if self.phase == Phase::Adopting {
+                if matches!(self.phase, Phase::Adopting | Phase::Halted { .. }) {
                     return;
                 }
-                self.queue
-                    .push_back(Output::Alert(Alert::Rejected { reason, seq }));
-                self.halt(now);
+                let current: Vec<Nonce> = self.recent_nonces.iter().flatten().copied().collect();
+                if nack.stops_delivery(self.pinned.as_ref(), &current) {
+                    self.queue
+                        .push_back(Output::Alert(Alert::Rejected { reason, seq }));
+                    self.halt(now);
+                    return;
+                }
+                self.stats.rejects_ignored += 1;
+                // Anything else only prompts a hello, at most one per
+                // resend_timeout, that never interrupts streaming.
+                if self.phase == Phase::Streaming
+                    && !self.probe_due
+                    && now >= self.hello_at + self.cfg.resend_timeout
+                {
+                    self.probe_due = true;
+                    self.queue
+                        .push_back(Output::Alert(Alert::UnauthenticatedReject { reason, seq }));
+                }
             }
         }
     }

@@ -700,42 +700,170 @@ fn a_gateway_ahead_is_adopted_only_with_the_agents_own_signature_rule_3c() {
     );
 }
 
+/// The gateway's signed reject answering `hello` (rule 3d).
+fn signed_reject(hello: &Hello, reason: RejectReason, seq: u64) -> Nack {
+    Nack::signed_reject(
+        &gw_key(),
+        &gw_id(),
+        &agent_id(),
+        hello.nonce,
+        reason,
+        Seq(seq),
+    )
+}
+
 #[test]
-fn a_reject_stops_transmission_and_hello_retries_with_backoff_rule_3d() {
+fn a_signed_reject_of_the_current_hello_stops_transmission_and_hello_retries_with_backoff_rule_3d()
+{
     let mut l = ledger(5, 3);
-    let (mut u, hello) = connect(uplink_cfg(), None, &mut l);
-    u.handle_receipt(T0, &answer(0, Hash::ZERO, &hello, None), &l);
-    drain(&mut u, T0, &mut l);
-    let reject = Nack {
-        gateway: gw_id(),
-        agent: agent_id(),
-        kind: NackKind::Reject {
-            reason: RejectReason::UnknownAgent,
-            seq: Seq(1),
-        },
-    };
+    let (mut u, mut hello) = connect(uplink_cfg(), None, &mut l);
     let mut delays = Vec::new();
     let mut now = T0;
     for _ in 0..6 {
-        u.handle_nack(now, &reject);
+        u.handle_nack(now, &signed_reject(&hello, RejectReason::UnknownAgent, 0));
         let out = drain(&mut u, now, &mut l);
         assert_eq!(
             alerts(&out),
             [Alert::Rejected {
                 reason: RejectReason::UnknownAgent,
-                seq: Seq(1)
+                seq: Seq(0)
             }]
         );
         assert!(batches(&out).is_empty());
+        assert!(u.is_halted());
         let retry = u.poll_timeout().unwrap();
         delays.push(retry - now);
         assert!(u.poll(retry - ms(1).min(retry - now), &l).is_none() || retry == now);
-        assert!(matches!(u.poll(retry, &l), Some(Output::Hello(_))));
+        let Some(Output::Hello(next)) = u.poll(retry, &l) else {
+            panic!("no hello at the retry time")
+        };
+        hello = next;
         now = retry;
     }
     // capped exponential: grows, never past the cap
     assert!(delays.iter().all(|d| *d <= ms(800)));
     assert!(delays[4] > delays[0]);
+}
+
+/// Streams a 9-entry ledger (signed every 3) with window 2, the first
+/// batch receipted at `at`: batches 4..6 and 7..9 are in flight.
+fn streaming(at: Duration) -> (Uplink, MemLedger, Hello) {
+    let mut l = ledger(8, 3);
+    let mut cfg = uplink_cfg();
+    cfg.limits.max_entries = 3;
+    let (mut u, hello) = connect(cfg, None, &mut l);
+    u.handle_receipt(T0, &answer(0, Hash::ZERO, &hello, None), &l);
+    assert_eq!(batches(&drain(&mut u, T0, &mut l)), [(1, 3), (4, 6)]);
+    u.handle_receipt(at, &receipt_at(&l, 3), &l);
+    assert_eq!(batches(&drain(&mut u, at, &mut l)), [(7, 9)]);
+    (u, l, hello)
+}
+
+#[test]
+fn rejects_that_are_not_the_signed_answer_to_a_current_hello_never_stop_delivery() {
+    let (_, _, first_hello) = streaming(ms(1));
+    let mut forged = signed_reject(&first_hello, RejectReason::Fork, 5);
+    forged.hello = None; // unsigned, as anyone on the broker can send it
+    let mut foreign = forged.clone();
+    foreign.hello = Some(baton_shared::wire::NackEcho {
+        nonce: first_hello.nonce,
+        sig: SecretKey::from_seed(&[66; 32]).sign_nack(
+            &gw_id(),
+            &agent_id(),
+            &first_hello.nonce,
+            "fork",
+            Seq(5),
+        ),
+    });
+    let stale = Nack::signed_reject(
+        &gw_key(),
+        &gw_id(),
+        &agent_id(),
+        baton_shared::crypto::Nonce([0xa5; 16]),
+        RejectReason::Fork,
+        Seq(5),
+    );
+    let not_stopping = signed_reject(&first_hello, RejectReason::BadSignature, 4);
+    for (what, nack) in [
+        ("unsigned", forged),
+        ("signed by another key", foreign),
+        ("signed over a stale nonce", stale),
+        ("a reason that never stops", not_stopping),
+    ] {
+        let (mut u, mut l, _) = streaming(ms(1));
+        u.handle_receipt(ms(1), &receipt_at(&l, 9), &l);
+        let mut hellos = 0;
+        // A flood: a reject every 10 ms for 3 resend timeouts.
+        for t in (2..3000).step_by(10) {
+            let now = ms(t);
+            u.handle_nack(now, &nack);
+            let out = drain(&mut u, now, &mut l);
+            hellos += out.iter().filter(|o| matches!(o, Output::Hello(_))).count();
+            assert!(!u.is_halted(), "{what}: halted");
+            assert!(u.is_streaming(), "{what}: streaming interrupted");
+            assert!(
+                !alerts(&out)
+                    .iter()
+                    .any(|a| matches!(a, Alert::Rejected { .. })),
+                "{what}: obeyed"
+            );
+        }
+        // at most one prompted hello per resend_timeout (1 s)
+        assert!((1..=3).contains(&hellos), "{what}: {hellos} hellos");
+        // delivery goes on: the next append is sent at once
+        l.append(9, "info", None, Value::Null).unwrap();
+        l.sign_head();
+        assert_eq!(
+            batches(&drain(&mut u, ms(3000), &mut l)),
+            [(10, 10)],
+            "{what}"
+        );
+        assert!(u.stats().rejects_ignored >= 290, "{what}");
+    }
+}
+
+#[test]
+fn the_answer_to_a_prompted_hello_never_rewinds_what_is_sent() {
+    // 3 receipted at 900 ms: the resend timer is due at 1900 ms, a prompted
+    // hello may go at 1000 ms (one resend_timeout after the first hello).
+    let (mut u, mut l, first_hello) = streaming(ms(900));
+    let mut forged = signed_reject(&first_hello, RejectReason::Fork, 5);
+    forged.hello = None;
+    u.handle_nack(ms(1000), &forged);
+    let out = drain(&mut u, ms(1000), &mut l);
+    let probe = hello_of(&out);
+    // The honest gateway answers the probe with its head at 3 (4..9 are
+    // still on their way): nothing is resent, the view does not drop.
+    u.handle_receipt(
+        ms(1001),
+        &answer(3, l.hash_at(Seq(3)).unwrap(), &probe, None),
+        &l,
+    );
+    assert!(batches(&drain(&mut u, ms(1001), &mut l)).is_empty());
+    assert!(u.is_streaming());
+    assert_eq!(u.in_flight(), 2);
+    // A signed stopping reject answering the probe (one of the last two
+    // hellos) stops delivery: the probe is a real hello.
+    u.handle_nack(ms(1002), &signed_reject(&probe, RejectReason::Halted, 5));
+    assert!(u.is_halted());
+}
+
+#[test]
+fn only_the_verified_answer_to_the_current_hello_counts_as_one() {
+    let mut l = MemLedger::new(agent_id(), agent_key());
+    let (mut u, hello) = connect(uplink_cfg(), None, &mut l);
+    // forged: unsigned (a bad signature), and one for another hello
+    let mut unsigned = answer(0, Hash::ZERO, &hello, None);
+    unsigned.sig = Sig([0; 64]);
+    assert!(!u.handle_receipt(T0, &unsigned, &l));
+    let other = Hello {
+        nonce: baton_shared::crypto::Nonce([1; 16]),
+        ..hello.clone()
+    };
+    assert!(!u.handle_receipt(T0, &answer(0, Hash::ZERO, &other, None), &l));
+    assert!(!u.is_streaming());
+    assert!(u.handle_receipt(T0, &answer(0, Hash::ZERO, &hello, None), &l));
+    assert!(u.is_streaming());
 }
 
 #[test]
@@ -746,11 +874,7 @@ fn resend_nacks_at_or_below_the_best_receipt_are_ignored() {
     drain(&mut u, T0, &mut l);
     u.handle_receipt(T0, &receipt_at(&l, 3), &l);
     drain(&mut u, T0, &mut l);
-    let resend = |from| Nack {
-        gateway: gw_id(),
-        agent: agent_id(),
-        kind: NackKind::Resend { from: Seq(from) },
-    };
+    let resend = |from| Nack::new(&gw_id(), &agent_id(), NackKind::Resend { from: Seq(from) });
     u.handle_nack(T0, &resend(2));
     assert!(batches(&drain(&mut u, T0, &mut l)).is_empty());
     u.handle_nack(T0, &resend(4));

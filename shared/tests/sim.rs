@@ -456,11 +456,7 @@ impl World {
     }
 
     fn send_nack(&mut self, i: usize, kind: baton_shared::wire::NackKind) {
-        let nack = Nack {
-            gateway: self.gw_id.clone(),
-            agent: agent_id(i),
-            kind,
-        };
+        let nack = Nack::new(&self.gw_id, &agent_id(i), kind);
         self.send(Node::Agent(i), i, Topic::Nack, nack.encode());
     }
 
@@ -497,7 +493,9 @@ impl World {
         let Some(u) = a.uplink.as_mut() else { return };
         match m.topic {
             Topic::Ack => match Receipt::decode(&m.payload) {
-                Ok(r) => u.handle_receipt(now, &r, &a.ledger),
+                Ok(r) => {
+                    u.handle_receipt(now, &r, &a.ledger);
+                }
                 Err(e) => self.violations.push(format!("receipt did not decode: {e}")),
             },
             Topic::Nack => match Nack::decode(&m.payload) {

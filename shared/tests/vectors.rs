@@ -7,13 +7,13 @@
 use std::path::PathBuf;
 
 use baton_shared::canonical;
-use baton_shared::crypto::{self, Hash, PublicKey, SecretKey, Sig};
+use baton_shared::crypto::{self, Hash, Nonce, PublicKey, SecretKey, Sig};
 use baton_shared::entry::Seq;
 use baton_shared::export::{self, BatonError, BatonTrust};
 use baton_shared::id::AgentId;
 use baton_shared::json::{self, Mode, Value};
 use baton_shared::verify::{Reason, Verdict, Verifier, verify_text};
-use baton_shared::wire::Receipt;
+use baton_shared::wire::{Nack, NackEcho, NackKind, Receipt, RejectReason};
 
 fn data_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -381,6 +381,96 @@ fn receipt_for_nothing_stored() {
     );
     let r = Receipt::sign(&gw_secret, &gateway, &agent, Seq(0), Hash::ZERO);
     assert_eq!(r.sig.to_hex(), s(&v, "sig"));
+}
+
+fn reason_named(name: &str) -> RejectReason {
+    RejectReason::ALL
+        .into_iter()
+        .find(|r| r.as_str() == name)
+        .unwrap_or_else(|| panic!("unknown reason {name}"))
+}
+
+/// A reject as the vector describes it, with the vector's signature.
+fn vector_nack(case: &Value, gateway: &AgentId, agent: &AgentId) -> (Nack, Nonce) {
+    let nonce = Nonce::from_hex(s(case, "nonce")).unwrap();
+    let mut nack = Nack::new(
+        gateway,
+        agent,
+        NackKind::Reject {
+            reason: reason_named(s(case, "reason")),
+            seq: Seq(n(case, "seq")),
+        },
+    );
+    nack.hello = Some(NackEcho {
+        nonce,
+        sig: Sig::from_hex(s(case, "sig")).unwrap(),
+    });
+    (nack, nonce)
+}
+
+#[test]
+fn signed_rejects_stop_delivery_only_when_current_signed_and_stopping() {
+    let v = load("nack.json");
+    let chain = load("chain.json");
+    let gw_secret =
+        SecretKey::from_seed_hex(s(get(&chain, "receipt"), "gateway_key_seed_hex")).unwrap();
+    let gw_key = gw_secret.public();
+    assert_eq!(gw_key.to_hex(), s(&v, "gateway_public_key_hex"));
+    let cases = arr(&v, "cases");
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let gateway = AgentId::new(s(case, "gateway")).unwrap();
+        let agent = AgentId::new(s(case, "agent")).unwrap();
+        let (nack, nonce) = vector_nack(case, &gateway, &agent);
+        let NackKind::Reject { reason, seq } = nack.kind else {
+            unreachable!()
+        };
+        let message = crypto::nack_message(&gateway, &agent, &nonce, reason.as_str(), seq);
+        assert_eq!(hex(&message), s(case, "message_hex"));
+        let signed = Nack::signed_reject(&gw_secret, &gateway, &agent, nonce, reason, seq);
+        assert_eq!(signed, nack, "our signature matches the vector's");
+        assert!(nack.stops_delivery(Some(&gw_key), &[nonce]));
+        assert!(
+            !nack.stops_delivery(None, &[nonce]),
+            "no pinned key, no stop"
+        );
+        let mut unsigned = nack.clone();
+        unsigned.hello = None;
+        assert!(!unsigned.stops_delivery(Some(&gw_key), &[nonce]));
+    }
+    // Every refusal is refused for its own reason, against a gateway and
+    // agent taken from the first case.
+    let gateway = AgentId::new(s(&cases[0], "gateway")).unwrap();
+    let agent = AgentId::new(s(&cases[0], "agent")).unwrap();
+    let refusals = arr(&v, "refuse");
+    assert_eq!(refusals.len(), 3);
+    for case in refusals {
+        let (nack, nonce) = vector_nack(case, &gateway, &agent);
+        let current: Vec<Nonce> = match opt(case, "current_nonces") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|n| Nonce::from_hex(n.as_str().unwrap()).unwrap())
+                .collect(),
+            _ => vec![nonce],
+        };
+        if let Some(m) = opt(case, "message_hex") {
+            let NackKind::Reject { reason, seq } = nack.kind else {
+                unreachable!()
+            };
+            let message = crypto::nack_message(&gateway, &agent, &nonce, reason.as_str(), seq);
+            assert_eq!(hex(&message), m.as_str().unwrap());
+            assert!(
+                gw_key.verify(&message, &nack.hello.as_ref().unwrap().sig),
+                "{}: the signature itself is valid",
+                s(case, "case")
+            );
+        }
+        assert!(
+            !nack.stops_delivery(Some(&gw_key), &current),
+            "{}",
+            s(case, "case")
+        );
+    }
 }
 
 #[test]

@@ -382,12 +382,34 @@ impl Ingest {
     fn nack_on(&self, cluster: &ClusterId, agent: &AgentId, kind: NackKind) -> Outbound {
         Outbound {
             topic: topic::agent(cluster, agent, Kind::Nack),
-            payload: Nack {
-                gateway: self.cfg.gateway.clone(),
-                agent: agent.clone(),
-                kind,
-            }
-            .encode(),
+            payload: Nack::new(&self.cfg.gateway, agent, kind).encode(),
+        }
+    }
+
+    /// A refused hello: counted, logged (limited), and answered with the
+    /// signed reject that alone makes the agent stop (PROTOCOL §7 rule 3d).
+    fn refuse_hello(
+        &mut self,
+        now: Duration,
+        cluster: &ClusterId,
+        hello: &Hello,
+        (reason, seq): (RejectReason, Seq),
+        what: &str,
+    ) -> Outbound {
+        if reason == RejectReason::UnknownAgent {
+            self.bad(now, hello.agent.as_str(), BadInput::UnknownAgent, what);
+        }
+        let nack = Nack::signed_reject(
+            &self.key,
+            &self.cfg.gateway,
+            &hello.agent,
+            hello.nonce,
+            reason,
+            seq,
+        );
+        Outbound {
+            topic: topic::agent(cluster, &hello.agent, Kind::Nack),
+            payload: nack.encode(),
         }
     }
 
@@ -437,6 +459,15 @@ impl Ingest {
                 "{} on cluster {cluster}, which does not forward {agent}",
                 k.suffix()
             );
+            if k == Kind::Hello {
+                let Some(hello) = self.decode::<Hello>(now, &agent, payload, |h| &h.agent) else {
+                    return Ok(Vec::new());
+                };
+                let refusal = (RejectReason::UnknownAgent, Seq::ZERO);
+                return Ok(vec![
+                    self.refuse_hello(now, &cluster, &hello, refusal, &what),
+                ]);
+            }
             return Ok(vec![self.refuse_unknown_on(now, &cluster, &agent, &what)]);
         }
         match kind {
@@ -553,14 +584,25 @@ impl Ingest {
         };
         // Trust on first use is for this cluster's own devices only: a
         // forwarded chain needs a child's vouch (PROTOCOL §8).
+        let cluster = self.cluster_of(agent).clone();
+        let unknown = (RejectReason::UnknownAgent, Seq::ZERO);
         if self.intake(agent)?.is_none()
             && (forwarded || !self.enroll_on_first_use(now, unix_ms, &hello))
         {
-            return Ok(vec![self.refuse_unknown(
-                now,
-                agent,
-                "hello from an unenrolled agent",
-            )]);
+            let what = "hello from an unenrolled agent";
+            return Ok(vec![
+                self.refuse_hello(now, &cluster, &hello, unknown, what),
+            ]);
+        }
+        // A key other than the enrolled one is an unknown agent (rule 3d).
+        if self
+            .record(agent)?
+            .is_some_and(|r| r.public_key != hello.public_key)
+        {
+            let what = "hello with a key other than the enrolled one";
+            return Ok(vec![
+                self.refuse_hello(now, &cluster, &hello, unknown, what),
+            ]);
         }
         self.metrics
             .hellos
@@ -571,9 +613,13 @@ impl Ingest {
         };
         let out = match intake.answer_hello(&hello, &key) {
             Ok(r) => Outbound {
-                topic: topic::agent(self.cluster_of(agent), agent, Kind::Ack),
+                topic: topic::agent(&cluster, agent, Kind::Ack),
                 payload: r.encode(),
             },
+            Err(NackKind::Reject { reason, seq }) => {
+                let what = "hello from a halted agent";
+                self.refuse_hello(now, &cluster, &hello, (reason, seq), what)
+            }
             Err(kind) => self.nack(agent, kind),
         };
         Ok(vec![out])

@@ -17,7 +17,7 @@ pub use misc::{
     ClockEstimate, Heartbeat, ImpedanceSample, PresenceState, StateMsg, SystemMetrics, TimeReply,
     TimeRequest,
 };
-pub use nack::{Nack, NackKind, RejectReason};
+pub use nack::{Nack, NackEcho, NackKind, RejectReason};
 pub use receipt::{HelloEcho, Receipt};
 
 use serde::Serialize;
