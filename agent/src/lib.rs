@@ -156,6 +156,7 @@ pub async fn run(
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let key = keys::load(&config.key)?;
     let public = key.public();
+    let login_key = key.clone();
     let (opened, damage) = open_checked(&config.ledger_path(), &config.id, &public)?;
     let Opened {
         ledger,
@@ -238,6 +239,12 @@ pub async fn run(
     if let Some(broker) = config.gateway.clone() {
         let link = link::Link {
             agent_key: public,
+            login: mqtt::Credentials::password_or_signed(
+                broker.password.clone(),
+                login_key,
+                true,
+                mqtt::LoginCounter::persistent(config.data_dir.join("login.counter")),
+            ),
             pinned,
             best,
             ledger: ledger.clone(),

@@ -34,6 +34,9 @@ pub struct Link {
     pub config: Config,
     pub broker: Broker,
     pub agent_key: PublicKey,
+    /// How the link logs in: the configured password, else a fresh
+    /// signature by the agent's key at every connect.
+    pub login: baton_runtime::mqtt::Credentials,
     pub pinned: Option<PublicKey>,
     pub best: Option<Receipt>,
     pub ledger: Ledger,
@@ -61,6 +64,7 @@ impl Link {
             config,
             broker,
             agent_key,
+            login,
             pinned,
             best,
             ledger,
@@ -86,7 +90,7 @@ impl Link {
             &broker.host,
             broker.port,
             None,
-            broker.password.as_deref(),
+            &login,
             broker.tls.as_ref(),
         ) {
             Ok(o) => o,
@@ -157,6 +161,7 @@ impl Link {
                 let next_session_ms =
                     baton_runtime::unix_ms() + i64::try_from(retry_in.as_millis()).unwrap_or(0);
                 options.set_last_will(will(next_session_ms));
+                login.apply(options, None);
                 Some(Pumped::Lost {
                     error,
                     next_session_ms,

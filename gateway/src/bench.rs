@@ -384,6 +384,7 @@ pub async fn run(args: &BenchArgs, exe: &Path) -> anyhow::Result<Vec<Row>> {
     crate::broker::start(
         raw_listener,
         args.agents.iter().copied().max().unwrap_or(1) + 10,
+        None, // raw broker throughput: no logins to verify
     )?;
     let mut rows = Vec::new();
     for (name, external) in &brokers {

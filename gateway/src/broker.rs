@@ -19,13 +19,259 @@
 //!
 //! Because an auth hook is set, rumqttd refuses a CONNECT without a
 //! username; Baton's clients always send one (their client id).
+//!
+//! **Who may connect, and do what** ([`Authority`]): a device logs in as
+//! itself — user name = client id = agent id, password = a fresh signature
+//! by its enrolled key (`baton_shared::login`) — and is then held per
+//! packet to `baton_shared::acl`: its own topics, in the protocol's
+//! direction, retained only on its own small `state`. A child gateway's
+//! forwarder (`baton-forwarder-<id>`) logs in with its gateway key and may
+//! forward its own cluster's chains. The gateway's own client logs in with
+//! a secret made at start. Everything else is refused and counted.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, RwLock};
 
+use baton_shared::acl::{Access, Principal};
+use baton_shared::login::{Login, LoginError};
 use baton_shared::wire::MQTT_MAX_PACKET;
+use baton_shared::{AgentId, ClusterId, PublicKey};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
-use tracing::error;
+use subtle::ConstantTimeEq;
+use tracing::{error, warn};
+
+use crate::metrics::Metrics;
+use crate::store::{AgentRecord, EnrolledBy};
+
+/// The client id of a child gateway's forwarder on its parent's broker.
+pub fn forwarder_client_id(gateway: &AgentId) -> String {
+    format!("{FORWARDER_PREFIX}{gateway}")
+}
+
+const FORWARDER_PREFIX: &str = "baton-forwarder-";
+
+/// Looks up an enrolled record (the gateway's store).
+pub type Lookup = Box<dyn Fn(&AgentId) -> Option<AgentRecord> + Send + Sync>;
+/// Whether a trust-on-first-use window is open at `unix_ms`.
+pub type WindowOpen = Box<dyn Fn(i64) -> bool + Send + Sync>;
+
+/// Authentication and the topic ACL of the embedded broker.
+pub struct Authority {
+    cluster: ClusterId,
+    gateway_client: String,
+    gateway_secret: String,
+    lookup: Lookup,
+    window_open: WindowOpen,
+    /// Who each authenticated client id is (set at its last login).
+    principals: RwLock<HashMap<String, Principal>>,
+    /// The counter of each id's last accepted login: a replay is refused.
+    /// Kept in memory: after a restart a login captured before it could
+    /// be used once (RELIABILITY.md).
+    last_login: Mutex<HashMap<String, i64>>,
+    metrics: Arc<Metrics>,
+    /// When a refusal was last logged (at most one line a second).
+    logged_at: Mutex<i64>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("cluster", &self.cluster)
+            .field("gateway_client", &self.gateway_client)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a CONNECT was refused (logged, counted).
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("user name {username:?} is not the client id")]
+    NotItself { username: String },
+    #[error("wrong secret for the gateway's own client")]
+    GatewaySecret,
+    #[error("{0}")]
+    Login(#[from] LoginError),
+    #[error("{id} is a child gateway of cluster {cluster}'s chains only through its forwarder")]
+    NotADevice { id: AgentId, cluster: ClusterId },
+    #[error("{0:?} is not a valid id")]
+    BadId(String),
+    #[error("the offered key is not a usable Ed25519 key")]
+    BadKey,
+}
+
+impl Authority {
+    pub fn new(
+        cluster: ClusterId,
+        gateway_client: String,
+        gateway_secret: String,
+        lookup: Lookup,
+        window_open: WindowOpen,
+        metrics: Arc<Metrics>,
+    ) -> Authority {
+        Authority {
+            cluster,
+            gateway_client,
+            gateway_secret,
+            lookup,
+            window_open,
+            principals: RwLock::new(HashMap::new()),
+            last_login: Mutex::new(HashMap::new()),
+            metrics,
+            logged_at: Mutex::new(i64::MIN),
+        }
+    }
+
+    /// Judges a CONNECT at `now_ms`; on success the client's principal is
+    /// kept for [`Authority::allows`].
+    pub fn authenticate(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &str,
+        now_ms: i64,
+    ) -> Result<Principal, Refused> {
+        if username != client_id {
+            return Err(Refused::NotItself {
+                username: username.to_owned(),
+            });
+        }
+        let principal = if client_id == self.gateway_client {
+            let same: bool = password
+                .as_bytes()
+                .ct_eq(self.gateway_secret.as_bytes())
+                .into();
+            if !same {
+                return Err(Refused::GatewaySecret);
+            }
+            Principal::Gateway
+        } else {
+            self.login(client_id, password, now_ms)?
+        };
+        self.principals
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(client_id.to_owned(), principal.clone());
+        Ok(principal)
+    }
+
+    fn login(&self, client_id: &str, password: &str, now_ms: i64) -> Result<Principal, Refused> {
+        let login = Login::parse(password)?;
+        let (id, forwarder) = match client_id.strip_prefix(FORWARDER_PREFIX) {
+            Some(gw) => (gw, true),
+            None => (client_id, false),
+        };
+        let id = AgentId::new(id).map_err(|_| Refused::BadId(client_id.to_owned()))?;
+        let record = (self.lookup)(&id);
+        let (key, principal) = match (&record, forwarder) {
+            (
+                Some(AgentRecord {
+                    public_key,
+                    enrolled_by: EnrolledBy::ChildGateway { cluster },
+                    ..
+                }),
+                true,
+            ) => (
+                *public_key,
+                Principal::Child {
+                    cluster: cluster.clone(),
+                },
+            ),
+            (Some(r), false) => {
+                if let EnrolledBy::ChildGateway { cluster } | EnrolledBy::Vouched { cluster, .. } =
+                    &r.enrolled_by
+                {
+                    return Err(Refused::NotADevice {
+                        id,
+                        cluster: cluster.clone(),
+                    });
+                }
+                (r.public_key, self.device(&id))
+            }
+            // Not enrolled: only inside a window, under the key it offers
+            // (the hello then enrolls that id, within the window's bounds).
+            (None, false) if (self.window_open)(now_ms) => {
+                let key = login.offered_key.ok_or(LoginError::Unknown)?;
+                (key, self.device(&id))
+            }
+            _ => return Err(LoginError::Unknown.into()),
+        };
+        let key = PublicKey::trusted(&key).map_err(|_| Refused::BadKey)?;
+        let mut last = self
+            .last_login
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        login.verify(client_id, &key, last.get(client_id).copied())?;
+        last.insert(client_id.to_owned(), login.counter);
+        Ok(principal)
+    }
+
+    fn device(&self, agent: &AgentId) -> Principal {
+        Principal::Device {
+            cluster: self.cluster.clone(),
+            agent: agent.clone(),
+        }
+    }
+
+    /// The per-packet ACL: what `client_id`'s principal may do.
+    pub fn allows(&self, client_id: &str, access: Access<'_>) -> bool {
+        let verdict = self
+            .principals
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(client_id)
+            .map(|p| p.allows(access));
+        match verdict {
+            Some(Ok(())) => true,
+            denied => {
+                let counter = match access {
+                    Access::Publish { .. } => &self.metrics.broker_publishes_denied,
+                    Access::Subscribe { .. } => &self.metrics.broker_subscribes_denied,
+                };
+                counter.fetch_add(1, Relaxed);
+                if self.log_due() {
+                    let why = denied
+                        .and_then(Result::err)
+                        .map_or("unauthenticated", |d| d.as_str());
+                    warn!(client_id, ?access, why, "broker ACL denied");
+                }
+                false
+            }
+        }
+    }
+
+    /// The auth hook: judges, counts and logs.
+    pub fn connect(&self, client_id: &str, username: &str, password: &str) -> bool {
+        if !valid_client_id(client_id) {
+            self.metrics.broker_logins_refused.fetch_add(1, Relaxed);
+            return false;
+        }
+        match self.authenticate(client_id, username, password, baton_runtime::unix_ms()) {
+            Ok(_) => true,
+            Err(e) => {
+                self.metrics.broker_logins_refused.fetch_add(1, Relaxed);
+                if self.log_due() {
+                    warn!(client_id, error = %e, "broker login refused");
+                }
+                false
+            }
+        }
+    }
+
+    fn log_due(&self) -> bool {
+        let now = baton_runtime::unix_ms();
+        let mut at = self
+            .logged_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = now.saturating_sub(*at) >= 1000;
+        if due {
+            *at = now;
+        }
+        due
+    }
+}
 
 /// Whether rumqttd may see this client id: 1–128 printable ASCII characters
 /// without MQTT wildcards, `$` or `/`.
@@ -42,7 +288,7 @@ pub fn connection_limit(agents: usize) -> usize {
     agents + agents / 4 + 64
 }
 
-fn config(listen: SocketAddr, agents: usize) -> Config {
+fn config(listen: SocketAddr, agents: usize, authority: Option<Arc<Authority>>) -> Config {
     let mut connections = ConnectionSettings {
         connection_timeout_ms: 30_000,
         max_payload_size: MQTT_MAX_PACKET,
@@ -50,10 +296,29 @@ fn config(listen: SocketAddr, agents: usize) -> Config {
         auth: None,
         external_auth: None,
         dynamic_filters: true,
+        acl: None,
     };
-    connections.set_auth_handler(|client_id: String, _user: String, _pass: String| async move {
-        valid_client_id(&client_id)
-    });
+    match authority {
+        Some(a) => {
+            let acl = Arc::clone(&a);
+            connections.acl = Some(Arc::new(
+                move |client_id: &str, access: rumqttd::Access<'_>| {
+                    acl.allows(client_id, from_rumqttd(access))
+                },
+            ));
+            connections.set_auth_handler(move |client_id: String, user: String, pass: String| {
+                let ok = a.connect(&client_id, &user, &pass);
+                async move { ok }
+            });
+        }
+        None => {
+            connections.set_auth_handler(
+                |client_id: String, _user: String, _pass: String| async move {
+                    valid_client_id(&client_id)
+                },
+            );
+        }
+    }
     let server = ServerSettings {
         name: "baton-v4".into(),
         listen,
@@ -77,13 +342,25 @@ fn config(listen: SocketAddr, agents: usize) -> Config {
     }
 }
 
+fn from_rumqttd(access: rumqttd::Access<'_>) -> Access<'_> {
+    match access {
+        rumqttd::Access::Publish { topic, retain, len } => Access::Publish { topic, retain, len },
+        rumqttd::Access::Subscribe { filter } => Access::Subscribe { filter },
+    }
+}
+
 /// Starts rumqttd on its own threads, accepting on `listener` (bound by
 /// the caller: see `server::Listeners`). Clients may connect at once: the
 /// kernel queues them on the bound socket until rumqttd accepts. The broker
-/// lives as long as the process.
-pub fn start(listener: std::net::TcpListener, agents: usize) -> std::io::Result<()> {
+/// lives as long as the process. Without an `authority` anyone may connect
+/// and publish anything (`broker_auth = "none"`).
+pub fn start(
+    listener: std::net::TcpListener,
+    agents: usize,
+    authority: Option<Arc<Authority>>,
+) -> std::io::Result<()> {
     let listen = listener.local_addr()?;
-    let cfg = config(listen, agents);
+    let cfg = config(listen, agents, authority);
     std::thread::Builder::new()
         .name("rumqttd".into())
         .spawn(move || {

@@ -117,6 +117,31 @@ pub struct RunArgs {
     upstream_client_cert: Option<PathBuf>,
     #[arg(long, env = "BATON_GATEWAY_UPSTREAM_CLIENT_KEY")]
     upstream_client_key: Option<PathBuf>,
+    /// Embedded broker logins: "keys" (signature logins, topic ACL; the
+    /// default) or "none" (anyone may publish anything).
+    #[arg(long, env = "BATON_GATEWAY_BROKER_AUTH")]
+    broker_auth: Option<String>,
+    /// HTTP state changes: "token" (operator token; the default) or "none".
+    #[arg(long, env = "BATON_GATEWAY_HTTP_AUTH")]
+    http_auth: Option<String>,
+    /// Require the operator token for HTTP reads too.
+    #[arg(long, env = "BATON_GATEWAY_HTTP_READ_AUTH")]
+    http_read_auth: Option<bool>,
+    /// The operator token file (default: <data-dir>/operator.token).
+    #[arg(long, env = "BATON_GATEWAY_OPERATOR_TOKEN")]
+    operator_token: Option<PathBuf>,
+    /// Allow "none" for HTTP or the broker on a listener beyond loopback.
+    #[arg(long, env = "BATON_GATEWAY_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: Option<bool>,
+    /// The longest trust-on-first-use window, e.g. "24h".
+    #[arg(long, env = "BATON_GATEWAY_ENROLL_WINDOW_MAX")]
+    enroll_window_max: Option<String>,
+    /// The most agents one window enrolls.
+    #[arg(long, env = "BATON_GATEWAY_ENROLL_WINDOW_AGENTS")]
+    enroll_window_agents: Option<u64>,
+    /// The most first-use enrollments per minute.
+    #[arg(long, env = "BATON_GATEWAY_ENROLL_RATE")]
+    enroll_rate: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -301,6 +326,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 upstream_ca: a.upstream_ca,
                 upstream_client_cert: a.upstream_client_cert,
                 upstream_client_key: a.upstream_client_key,
+                broker_auth: a.broker_auth,
+                http_auth: a.http_auth,
+                http_read_auth: a.http_read_auth,
+                operator_token: a.operator_token,
+                allow_unauthenticated: a.allow_unauthenticated,
+                enroll_window_max: a.enroll_window_max,
+                enroll_window_agents: a.enroll_window_agents,
+                enroll_rate: a.enroll_rate,
             };
             let config = Config::validate(file.merge(flags))?;
             let listeners = crate::server::Listeners::bind(&config)?;

@@ -45,6 +45,21 @@ pub struct RawConfig {
     pub upstream_ca: Option<PathBuf>,
     pub upstream_client_cert: Option<PathBuf>,
     pub upstream_client_key: Option<PathBuf>,
+    /// Embedded broker: `keys` (signature logins and the topic ACL) or `none`.
+    pub broker_auth: Option<String>,
+    /// HTTP: `token` (operator token for every state change) or `none`.
+    pub http_auth: Option<String>,
+    /// Require the operator token for reads too.
+    pub http_read_auth: Option<bool>,
+    /// The operator token file (default `<data_dir>/operator.token`).
+    pub operator_token: Option<PathBuf>,
+    /// Allow an unauthenticated HTTP or broker listener beyond loopback.
+    pub allow_unauthenticated: Option<bool>,
+    /// Trust on first use: the longest window, the most enrollments in one
+    /// window, and the most per minute.
+    pub enroll_window_max: Option<String>,
+    pub enroll_window_agents: Option<u64>,
+    pub enroll_rate: Option<u32>,
 }
 
 impl RawConfig {
@@ -84,6 +99,14 @@ impl RawConfig {
             upstream_ca: over.upstream_ca.or(self.upstream_ca),
             upstream_client_cert: over.upstream_client_cert.or(self.upstream_client_cert),
             upstream_client_key: over.upstream_client_key.or(self.upstream_client_key),
+            broker_auth: over.broker_auth.or(self.broker_auth),
+            http_auth: over.http_auth.or(self.http_auth),
+            http_read_auth: over.http_read_auth.or(self.http_read_auth),
+            operator_token: over.operator_token.or(self.operator_token),
+            allow_unauthenticated: over.allow_unauthenticated.or(self.allow_unauthenticated),
+            enroll_window_max: over.enroll_window_max.or(self.enroll_window_max),
+            enroll_window_agents: over.enroll_window_agents.or(self.enroll_window_agents),
+            enroll_rate: over.enroll_rate.or(self.enroll_rate),
         }
     }
 }
@@ -134,6 +157,116 @@ pub struct Config {
     pub max_agents: usize,
     pub liveness: Liveness,
     pub upstream: Option<Upstream>,
+    pub security: Security,
+}
+
+/// Who may do what (README, Security).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Security {
+    /// The embedded broker authenticates every client and applies the
+    /// topic ACL (`broker_auth = "keys"`, the default).
+    pub broker_auth: bool,
+    /// State-changing HTTP requests need the operator token (default).
+    pub http_auth: bool,
+    /// Reads need it too (default: open, on loopback).
+    pub http_read_auth: bool,
+    pub token_file: PathBuf,
+    pub first_use: FirstUseLimits,
+}
+
+/// Bounds of trust on first use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstUseLimits {
+    /// The longest window an operator may open.
+    pub max_window: Duration,
+    /// The most agents one window enrolls.
+    pub max_agents: u64,
+    /// The most enrollments per minute.
+    pub per_minute: u32,
+}
+
+impl Default for FirstUseLimits {
+    fn default() -> Self {
+        FirstUseLimits {
+            max_window: Duration::from_secs(24 * 3600),
+            max_agents: 1000,
+            per_minute: 60,
+        }
+    }
+}
+
+impl Security {
+    /// Everything on: signature logins, the ACL, the operator token.
+    pub fn defaults(data_dir: &Path) -> Security {
+        Security {
+            broker_auth: true,
+            http_auth: true,
+            http_read_auth: false,
+            token_file: data_dir.join("operator.token"),
+            first_use: FirstUseLimits::default(),
+        }
+    }
+
+    fn validate(
+        raw: &RawConfig,
+        data_dir: &Path,
+        embedded: Option<SocketAddr>,
+        http_listen: SocketAddr,
+    ) -> Result<Security, ConfigError> {
+        let mut s = Security::defaults(data_dir);
+        let switch = |key: &'static str, v: Option<&str>, on: &str| match v {
+            None => Ok(true),
+            Some(x) if x == on => Ok(true),
+            Some("none") => Ok(false),
+            Some(x) => Err(invalid(
+                key,
+                format!("{x:?}: expected \"{on}\" or \"none\""),
+            )),
+        };
+        s.broker_auth = switch("broker_auth", raw.broker_auth.as_deref(), "keys")?;
+        s.http_auth = switch("http_auth", raw.http_auth.as_deref(), "token")?;
+        s.http_read_auth = raw.http_read_auth.unwrap_or(false);
+        if s.http_read_auth && !s.http_auth {
+            return Err(invalid("http_read_auth", "needs http_auth = \"token\""));
+        }
+        if let Some(p) = &raw.operator_token {
+            s.token_file.clone_from(p);
+        }
+        let f = &mut s.first_use;
+        f.max_window = duration(
+            "enroll_window_max",
+            raw.enroll_window_max.as_deref(),
+            f.max_window,
+        )?;
+        f.max_agents = raw.enroll_window_agents.unwrap_or(f.max_agents);
+        f.per_minute = raw.enroll_rate.unwrap_or(f.per_minute);
+        if f.per_minute == 0 {
+            return Err(invalid("enroll_rate", "must be at least 1 per minute"));
+        }
+        // An unauthenticated listener beyond loopback is a choice to say.
+        if !raw.allow_unauthenticated.unwrap_or(false) {
+            if !s.http_auth && !http_listen.ip().is_loopback() {
+                return Err(invalid(
+                    "http_auth",
+                    format!(
+                        "\"none\" on {http_listen}, beyond loopback: set allow_unauthenticated = true to mean it"
+                    ),
+                ));
+            }
+            if let Some(listen) = embedded
+                && !s.broker_auth
+                && !listen.ip().is_loopback()
+            {
+                return Err(invalid(
+                    "broker_auth",
+                    format!(
+                        "\"none\" on {listen}, beyond loopback: set allow_unauthenticated = true to mean it"
+                    ),
+                ));
+            }
+        }
+        Ok(s)
+    }
 }
 
 /// Liveness and summaries.
@@ -217,6 +350,7 @@ fn addr(key: &'static str, v: Option<&str>, default: &str) -> Result<SocketAddr,
 impl Config {
     pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         let liveness = Liveness::validate(&raw)?;
+        let security_raw = raw.clone();
         let id = raw.id.ok_or(ConfigError::Missing { key: "id" })?;
         let id = AgentId::new(id).map_err(|e| invalid("id", e.to_string()))?;
         let cluster = raw.cluster.ok_or(ConfigError::Missing { key: "cluster" })?;
@@ -225,6 +359,16 @@ impl Config {
             .data_dir
             .ok_or(ConfigError::Missing { key: "data_dir" })?;
         let key = raw.key.unwrap_or_else(|| data_dir.join("gateway.key"));
+        let http_listen = addr("http_listen", raw.http_listen.as_deref(), "127.0.0.1:8080")?;
+        let embedded = match raw.broker {
+            None => Some(addr(
+                "mqtt_listen",
+                raw.mqtt_listen.as_deref(),
+                "127.0.0.1:1883",
+            )?),
+            Some(_) => None,
+        };
+        let security = Security::validate(&security_raw, &data_dir, embedded, http_listen)?;
         let broker = match raw.broker {
             None if raw.broker_ca.is_some()
                 || raw.broker_client_cert.is_some()
@@ -309,13 +453,14 @@ impl Config {
         Ok(Config {
             upstream,
             liveness,
+            security,
             id,
             cluster,
             data_dir,
             key,
             keys_dir: raw.keys_dir,
             broker,
-            http_listen: addr("http_listen", raw.http_listen.as_deref(), "127.0.0.1:8080")?,
+            http_listen,
             resend_timeout: duration(
                 "resend_timeout",
                 raw.resend_timeout.as_deref(),
@@ -394,6 +539,23 @@ summary_chain_interval = "5m"
 # upstream_username = "gw-1"
 # upstream_password = "…"
 # upstream_ca = "/etc/baton/sector-ca.pem"
+
+# Security (README, Security). The embedded broker authenticates each device
+# by a fresh signature of its enrolled key (user name = agent id) and holds
+# it to its own topics; "none" lets anyone publish anything.
+broker_auth = "keys"
+# Every state change over HTTP (enroll, unenroll, resolve, load, windows)
+# needs `Authorization: Bearer <operator token>`; the token is made at the
+# first start in operator_token (0600) and rotated with `operator-token --rotate`.
+http_auth = "token"
+http_read_auth = false
+# operator_token = "/var/lib/baton-gateway/operator.token"
+# "none" beyond loopback is refused unless this says so:
+allow_unauthenticated = false
+# Trust on first use: longest window, enrollments per window, per minute.
+enroll_window_max = "24h"
+enroll_window_agents = 1000
+enroll_rate = 60
 "#;
 
 #[cfg(test)]

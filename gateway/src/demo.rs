@@ -115,6 +115,7 @@ pub async fn run(
         max_agents: args.agents.max(10),
         liveness: crate::config::Liveness::default(),
         upstream: None,
+        security: crate::config::Security::defaults(&gw_dir),
     };
     {
         // Offline commands (`export --format baton`) read the id from the store.

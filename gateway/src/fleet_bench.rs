@@ -115,15 +115,27 @@ fn heartbeat(agent: &AgentId, sent_ms: i64) -> Heartbeat {
     }
 }
 
+/// The key of simulated agent `i` (enrolled by key file before the run).
+fn sim_key(i: usize) -> SecretKey {
+    let mut seed = [7u8; 32];
+    seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    SecretKey::from_seed(&seed)
+}
+
 fn sim(broker: SocketAddr, i: usize, phase: Duration) -> anyhow::Result<Sim> {
     let agent = AgentId::new(format!("sim-{i}"))?;
+    let login = baton_runtime::mqtt::Credentials::Signed {
+        key: Box::new(sim_key(i)),
+        offer_key: false,
+        counter: baton_runtime::mqtt::LoginCounter::in_memory(),
+    };
     let (state_t, hb_t, time_t) = (
         topic::agent(CLUSTER, &agent, Kind::State),
         topic::agent(CLUSTER, &agent, Kind::Hb),
         topic::agent(CLUSTER, &agent, Kind::Time),
     );
     let mut o = MqttOptions::new(agent.as_str(), broker.ip().to_string(), broker.port());
-    o.set_credentials(agent.as_str(), "");
+    login.apply(&mut o, None);
     o.set_keep_alive(Duration::from_secs(30));
     let session = baton_runtime::unix_ms();
     let presence = |state| {
@@ -149,6 +161,7 @@ fn sim(broker: SocketAddr, i: usize, phase: Duration) -> anyhow::Result<Sim> {
         loop {
             if el.poll().await.is_err() {
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                login.apply(&mut el.mqtt_options, None);
             }
         }
     });
@@ -236,11 +249,9 @@ async fn one(
     let keys_dir = dir.join("agents");
     std::fs::create_dir_all(&keys_dir)?;
     for i in 0..n {
-        let mut seed = [7u8; 32];
-        seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
         std::fs::write(
             keys_dir.join(format!("sim-{i}.pub")),
-            SecretKey::from_seed(&seed).public().to_hex(),
+            sim_key(i).public().to_hex(),
         )?;
     }
     let GatewayChild {

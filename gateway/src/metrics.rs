@@ -136,6 +136,11 @@ pub struct Metrics {
     /// Entries of the gateway's own chain that could not be built (and
     /// so were not signed).
     pub own_entries_refused: AtomicU64,
+    /// The embedded broker: logins refused, publishes and subscriptions
+    /// its topic ACL denied.
+    pub broker_logins_refused: AtomicU64,
+    pub broker_publishes_denied: AtomicU64,
+    pub broker_subscribes_denied: AtomicU64,
     rejected: RejectCounts,
     bad_input: BadInputCounts,
     commit_buckets: [AtomicU64; 10],
@@ -232,6 +237,24 @@ impl Metrics {
             "baton_hellos_total",
             "Hellos answered.",
             &self.hellos,
+        );
+        counter(
+            &mut out,
+            "baton_broker_logins_refused_total",
+            "Embedded broker: connections refused at login.",
+            &self.broker_logins_refused,
+        );
+        counter(
+            &mut out,
+            "baton_broker_publishes_denied_total",
+            "Embedded broker: publishes (and last wills) the topic ACL denied.",
+            &self.broker_publishes_denied,
+        );
+        counter(
+            &mut out,
+            "baton_broker_subscribes_denied_total",
+            "Embedded broker: subscriptions the topic ACL denied.",
+            &self.broker_subscribes_denied,
         );
         counter(
             &mut out,

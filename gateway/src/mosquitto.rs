@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use baton_shared::wire::MQTT_MAX_PACKET;
+use baton_shared::{acl, topic};
 
 /// Where a TLS listener's files are.
 #[derive(Debug, Clone)]
@@ -133,11 +134,12 @@ pub fn acl(cluster: &str, gateway_user: &str) -> String {
         c,
         "# Devices: %u is the MQTT user name, which must be the agent id."
     );
-    for suffix in ["hello", "entries", "hb", "time", "state", "cmd/reply"] {
-        let _ = writeln!(c, "pattern write baton/v1/{cluster}/%u/{suffix}");
+    // The same table the embedded broker enforces (baton_shared::acl).
+    for kind in acl::DEVICE_WRITES {
+        let _ = writeln!(c, "pattern write {}", topic::agent(cluster, "%u", kind));
     }
-    for suffix in ["ack", "nack", "time/reply", "cmd"] {
-        let _ = writeln!(c, "pattern read baton/v1/{cluster}/%u/{suffix}");
+    for kind in acl::DEVICE_READS {
+        let _ = writeln!(c, "pattern read {}", topic::agent(cluster, "%u", kind));
     }
     let _ = writeln!(c);
     let _ = writeln!(c, "# The gateway: every topic of its cluster.");

@@ -6,11 +6,12 @@ use baton_shared::topic::{self, Kind};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use baton_runtime::mqtt::{self, Credentials};
 use baton_shared::memory::MemLedger;
 use baton_shared::uplink::{Alert, Ledger, Output, Uplink, UplinkConfig};
-use baton_shared::wire::{MQTT_MAX_PACKET, Message, Nack, Receipt};
+use baton_shared::wire::{Message, Nack, Receipt};
 use baton_shared::{PublicKey, Seq};
-use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 /// What a publisher run ended with.
 #[derive(Debug)]
@@ -83,16 +84,22 @@ pub async fn publish(
     let mut to_append = feed.map_or(0, |f| f.entries);
     let every = feed.map_or(Duration::from_secs(3600), |f| f.every);
     let agent = ledger.agent().clone();
-    let mut opts = MqttOptions::new(agent.as_str(), broker.ip().to_string(), broker.port());
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET);
-    opts.set_clean_session(true);
-    opts.set_credentials(agent.as_str(), "");
+    // Logs in as the agent it plays, as a real agent does.
+    let login = Credentials::Signed {
+        key: Box::new(ledger.key().clone()),
+        offer_key: true,
+        counter: mqtt::LoginCounter::in_memory(),
+    };
+    let opts = mqtt::options(
+        agent.as_str(),
+        &broker.ip().to_string(),
+        broker.port(),
+        None,
+        &login,
+        None,
+    )?;
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-    let mut net = NetworkOptions::new();
-    net.set_tcp_nodelay(true);
-    net.set_connection_timeout(30);
-    eventloop.set_network_options(net);
+    eventloop.set_network_options(mqtt::network_options());
     // The event loop is polled by this one future, never cancelled
     // mid-connect (rumqttc's poll is not cancel-safe then), as in the agent.
     let (pumped_tx, mut pumped) = tokio::sync::mpsc::channel(64);
@@ -105,6 +112,7 @@ pub async fn publish(
             }
             if lost {
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                login.apply(&mut eventloop.mqtt_options, None);
             }
         }
     };

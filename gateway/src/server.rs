@@ -21,7 +21,7 @@ use crate::ingest::{Ingest, IngestConfig, Outbound};
 use crate::metrics::Metrics;
 use crate::operator::{CommandError, Inbound};
 use crate::store::{AgentRecord, EnrolledBy, Store};
-use baton_runtime::mqtt::Polled;
+use baton_runtime::mqtt::{Credentials, Polled};
 use baton_runtime::{keys, unix_ms};
 
 use crate::{broker, http};
@@ -118,6 +118,43 @@ fn enroll_key_files(ingest: &mut Ingest, dir: &std::path::Path) -> anyhow::Resul
     Ok(())
 }
 
+/// A secret for the gateway's own client on its embedded broker, made at
+/// every start and never written anywhere.
+fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS entropy: a key-derived secret still keeps devices out.
+        bytes = baton_shared::crypto::sha256(&unix_ms().to_be_bytes()).0;
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The embedded broker's authority: logins checked against the store's
+/// enrollments and window.
+fn embedded_authority(
+    config: &Config,
+    client_id: &str,
+    secret: &str,
+    store: &Arc<Store>,
+    metrics: &Arc<Metrics>,
+) -> broker::Authority {
+    let lookup_store = Arc::clone(store);
+    let window_store = Arc::clone(store);
+    broker::Authority::new(
+        config.cluster.clone(),
+        client_id.to_owned(),
+        secret.to_owned(),
+        Box::new(move |agent| lookup_store.agent(agent).ok().flatten()),
+        Box::new(move |now_ms| {
+            crate::ingest::window_until(&window_store)
+                .ok()
+                .flatten()
+                .is_some_and(|until| now_ms < until)
+        }),
+        Arc::clone(metrics),
+    )
+}
+
 /// Runs the gateway until `shutdown` resolves. `ready` receives the bound
 /// addresses once the broker, MQTT client and HTTP listener are up.
 pub async fn run(
@@ -162,14 +199,23 @@ pub async fn run(
                 .mqtt
                 .context("an embedded broker needs its MQTT listener (Listeners::bind)")?;
             let listen = listener.local_addr()?;
-            broker::start(listener, config.max_agents)
+            let secret = random_secret();
+            let authority = config.security.broker_auth.then(|| {
+                Arc::new(embedded_authority(
+                    &config, &client_id, &secret, &store, &metrics,
+                ))
+            });
+            if authority.is_none() {
+                warn!(%listen, "broker_auth = \"none\": any client may connect to the embedded broker and publish anything");
+            }
+            broker::start(listener, config.max_agents, authority)
                 .with_context(|| format!("starting the embedded broker on {listen}"))?;
             info!(%listen, "embedded broker listening");
             (
                 listen.ip().to_string(),
                 listen.port(),
                 None,
-                None,
+                Some(secret),
                 None,
                 Some(listen),
             )
@@ -184,13 +230,20 @@ pub async fn run(
             host.clone(),
             *port,
             username.as_deref(),
-            password.as_deref(),
+            password.clone(),
             tls.as_ref(),
             None,
         ),
     };
-    let mut opts = baton_runtime::mqtt::options(&client_id, &host, port, username, password, tls)
-        .context("broker connection settings")?;
+    let mut opts = baton_runtime::mqtt::options(
+        &client_id,
+        &host,
+        port,
+        username,
+        &Credentials::Password(password),
+        tls,
+    )
+    .context("broker connection settings")?;
     opts.set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(opts, 65_536);
     eventloop.set_network_options(baton_runtime::mqtt::network_options());
@@ -413,7 +466,7 @@ pub async fn run(
                     upstream: up.clone(),
                     resend_timeout: config.resend_timeout,
                 },
-                http_key.public(),
+                &http_key,
                 Arc::clone(&store),
                 committed_tx.subscribe(),
                 Arc::clone(&metrics),

@@ -29,7 +29,7 @@ use baton_shared::json::{Object, Value};
 use baton_shared::topic::{self, Kind};
 use baton_shared::uplink::{BatchLimits, Ledger, Output, Uplink, UplinkConfig, span_end};
 use baton_shared::wire::{EntryBatch, Message, Nack, Receipt};
-use baton_shared::{AgentId, ClusterId, Entry, Hash, PublicKey, Seq};
+use baton_shared::{AgentId, ClusterId, Entry, Hash, PublicKey, SecretKey, Seq};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{info, warn};
@@ -159,22 +159,32 @@ enum Pumped {
 /// it when ingest made entries durable.
 pub fn spawn(
     cfg: ForwarderConfig,
-    own_key: PublicKey,
+    own_key: &SecretKey,
     store: Arc<Store>,
     committed: broadcast::Receiver<Committed>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Forwarder> {
     let up = &cfg.upstream;
-    let client_id = format!("baton-forwarder-{}", cfg.gateway);
+    let client_id = crate::broker::forwarder_client_id(&cfg.gateway);
+    // A configured password (the parent's Mosquitto), else a fresh
+    // signature by this gateway's key (the parent's embedded broker).
+    let login = baton_runtime::mqtt::Credentials::password_or_signed(
+        up.password.clone(),
+        own_key.clone(),
+        false,
+        baton_runtime::mqtt::LoginCounter::in_memory(),
+    );
+    let username = up.username.clone();
     let mut opts = baton_runtime::mqtt::options(
         &client_id,
         &up.host,
         up.port,
-        up.username.as_deref(),
-        up.password.as_deref(),
+        username.as_deref(),
+        &login,
         up.tls.as_ref(),
     )
     .context("upstream connection settings")?;
+    let own_key = own_key.public();
     opts.set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
     eventloop.set_network_options(baton_runtime::mqtt::network_options());
@@ -189,13 +199,18 @@ pub fn spawn(
         eventloop,
         baton_runtime::mqtt::gateway_backoff(seed),
         tx,
-        |p| match p {
+        move |p| match p {
             Polled::Event(Event::Incoming(Packet::ConnAck(_))) => Some(Pumped::Connected),
             Polled::Event(Event::Incoming(Packet::Publish(p))) => Some(Pumped::Message {
                 topic: p.topic,
                 payload: p.payload.to_vec(),
             }),
-            other => other.warn_if_lost("upstream").then_some(Pumped::Lost),
+            mut other => {
+                if let Polled::Lost { options, .. } = &mut other {
+                    login.apply(options, username.as_deref());
+                }
+                other.warn_if_lost("upstream").then_some(Pumped::Lost)
+            }
         },
     ));
     let state = State {

@@ -16,11 +16,6 @@ use baton_shared::SecretKey;
 
 /// Creates a new key at `path`; refuses to overwrite an existing one.
 pub fn generate(path: &Path) -> anyhow::Result<SecretKey> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     if path.exists() {
         bail!(
             "creating key file {}: it exists (an existing key is never overwritten)",
@@ -36,23 +31,41 @@ pub fn generate(path: &Path) -> anyhow::Result<SecretKey> {
             break k;
         }
     };
+    write_secret(path, key.to_pkcs8_pem().as_bytes(), false)?;
+    Ok(key)
+}
+
+/// Writes `bytes` to `path` as a whole file of mode 0600, atomically: a
+/// power cut leaves the old file or the new one, never a part. Without
+/// `replace` an existing file is never overwritten (the call fails).
+pub fn write_secret(path: &Path, bytes: &[u8], replace: bool) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = Temp::create(&dir, path)?;
     let mut f = &tmp.file;
-    f.write_all(key.to_pkcs8_pem().as_bytes())
+    f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing key file {}", tmp.path.display()))?;
-    // A hard link, not a rename: it fails if `path` appeared meanwhile.
-    std::fs::hard_link(&tmp.path, path).with_context(|| {
-        format!(
-            "creating key file {} (an existing key is never overwritten)",
-            path.display()
-        )
-    })?;
+        .with_context(|| format!("writing {}", tmp.path.display()))?;
+    if replace {
+        std::fs::rename(&tmp.path, path)
+            .with_context(|| format!("replacing {}", path.display()))?;
+    } else {
+        // A hard link, not a rename: it fails if `path` appeared meanwhile.
+        std::fs::hard_link(&tmp.path, path).with_context(|| {
+            format!(
+                "creating {} (an existing file is never overwritten)",
+                path.display()
+            )
+        })?;
+    }
     drop(tmp);
     std::fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing directory {}", dir.display()))?;
-    Ok(key)
+    Ok(())
 }
 
 /// A temporary file beside the key, removed when dropped.

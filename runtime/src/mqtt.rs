@@ -3,9 +3,11 @@
 //! size, and TLS (`mqtts://`) through rustls with the ring provider.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use baton_shared::SecretKey;
 use baton_shared::backoff::Backoff;
 use baton_shared::wire::MQTT_MAX_PACKET;
 use rumqttc::{
@@ -52,6 +54,118 @@ pub fn transport(tls: Option<&Tls>) -> anyhow::Result<Transport> {
     Ok(Transport::Tls(config))
 }
 
+/// How a client proves who it is to the broker.
+#[derive(Clone)]
+pub enum Credentials {
+    /// A configured password (an external broker's password file), or none.
+    Password(Option<String>),
+    /// A fresh signature login by the client's own key at every connect
+    /// (Baton's embedded broker, `baton_shared::login`); the public key is
+    /// offered while the device may still be enrolled on first use.
+    Signed {
+        key: Box<SecretKey>,
+        offer_key: bool,
+        counter: Arc<LoginCounter>,
+    },
+}
+
+/// The login counter of signature logins: the wall clock in ms, or one
+/// more than the last value used when the clock went back; with a file,
+/// the last value survives restarts (a device without a real-time clock).
+#[derive(Debug)]
+pub struct LoginCounter {
+    path: Option<PathBuf>,
+    last: Mutex<i64>,
+}
+
+impl LoginCounter {
+    /// A counter kept in memory (servers, whose clocks are kept).
+    pub fn in_memory() -> Arc<LoginCounter> {
+        Arc::new(LoginCounter {
+            path: None,
+            last: Mutex::new(0),
+        })
+    }
+
+    /// A counter whose last value is kept in `path`.
+    pub fn persistent(path: PathBuf) -> Arc<LoginCounter> {
+        let last = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        Arc::new(LoginCounter {
+            path: Some(path),
+            last: Mutex::new(last),
+        })
+    }
+
+    /// The next value: above every earlier one. Kept in the file before
+    /// it is used (a failure to keep it is logged; the value still grows
+    /// while the process lives).
+    pub fn next(&self) -> i64 {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = crate::time::unix_ms().max(last.saturating_add(1));
+        *last = next;
+        if let Some(p) = &self.path
+            && let Err(e) = crate::keys::write_secret(p, next.to_string().as_bytes(), true)
+        {
+            tracing::warn!(path = %p.display(), error = %format!("{e:#}"), "keeping the login counter failed");
+        }
+        next
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Password(p) => {
+                write!(f, "Password({})", if p.is_some() { "…" } else { "none" })
+            }
+            Credentials::Signed { offer_key, .. } => {
+                write!(f, "Signed {{ offer_key: {offer_key} }}")
+            }
+        }
+    }
+}
+
+impl Credentials {
+    /// A configured password if there is one, else signature logins by `key`.
+    pub fn password_or_signed(
+        password: Option<String>,
+        key: SecretKey,
+        offer_key: bool,
+        counter: Arc<LoginCounter>,
+    ) -> Self {
+        match password {
+            Some(p) => Credentials::Password(Some(p)),
+            None => Credentials::Signed {
+                key: Box::new(key),
+                offer_key,
+                counter,
+            },
+        }
+    }
+
+    /// Sets the user name (the client id unless given) and a password for
+    /// the next connect; call again before every reconnect, so that a
+    /// signature login is fresh.
+    pub fn apply(&self, opts: &mut MqttOptions, username: Option<&str>) {
+        let client_id = opts.client_id();
+        let password = match self {
+            Credentials::Password(p) => p.clone().unwrap_or_default(),
+            Credentials::Signed {
+                key,
+                offer_key,
+                counter,
+            } => baton_shared::login::password(key, &client_id, counter.next(), *offer_key),
+        };
+        opts.set_credentials(username.unwrap_or(&client_id), password);
+    }
+}
+
 /// Client options as every Baton client sets them: clean session (the
 /// ledger, not the broker, is what is resent), 30 s keep-alive, the
 /// protocol's packet size, credentials (the username is the client id
@@ -61,14 +175,14 @@ pub fn options(
     host: &str,
     port: u16,
     username: Option<&str>,
-    password: Option<&str>,
+    credentials: &Credentials,
     tls: Option<&Tls>,
 ) -> anyhow::Result<MqttOptions> {
     let mut opts = MqttOptions::new(client_id, host, port);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET);
     opts.set_clean_session(true);
-    opts.set_credentials(username.unwrap_or(client_id), password.unwrap_or_default());
+    credentials.apply(&mut opts, username);
     opts.set_transport(transport(tls)?);
     Ok(opts)
 }

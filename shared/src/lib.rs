@@ -8,13 +8,15 @@
 //! [`intake`] (receiver), and the fleet's view of itself: the clock
 //! exchange ([`clock`]), the impedance profile ([`impedance`]), the
 //! phi-accrual detector and agent states ([`liveness`]) and cluster
-//! summaries ([`summary`]), and the MQTT topics they travel on ([`topic`]).
+//! summaries ([`summary`]), the MQTT topics they travel on ([`topic`]), who may use which of
+//! them ([`acl`]) and how a client proves who it is to a broker ([`login`]).
 //!
 //! *Invariant:* this crate does no I/O. It reads no clock (`now` is passed
 //! in), no file, no socket and no entropy; its dependency tree holds no
 //! tokio, redb or rumqttc. The contract it implements is
 //! `spec/PROTOCOL.md`, pinned by the vectors under `tests/data/`.
 
+pub mod acl;
 pub mod backoff;
 pub mod canonical;
 pub mod clock;
@@ -26,6 +28,7 @@ pub mod impedance;
 pub mod intake;
 pub mod json;
 pub mod liveness;
+pub mod login;
 pub mod memory;
 pub mod summary;
 pub mod topic;

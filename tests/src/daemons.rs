@@ -70,6 +70,17 @@ impl Gateway {
         agents: &[(AgentId, PublicKey)],
         broker: Broker,
     ) -> Gateway {
+        Gateway::start_config(dir, agents, broker, |_| {}).await
+    }
+
+    /// As [`Gateway::start_broker`], with `adjust` changing the
+    /// configuration before the start (security settings, say).
+    pub async fn start_config(
+        dir: &Path,
+        agents: &[(AgentId, PublicKey)],
+        broker: Broker,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Gateway {
         let external = match &broker {
             Broker::External { host, port, .. } => {
                 Some(SocketAddr::new(host.parse().unwrap(), *port))
@@ -77,7 +88,7 @@ impl Gateway {
             Broker::Embedded { .. } => None,
         };
         let (key, key_path, keys_dir) = prepare_gateway_dir(dir, agents);
-        let config = Config {
+        let mut config = Config {
             id: AgentId::new("gw-e2e").unwrap(),
             cluster: ClusterId::new("c1").unwrap(),
             data_dir: dir.to_owned(),
@@ -93,7 +104,9 @@ impl Gateway {
                 ..Default::default()
             },
             upstream: None,
+            security: baton_gateway::config::Security::defaults(dir),
         };
+        adjust(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready, bound) = oneshot::channel();
         let listeners = baton_gateway::server::Listeners::bind(&config).unwrap();

@@ -118,3 +118,42 @@ pub fn gateway_chain(http_addr: SocketAddr, agent: &str) -> Vec<u8> {
 pub fn lines(b: &[u8]) -> usize {
     b.iter().filter(|c| **c == b'\n').count()
 }
+
+/// `GET path` parsed as JSON; the status must be 200.
+pub fn json(addr: SocketAddr, path: &str) -> baton_shared::json::Value {
+    let (status, body) = get(addr, path).unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    baton_shared::json::parse(body.as_bytes(), baton_shared::json::Mode::Verify).unwrap()
+}
+
+/// `field` of `agent`'s row in `/api/v1/agents`.
+pub fn agent_field(
+    addr: SocketAddr,
+    agent: &str,
+    field: &str,
+) -> Option<baton_shared::json::Value> {
+    use baton_shared::json::Value;
+    let Value::Array(rows) = json(addr, "/api/v1/agents") else {
+        panic!("agents is not an array")
+    };
+    rows.iter()
+        .filter_map(Value::as_object)
+        .find(|r| r.get("id").and_then(Value::as_str) == Some(agent))
+        .and_then(|r| r.get(field).cloned())
+}
+
+/// `agent`'s liveness state at the gateway (empty if unknown).
+pub fn agent_state(addr: SocketAddr, agent: &str) -> String {
+    agent_field(addr, agent, "state")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The value of the Prometheus sample `name` (with its labels) in
+/// `/metrics`, or 0.
+pub fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let (_, text) = get(addr, "/metrics").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}

@@ -9,6 +9,7 @@ pub mod daemons;
 pub mod http;
 pub mod mosquitto;
 pub mod proxy;
+pub mod raw;
 pub mod watch;
 
 use std::time::Duration;

@@ -268,7 +268,7 @@ async fn a_gateway_head_the_agent_never_signed_is_refused() {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
     let (mqtt, listener) = bound();
-    baton_gateway::broker::start(listener, 10).unwrap();
+    baton_gateway::broker::start(listener, 10, None).unwrap();
     let gw_key = SecretKey::from_seed(&[42; 32]);
     let gw_public = gw_key.public();
     let gateway = AgentId::new("gw-hostile").unwrap();
@@ -397,7 +397,7 @@ async fn presence_online_then_the_last_will_offline_of_the_same_session() {
     use baton_shared::wire::{Message, PresenceState, StateMsg};
 
     let (mqtt, listener) = bound();
-    baton_gateway::broker::start(listener, 10).unwrap();
+    baton_gateway::broker::start(listener, 10, None).unwrap();
     let mut watcher = Watcher::start(mqtt, "watcher", &["baton/v1/c1/pi-p/state"]).await;
     let dir = tempfile::tempdir().unwrap();
     let key = baton_shared::SecretKey::from_seed(&[3; 32]).public();

@@ -68,7 +68,7 @@ async fn takeover(mqtt: SocketAddr) {
 async fn embedded_broker_takeover_fires_the_old_will_and_keeps_the_new() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mqtt = listener.local_addr().unwrap();
-    baton_gateway::broker::start(listener, 10).unwrap();
+    baton_gateway::broker::start(listener, 10, None).unwrap();
     takeover(mqtt).await;
 }
 

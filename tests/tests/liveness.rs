@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use baton_shared::AgentId;
 use baton_shared::json::{Mode, Value, parse};
 use baton_tests::daemons::{Agent, Gateway, agent_key};
+use baton_tests::http::{agent_field, agent_state as state, json};
 use baton_tests::watch::Watcher;
 use baton_tests::{eventually, http};
 
@@ -46,29 +47,6 @@ fn spawn_agent(
         cmd.env(k, v);
     }
     cmd.spawn().unwrap()
-}
-
-fn json(addr: SocketAddr, path: &str) -> Value {
-    let (status, body) = http::get(addr, path).unwrap();
-    assert_eq!(status, 200, "{path}: {body}");
-    parse(body.as_bytes(), Mode::Verify).unwrap()
-}
-
-/// `field` of `agent`'s row in `/api/v1/agents`.
-fn agent_field(addr: SocketAddr, agent: &str, field: &str) -> Option<Value> {
-    let Value::Array(rows) = json(addr, "/api/v1/agents") else {
-        panic!("agents is not an array")
-    };
-    rows.iter()
-        .filter_map(Value::as_object)
-        .find(|r| r.get("id").and_then(Value::as_str) == Some(agent))
-        .and_then(|r| r.get(field).cloned())
-}
-
-fn state(addr: SocketAddr, agent: &str) -> String {
-    agent_field(addr, agent, "state")
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn cluster_num(addr: SocketAddr, path: &[&str]) -> f64 {
@@ -119,7 +97,14 @@ async fn killed_agent_is_offline_within_two_heartbeats_and_summaries_count_the_c
         .zip(&dirs)
         .map(|(id, d)| (AgentId::new(*id).unwrap(), agent_key(d.path())))
         .collect();
-    let gw = Gateway::start(gw_dir.path(), &keys, None, "127.0.0.1:0".parse().unwrap()).await;
+    // The retained summary is read here by an outside subscriber, which
+    // the embedded broker's ACL allows nobody but the gateway: no logins.
+    let listen = "127.0.0.1:0".parse().unwrap();
+    let broker = baton_gateway::config::Broker::Embedded { listen };
+    let gw = Gateway::start_config(gw_dir.path(), &keys, broker, |c| {
+        c.security.broker_auth = false;
+    })
+    .await;
     let http = gw.bound.http;
     let mqtt = gw.mqtt();
     let extra = baton_agent::RawConfig {

@@ -85,6 +85,14 @@ impl Ingest {
     }
 }
 
+/// The end of the enrollment window kept in `store`, if one was opened.
+pub fn window_until(store: &Store) -> Result<Option<i64>, StoreError> {
+    Ok(store
+        .meta(WINDOW_KEY)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(i64::from_be_bytes))
+}
+
 /// Opens the enrollment window in a stopped gateway's store.
 pub fn open_window(store: &Store, until_ms: i64) -> Result<(), StoreError> {
     store.set_meta(WINDOW_KEY, &until_ms.to_be_bytes())

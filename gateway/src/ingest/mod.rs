@@ -38,8 +38,7 @@ mod enroll;
 mod load;
 
 use child::child_filters;
-use enroll::WINDOW_KEY;
-pub use enroll::open_window;
+pub use enroll::{open_window, window_until};
 pub use load::LoadError;
 
 /// Beyond this many remembered (agent, kind) log times, expired ones go.
@@ -143,10 +142,7 @@ impl Ingest {
     ) -> Result<Ingest, OpenError> {
         let head = store.head(&cfg.gateway)?;
         let own = OwnChain::new(cfg.gateway.clone(), key.clone(), head);
-        let window_until_ms = store
-            .meta(WINDOW_KEY)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map(i64::from_be_bytes);
+        let window_until_ms = enroll::window_until(&store)?;
         let registry = Arc::new(Mutex::new(
             Registry::new(cfg.thresholds).with_cluster(cfg.cluster.as_str()),
         ));

@@ -51,6 +51,24 @@ pub type AuthHandler = Arc<
         + Sync,
 >;
 
+/// Baton patch: what an authenticated client asks of the broker, checked
+/// per packet by [`ConnectionSettings::acl`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access<'a> {
+    /// A PUBLISH, or the last will of a CONNECT (published on the client's
+    /// behalf later).
+    Publish {
+        topic: &'a str,
+        retain: bool,
+        len: usize,
+    },
+    /// One filter of a SUBSCRIBE.
+    Subscribe { filter: &'a str },
+}
+
+/// Baton patch: `(client_id, access) -> allowed`.
+pub type AclHandler = Arc<dyn Fn(&str, Access<'_>) -> bool + Send + Sync>;
+
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
 pub struct Config {
     pub id: usize,
@@ -152,6 +170,13 @@ pub struct ConnectionSettings {
     pub external_auth: Option<AuthHandler>,
     #[serde(default)]
     pub dynamic_filters: bool,
+    /// Baton patch: when set, every PUBLISH, SUBSCRIBE filter and last will
+    /// of an authenticated client is checked; a denied PUBLISH is
+    /// acknowledged and dropped, a SUBSCRIBE with a denied filter is
+    /// answered with failure codes and not made, a CONNECT whose will is
+    /// denied is refused.
+    #[serde(skip)]
+    pub acl: Option<AclHandler>,
 }
 
 impl ConnectionSettings {
@@ -176,6 +201,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("max_inflight_count", &self.max_inflight_count)
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
+            .field("acl", &self.acl.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
             .finish()
     }

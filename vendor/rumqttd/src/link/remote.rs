@@ -2,9 +2,12 @@ use crate::link::local::{LinkError, LinkRx, LinkTx};
 use crate::link::network;
 use crate::link::network::Network;
 use crate::local::LinkBuilder;
-use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
+use crate::protocol::{
+    ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol, PubAck, PubAckReason, QoS,
+    SubAck, SubscribeReasonCode,
+};
 use crate::router::{Event, Notification};
-use crate::{ConnectionId, ConnectionSettings};
+use crate::{Access, AclHandler, ConnectionId, ConnectionSettings};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
 use std::cmp::min;
@@ -60,6 +63,60 @@ pub struct RemoteLink<P> {
     pub(crate) will_delay_interval: u32,
     /// Baton patch: see Connection::incarnation
     pub(crate) incarnation: u64,
+    /// Baton patch: the per-packet ACL and the client id it is asked about.
+    acl: Option<(AclHandler, String)>,
+}
+
+/// Baton patch: whether `packet` from `client_id` passes the ACL; if not,
+/// the answer the client gets instead (a PUBACK for a QoS 1 publish, a
+/// SUBACK of failures for a subscribe).
+fn denied(acl: &AclHandler, client_id: &str, packet: &Packet) -> Option<Option<Packet>> {
+    match packet {
+        Packet::Publish(p, _) => {
+            let topic = std::str::from_utf8(&p.topic).unwrap_or("");
+            let access = Access::Publish {
+                topic,
+                retain: p.retain,
+                len: p.payload.len(),
+            };
+            if acl(client_id, access) {
+                return None;
+            }
+            let ack = (p.qos == QoS::AtLeastOnce).then(|| {
+                let reason = PubAckReason::NotAuthorized;
+                Packet::PubAck(PubAck { pkid: p.pkid, reason }, None)
+            });
+            Some(ack)
+        }
+        Packet::Subscribe(s, _) => {
+            let allowed = s
+                .filters
+                .iter()
+                .all(|f| acl(client_id, Access::Subscribe { filter: &f.path }));
+            if allowed {
+                return None;
+            }
+            let return_codes = vec![SubscribeReasonCode::Failure; s.filters.len()];
+            Some(Some(Packet::SubAck(SubAck { pkid: s.pkid, return_codes }, None)))
+        }
+        _ => None,
+    }
+}
+
+/// Baton patch: whether a CONNECT's last will passes the ACL.
+pub(crate) fn will_allowed(config: &ConnectionSettings, client_id: &str, packet: &Packet) -> bool {
+    let (Some(acl), Packet::Connect(_, _, Some(will), _, _)) = (&config.acl, packet) else {
+        return true;
+    };
+    let topic = std::str::from_utf8(&will.topic).unwrap_or("");
+    acl(
+        client_id,
+        Access::Publish {
+            topic,
+            retain: will.retain,
+            len: will.message.len(),
+        },
+    )
 }
 
 impl<P: Protocol> RemoteLink<P> {
@@ -70,6 +127,7 @@ impl<P: Protocol> RemoteLink<P> {
         connect_packet: Packet,
         dynamic_filters: bool,
         assigned_client_id: Option<String>,
+        acl: Option<AclHandler>,
     ) -> Result<RemoteLink<P>, Error> {
         let Packet::Connect(connect, props, lastwill, lastwill_props, _) = connect_packet else {
             return Err(Error::NotConnectPacket(connect_packet));
@@ -79,6 +137,7 @@ impl<P: Protocol> RemoteLink<P> {
         // start the link. Router can sometimes reject the connection (ex max connection limit)
         let client_id = assigned_client_id.as_ref().unwrap_or(&connect.client_id);
         let clean_session = connect.clean_session;
+        let acl = acl.map(|a| (a, client_id.clone()));
 
         let topic_alias_max = props.as_ref().and_then(|p| p.topic_alias_max);
         let session_expiry = props
@@ -127,6 +186,7 @@ impl<P: Protocol> RemoteLink<P> {
             notifications: VecDeque::with_capacity(100),
             will_delay_interval,
             incarnation,
+            acl,
         })
     }
 
@@ -139,12 +199,30 @@ impl<P: Protocol> RemoteLink<P> {
             select! {
                 o = self.network.read() => {
                     let packet = o?;
+                    let mut answers = VecDeque::new();
                     let len = {
                         let mut buffer = self.link_tx.buffer();
+                        let before = buffer.len();
                         buffer.push_back(packet);
                         self.network.readv(&mut buffer)?;
+                        // Baton patch: drop what the ACL denies.
+                        if let Some((acl, client_id)) = &self.acl {
+                            let mut i = before;
+                            while i < buffer.len() {
+                                match denied(acl, client_id, &buffer[i]) {
+                                    None => i += 1,
+                                    Some(answer) => {
+                                        buffer.remove(i);
+                                        answers.extend(answer);
+                                    }
+                                }
+                            }
+                        }
                         buffer.len()
                     };
+                    if !answers.is_empty() {
+                        self.network.writev(answers).await?;
+                    }
 
                     trace!("Packets read from network, count = {}", len);
                     self.link_tx.notify().await?;
@@ -288,6 +366,7 @@ mod tests {
             auth: None,
             external_auth: None,
             dynamic_filters: false,
+            acl: None,
         }
     }
 

@@ -539,6 +539,8 @@ async fn remote<P: Protocol>(
     );
 
     let dynamic_filters = config.dynamic_filters;
+    let acl = config.acl.clone();
+    let will_config = Arc::clone(&config);
 
     let connect_packet = match mqtt_connect(config, &mut network).await {
         Ok(p) => p,
@@ -560,6 +562,13 @@ async fn remote<P: Protocol>(
         let uuid = Uuid::new_v4().simple();
         client_id = format!("rumqtt-{uuid}");
         assigned_client_id = Some(client_id.clone());
+    }
+
+    // Baton patch: a last will is a publish the broker makes later on the
+    // client's behalf; the ACL judges it now.
+    if !remote::will_allowed(&will_config, &client_id, &connect_packet) {
+        error!(client_id, "last will denied by the ACL: connection refused");
+        return;
     }
 
     if let Some(tenant_id) = &tenant_id {
@@ -592,6 +601,7 @@ async fn remote<P: Protocol>(
         connect_packet,
         dynamic_filters,
         assigned_client_id,
+        acl,
     )
     .await
     {
