@@ -10,7 +10,7 @@ use baton_shared::{AgentId, ClusterId, PublicKey, Seq};
 
 use crate::ingest::{Ingest, IngestConfig};
 use crate::metrics::Metrics;
-use crate::operator::operator_enrollment;
+use crate::operator::{Actor, Command, Done, operator_enrollment, run_command};
 use crate::store::{AgentRecord, Store};
 use baton_runtime::keys;
 use baton_runtime::unix_ms;
@@ -66,6 +66,7 @@ pub fn open_offline(
             resend_timeout: std::time::Duration::from_secs(10),
             software: format!("baton-gateway {}", env!("CARGO_PKG_VERSION")),
             thresholds: baton_shared::liveness::Thresholds::default(),
+            first_use: crate::config::FirstUseLimits::default(),
         },
         key,
         store,
@@ -94,27 +95,58 @@ pub struct EnrollArgs {
 
 pub fn enroll(ingest: &mut Ingest, a: &EnrollArgs) -> anyhow::Result<()> {
     let key = PublicKey::trusted_hex(a.pubkey.trim()).context("--pubkey")?;
-    if let Some(existing) = ingest.store().agent(&a.agent)?
-        && existing.public_key != key.to_bytes()
-    {
-        bail!(
-            "{} is enrolled with another key; a key change is a new agent id (PROTOCOL §1)",
-            a.agent
-        );
-    }
-    ingest.stage_enrollment(
-        unix_ms(),
-        &a.agent,
-        AgentRecord {
-            public_key: key.to_bytes(),
-            start_seq: a.start_seq.map(Seq),
-            revoked_from_seq: a.revoked_from_seq.map(Seq),
-            enrolled_by: operator_enrollment(ingest.cluster(), a.child_cluster.clone())?,
-            enrolled_ms: unix_ms(),
-        },
-    );
-    ingest.commit()?;
+    let record = AgentRecord {
+        public_key: key.to_bytes(),
+        start_seq: a.start_seq.map(Seq),
+        revoked_from_seq: a.revoked_from_seq.map(Seq),
+        enrolled_by: operator_enrollment(ingest.cluster(), a.child_cluster.clone())?,
+        enrolled_ms: unix_ms(),
+    };
+    let agent = a.agent.clone();
+    operate(ingest, Command::Enroll { agent, record })?;
     Ok(())
+}
+
+/// Carries out an operator command on a stopped gateway's files (the
+/// `cli` channel) and commits it with its `operator` entry.
+pub fn operate(ingest: &mut Ingest, cmd: Command) -> anyhow::Result<Done> {
+    let done = run_command(ingest, std::time::Duration::ZERO, cmd, &Actor::cli())?;
+    ingest.commit()?;
+    Ok(done)
+}
+
+/// The JSON body of `POST /api/v1/enroll` for the `enroll` flags.
+pub fn enroll_body(
+    window: Option<&str>,
+    agent: Option<&str>,
+    pubkey: Option<&str>,
+    start_seq: Option<u64>,
+    revoked_from_seq: Option<u64>,
+    child_cluster: Option<&baton_shared::ClusterId>,
+) -> anyhow::Result<String> {
+    use baton_shared::json::{Object, Value};
+    let mut o = Object::new();
+    if let Some(w) = window {
+        o.insert("window", Value::from(w));
+    } else {
+        let (Some(agent), Some(pubkey)) = (agent, pubkey) else {
+            bail!("--agent needs --pubkey");
+        };
+        o.insert("agent", Value::from(AgentId::new(agent)?.as_str()));
+        o.insert("public_key", Value::from(pubkey.trim()));
+        if let Some(s) = start_seq {
+            o.insert("start_seq", Value::from(s));
+        }
+        if let Some(s) = revoked_from_seq {
+            o.insert("revoked_from_seq", Value::from(s));
+        }
+        if let Some(c) = child_cluster {
+            o.insert("child_cluster", Value::from(c.as_str()));
+        }
+    }
+    Ok(String::from_utf8(baton_shared::canonical::to_vec(
+        &Value::Object(o),
+    ))?)
 }
 
 /// Verifies every stored run of `agents`; returns false if any failed.
@@ -169,6 +201,37 @@ pub fn verify(
 /// `GET path` from a running gateway at `url` (`http://HOST:PORT`): the
 /// body of a 200 answer, or the gateway's error.
 pub fn http_get(url: &str, path: &str) -> anyhow::Result<String> {
+    http_request(url, "GET", path, None, None)
+}
+
+/// `POST path` of a JSON `body` to a running gateway, with the operator
+/// `token`: the body of a 200 answer, or the gateway's error.
+pub fn http_post(url: &str, path: &str, body: &str, token: &str) -> anyhow::Result<String> {
+    http_request(url, "POST", path, Some(body), Some(token))
+}
+
+/// The operator token for a running gateway: `BATON_OPERATOR_TOKEN`, else
+/// the token file.
+pub fn operator_token(file: &Path) -> anyhow::Result<String> {
+    if let Ok(t) = std::env::var("BATON_OPERATOR_TOKEN") {
+        return Ok(t.trim().to_owned());
+    }
+    let t = std::fs::read_to_string(file).with_context(|| {
+        format!(
+            "reading the operator token {} (or set BATON_OPERATOR_TOKEN)",
+            file.display()
+        )
+    })?;
+    Ok(t.trim().to_owned())
+}
+
+fn http_request(
+    url: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> anyhow::Result<String> {
     use std::io::{Read, Write};
     let host = url
         .strip_prefix("http://")
@@ -177,10 +240,19 @@ pub fn http_get(url: &str, path: &str) -> anyhow::Result<String> {
     let mut s =
         std::net::TcpStream::connect(host).with_context(|| format!("connecting to {url}"))?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        request.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if let Some(b) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        ));
+    } else {
+        request.push_str("\r\n");
+    }
+    s.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use crate::cli;
 use crate::config::{Config, DEFAULT_CONFIG, RawConfig};
+use crate::operator::Command as Operation;
 use anyhow::Context;
 use baton_shared::{AgentId, ClusterId};
 use clap::{Args, Parser, Subcommand};
@@ -34,6 +35,38 @@ pub struct DataDir {
     /// The gateway's key file (default: <data-dir>/gateway.key).
     #[arg(long, env = "BATON_GATEWAY_KEY")]
     key: Option<PathBuf>,
+}
+
+/// Where an operator action goes: a running gateway (over HTTP, with the
+/// operator token) or, without `--http`, a stopped gateway's files (whose
+/// permissions are the authority).
+#[derive(Debug, Args)]
+pub struct Target {
+    /// A running gateway's HTTP address, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    http: Option<String>,
+    /// The operator token file for --http (default:
+    /// <data-dir>/operator.token; BATON_OPERATOR_TOKEN wins).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl Target {
+    /// Carries `body` to `path` of a running gateway; `None` without --http.
+    #[allow(clippy::print_stdout)]
+    fn post(&self, data_dir: &std::path::Path, path: &str, body: &str) -> anyhow::Result<bool> {
+        let Some(url) = &self.http else {
+            return Ok(false);
+        };
+        let file = self
+            .token_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("operator.token"));
+        let token = cli::operator_token(&file)?;
+        let answer = cli::http_post(url, path, body, &token)?;
+        println!("{}", answer.trim());
+        Ok(true)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +213,18 @@ pub enum Command {
         id: Option<String>,
         #[arg(long)]
         cluster: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Withdraw trust in an agent or child gateway: its logins and
+    /// deliveries are refused from now on; what it sent stays.
+    Unenroll {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        agent: String,
+        #[command(flatten)]
+        target: Target,
     },
     /// Lift a fork halt after inspecting the evidence.
     Resolve {
@@ -187,6 +232,19 @@ pub enum Command {
         dir: DataDir,
         #[arg(long)]
         agent: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show the operator token that HTTP writes need (made if there is
+    /// none); --rotate replaces it (the old one stops working at once).
+    OperatorToken {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The token file (default: <data-dir>/operator.token).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[arg(long)]
+        rotate: bool,
     },
     /// The agent registry.
     Agents {
@@ -263,6 +321,10 @@ pub enum Command {
         /// The gateway's MQTT user name (broker_username in its config).
         #[arg(long)]
         gateway_user: String,
+        /// A child gateway forwarding to this one, GATEWAY_ID=CLUSTER
+        /// (repeatable): its forwarder user may forward that cluster.
+        #[arg(long, value_name = "GATEWAY_ID=CLUSTER")]
+        child: Vec<String>,
     },
 }
 
@@ -361,19 +423,29 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             window,
             id,
             cluster,
+            target,
         } => {
             let child_cluster = child_cluster.map(ClusterId::new).transpose()?;
+            if target.http.is_some() {
+                let body = cli::enroll_body(
+                    window.as_deref(),
+                    agent.as_deref(),
+                    pubkey.as_deref(),
+                    start_seq,
+                    revoked_from_seq,
+                    child_cluster.as_ref(),
+                )?;
+                target.post(&dir.data_dir, "/api/v1/enroll", &body)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let id = id.map(AgentId::new).transpose()?;
             let cluster = cluster.map(ClusterId::new).transpose()?;
             let mut ingest = cli::open_offline(&dir.data_dir, dir.key, id, cluster)?;
             if let Some(w) = window {
-                let d = humantime::parse_duration(&w).with_context(|| format!("--window {w:?}"))?;
-                let until =
-                    baton_runtime::unix_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-                ingest.set_window(Some(until))?;
-                println!(
-                    "enrollment window open for {w}: the first key each new agent presents will be trusted"
-                );
+                let length =
+                    humantime::parse_duration(&w).with_context(|| format!("--window {w:?}"))?;
+                let done = cli::operate(&mut ingest, Operation::Window { length })?;
+                println!("{done}: the first key each new agent presents will be trusted");
             } else if let (Some(agent), Some(pubkey)) = (agent, pubkey) {
                 let agent = AgentId::new(agent)?;
                 cli::enroll(
@@ -391,13 +463,40 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("--agent needs --pubkey");
             }
         }
-        Command::Resolve { dir, agent } => {
-            let store = cli::open_store(&dir.data_dir)?;
+        Command::Unenroll { dir, agent, target } => {
             let agent = AgentId::new(agent)?;
-            match store.resolve(&agent)? {
-                Some(seq) => println!("{agent}: fork halt at seq {seq} lifted"),
-                None => println!("{agent} was not halted"),
+            let body = format!("{{\"agent\":\"{agent}\"}}");
+            if !target.post(&dir.data_dir, "/api/v1/unenroll", &body)? {
+                let mut ingest = cli::open_offline(&dir.data_dir, dir.key, None, None)?;
+                println!(
+                    "{}",
+                    cli::operate(&mut ingest, Operation::Unenroll { agent })?
+                );
             }
+        }
+        Command::Resolve { dir, agent, target } => {
+            let agent = AgentId::new(agent)?;
+            let body = format!("{{\"agent\":\"{agent}\"}}");
+            if !target.post(&dir.data_dir, "/api/v1/resolve", &body)? {
+                let mut ingest = cli::open_offline(&dir.data_dir, dir.key, None, None)?;
+                println!(
+                    "{}",
+                    cli::operate(&mut ingest, Operation::Resolve { agent })?
+                );
+            }
+        }
+        Command::OperatorToken {
+            dir,
+            token_file,
+            rotate,
+        } => {
+            let path = token_file.unwrap_or_else(|| dir.data_dir.join("operator.token"));
+            let token = if rotate || !path.exists() {
+                crate::auth::create(&path, rotate)?
+            } else {
+                cli::operator_token(&path)?
+            };
+            println!("{token}");
         }
         Command::Agents {
             http: Some(url),
@@ -535,9 +634,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::PrintMosquittoAcl {
             cluster,
             gateway_user,
+            child,
         } => {
             AgentId::new(&cluster).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+            let mut children = Vec::new();
+            for c in child {
+                let (gw, cl) = c
+                    .split_once('=')
+                    .with_context(|| format!("--child {c:?}: expected GATEWAY_ID=CLUSTER"))?;
+                let gw = AgentId::new(gw).map_err(|e| anyhow::anyhow!("--child {c:?}: {e}"))?;
+                let cl = ClusterId::new(cl).map_err(|e| anyhow::anyhow!("--child {c:?}: {e}"))?;
+                children.push((gw, cl));
+            }
             print!("{}", crate::mosquitto::acl(&cluster, &gateway_user));
+            print!("{}", crate::mosquitto::child_acl(&children));
         }
     }
     Ok(ExitCode::SUCCESS)

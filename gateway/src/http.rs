@@ -1,20 +1,29 @@
-//! The read side over HTTP (axum): health, Prometheus metrics, the agent
-//! registry and stored entries. JSON errors say what was wrong.
+//! HTTP (axum): health, Prometheus metrics, the agent registry and stored
+//! entries (reads), and the operator's actions (writes: enroll, unenroll,
+//! resolve, load, enrollment windows). JSON errors say what was wrong.
+//!
+//! Every write needs the operator token (`Authorization: Bearer …`, see
+//! `auth`) and a JSON body (`Content-Type: application/json`): a web page
+//! can make a browser POST `text/plain` or a form across sites, never
+//! JSON with an Authorization header. Reads need the token only with
+//! `http_read_auth`.
 
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use baton_shared::json::{Object, Value};
 use baton_shared::{AgentId, ClusterId, Seq};
 use serde::Deserialize;
 
+use crate::auth::OperatorToken;
 use crate::ingest::{Committed, LoadError};
 use crate::metrics::{Gauge, Metrics};
-use crate::operator::{Command, CommandError, Done, Inbound};
+use crate::operator::{Actor, Command, CommandError, Done, Inbound};
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -34,6 +43,10 @@ pub struct AppState {
     pub cluster: baton_shared::ClusterId,
     /// The forwarder's state, when forwarding to a parent.
     pub upstream: Option<Arc<std::sync::Mutex<crate::upstream::UpstreamStatus>>>,
+    /// The operator token writes need (`None`: `http_auth = "none"`).
+    pub token: Option<Arc<OperatorToken>>,
+    /// Reads need the token too.
+    pub read_auth: bool,
 }
 
 impl AppState {
@@ -45,8 +58,13 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+    let writes = Router::new()
+        .route("/api/v1/load", post(load))
+        .route("/api/v1/enroll", post(enroll))
+        .route("/api/v1/unenroll", post(unenroll))
+        .route("/api/v1/resolve", post(resolve))
+        .route_layer(middleware::from_fn_with_state(state.clone(), operator_only));
+    let mut reads = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/cluster", get(cluster))
@@ -54,10 +72,137 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agents/{id}", get(agent))
         .route("/api/v1/agents/{id}/entries", get(entries))
         .route("/api/v1/agents/{id}/export", get(export))
-        .route("/api/v1/load", post(load))
-        .route("/api/v1/watch", get(watch))
-        .route("/api/v1/enroll", post(enroll))
+        .route("/api/v1/watch", get(watch));
+    if state.read_auth {
+        reads = reads.route_layer(middleware::from_fn_with_state(state.clone(), reader_only));
+    }
+    Router::new()
+        // health stays open: a supervisor probes it without a credential
+        .route("/healthz", get(healthz))
+        .merge(reads)
+        .merge(writes)
         .with_state(state)
+}
+
+/// The credential check: `Ok(fingerprint)` (none without `http_auth`),
+/// or the status and reason to refuse with.
+fn credential(s: &AppState, req: &Request) -> Result<Option<String>, (StatusCode, String)> {
+    let Some(token) = &s.token else {
+        return Ok(None);
+    };
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match token.check(header) {
+        Ok(fingerprint) => Ok(Some(fingerprint)),
+        Err(e @ crate::auth::TokenError::Unreadable(_)) => {
+            Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        }
+        Err(e) => {
+            s.metrics
+                .http_unauthorized
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err((StatusCode::UNAUTHORIZED, e.to_string()))
+        }
+    }
+}
+
+/// The answer to a refused credential (a 401 names the scheme).
+fn refused((status, why): (StatusCode, String)) -> Response {
+    let mut r = error(status, why);
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
+/// Writes: a JSON body and the operator's credential; the request carries
+/// the [`Actor`] the chain records.
+async fn operator_only(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        s.metrics
+            .http_unauthorized
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "operator requests are JSON: Content-Type: application/json",
+        );
+    }
+    match credential(&s, &req) {
+        Ok(fingerprint) => {
+            req.extensions_mut().insert(Actor::http(fingerprint));
+            next.run(req).await
+        }
+        Err(e) => refused(e),
+    }
+}
+
+/// Reads, with `http_read_auth`.
+async fn reader_only(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    match credential(&s, &req) {
+        Ok(_) => next.run(req).await,
+        Err(e) => refused(e),
+    }
+}
+
+/// The agent named in a JSON body `{"agent": ID}`, or the error to answer.
+fn body_agent(body: &[u8]) -> Result<AgentId, String> {
+    use baton_shared::json::{self, Mode};
+    let v = json::parse(body, Mode::Verify).map_err(|e| format!("body: {e}"))?;
+    let agent = v.as_object().and_then(|o| o.get("agent"));
+    match agent.map(|a| a.as_str().map(AgentId::new)) {
+        Some(Some(Ok(a))) => Ok(a),
+        Some(Some(Err(e))) => Err(format!("agent: {e}")),
+        Some(None) => Err("agent is not a string".to_owned()),
+        None => Err("agent is missing".to_owned()),
+    }
+}
+
+/// The outcome of a command as the JSON answer `{"ok": "…"}`.
+async fn answer(s: &AppState, cmd: Command, by: Actor) -> Response {
+    match command(s, cmd, by).await {
+        Ok(done) => {
+            let mut o = Object::new();
+            o.insert("ok", Value::from(done.to_string()));
+            json_response(StatusCode::OK, &Value::Object(o))
+        }
+        Err(e) => e,
+    }
+}
+
+/// `{"agent": ID}`: withdraw trust in an agent or child gateway at once
+/// (its logins and deliveries are refused from now; its chain stays).
+async fn unenroll(
+    State(s): State<AppState>,
+    Extension(by): Extension<Actor>,
+    body: axum::body::Bytes,
+) -> Response {
+    match body_agent(&body) {
+        Ok(agent) => answer(&s, Command::Unenroll { agent }, by).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// `{"agent": ID}`: lift a fork halt on the running gateway.
+async fn resolve(
+    State(s): State<AppState>,
+    Extension(by): Extension<Actor>,
+    body: axum::body::Bytes,
+) -> Response {
+    match body_agent(&body) {
+        Ok(agent) => answer(&s, Command::Resolve { agent }, by).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
 }
 
 /// The enrolled agent named in a path, or the error to answer with.
@@ -74,7 +219,11 @@ fn known_agent(s: &AppState, id: String) -> Result<AgentId, (StatusCode, String)
 /// "child_cluster"?: C}` enrolls an agent (with `child_cluster`: a child
 /// gateway forwarding cluster C); `{"window": "10m"}` opens a trust-on-first-use window.
 /// Answered after the enrollment (and its `enroll` entry) is durable.
-async fn enroll(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+async fn enroll(
+    State(s): State<AppState>,
+    Extension(by): Extension<Actor>,
+    body: axum::body::Bytes,
+) -> Response {
     use baton_shared::json::{self, Mode, Value};
     let v = match json::parse(&body, Mode::Verify) {
         Ok(v) => v,
@@ -93,14 +242,13 @@ async fn enroll(State(s): State<AppState>, body: axum::body::Bytes) -> Response 
         }
     };
     let cmd = if let Some(w) = o.get("window") {
-        let Some(d) = w.as_str().and_then(|w| humantime::parse_duration(w).ok()) else {
+        let Some(length) = w.as_str().and_then(|w| humantime::parse_duration(w).ok()) else {
             return error(
                 StatusCode::BAD_REQUEST,
                 "window must be a duration like \"10m\"",
             );
         };
-        let until_ms = baton_runtime::unix_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        Command::Window { until_ms }
+        Command::Window { length }
     } else {
         let agent = match o.get("agent").and_then(Value::as_str).map(AgentId::new) {
             Some(Ok(a)) => a,
@@ -144,19 +292,12 @@ async fn enroll(State(s): State<AppState>, body: axum::body::Bytes) -> Response 
             },
         }
     };
-    match command(&s, cmd).await {
-        Ok(done) => {
-            let mut o = Object::new();
-            o.insert("ok", Value::from(done.to_string()));
-            json_response(StatusCode::OK, &Value::Object(o))
-        }
-        Err(e) => e,
-    }
+    answer(&s, cmd, by).await
 }
 
 /// Hands `cmd` to the ingest thread and waits for its durable outcome; a
 /// refusal comes back as the response to give.
-async fn command(s: &AppState, cmd: Command) -> Result<Done, Response> {
+async fn command(s: &AppState, cmd: Command, by: Actor) -> Result<Done, Response> {
     let shutting_down = || {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -164,7 +305,11 @@ async fn command(s: &AppState, cmd: Command) -> Result<Done, Response> {
         )
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
-    if s.commands.send(Inbound::Command(cmd, reply)).await.is_err() {
+    if s.commands
+        .send(Inbound::Command(cmd, by, reply))
+        .await
+        .is_err()
+    {
         return Err(shutting_down());
     }
     match answer.await {
@@ -178,6 +323,10 @@ async fn command(s: &AppState, cmd: Command) -> Result<Done, Response> {
 fn command_status(e: &CommandError) -> StatusCode {
     match e {
         CommandError::KeyConflict { .. } => StatusCode::CONFLICT,
+        CommandError::NotEnrolled { .. } => StatusCode::NOT_FOUND,
+        CommandError::OwnChain { .. } | CommandError::WindowTooLong { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         CommandError::Load(LoadError::Store(_))
         | CommandError::Store(_)
         | CommandError::NotStored { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -232,6 +381,7 @@ struct LoadQuery {
 /// verified (`?unauthenticated=true`), never stored.
 async fn load(
     State(s): State<AppState>,
+    Extension(by): Extension<Actor>,
     Query(q): Query<LoadQuery>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -281,7 +431,7 @@ async fn load(
                         first: b.summary.first_seq,
                         entries,
                     };
-                    match command(&s, cmd).await {
+                    match command(&s, cmd, by).await {
                         Ok(Done::Loaded {
                             stored,
                             already_held,

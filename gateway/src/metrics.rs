@@ -22,16 +22,20 @@ pub enum BadInput {
     AgentMismatch,
     /// No enrolled key for the agent.
     UnknownAgent,
+    /// A liveness signal no agent could send (a `state` from the future,
+    /// an absurd heartbeat interval): dropped, never a fact in the chain.
+    Implausible,
 }
 
 impl BadInput {
-    pub const ALL: [BadInput; 6] = [
+    pub const ALL: [BadInput; 7] = [
         BadInput::Topic,
         BadInput::Undecodable,
         BadInput::Version,
         BadInput::TooLarge,
         BadInput::AgentMismatch,
         BadInput::UnknownAgent,
+        BadInput::Implausible,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +46,7 @@ impl BadInput {
             BadInput::TooLarge => "too_large",
             BadInput::AgentMismatch => "agent_mismatch",
             BadInput::UnknownAgent => "unknown_agent",
+            BadInput::Implausible => "implausible",
         }
     }
 }
@@ -98,6 +103,7 @@ counters_by!(
         TooLarge => too_large,
         AgentMismatch => agent_mismatch,
         UnknownAgent => unknown_agent,
+        Implausible => implausible,
     }
 );
 
@@ -141,6 +147,11 @@ pub struct Metrics {
     pub broker_logins_refused: AtomicU64,
     pub broker_publishes_denied: AtomicU64,
     pub broker_subscribes_denied: AtomicU64,
+    /// Hellos trust on first use refused (window used up, rate).
+    pub first_use_refused: AtomicU64,
+    /// HTTP requests refused for a missing or wrong operator token, or a
+    /// non-JSON operator request.
+    pub http_unauthorized: AtomicU64,
     rejected: RejectCounts,
     bad_input: BadInputCounts,
     commit_buckets: [AtomicU64; 10],
@@ -249,6 +260,18 @@ impl Metrics {
             "baton_broker_publishes_denied_total",
             "Embedded broker: publishes (and last wills) the topic ACL denied.",
             &self.broker_publishes_denied,
+        );
+        counter(
+            &mut out,
+            "baton_http_unauthorized_total",
+            "HTTP requests refused: no or a wrong operator token, or not JSON.",
+            &self.http_unauthorized,
+        );
+        counter(
+            &mut out,
+            "baton_first_use_refused_total",
+            "Hellos trust on first use refused (window enrollments used up, or the rate).",
+            &self.first_use_refused,
         );
         counter(
             &mut out,

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use baton_shared::wire::MQTT_MAX_PACKET;
-use baton_shared::{acl, topic};
+use baton_shared::{AgentId, ClusterId, acl, topic};
 
 /// Where a TLS listener's files are.
 #[derive(Debug, Clone)]
@@ -148,6 +148,29 @@ pub fn acl(cluster: &str, gateway_user: &str) -> String {
     c
 }
 
+/// ACL lines for child gateways on a parent's broker: each `(gateway id,
+/// its cluster)` forwarder may publish `hello` and `entries` and read `ack`
+/// and `nack` of its own cluster's chains (PROTOCOL §8), as on the
+/// embedded broker.
+pub fn child_acl(children: &[(AgentId, ClusterId)]) -> String {
+    let mut c = String::new();
+    for (gateway, cluster) in children {
+        let _ = writeln!(c);
+        let _ = writeln!(
+            c,
+            "# Child gateway {gateway}: forwards cluster {cluster}'s chains."
+        );
+        let _ = writeln!(c, "user {}", crate::broker::forwarder_client_id(gateway));
+        for kind in acl::CHILD_WRITES {
+            let _ = writeln!(c, "topic write {}", topic::cluster_filter(cluster, kind));
+        }
+        for kind in acl::CHILD_READS {
+            let _ = writeln!(c, "topic read {}", topic::cluster_filter(cluster, kind));
+        }
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +206,11 @@ mod tests {
         assert!(text.contains("pattern read baton/v1/c1/%u/ack\n"));
         assert!(!text.contains("pattern readwrite"));
         assert!(text.ends_with("user gw-1\ntopic readwrite baton/v1/c1/#\n"));
+        let child = child_acl(&[(
+            AgentId::new("c7-gw").unwrap(),
+            ClusterId::new("c7").unwrap(),
+        )]);
+        assert!(child.contains("user baton-forwarder-c7-gw\ntopic write baton/v1/c7/+/hello\n"));
+        assert!(child.contains("topic read baton/v1/c7/+/nack\n"));
     }
 }

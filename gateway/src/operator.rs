@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_runtime::unix_ms;
+use baton_shared::json::{Object, Value};
 use baton_shared::{AgentId, ClusterId, Entry, Seq};
 
-use crate::ingest::{Ingest, LoadError};
+use crate::ingest::{Ingest, LoadError, UnenrollError};
 use crate::store::{AgentRecord, EnrolledBy, StoreError};
 
 /// What the ingest thread is handed.
@@ -26,7 +27,34 @@ pub enum Inbound {
     /// Write the cluster summary into the gateway's chain.
     Summary,
     /// An operator command from HTTP; answered after the durable commit.
-    Command(Command, Reply),
+    Command(Command, Actor, Reply),
+}
+
+/// Who asked for an operator action, as the gateway's chain records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// `http` (a request, with the operator token unless `http_auth =
+    /// "none"`) or `cli` (a command on a stopped gateway's files, whose
+    /// file permissions are the authority).
+    pub channel: &'static str,
+    /// The operator token's fingerprint, when one was presented.
+    pub credential: Option<String>,
+}
+
+impl Actor {
+    pub fn cli() -> Actor {
+        Actor {
+            channel: "cli",
+            credential: None,
+        }
+    }
+
+    pub fn http(credential: Option<String>) -> Actor {
+        Actor {
+            channel: "http",
+            credential,
+        }
+    }
 }
 
 /// Where a command's outcome goes.
@@ -39,8 +67,9 @@ pub enum Command {
         agent: AgentId,
         record: AgentRecord,
     },
+    /// Open a trust-on-first-use window this long from now.
     Window {
-        until_ms: i64,
+        length: Duration,
     },
     /// Store a verified baton's entries (from `first`).
     Load {
@@ -48,14 +77,51 @@ pub enum Command {
         first: Seq,
         entries: Vec<Entry>,
     },
+    /// Withdraw trust in an agent (or child gateway): its record goes, its
+    /// broker logins and deliveries are refused; what it sent stays.
+    Unenroll {
+        agent: AgentId,
+    },
+    /// Lift a fork halt after inspecting the evidence.
+    Resolve {
+        agent: AgentId,
+    },
+}
+
+impl Command {
+    /// The action's name in the chain's `operator` entry.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Command::Enroll { .. } => "enroll",
+            Command::Window { .. } => "window",
+            Command::Load { .. } => "load",
+            Command::Unenroll { .. } => "unenroll",
+            Command::Resolve { .. } => "resolve",
+        }
+    }
 }
 
 /// What a command did, once durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Done {
-    Enrolled { agent: AgentId, already: bool },
-    WindowOpen { until_ms: i64 },
-    Loaded { stored: u64, already_held: u64 },
+    Enrolled {
+        agent: AgentId,
+        already: bool,
+    },
+    WindowOpen {
+        until_ms: i64,
+    },
+    Loaded {
+        stored: u64,
+        already_held: u64,
+    },
+    Unenrolled {
+        agent: AgentId,
+    },
+    Resolved {
+        agent: AgentId,
+        halted_at: Option<Seq>,
+    },
 }
 
 impl std::fmt::Display for Done {
@@ -75,6 +141,12 @@ impl std::fmt::Display for Done {
                 stored,
                 already_held,
             } => write!(f, "stored {stored}, already held {already_held}"),
+            Done::Unenrolled { agent } => write!(f, "unenrolled {agent}"),
+            Done::Resolved {
+                agent,
+                halted_at: Some(seq),
+            } => write!(f, "{agent}: fork halt at seq {seq} lifted"),
+            Done::Resolved { agent, .. } => write!(f, "{agent} was not halted"),
         }
     }
 }
@@ -84,6 +156,12 @@ impl std::fmt::Display for Done {
 pub enum CommandError {
     #[error("{agent} is enrolled with another key; a key change is a new agent id")]
     KeyConflict { agent: AgentId },
+    #[error("{agent} is not enrolled")]
+    NotEnrolled { agent: AgentId },
+    #[error("{agent} is this gateway itself")]
+    OwnChain { agent: AgentId },
+    #[error("a window of {asked} is longer than enroll_window_max ({max})")]
+    WindowTooLong { asked: String, max: String },
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("reading the store: {0}")]
@@ -97,10 +175,36 @@ pub enum CommandError {
     },
 }
 
-/// Carries out an operator command; the caller answers after the commit
-/// (refusals too: a refusal may have staged something, a loaded fork's
-/// evidence).
-pub fn run_command(ingest: &mut Ingest, now: Duration, cmd: Command) -> Result<Done, CommandError> {
+/// Carries out an operator command for `by`; the caller answers after
+/// the commit (refusals too: a refusal may have staged something, a loaded
+/// fork's evidence). What was done is an `operator` entry in the gateway's
+/// chain, committed with it: the action, the channel, the credential.
+pub fn run_command(
+    ingest: &mut Ingest,
+    now: Duration,
+    cmd: Command,
+    by: &Actor,
+) -> Result<Done, CommandError> {
+    let action = cmd.action();
+    let done = carry_out(ingest, now, cmd)?;
+    let mut d = Object::new();
+    d.insert("action", Value::from(action));
+    d.insert("channel", Value::from(by.channel));
+    if let Some(c) = &by.credential {
+        d.insert("credential", Value::from(c.as_str()));
+    }
+    if let Done::Enrolled { agent, .. }
+    | Done::Unenrolled { agent }
+    | Done::Resolved { agent, .. } = &done
+    {
+        d.insert("agent", Value::from(agent.as_str()));
+    }
+    d.insert("outcome", Value::from(done.to_string()));
+    ingest.stage_operator(unix_ms(), Value::Object(d));
+    Ok(done)
+}
+
+fn carry_out(ingest: &mut Ingest, now: Duration, cmd: Command) -> Result<Done, CommandError> {
     match cmd {
         Command::Enroll { agent, record } => {
             if let Some(existing) = ingest.store().agent(&agent)? {
@@ -129,9 +233,26 @@ pub fn run_command(ingest: &mut Ingest, now: Duration, cmd: Command) -> Result<D
                 already_held,
             })
         }
-        Command::Window { until_ms } => {
-            ingest.set_window(Some(until_ms))?;
+        Command::Window { length } => {
+            let max = ingest.first_use_limits().max_window;
+            if length > max {
+                return Err(CommandError::WindowTooLong {
+                    asked: humantime::format_duration(length).to_string(),
+                    max: humantime::format_duration(max).to_string(),
+                });
+            }
+            let until_ms = ingest.open_window(unix_ms(), length)?;
             Ok(Done::WindowOpen { until_ms })
+        }
+        Command::Unenroll { agent } => match ingest.unenroll(&agent) {
+            Ok(()) => Ok(Done::Unenrolled { agent }),
+            Err(UnenrollError::NotEnrolled) => Err(CommandError::NotEnrolled { agent }),
+            Err(UnenrollError::OwnChain) => Err(CommandError::OwnChain { agent }),
+            Err(UnenrollError::Store(e)) => Err(e.into()),
+        },
+        Command::Resolve { agent } => {
+            let halted_at = ingest.resolve(&agent)?;
+            Ok(Done::Resolved { agent, halted_at })
         }
     }
 }

@@ -90,10 +90,12 @@ pub enum OwnEvent {
     Checkpoint,
     AgentState,
     ClusterSummary,
+    /// An operator action: what, by which channel and credential.
+    Operator,
 }
 
 impl OwnEvent {
-    pub const ALL: [OwnEvent; 7] = [
+    pub const ALL: [OwnEvent; 8] = [
         OwnEvent::Genesis,
         OwnEvent::Enroll,
         OwnEvent::Alert,
@@ -101,6 +103,7 @@ impl OwnEvent {
         OwnEvent::Checkpoint,
         OwnEvent::AgentState,
         OwnEvent::ClusterSummary,
+        OwnEvent::Operator,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -112,6 +115,7 @@ impl OwnEvent {
             OwnEvent::Checkpoint => "checkpoint",
             OwnEvent::AgentState => "agent_state",
             OwnEvent::ClusterSummary => "cluster_summary",
+            OwnEvent::Operator => "operator",
         }
     }
 }

@@ -113,6 +113,12 @@ pub struct ChildSummary {
     pub gateway: AgentId,
 }
 
+/// Heartbeat intervals an agent may announce.
+const MIN_INTERVAL_MS: u32 = 100;
+const MAX_INTERVAL_MS: u32 = 3_600_000;
+/// How far ahead of the agent's known clock a session may start.
+const FUTURE_SLACK_MS: i64 = 60_000;
+
 impl Registry {
     pub fn new(thresholds: Thresholds) -> Registry {
         Registry {
@@ -153,6 +159,11 @@ impl Registry {
             .quarantined |= quarantined;
     }
 
+    /// Unenrolled: no longer judged or counted.
+    pub fn remove(&mut self, agent: &AgentId) {
+        self.agents.remove(agent);
+    }
+
     /// Its chain halted (a fork): nothing more is accepted from it.
     pub fn quarantine(&mut self, agent: &AgentId, unix_ms: i64) {
         self.enroll(agent, unix_ms, true);
@@ -177,6 +188,36 @@ impl Registry {
         live.baseline.add(hb.impedance.impedance_ms());
         live.last = Some(hb);
         true
+    }
+
+    /// Whether a heartbeat is one an agent could send: its interval within
+    /// 100 ms – 1 h (a forged "I beat once an hour" would keep a dead agent
+    /// from ever being suspected).
+    pub fn plausible_heartbeat(hb: &Heartbeat) -> Result<(), &'static str> {
+        if (MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&hb.interval_ms) {
+            Ok(())
+        } else {
+            Err("heartbeat interval outside 100 ms – 1 h")
+        }
+    }
+
+    /// Whether a `state` could be the agent's at `unix_ms`: a session
+    /// cannot start in the agent's future — its clock as this gateway
+    /// knows it (the offset from its heartbeats), with a minute's slack.
+    /// A `state` from the future would make every later will "older" and
+    /// ignored.
+    pub fn plausible_state(&self, msg: &StateMsg, unix_ms: i64) -> Result<(), &'static str> {
+        let offset = self
+            .agents
+            .get(&msg.agent)
+            .and_then(|l| l.offset_ms)
+            .unwrap_or(0);
+        let agent_now = unix_ms.saturating_sub(offset);
+        if msg.connect_ms > agent_now.saturating_add(FUTURE_SLACK_MS) {
+            Err("state from the future")
+        } else {
+            Ok(())
+        }
     }
 
     /// A `state` message (false: not enrolled). An `offline` older than the
@@ -354,6 +395,32 @@ mod tests {
     }
 
     const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn liveness_signals_no_agent_could_send_are_refused() {
+        let a = AgentId::new("pi-1").unwrap();
+        let mut r = Registry::new(Thresholds::default());
+        r.enroll(&a, 0, false);
+        let mut beat = hb(&a, 0, None);
+        assert_eq!(Registry::plausible_heartbeat(&beat), Ok(()));
+        for interval in [0, 99, 3_600_001, u32::MAX] {
+            beat.interval_ms = interval;
+            assert!(Registry::plausible_heartbeat(&beat).is_err(), "{interval}");
+        }
+        let state = |connect_ms| StateMsg {
+            agent: a.clone(),
+            state: PresenceState::Online,
+            connect_ms,
+        };
+        let now = 1_800_000_000_000;
+        assert_eq!(r.plausible_state(&state(now), now), Ok(()));
+        assert!(r.plausible_state(&state(i64::MAX), now).is_err());
+        assert!(r.plausible_state(&state(now + 120_000), now).is_err());
+        // an agent whose clock is a day behind: judged by its own clock
+        r.heartbeat(S(1), now, hb(&a, now - 86_400_000, None));
+        assert_eq!(r.plausible_state(&state(now - 86_400_000), now), Ok(()));
+        assert!(r.plausible_state(&state(now), now).is_err());
+    }
 
     #[test]
     fn lifecycle_of_an_agent_in_virtual_time() {

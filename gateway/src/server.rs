@@ -179,6 +179,7 @@ pub async fn run(
             resend_timeout: config.resend_timeout,
             software: format!("baton-gateway {}", env!("CARGO_PKG_VERSION")),
             thresholds: config.liveness.thresholds,
+            first_use: config.security.first_use,
         },
         key,
         Arc::clone(&store),
@@ -400,8 +401,9 @@ pub async fn run(
                         Inbound::Summary => ingest.stage_summary(unix_ms()),
                         // Answered after the commit, refusals too: a refusal
                         // may have staged something (a loaded fork's evidence).
-                        Inbound::Command(cmd, reply) => {
-                            let result = crate::operator::run_command(&mut ingest, origin.elapsed(), cmd);
+                        Inbound::Command(cmd, by, reply) => {
+                            let result =
+                                crate::operator::run_command(&mut ingest, origin.elapsed(), cmd, &by);
                             replies.push((reply, result));
                         }
                     }
@@ -481,6 +483,14 @@ pub async fn run(
         .context("serving HTTP on the bound listener")?;
     let http_bound = listener.local_addr()?;
     info!(%http_bound, "HTTP listening");
+    let token = if config.security.http_auth {
+        Some(Arc::new(crate::auth::OperatorToken::open(
+            &config.security.token_file,
+        )?))
+    } else {
+        warn!(listen = %config.http_listen, "http_auth = \"none\": anyone who reaches the HTTP port may enroll, unenroll, resolve and load");
+        None
+    };
     let app = http::router(http::AppState {
         store: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
@@ -492,6 +502,8 @@ pub async fn run(
         origin,
         cluster: config.cluster.clone(),
         upstream: forwarder.as_ref().map(|f| Arc::clone(&f.status)),
+        token,
+        read_auth: config.security.http_read_auth,
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {

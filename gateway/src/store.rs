@@ -158,6 +158,14 @@ pub enum Write {
         agent: AgentId,
         record: AgentRecord,
     },
+    /// The operator withdrew trust: the record goes (the chain stays).
+    Unenroll {
+        agent: AgentId,
+    },
+    /// The operator lifted a fork halt.
+    Resolve {
+        agent: AgentId,
+    },
 }
 
 fn corrupt(what: impl Into<String>) -> impl FnOnce(postcard::Error) -> StoreError {
@@ -292,6 +300,12 @@ impl Store {
                     }
                     Write::Enroll { agent, record } => {
                         agents.insert(agent.as_str(), encode(record).as_slice())?;
+                    }
+                    Write::Unenroll { agent } => {
+                        agents.remove(agent.as_str())?;
+                    }
+                    Write::Resolve { agent } => {
+                        halted.remove(agent.as_str())?;
                     }
                 }
             }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use baton_gateway::ingest::{Ingest, IngestConfig, Outbound};
 use baton_gateway::metrics::{BadInput, Metrics};
+use baton_gateway::operator::{Actor, Command, Done, run_command};
 use baton_gateway::store::{AgentRecord, EnrolledBy, Store, Write};
 use baton_shared::json::{Object, Value};
 use baton_shared::memory::MemLedger;
@@ -33,6 +34,7 @@ fn cfg() -> IngestConfig {
         resend_timeout: Duration::from_secs(10),
         software: "test".into(),
         thresholds: baton_shared::liveness::Thresholds::default(),
+        first_use: baton_gateway::config::FirstUseLimits::default(),
     }
 }
 
@@ -342,12 +344,27 @@ fn a_fork_halts_the_agent_durably_with_evidence_and_an_alert() {
             seq: Seq(5)
         }
     );
-    // and only the operator lifts it
-    again.ingest.store().resolve(l.agent()).unwrap();
+    // and only the operator lifts it, on the running gateway, durably
+    let resolve = Command::Resolve {
+        agent: l.agent().clone(),
+    };
+    let done = run_command(&mut again.ingest, T, resolve, &Actor::cli()).unwrap();
+    assert_eq!(
+        done,
+        Done::Resolved {
+            agent: l.agent().clone(),
+            halted_at: Some(Seq(5))
+        }
+    );
+    again.ingest.commit().unwrap();
+    let out = again
+        .ingest
+        .handle(T, NOW_MS, &topic("pi-1", "hello"), &hello(&l, 2).encode());
+    assert_eq!(receipt_of(&out[0]).seq, Seq(8));
     let mut lifted = reopen(again);
     let out = lifted
         .ingest
-        .handle(T, NOW_MS, &topic("pi-1", "hello"), &hello(&l, 2).encode());
+        .handle(T, NOW_MS, &topic("pi-1", "hello"), &hello(&l, 3).encode());
     assert_eq!(receipt_of(&out[0]).seq, Seq(8));
 }
 
@@ -855,4 +872,49 @@ fn enroll_on_first_use_is_no_second_commit_point() {
         !out.iter().any(|o| o.topic.ends_with("/ack")),
         "an agent whose enrollment never reached the disk got a receipt"
     );
+}
+
+#[test]
+fn a_state_from_the_future_is_dropped_and_the_real_will_still_counts() {
+    use baton_shared::wire::{PresenceState, StateMsg};
+    let mut f = fixture();
+    let l = agent_ledger("pi-1", 1, 1);
+    enroll(&mut f, &l);
+    let state = |state, connect_ms| {
+        StateMsg {
+            agent: l.agent().clone(),
+            state,
+            connect_ms,
+        }
+        .encode()
+    };
+    let t = topic("pi-1", "state");
+    f.ingest
+        .handle(T, NOW_MS, &t, &state(PresenceState::Online, NOW_MS));
+    // it is alive and beating
+    let hb = baton_shared::wire::Heartbeat {
+        agent: l.agent().clone(),
+        sent_ms: NOW_MS,
+        interval_ms: 1000,
+        state: "ok".into(),
+        head_seq: Seq(2),
+        receipted_seq: Seq(0),
+        backlog: 0,
+        impedance: Default::default(),
+        system: Default::default(),
+        clock: None,
+    };
+    f.ingest
+        .handle(T, NOW_MS, &topic("pi-1", "hb"), &hb.encode());
+    // forged: a session "starting" at the end of time would make the
+    // agent's real last will look old and be ignored
+    f.ingest
+        .handle(T, NOW_MS, &t, &state(PresenceState::Online, i64::MAX));
+    f.ingest
+        .handle(T, NOW_MS, &t, &state(PresenceState::Offline, NOW_MS));
+    f.ingest.stage_liveness(T, NOW_MS);
+    let registry = f.ingest.registry_handle();
+    let st = registry.lock().unwrap().state_of(l.agent());
+    assert_eq!(st, Some(baton_shared::liveness::AgentState::Offline));
+    assert_eq!(f.metrics.bad_input_count(BadInput::Implausible), 1);
 }

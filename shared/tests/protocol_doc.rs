@@ -61,6 +61,19 @@ fn the_signed_bytes_are_as_documented() {
     want.extend_from_slice(&5u64.to_be_bytes());
     want.extend_from_slice(&hash.0);
     assert_eq!(m, want);
+    says("`\"baton.nack.v1\" 0 gateway 0 agent 0 nonce(16) reason 0 seq(8, BE)`");
+    let nonce = baton_shared::Nonce([3; 16]);
+    let m = baton_shared::crypto::nack_message(&gateway, &agent, &nonce, "fork", Seq(5));
+    let mut want = b"baton.nack.v1\0gw-1\0pi-1\0".to_vec();
+    want.extend_from_slice(&nonce.0);
+    want.extend_from_slice(b"fork\0");
+    want.extend_from_slice(&5u64.to_be_bytes());
+    assert_eq!(m, want);
+    says("`\"baton.login.v1\" 0 client_id 0 counter(8, BE)`");
+    let m = baton_shared::login::login_message("pi-1", 7);
+    let mut want = b"baton.login.v1\0pi-1\0".to_vec();
+    want.extend_from_slice(&7i64.to_be_bytes());
+    assert_eq!(m, want);
 }
 
 #[test]

@@ -107,6 +107,7 @@ impl Gateway {
             security: baton_gateway::config::Security::defaults(dir),
         };
         adjust(&mut config);
+        let token_file = config.security.token_file.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready, bound) = oneshot::channel();
         let listeners = baton_gateway::server::Listeners::bind(&config).unwrap();
@@ -118,10 +119,11 @@ impl Gateway {
             },
             Some(ready),
         ));
-        let bound = tokio::time::timeout(Duration::from_secs(20), bound)
+        let bound: Bound = tokio::time::timeout(Duration::from_secs(20), bound)
             .await
             .expect("gateway did not start")
             .unwrap();
+        crate::http::remember_token(bound.http, token_file);
         Gateway {
             bound,
             key: key.public(),
@@ -400,6 +402,7 @@ impl GatewayProc {
     ) -> GatewayProc {
         let (key, _, _) = prepare_gateway_dir(dir, agents);
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        crate::http::remember_token(http, dir.join("operator.token"));
         let mut g = GatewayProc {
             dir: dir.to_owned(),
             via,

@@ -1,24 +1,79 @@
-//! A minimal HTTP/1.1 GET for tests (the gateway's read side).
+//! A minimal HTTP/1.1 client for tests: reads, and operator writes with
+//! the gateway's operator token.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Where each test gateway's operator token is (by HTTP address), so that
+/// [`post`] can act as its operator.
+static TOKENS: Mutex<Option<HashMap<SocketAddr, PathBuf>>> = Mutex::new(None);
+
+/// Notes that the gateway serving HTTP on `addr` keeps its operator token
+/// in `file` (the test daemons call this when they start one).
+pub fn remember_token(addr: SocketAddr, file: PathBuf) {
+    TOKENS
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .insert(addr, file);
+}
+
+/// The operator token of the gateway at `addr`, if one was remembered. A
+/// gateway process listens before it has made its token (its listeners
+/// are bound first): wait up to 20 s for the file.
+pub fn token_of(addr: SocketAddr) -> Option<String> {
+    let file = TOKENS.lock().unwrap().as_ref()?.get(&addr)?.clone();
+    for _ in 0..200 {
+        if let Ok(t) = std::fs::read_to_string(&file)
+            && !t.trim().is_empty()
+        {
+            return Some(t.trim().to_owned());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    None
+}
 
 /// Status code and body of `GET path`.
 pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    get_as(addr, path, None)
+}
+
+/// `GET path` with the operator token (`http_read_auth`).
+pub fn get_as(addr: SocketAddr, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{auth}\r\n"
     )?;
     read_response(s)
 }
 
-/// Status code and body of `POST path` with `body`.
+/// Status code and body of `POST path` with a JSON `body`, as the
+/// gateway's operator (its token, if [`remember_token`] knows it).
 pub fn post(addr: SocketAddr, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    let token = token_of(addr);
+    post_as(addr, path, body, token.as_deref(), "application/json")
+}
+
+/// `POST path` with any credential (`None`: no Authorization header) and
+/// content type.
+pub fn post_as(
+    addr: SocketAddr,
+    path: &str,
+    body: &[u8],
+    token: Option<&str>,
+    content_type: &str,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )?;
     s.write_all(body)?;

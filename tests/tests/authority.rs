@@ -311,3 +311,231 @@ async fn forged_rejects_on_an_open_broker_never_stall_delivery() {
     a.stop().await;
     gw.stop().await;
 }
+
+/// The gateway's own chain: its `operator` entries' data.
+fn operator_entries(http: std::net::SocketAddr) -> Vec<baton_shared::json::Value> {
+    let (status, body) =
+        baton_tests::http::get(http, "/api/v1/agents/gw-e2e/entries?limit=100000").unwrap();
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .map(|l| baton_shared::json::parse(l.as_bytes(), baton_shared::json::Mode::Verify).unwrap())
+        .filter(|e| {
+            e.as_object()
+                .and_then(|o| o.get("event"))
+                .and_then(|v| v.as_str())
+                == Some("operator")
+        })
+        .filter_map(|e| e.as_object().and_then(|o| o.get("data")).cloned())
+        .collect()
+}
+
+fn field<'a>(v: &'a baton_shared::json::Value, key: &str) -> Option<&'a str> {
+    v.as_object()
+        .and_then(|o| o.get(key))
+        .and_then(|v| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_operator_changes_trust_over_http_and_the_chain_says_who() {
+    use baton_tests::http::{get, post, post_as, token_of};
+    let dir = tempfile::tempdir().unwrap();
+    let a_dir = dir.path().join("pi-a");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    let a_key = secret(&a_dir);
+    let gw = Gateway::start(
+        &dir.path().join("gw"),
+        &[],
+        None,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    let (http, mqtt) = (gw.bound.http, gw.mqtt());
+    let token = token_of(http).expect("the gateway made an operator token");
+    let enroll = format!(
+        "{{\"agent\":\"pi-a\",\"public_key\":\"{}\"}}",
+        a_key.public().to_hex()
+    );
+    let json = "application/json";
+
+    // The attacks of the finding, each refused before anything happens.
+    for (what, token, content_type, status) in [
+        ("no token", None, json, 401),
+        ("a wrong token", Some("baton-op1.00"), json, 401),
+        (
+            "another gateway's kind of secret",
+            Some(token.trim_start_matches("baton-op1.")),
+            json,
+            401,
+        ),
+        ("a cross-site text/plain POST", None, "text/plain", 415),
+        (
+            "a cross-site form POST",
+            None,
+            "application/x-www-form-urlencoded",
+            415,
+        ),
+        (
+            "text/plain even with the token",
+            Some(token.as_str()),
+            "text/plain",
+            415,
+        ),
+    ] {
+        let (got, body) = post_as(
+            http,
+            "/api/v1/enroll",
+            enroll.as_bytes(),
+            token,
+            content_type,
+        )
+        .unwrap();
+        assert_eq!(got, status, "{what}: {body}");
+    }
+    for path in ["/api/v1/load", "/api/v1/unenroll", "/api/v1/resolve"] {
+        let (got, _) = post_as(http, path, b"{\"agent\":\"pi-a\"}", None, json).unwrap();
+        assert_eq!(got, 401, "{path} without the token");
+    }
+    assert!(metric(http, "baton_http_unauthorized_total") >= 9.0);
+    assert!(
+        operator_entries(http).is_empty(),
+        "a refused request left a trace as an action"
+    );
+    let (status, agents) = get(http, "/api/v1/agents").unwrap();
+    assert_eq!(status, 200, "reads stay open on loopback");
+    assert!(!agents.contains("pi-a"));
+
+    // The operator, with the token: enrolled, and the chain names the
+    // channel and the credential (its fingerprint, never the token).
+    let (status, body) = post(http, "/api/v1/enroll", enroll.as_bytes()).unwrap();
+    assert_eq!(status, 200, "{body}");
+    // Windows are bounded: the overflow of the finding and a too-long one.
+    for w in ["300000000y", "48h"] {
+        let body = format!("{{\"window\":\"{w}\"}}");
+        let (status, answer) = post(http, "/api/v1/enroll", body.as_bytes()).unwrap();
+        assert_eq!(status, 422, "{w}: {answer}");
+    }
+    let (status, _) = post(http, "/api/v1/enroll", b"{\"window\":\"10m\"}").unwrap();
+    assert_eq!(status, 200);
+    let ops = operator_entries(http);
+    let actions: Vec<_> = ops.iter().filter_map(|d| field(d, "action")).collect();
+    assert_eq!(actions, ["enroll", "window"]);
+    let fingerprint = baton_gateway::auth::fingerprint(&token);
+    for d in &ops {
+        assert_eq!(field(d, "channel"), Some("http"));
+        assert_eq!(field(d, "credential"), Some(fingerprint.as_str()));
+    }
+    assert_eq!(field(&ops[0], "agent"), Some("pi-a"));
+
+    // The device delivers; then the operator unenrolls it on the running
+    // gateway: its next login is refused at once.
+    let a = Agent::start("pi-a", &a_dir, Some(mqtt), Some(gw.key)).await;
+    a.append(0, 3).await;
+    assert!(eventually(Duration::from_secs(30), || a.receipted() == a.head()).await);
+    a.stop().await;
+    // ... from the CLI, as an operator would: it reads the token file
+    let gw_dir = dir.path().join("gw");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(baton_tests::bins::gateway())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&gw_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        cli(&["operator-token"]).trim(),
+        token,
+        "operator-token shows the token"
+    );
+    let url = format!("http://{http}");
+    let answer = cli(&["unenroll", "--http", &url, "--agent", "pi-a"]);
+    assert!(answer.contains("unenrolled pi-a"), "{answer}");
+    let login = login::password(&a_key, "pi-a", now_ms(), false);
+    assert!(
+        Raw::connect(mqtt, "pi-a", &login, None).await.is_err(),
+        "an unenrolled device logged in"
+    );
+    let (status, body) = post(http, "/api/v1/unenroll", b"{\"agent\":\"pi-a\"}").unwrap();
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = post(http, "/api/v1/unenroll", b"{\"agent\":\"gw-e2e\"}").unwrap();
+    assert_eq!(status, 422, "{body}");
+    // what it delivered stays
+    let (status, entries) = get(http, "/api/v1/agents/pi-a/entries").unwrap();
+    assert!(status == 200 || status == 404, "{entries}");
+    let actions: Vec<_> = operator_entries(http)
+        .iter()
+        .filter_map(|d| field(d, "action").map(str::to_owned))
+        .collect();
+    assert_eq!(actions, ["enroll", "window", "unenroll"]);
+
+    // Rotation: the old token stops working at once, the new one works.
+    let rotated = baton_gateway::auth::create(&dir.path().join("gw/operator.token"), true).unwrap();
+    let (status, _) = post_as(
+        http,
+        "/api/v1/resolve",
+        b"{\"agent\":\"pi-a\"}",
+        Some(&token),
+        json,
+    )
+    .unwrap();
+    assert_eq!(status, 401);
+    let (status, body) = post_as(
+        http,
+        "/api/v1/resolve",
+        b"{\"agent\":\"pi-a\"}",
+        Some(&rotated),
+        json,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_on_first_use_is_bounded_and_reads_can_need_the_token() {
+    use baton_gateway::publisher::publish_all;
+    use baton_tests::http::{get, post};
+    let dir = tempfile::tempdir().unwrap();
+    let listen = "127.0.0.1:0".parse().unwrap();
+    let broker = baton_gateway::config::Broker::Embedded { listen };
+    let gw = Gateway::start_config(dir.path(), &[], broker, |c| {
+        c.security.first_use.max_agents = 3;
+        c.security.http_read_auth = true;
+    })
+    .await;
+    let (http, mqtt) = (gw.bound.http, gw.mqtt());
+    let (status, _) = get(http, "/api/v1/agents").unwrap();
+    assert_eq!(status, 401, "reads need the token with http_read_auth");
+    let (status, _) = get(http, "/healthz").unwrap();
+    assert_eq!(status, 200, "health stays open for supervisors");
+    let (status, body) = post(http, "/api/v1/enroll", b"{\"window\":\"10m\"}").unwrap();
+    assert_eq!(status, 200, "{body}");
+    // Five strangers in the window: three enrolled, then refused.
+    let mut enrolled = 0;
+    for i in 0..5u8 {
+        let l = baton_tests::ledger(&format!("pi-new-{i}"), 40 + i, 3, 2);
+        let wait = if enrolled < 3 { 30 } else { 3 };
+        if publish_all(mqtt, "c1", l, gw.key, Duration::from_secs(wait))
+            .await
+            .is_ok()
+        {
+            enrolled += 1;
+        }
+    }
+    assert_eq!(enrolled, 3);
+    let token = baton_tests::http::token_of(http).unwrap();
+    let (_, text) = baton_tests::http::get_as(http, "/metrics", Some(&token)).unwrap();
+    let refused = text
+        .lines()
+        .find_map(|l| l.strip_prefix("baton_first_use_refused_total "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(refused >= 2.0, "{text}");
+    gw.stop().await;
+}

@@ -557,22 +557,24 @@ async fn a_chain_held_from_a_start_seq_is_forwarded_from_it() {
     use baton_shared::wire::Message;
 
     let dir = tempfile::tempdir().unwrap();
-    // What is tested is the parent's own verification of what a child
-    // forwards, so the child is played by bare clients publishing any
-    // chain on its cluster's topics: the sector's broker checks no logins.
     let sector = GatewayProc::start_as(
         &dir.path().join("sector"),
         &[],
         Via::Embedded(local(free_port())),
-        Role::new("sector-gw", "s1").arg("--broker-auth", "none"),
+        Role::new("sector-gw", "s1"),
     );
     let cdir = dir.path().join("c1-gw");
     enroll_child(sector.http, "c1-gw", gateway_key(&cdir), "c1");
+    // The agent (one that pruned before this gateway met it) is played by
+    // a bare client publishing one batch: the cluster's broker checks no
+    // logins. The real forwarder logs in at the sector.
     let cluster = GatewayProc::start_as(
         &cdir,
         &[],
         Via::Embedded(local(free_port())),
-        Role::new("c1-gw", "c1").upstream(sector.via.broker(), sector.key),
+        Role::new("c1-gw", "c1")
+            .upstream(sector.via.broker(), sector.key)
+            .arg("--broker-auth", "none"),
     );
     let agent = baton_tests::ledger("pi-s", 11, 99, 10);
     let body = format!(

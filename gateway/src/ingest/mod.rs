@@ -38,7 +38,7 @@ mod enroll;
 mod load;
 
 use child::child_filters;
-pub use enroll::{open_window, window_until};
+pub use enroll::{UnenrollError, open_window, window_until};
 pub use load::LoadError;
 
 /// Beyond this many remembered (agent, kind) log times, expired ones go.
@@ -52,6 +52,8 @@ pub struct IngestConfig {
     pub software: String,
     /// How the live registry judges agents.
     pub thresholds: baton_shared::liveness::Thresholds,
+    /// Bounds of trust on first use.
+    pub first_use: crate::config::FirstUseLimits,
 }
 
 /// Why [`Ingest::open`] failed.
@@ -98,6 +100,8 @@ pub struct Ingest {
     staged_entries: u64,
     answer_after_commit: BTreeSet<AgentId>,
     window_until_ms: Option<i64>,
+    /// Trust on first use so far: in the open window, and this minute.
+    first_use: enroll::FirstUse,
     metrics: Arc<Metrics>,
     last_logged: HashMap<(String, &'static str), Duration>,
     checkpointed: HashMap<AgentId, Seq>,
@@ -157,6 +161,7 @@ impl Ingest {
             staged_entries: 0,
             answer_after_commit: BTreeSet::new(),
             window_until_ms,
+            first_use: enroll::FirstUse::default(),
             metrics,
             last_logged: HashMap::new(),
             checkpointed: HashMap::new(),
@@ -475,17 +480,24 @@ impl Ingest {
                 Ok(Vec::new())
             }
             Some(Kind::Hb) => {
-                if let Some(hb) = self.decode(now, &agent, payload, |m: &Heartbeat| &m.agent)
-                    && !self.registry().heartbeat(now, unix_ms, hb)
-                {
+                let Some(hb) = self.decode(now, &agent, payload, |m: &Heartbeat| &m.agent) else {
+                    return Ok(Vec::new());
+                };
+                if let Err(why) = Registry::plausible_heartbeat(&hb) {
+                    self.bad(now, agent.as_str(), BadInput::Implausible, why);
+                } else if !self.registry().heartbeat(now, unix_ms, hb) {
                     self.bad(now, agent.as_str(), BadInput::UnknownAgent, "heartbeat");
                 }
                 Ok(Vec::new())
             }
             Some(Kind::State) => {
-                if let Some(m) = self.decode(now, &agent, payload, |m: &StateMsg| &m.agent)
-                    && !self.registry().presence(&m)
-                {
+                let Some(m) = self.decode(now, &agent, payload, |m: &StateMsg| &m.agent) else {
+                    return Ok(Vec::new());
+                };
+                let plausible = self.registry().plausible_state(&m, unix_ms);
+                if let Err(why) = plausible {
+                    self.bad(now, agent.as_str(), BadInput::Implausible, why);
+                } else if !self.registry().presence(&m) {
                     self.bad(now, agent.as_str(), BadInput::UnknownAgent, "state");
                 }
                 Ok(Vec::new())
@@ -846,9 +858,15 @@ impl Ingest {
             self.pending.clear();
             self.answer_after_commit.clear();
             // enrollments lost with the group: their agents are unknown
-            // again until enrolled again
+            // again until enrolled again; a lost resolve or unenroll: the
+            // stored record and halt are read again
             for agent in enrolled.keys() {
                 self.intakes.remove(agent);
+            }
+            for w in &staged {
+                if let Write::Resolve { agent } | Write::Unenroll { agent } = w {
+                    self.intakes.remove(agent);
+                }
             }
             // checkpoints staged with the failed commit are made again
             self.checkpointed.clear();
@@ -939,6 +957,7 @@ mod tests {
             resend_timeout: Duration::from_secs(10),
             software: String::new(),
             thresholds: baton_shared::liveness::Thresholds::default(),
+            first_use: crate::config::FirstUseLimits::default(),
         };
         let metrics = Arc::new(Metrics::default());
         let mut i = Ingest::open(
