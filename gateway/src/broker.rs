@@ -70,6 +70,11 @@ pub struct Authority {
     /// Kept in memory: after a restart a login captured before it could
     /// be used once (RELIABILITY.md).
     last_login: Mutex<HashMap<String, i64>>,
+    /// Ids not enrolled that logged in inside a window, at most
+    /// `strangers_cap` of them: what an open window lets strangers make
+    /// this broker remember is bounded too.
+    strangers: Mutex<std::collections::HashSet<String>>,
+    strangers_cap: usize,
     metrics: Arc<Metrics>,
     /// When a refusal was last logged (at most one line a second).
     logged_at: Mutex<i64>,
@@ -99,6 +104,8 @@ pub enum Refused {
     BadId(String),
     #[error("the offered key is not a usable Ed25519 key")]
     BadKey,
+    #[error("this window's first-use logins are used up ({0})")]
+    TooManyStrangers(usize),
 }
 
 impl Authority {
@@ -108,6 +115,7 @@ impl Authority {
         gateway_secret: String,
         lookup: Lookup,
         window_open: WindowOpen,
+        strangers_cap: usize,
         metrics: Arc<Metrics>,
     ) -> Authority {
         Authority {
@@ -118,6 +126,8 @@ impl Authority {
             window_open,
             principals: RwLock::new(HashMap::new()),
             last_login: Mutex::new(HashMap::new()),
+            strangers: Mutex::new(std::collections::HashSet::new()),
+            strangers_cap,
             metrics,
             logged_at: Mutex::new(i64::MIN),
         }
@@ -193,6 +203,14 @@ impl Authority {
             // (the hello then enrolls that id, within the window's bounds).
             (None, false) if (self.window_open)(now_ms) => {
                 let key = login.offered_key.ok_or(LoginError::Unknown)?;
+                let mut strangers = self
+                    .strangers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if strangers.len() >= self.strangers_cap && !strangers.contains(client_id) {
+                    return Err(Refused::TooManyStrangers(self.strangers_cap));
+                }
+                strangers.insert(client_id.to_owned());
                 (key, self.device(&id))
             }
             _ => return Err(LoginError::Unknown.into()),
@@ -375,6 +393,135 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baton_shared::login::password;
+    use baton_shared::{SecretKey, topic};
+
+    fn record(key: &SecretKey, enrolled_by: EnrolledBy) -> AgentRecord {
+        AgentRecord {
+            public_key: key.public().to_bytes(),
+            start_seq: None,
+            revoked_from_seq: None,
+            enrolled_by,
+            enrolled_ms: 0,
+        }
+    }
+
+    /// pi-1 enrolled, gw-7 a child gateway of c7; a window open or not.
+    fn authority(window: bool, device: &SecretKey, child: &SecretKey) -> Authority {
+        let pi1 = record(device, EnrolledBy::Operator);
+        let cluster = ClusterId::new("c7").unwrap();
+        let gw7 = record(child, EnrolledBy::ChildGateway { cluster });
+        Authority::new(
+            ClusterId::new("c1").unwrap(),
+            "baton-gateway-gw".into(),
+            "s3cret".into(),
+            Box::new(move |a| match a.as_str() {
+                "pi-1" => Some(pi1.clone()),
+                "gw-7" => Some(gw7.clone()),
+                _ => None,
+            }),
+            Box::new(move |_| window),
+            2,
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    #[test]
+    fn each_client_logs_in_as_what_it_is_enrolled_as_and_nothing_else() {
+        let (device, child) = (
+            SecretKey::from_seed(&[1; 32]),
+            SecretKey::from_seed(&[2; 32]),
+        );
+        let a = authority(false, &device, &child);
+        let login =
+            |id: &str, key: &SecretKey, n| a.authenticate(id, id, &password(key, id, n, false), 0);
+        assert_eq!(
+            login("pi-1", &device, 5).unwrap(),
+            Principal::Device {
+                cluster: ClusterId::new("c1").unwrap(),
+                agent: AgentId::new("pi-1").unwrap()
+            }
+        );
+        assert!(matches!(
+            login("pi-1", &device, 5),
+            Err(Refused::Login(LoginError::Replayed { .. }))
+        ));
+        assert!(matches!(
+            login("pi-1", &child, 6),
+            Err(Refused::Login(LoginError::BadSignature))
+        ));
+        // a child gateway only through its forwarder, under its own key
+        let fwd = forwarder_client_id(&AgentId::new("gw-7").unwrap());
+        assert_eq!(
+            login(&fwd, &child, 1).unwrap(),
+            Principal::Child {
+                cluster: ClusterId::new("c7").unwrap()
+            }
+        );
+        assert!(matches!(
+            login("gw-7", &child, 2),
+            Err(Refused::NotADevice { .. })
+        ));
+        // the gateway's own client by its secret only
+        assert_eq!(
+            a.authenticate("baton-gateway-gw", "baton-gateway-gw", "s3cret", 0)
+                .unwrap(),
+            Principal::Gateway
+        );
+        assert!(
+            a.authenticate("baton-gateway-gw", "baton-gateway-gw", "guess", 0)
+                .is_err()
+        );
+        assert!(
+            a.authenticate("pi-1", "pi-2", &password(&device, "pi-1", 9, false), 0)
+                .is_err()
+        );
+        // strangers: never without a window
+        let stranger = SecretKey::from_seed(&[3; 32]);
+        let offered = password(&stranger, "pi-9", 1, true);
+        assert!(a.authenticate("pi-9", "pi-9", &offered, 0).is_err());
+        // and the ACL follows the principal
+        let own = topic::agent("c1", "pi-1", topic::Kind::Hb);
+        let other = topic::agent("c1", "pi-2", topic::Kind::Hb);
+        let publish = |topic| Access::Publish {
+            topic,
+            retain: false,
+            len: 1,
+        };
+        assert!(a.allows("pi-1", publish(&own)));
+        assert!(!a.allows("pi-1", publish(&other)));
+        assert!(!a.allows("never-logged-in", publish(&own)));
+    }
+
+    #[test]
+    fn a_window_admits_a_bounded_number_of_strangers_under_the_key_they_offer() {
+        let (device, child) = (
+            SecretKey::from_seed(&[1; 32]),
+            SecretKey::from_seed(&[2; 32]),
+        );
+        let a = authority(true, &device, &child);
+        let stranger = |i: u8| {
+            let key = SecretKey::from_seed(&[10 + i; 32]);
+            let id = format!("pi-new-{i}");
+            (
+                a.authenticate(&id, &id, &password(&key, &id, 1, true), 0),
+                id,
+                key,
+            )
+        };
+        assert!(stranger(0).0.is_ok());
+        let (second, id, key) = stranger(1);
+        assert!(second.is_ok());
+        assert!(matches!(stranger(2).0, Err(Refused::TooManyStrangers(2))));
+        // one already admitted may log in again
+        assert!(
+            a.authenticate(&id, &id, &password(&key, &id, 2, true), 0)
+                .is_ok()
+        );
+        // without the key offered, a stranger cannot be checked at all
+        let bare = password(&key, "pi-new-5", 1, false);
+        assert!(a.authenticate("pi-new-5", "pi-new-5", &bare, 0).is_err());
+    }
 
     #[test]
     fn client_ids_with_wildcards_never_reach_rumqttd() {

@@ -33,7 +33,7 @@ pub struct MosquittoOptions {
     /// Agents expected, for the connection limit.
     pub agents: usize,
     /// `None`: anonymous clients allowed, no ACL (the tests' brokers).
-    /// Otherwise one user per device and the topic ACL of [`acl`].
+    /// Otherwise one user per device and the topic ACL of [`acl()`].
     pub auth: Option<Auth>,
 }
 

@@ -151,6 +151,7 @@ fn embedded_authority(
                 .flatten()
                 .is_some_and(|until| now_ms < until)
         }),
+        usize::try_from(config.security.first_use.max_agents).unwrap_or(usize::MAX),
         Arc::clone(metrics),
     )
 }

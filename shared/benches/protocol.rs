@@ -1,5 +1,7 @@
 //! The protocol core's figures (BENCHMARKS.md): canonicalize + hash per
-//! entry, verification of a 64-entry batch, and the batch's wire codec.
+//! entry, verification of a 64-entry batch, the batch's wire codec, and
+//! what authority costs: the topic ACL per packet, a broker login, a
+//! signed reject.
 //!
 //! `cargo bench -p baton-shared`
 
@@ -165,9 +167,49 @@ fn bench_codec(c: &mut Criterion) {
     g.finish();
 }
 
+/// Issue 14: the embedded broker asks the ACL about every packet, checks
+/// one signature per login, and the agent one per reject answering a hello.
+fn bench_authority(c: &mut Criterion) {
+    use baton_shared::acl::{Access, Principal};
+    use baton_shared::login::{self, Login};
+    use baton_shared::topic::{self, Kind};
+    use baton_shared::wire::{Nack, RejectReason};
+    let mut g = c.benchmark_group("authority");
+    let device = Principal::Device {
+        cluster: baton_shared::ClusterId::new("c07").unwrap(),
+        agent: agent(),
+    };
+    let entries = topic::agent("c07", agent(), Kind::Entries);
+    g.bench_function("acl_publish_own_entries", |b| {
+        b.iter(|| {
+            black_box(&device).allows(Access::Publish {
+                topic: black_box(&entries),
+                retain: false,
+                len: 28_000,
+            })
+        })
+    });
+    let key = SecretKey::from_seed(&[9; 32]);
+    let public = key.public();
+    let password = login::password(&key, agent().as_str(), 1_800_000_000_000, false);
+    g.bench_function("login_parse_and_verify", |b| {
+        b.iter(|| {
+            let l = Login::parse(black_box(&password)).unwrap();
+            l.verify(agent().as_str(), &public, None).unwrap();
+        })
+    });
+    let gw = AgentId::new("gw-c07").unwrap();
+    let nonce = baton_shared::Nonce([1; 16]);
+    let nack = Nack::signed_reject(&key, &gw, &agent(), nonce, RejectReason::Fork, Seq(5));
+    g.bench_function("signed_reject_check", |b| {
+        b.iter(|| assert!(black_box(&nack).stops_delivery(Some(&public), &[nonce])))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = bench_canonical_hash, bench_verify_batch, bench_codec
+    targets = bench_canonical_hash, bench_verify_batch, bench_codec, bench_authority
 }
 criterion_main!(benches);
