@@ -113,13 +113,22 @@ impl Ingest {
     pub fn stage_enrollment(&mut self, unix_ms: i64, agent: &AgentId, record: AgentRecord) {
         let forwarded = self.route(agent, &record.enrolled_by);
         let cluster = self.cluster_of(agent).clone();
-        let data = own_chain::enroll_data(
+        let mut data = own_chain::enroll_data(
             agent,
             &record.public_key,
             cluster.as_str(),
             record.start_seq,
             record.revoked_from_seq,
         );
+        // How the trust came about: operator (whose `operator` entry beside
+        // it names the channel and credential), key-file, first-use, a
+        // child gateway, or a child's vouch.
+        if let baton_shared::json::Value::Object(o) = &mut data {
+            o.insert(
+                "by",
+                baton_shared::json::Value::from(record.enrolled_by.describe()),
+            );
+        }
         self.staged_records.insert(agent.clone(), record.clone());
         self.staged.push(Write::Enroll {
             agent: agent.clone(),
