@@ -395,7 +395,10 @@ fn trust_on_first_use_only_inside_the_window() {
     assert_eq!(record.enrolled_by, EnrolledBy::TrustOnFirstUse);
     // and the chain says how the trust came about
     let own = own_chain_text(&f);
-    let enroll = own.lines().find(|l| l.contains("\"agent\":\"pi-9\"")).unwrap();
+    let enroll = own
+        .lines()
+        .find(|l| l.contains("\"agent\":\"pi-9\""))
+        .unwrap();
     assert!(enroll.contains("\"by\":\"first-use\""), "{enroll}");
     assert_eq!(record.public_key, l.key().public().to_bytes());
     // another key for the same id, even inside the window, gets nowhere
