@@ -11,6 +11,15 @@ use std::fmt;
 /// Deepest nesting the protocol allows: the content object itself is depth 1.
 pub const MAX_DEPTH: usize = 64;
 
+/// Most keys one object may hold. Far above what 64 KiB of content can carry
+/// (about 13,000); it bounds what a larger document (an HTTP body, an export)
+/// can make a reader build.
+pub const MAX_KEYS: usize = 131_072;
+
+/// Objects up to this many keys check for duplicates by scanning; larger
+/// ones through a hash set, so one object costs linear time, not quadratic.
+const SCAN_KEYS: usize = 16;
+
 /// Largest integer a binary64 holds exactly: 2^53 − 1.
 pub const MAX_EXACT_INTEGER: u64 = 9_007_199_254_740_991;
 
@@ -200,6 +209,7 @@ pub enum ParseErrorKind {
     LoneSurrogate,
     DuplicateKey(String),
     TooDeep,
+    TooManyKeys,
 }
 
 impl fmt::Display for ParseErrorKind {
@@ -220,6 +230,7 @@ impl fmt::Display for ParseErrorKind {
             Self::LoneSurrogate => f.write_str("unpaired surrogate in string"),
             Self::DuplicateKey(k) => write!(f, "duplicate key {k:?}"),
             Self::TooDeep => write!(f, "nesting deeper than {MAX_DEPTH}"),
+            Self::TooManyKeys => write!(f, "object with more than {MAX_KEYS} keys"),
         }
     }
 }
@@ -321,6 +332,9 @@ impl Parser<'_> {
         self.enter(depth)?;
         self.pos += 1; // '{'
         let mut entries: Vec<(String, Value)> = Vec::with_capacity(8);
+        // Built once the object outgrows a scan; SipHash with a per-process
+        // key, so an attacker cannot choose keys that collide.
+        let mut seen: Option<std::collections::HashSet<String>> = None;
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
@@ -332,8 +346,22 @@ impl Parser<'_> {
                 return Err(self.unexpected());
             }
             let key_at = self.pos;
+            if entries.len() == MAX_KEYS {
+                return Err(self.error(ParseErrorKind::TooManyKeys));
+            }
             let key = self.string()?;
-            if entries.iter().any(|(k, _)| *k == key) {
+            let duplicate = match &mut seen {
+                Some(seen) => !seen.insert(key.clone()),
+                None if entries.len() < SCAN_KEYS => entries.iter().any(|(k, _)| *k == key),
+                None => {
+                    let mut set: std::collections::HashSet<String> =
+                        entries.iter().map(|(k, _)| k.clone()).collect();
+                    let duplicate = !set.insert(key.clone());
+                    seen = Some(set);
+                    duplicate
+                }
+            };
+            if duplicate {
                 return Err(ParseError {
                     offset: key_at,
                     kind: ParseErrorKind::DuplicateKey(key),
@@ -661,6 +689,55 @@ mod tests {
         assert_eq!(kind(&nest(65), Mode::Verify), ParseErrorKind::TooDeep);
         // Deep input must not overflow the stack even far past the limit.
         assert_eq!(kind(&nest(100_000), Mode::Verify), ParseErrorKind::TooDeep);
+    }
+
+    fn object_of(keys: usize) -> String {
+        let body: Vec<String> = (0..keys).map(|i| format!("\"k{i}\":{i}")).collect();
+        format!("{{{}}}", body.join(","))
+    }
+
+    #[test]
+    fn duplicates_are_found_in_large_objects_too() {
+        let mut doc = object_of(1000);
+        doc.insert_str(doc.len() - 1, ",\"k517\":0");
+        let err = parse(doc.as_bytes(), Mode::Verify).unwrap_err();
+        assert_eq!(err.kind, ParseErrorKind::DuplicateKey("k517".into()));
+        assert_eq!(&doc[err.offset..err.offset + 7], "\"k517\":");
+    }
+
+    #[test]
+    fn objects_beyond_the_key_cap_are_refused() {
+        assert!(parse(object_of(MAX_KEYS).as_bytes(), Mode::Verify).is_ok());
+        let err = parse(object_of(MAX_KEYS + 1).as_bytes(), Mode::Verify).unwrap_err();
+        assert_eq!(err.kind, ParseErrorKind::TooManyKeys);
+    }
+
+    /// Finding (issue 15): a duplicate check that compared every key with
+    /// every earlier one made a 40k-key object cost seconds. The cost per key
+    /// must not grow with the object: a hundred times the keys may cost a
+    /// hundred times the time, with room for caches, never ten thousand.
+    #[test]
+    fn parse_time_grows_linearly_with_keys() {
+        let per_key = |keys: usize| {
+            let doc = object_of(keys);
+            let best = (0..5)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    parse(doc.as_bytes(), Mode::Verify).unwrap();
+                    start.elapsed()
+                })
+                .min()
+                .unwrap();
+            best.as_secs_f64() / keys as f64
+        };
+        let small = per_key(1_000);
+        let large = per_key(100_000);
+        assert!(
+            large < small * 10.0,
+            "a key costs {:.0} ns among 100k keys, {:.0} ns among 1k",
+            large * 1e9,
+            small * 1e9
+        );
     }
 
     #[test]
