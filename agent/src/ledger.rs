@@ -733,11 +733,11 @@ impl Txn<'_> {
             return Ok(());
         };
         let mut d = Object::new();
-        d.insert("reason", Value::from("budget"));
-        d.insert("refused", Value::from(r.count));
-        d.insert("bytes", Value::from(r.bytes));
-        d.insert("from", Value::from(entry::format_timestamp(r.first_ms)));
-        d.insert("to", Value::from(entry::format_timestamp(r.last_ms)));
+        d.insert("reason", Value::from("disk_budget"));
+        d.insert("refused_appends", Value::from(r.count));
+        d.insert("refused_bytes", Value::from(r.bytes));
+        d.insert("first_ts", Value::from(entry::format_timestamp(r.first_ms)));
+        d.insert("last_ts", Value::from(entry::format_timestamp(r.last_ms)));
         self.append(
             unix_ms,
             None,

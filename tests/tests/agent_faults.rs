@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_shared::verify::verify_text;
+use baton_shared::json::{self, Value};
 use baton_shared::{AgentId, Seq};
 use baton_tests::daemons::{Agent, Gateway, agent_key, sample_lines};
 use baton_tests::eventually;
@@ -330,7 +331,7 @@ async fn over_budget_appends_are_refused_then_a_gap_entry_proves_the_loss() {
     let a = Agent::start_with("pi-b", &adir, Some(mqtt), Some(gw_key), budget).await;
     let socket = a.ready.socket.clone();
     let mut acked = Vec::new();
-    let mut refused = 0;
+    let mut refused: u64 = 0;
     let mut i = 0;
     while refused < 40 {
         let answers = baton_agent::socket::client::send_lines(&socket, sample_lines(i, 20))
@@ -378,10 +379,39 @@ async fn over_budget_appends_are_refused_then_a_gap_entry_proves_the_loss() {
         assert!(lines[usize::try_from(*seq).unwrap() - 1].contains(hash.as_str()));
     }
     let gap = lines[usize::try_from(gap_seq).unwrap() - 1];
-    assert!(
-        gap.contains("\"gap\"") && gap.contains(&format!("\"refused\":{refused}")),
-        "{gap}"
-    );
+    let gap = json::parse(gap.as_bytes(), json::Mode::Verify).unwrap();
+    let gap = gap.as_object().unwrap();
+    assert_eq!(gap.get("event").and_then(Value::as_str), Some("gap"));
+    let data = gap.get("data").and_then(Value::as_object).unwrap();
+    // PROTOCOL §2: the data has exactly the keys, and kinds, of the vector's
+    let vector = json::parse(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/tests/data/gap.json"
+        ))
+        .unwrap(),
+        json::Mode::Verify,
+    )
+    .unwrap();
+    let pinned = vector.as_object().unwrap().get("entries").unwrap();
+    let Value::Array(pinned) = pinned else {
+        panic!("gap.json entries")
+    };
+    let pinned = pinned[2].as_object().unwrap().get("data").unwrap();
+    let pinned = pinned.as_object().unwrap();
+    let shape = |o: &json::Object| -> Vec<(String, &'static str)> {
+        let mut v: Vec<_> = o.iter().map(|(k, v)| (k.to_owned(), v.kind())).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(shape(data), shape(pinned), "{data:?}");
+    assert_eq!(data.get("reason"), pinned.get("reason"));
+    let n = |k: &str| data.get(k).and_then(Value::as_exact_u64).unwrap();
+    assert_eq!(n("refused_appends"), refused);
+    assert!(n("refused_bytes") >= refused, "every refused append had content");
+    let ts = |k: &str| data.get(k).and_then(Value::as_str).unwrap().to_owned();
+    assert!(ts("first_ts") <= ts("last_ts"));
+    assert!(ts("last_ts").as_str() <= gap.get("ts").and_then(Value::as_str).unwrap());
     // and the agent pruned receipted entries to stay within its budget
     let (_, o) = baton_agent::cli::open(&adir).unwrap();
     assert!(o.head.oldest > Seq(1));
