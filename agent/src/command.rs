@@ -303,13 +303,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { data_dir, json } => {
             let path = crate::config::status_path(&data_dir);
-            let text = std::fs::read(&path)
-                .with_context(|| format!("reading {} (is the agent running?)", path.display()))?;
+            let text = std::fs::read(&path).with_context(|| {
+                format!(
+                    "reading {} (no agent has run on this data directory)",
+                    path.display()
+                )
+            })?;
+            let doc = baton_shared::json::parse(&text, baton_shared::json::Mode::Verify)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let running = baton_runtime::instance::running(&data_dir, crate::DAEMON);
+            let doc = status::as_seen(doc, running);
             if json {
-                print!("{}", String::from_utf8_lossy(&text));
+                println!(
+                    "{}",
+                    String::from_utf8_lossy(&baton_shared::canonical::to_vec(&doc))
+                );
             } else {
-                let doc = baton_shared::json::parse(&text, baton_shared::json::Mode::Verify)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                 print!("{}", status::table(&doc));
             }
         }

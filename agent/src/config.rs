@@ -121,6 +121,26 @@ fn size(key: &'static str, v: Option<&str>, default: u64) -> Result<u64, ConfigE
     }
 }
 
+/// The least budget: two of the largest entries (64 KiB of content each)
+/// with their overhead. Below it an offline agent could refuse an append
+/// while holding almost nothing.
+pub const MIN_BUDGET: u64 = 2 * (64 * 1024 + 1024);
+
+fn budget(v: Option<&str>) -> Result<u64, ConfigError> {
+    let b = size("budget", v, 1024 * 1024 * 1024)?;
+    if b < MIN_BUDGET {
+        return Err(invalid(
+            "budget",
+            format!(
+                "{} is below the least budget, {} (two of the largest entries)",
+                bytesize::ByteSize(b),
+                bytesize::ByteSize(MIN_BUDGET)
+            ),
+        ));
+    }
+    Ok(b)
+}
+
 impl Config {
     pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         let id = raw.id.ok_or(ConfigError::Missing { key: "id" })?;
@@ -213,7 +233,7 @@ impl Config {
                 Duration::from_secs(5),
             )?,
             window,
-            budget: size("budget", raw.budget.as_deref(), 1024 * 1024 * 1024)?,
+            budget: budget(raw.budget.as_deref())?,
             free_floor: size("free_floor", raw.free_floor.as_deref(), 64 * 1024 * 1024)?,
             retention: duration(
                 "retention",
@@ -371,6 +391,13 @@ mod tests {
                     ..raw.clone()
                 },
                 "\"budget\"",
+            ),
+            (
+                RawConfig {
+                    budget: Some("20KiB".into()),
+                    ..raw.clone()
+                },
+                "below the least budget",
             ),
             (
                 RawConfig {

@@ -145,6 +145,9 @@ fn open_checked(
     ))
 }
 
+/// The name the daemon's instance lock goes by (`<data_dir>/baton-agent.lock`).
+pub const DAEMON: &str = "baton-agent";
+
 /// Runs the agent until `shutdown` resolves. `ready` hears where it serves
 /// once the ledger is open and the socket bound.
 pub async fn run(
@@ -154,6 +157,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let _instance = baton_runtime::instance::acquire(&config.data_dir, DAEMON)?;
     let key = keys::load(&config.key)?;
     let public = key.public();
     let login_key = key.clone();
@@ -272,6 +276,7 @@ pub async fn run(
     service::stopping();
     tasks.shutdown().await;
     // A last status, and the socket file goes.
+    shared.set_connected(false);
     let doc = shared.document(config.id.as_str(), &writer.head(), false, unix_ms());
     let _ = status::write(&config.status_path(), &doc);
     let _ = std::fs::remove_file(&config.socket);

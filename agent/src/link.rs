@@ -213,7 +213,7 @@ impl Link {
                     match event {
                         Pumped::Event(Event::Incoming(Packet::ConnAck(_))) => {
                             info!(broker = %broker.host, port = broker.port, "connected to the gateway's broker");
-                            shared.set_connected(true);
+                            shared.connected_now();
                             let _ = client.try_subscribe(&ack_t, QoS::AtLeastOnce);
                             let _ = client.try_subscribe(&nack_t, QoS::AtLeastOnce);
                             let _ = client.try_subscribe(&time_reply_t, QoS::AtMostOnce);
@@ -232,6 +232,9 @@ impl Link {
                                 match Receipt::decode(&p.payload) {
                                     Ok(r) => {
                                         let answered = uplink.handle_receipt(now, &r, &ledger.view(writer.head()));
+                                        if answered && let Some(was) = shared.clear_uplink_alert() {
+                                            info!(was, "the gateway answers again: uplink alert cleared");
+                                        }
                                         if answered && r.seq == Seq::ZERO && shared.rebuilding.load(Ordering::Relaxed) {
                                             // The gateway (its signed, nonce-matching answer)
                                             // holds nothing of ours: start anew.
@@ -272,8 +275,10 @@ impl Link {
                         }
                         Pumped::Event(_) => {}
                         Pumped::Lost { error, next_session_ms } => {
-                            if shared.set_connected_was(false) {
-                                warn!(%error, "lost the gateway's broker; entries stay in the ledger");
+                            let why = baton_runtime::mqtt::describe(&error);
+                            let was_connected = shared.set_connected_was(false);
+                            if shared.connection_error(baton_runtime::unix_ms(), why.clone()) || was_connected {
+                                warn!(broker = %broker.host, port = broker.port, error = why, "no session with the gateway's broker; entries stay in the ledger");
                             }
                             uplink.disconnected(now);
                             clock_at = None;
@@ -363,11 +368,11 @@ impl Link {
                     Output::Alert(
                         a @ baton_shared::uplink::Alert::UnauthenticatedReject { .. },
                     ) => {
-                        warn!(alert = ?a, "a reject that is not the gateway's signed answer to our hello: ignored");
+                        warn!(alert = %a, "ignored");
                     }
                     Output::Alert(a) => {
-                        warn!(alert = ?a, "uplink alert");
-                        shared.alert(format!("{a:?}"));
+                        warn!(alert = %a, "uplink alert");
+                        shared.uplink_alert(a.to_string());
                     }
                 }
             }

@@ -7,13 +7,7 @@ use baton_agent::command::{Cli, run};
 use clap::Parser;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    baton_runtime::logging::init("info");
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

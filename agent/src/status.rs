@@ -25,7 +25,13 @@ struct Inner {
     connected: bool,
     receipt: Option<Receipt>,
     last_error: Option<(i64, String)>,
+    /// The link cannot connect (why, and since when); over at the next
+    /// ConnAck.
+    connection_error: Option<(i64, String)>,
     alert: Option<String>,
+    /// Raised by the uplink; gone once the gateway's signed answer to a
+    /// current hello arrives (the cause is over).
+    uplink_alert: Option<String>,
     last_heartbeat_ms: Option<i64>,
     /// The last heartbeat's figures.
     last_heartbeat: Option<Value>,
@@ -38,11 +44,12 @@ struct Inner {
 impl Inner {
     fn state(&self, rebuilding: bool, head: &Head, uplink: bool, unix_ms: i64) -> &'static str {
         let receipted = self.receipt.as_ref().map_or(0, |r| r.seq.0);
-        let recent_error = self
-            .last_error
-            .as_ref()
-            .is_some_and(|(t, _)| unix_ms - t < 60_000);
-        if self.alert.is_some() || rebuilding {
+        let recent_error = self.connection_error.is_some()
+            || self
+                .last_error
+                .as_ref()
+                .is_some_and(|(t, _)| unix_ms - t < 60_000);
+        if self.alert.is_some() || self.uplink_alert.is_some() || rebuilding {
             "alert"
         } else if recent_error {
             "error"
@@ -85,9 +92,46 @@ impl Shared {
         self.with(|i| i.last_error = Some((unix_ms, e)));
     }
 
+    /// The link's session failed (also the last error). Returns whether
+    /// the reason differs from the one already recorded (worth a log line).
+    pub fn connection_error(&self, unix_ms: i64, why: String) -> bool {
+        self.with(|i| {
+            let new = i.connection_error.as_ref().is_none_or(|(_, w)| *w != why);
+            i.last_error = Some((unix_ms, why.clone()));
+            if new {
+                i.connection_error = Some((unix_ms, why));
+            }
+            new
+        })
+    }
+
+    /// Connected: whatever kept the link from its broker is over.
+    pub fn connected_now(&self) {
+        self.with(|i| {
+            i.connected = true;
+            if let Some((_, why)) = i.connection_error.take()
+                && i.last_error.as_ref().is_some_and(|(_, e)| *e == why)
+            {
+                i.last_error = None;
+            }
+        });
+    }
+
     pub fn alert(&self, what: impl Into<String>) {
         let a = what.into();
         self.with(|i| i.alert = Some(a));
+    }
+
+    /// An alert of the uplink's (PROTOCOL §7), shown until `clear_uplink_alert`.
+    pub fn uplink_alert(&self, what: impl Into<String>) {
+        let a = what.into();
+        self.with(|i| i.uplink_alert = Some(a));
+    }
+
+    /// The gateway answered a current hello with a verified receipt: what
+    /// the uplink raised is over. Returns what was cleared.
+    pub fn clear_uplink_alert(&self) -> Option<String> {
+        self.with(|i| i.uplink_alert.take())
     }
 
     /// The heartbeat just measured.
@@ -177,7 +221,13 @@ impl Shared {
             );
             o.insert("backlog", Value::from(backlog));
             o.insert("connected", Value::Bool(i.connected));
-            o.insert("alert", i.alert.as_deref().map_or(Value::Null, Value::from));
+            o.insert(
+                "alert",
+                i.alert
+                    .as_deref()
+                    .or(i.uplink_alert.as_deref())
+                    .map_or(Value::Null, Value::from),
+            );
             o.insert(
                 "last_error",
                 i.last_error
@@ -198,6 +248,22 @@ impl Shared {
             Value::Object(o)
         })
     }
+}
+
+/// The status document as a reader should take it: `running` (whether the
+/// daemon holds its instance lock now) added, and for a daemon that is not
+/// running, state `stopped` and not connected, whatever its last write
+/// said (a killed daemon writes nothing on the way out).
+pub fn as_seen(doc: Value, running: bool) -> Value {
+    let Value::Object(mut o) = doc else {
+        return doc;
+    };
+    o.insert("running", Value::Bool(running));
+    if !running {
+        o.insert("state", Value::from("stopped"));
+        o.insert("connected", Value::Bool(false));
+    }
+    Value::Object(o)
 }
 
 /// Writes `doc` to `path` via a temp file and a rename.
@@ -227,7 +293,14 @@ pub fn table(doc: &Value) -> String {
     };
     let rows = [
         ("agent", get(&["agent"])),
-        ("state", get(&["state"])),
+        (
+            "state",
+            if get(&["running"]) == "false" {
+                format!("stopped (not running; last written {})", get(&["updated"]))
+            } else {
+                get(&["state"])
+            },
+        ),
         (
             "head",
             format!("{} {}", get(&["head", "seq"]), get(&["head", "hash"])),

@@ -103,8 +103,9 @@ impl WriterError {
     }
 }
 
-/// The largest stored entry: 64 KiB of content plus its hashes and sig.
-const MAX_STORED_ENTRY: u64 = 64 * 1024 + 256;
+/// What an entry stores beyond its content (header, hashes, signature),
+/// with room for the `gap` entry that may have to precede it.
+const ENTRY_OVERHEAD: u64 = 1024;
 
 enum Op {
     /// Many appends of one client read at once: one message, one answer.
@@ -483,7 +484,8 @@ fn make_room(ctx: &Ctx<'_>, txn: &mut Txn<'_>, need: u64) -> Result<Option<Strin
     let held = txn.head().held_bytes;
     if held.saturating_add(need) > b.max_bytes {
         return Ok(Some(format!(
-            "the ledger holds {} of unreceipted entries (budget {}); appends resume as receipts arrive",
+            "this entry (about {}) would take the unreceipted entries held ({}) past the budget of {}; appends resume as receipts arrive",
+            bytesize::ByteSize(need),
             bytesize::ByteSize(held),
             bytesize::ByteSize(b.max_bytes)
         )));
@@ -637,8 +639,9 @@ fn append_one(
     clock: &ClockInfo,
     req: &AppendRequest,
 ) -> Result<AppendResult, LedgerError> {
-    if let Some(why) = make_room(ctx, txn, MAX_STORED_ENTRY)? {
-        txn.refuse(unix_ms, request_bytes(req));
+    let bytes = request_bytes(req);
+    if let Some(why) = make_room(ctx, txn, bytes + ENTRY_OVERHEAD)? {
+        txn.refuse(unix_ms, bytes);
         return Ok(Err(AppendRefused::Budget(why)));
     }
     txn.record_gap(unix_ms)?;
@@ -712,6 +715,45 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         assert_eq!(w.head().unsigned, 0);
+        w.close().await;
+    }
+
+    /// Finding (issue 15): each append reserved room for the largest
+    /// possible entry, so a small budget refused every append while holding
+    /// almost nothing, and said so. Appends now fill the budget, and the
+    /// refusal names what the entry needs and what is held.
+    #[tokio::test]
+    async fn a_small_budget_fills_before_it_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = AgentId::new("pi-1").unwrap();
+        let key = SecretKey::from_seed(&[7; 32]);
+        let o = Ledger::open(&dir.path().join("l.redb"), &agent).unwrap();
+        let clock = Arc::new(ClockState::new("boot".into()));
+        let budget = Budget {
+            max_bytes: crate::config::MIN_BUDGET,
+            ..Budget::unlimited()
+        };
+        let w = Writer::start(o.ledger, agent, key, o.head, budget, clock).unwrap();
+        w.runtime(1, "genesis", Value::Object(Object::new()))
+            .await
+            .unwrap();
+        let req = AppendRequest::parse(br#"{"event":"info","data":{"n":1}}"#).unwrap();
+        let mut stored = 0;
+        let why = loop {
+            let answers = w.append_many(2, vec![req.clone()]).await.await.unwrap();
+            match answers.into_iter().next().unwrap() {
+                Ok(_) => stored += 1,
+                Err(AppendRefused::Budget(why)) => break why,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(stored < 10_000, "the budget never filled");
+        };
+        let held = w.head().held_bytes;
+        assert!(
+            held + 2 * ENTRY_OVERHEAD >= crate::config::MIN_BUDGET,
+            "refused at {held} B held after {stored} appends: {why}"
+        );
+        assert!(why.contains("past the budget"), "{why}");
         w.close().await;
     }
 }

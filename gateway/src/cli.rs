@@ -24,12 +24,19 @@ pub fn key_path(data_dir: &Path, key: Option<PathBuf>) -> PathBuf {
 
 pub fn open_store(data_dir: &Path) -> anyhow::Result<Arc<Store>> {
     let path = data_dir.join("gateway.redb");
-    let store = Store::open(&path).with_context(|| {
-        format!(
-            "opening {} (a running gateway holds it: stop it first, or use its HTTP API)",
+    if baton_runtime::instance::running(data_dir, crate::DAEMON) {
+        bail!(
+            "a running gateway holds {}: stop it first, or use its HTTP API",
             path.display()
-        )
-    })?;
+        );
+    }
+    if !data_dir.is_dir() {
+        bail!(
+            "no gateway data directory at {} (pass the --data-dir a gateway runs on)",
+            data_dir.display()
+        );
+    }
+    let store = Store::open(&path).with_context(|| format!("opening {}", path.display()))?;
     Ok(Arc::new(store))
 }
 

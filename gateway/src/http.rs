@@ -81,7 +81,44 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(reads)
         .merge(writes)
+        .fallback(not_found)
+        .layer(middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+async fn not_found(req: Request) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such route: {} {}", req.method(), req.uri().path()),
+    )
+}
+
+/// Every error answer is JSON (`{"error": …}`): axum's own refusals (a
+/// query that does not parse, a body over the limit, a wrong method) come
+/// as plain text or empty, and are rewritten here with their text.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    // axum's rejection texts are short; anything longer is cut.
+    let body = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    let text = text.trim();
+    let message = if text.is_empty() {
+        format!("{what}: {}", status.canonical_reason().unwrap_or("refused"))
+    } else {
+        format!("{what}: {text}")
+    };
+    error(status, message)
 }
 
 /// The credential check: `Ok(fingerprint)` (none without `http_auth`),

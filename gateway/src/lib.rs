@@ -35,3 +35,6 @@ pub mod upstream;
 pub use config::Config;
 pub use server::run;
 pub mod store;
+
+/// The name the daemon's instance lock goes by (`<data_dir>/baton-gateway.lock`).
+pub const DAEMON: &str = "baton-gateway";

@@ -138,18 +138,23 @@ fn embedded_authority(
     store: &Arc<Store>,
     metrics: &Arc<Metrics>,
 ) -> broker::Authority {
-    let lookup_store = Arc::clone(store);
-    let window_store = Arc::clone(store);
+    // Weak: the broker's threads outlive a stopped gateway (they live as
+    // long as the process); the store must close with the gateway, and its
+    // broker then lets nobody in.
+    let lookup_store = Arc::downgrade(store);
+    let window_store = Arc::downgrade(store);
     broker::Authority::new(
         config.cluster.clone(),
         client_id.to_owned(),
         secret.to_owned(),
-        Box::new(move |agent| lookup_store.agent(agent).ok().flatten()),
+        Box::new(move |agent| lookup_store.upgrade()?.agent(agent).ok().flatten()),
         Box::new(move |now_ms| {
-            crate::ingest::window_until(&window_store)
-                .ok()
-                .flatten()
-                .is_some_and(|until| now_ms < until)
+            window_store.upgrade().is_some_and(|store| {
+                crate::ingest::window_until(&store)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|until| now_ms < until)
+            })
         }),
         usize::try_from(config.security.first_use.max_agents).unwrap_or(usize::MAX),
         Arc::clone(metrics),
@@ -166,6 +171,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let _instance = baton_runtime::instance::acquire(&config.data_dir, crate::DAEMON)?;
     let key = keys::load(&config.key)?;
     let store_path = config.store_path();
     let store = Arc::new(

@@ -15,7 +15,9 @@
 pub mod config;
 pub mod daily;
 pub mod db;
+pub mod instance;
 pub mod keys;
+pub mod logging;
 pub mod mqtt;
 pub mod proc;
 pub mod service;

@@ -211,6 +211,25 @@ pub enum Polled<'a> {
     },
 }
 
+/// A lost or refused session in an operator's words: a refused login says
+/// so and what to check, an unreachable broker says it cannot be reached.
+pub fn describe(error: &ConnectionError) -> String {
+    use rumqttc::ConnectReturnCode as Code;
+    match error {
+        ConnectionError::ConnectionRefused(Code::BadUserNamePassword | Code::NotAuthorized) => {
+            "the broker refused the login (not authorised): check the device is enrolled \
+             and its broker password or key"
+                .to_owned()
+        }
+        ConnectionError::ConnectionRefused(code) => {
+            format!("the broker refused the connection ({code:?})")
+        }
+        ConnectionError::Io(e) => format!("cannot reach the broker: {e}"),
+        ConnectionError::NetworkTimeout => "the broker did not answer in time".to_owned(),
+        other => format!("the broker connection failed: {other}"),
+    }
+}
+
 impl Polled<'_> {
     /// Logs a lost session of the `what` client and when it retries; true
     /// if this was one.
@@ -219,7 +238,7 @@ impl Polled<'_> {
             Polled::Lost {
                 error, retry_in, ..
             } => {
-                tracing::warn!(%error, ?retry_in, "{what} connection lost");
+                tracing::warn!(error = describe(error), ?retry_in, "{what} connection lost");
                 true
             }
             Polled::Event(_) => false,
@@ -289,6 +308,16 @@ pub async fn pump<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_logins_say_what_to_check() {
+        use rumqttc::ConnectReturnCode as Code;
+        let refused = describe(&ConnectionError::ConnectionRefused(Code::NotAuthorized));
+        assert!(refused.contains("not authorised"), "{refused}");
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let down = describe(&ConnectionError::Io(io));
+        assert!(down.starts_with("cannot reach the broker"), "{down}");
+    }
 
     #[test]
     fn tls_settings_are_checked() {

@@ -230,6 +230,45 @@ pub enum Alert {
     UnauthenticatedReject { reason: RejectReason, seq: Seq },
 }
 
+/// For people (status, logs): what happened and what the agent does about
+/// it, in the protocol's words.
+impl std::fmt::Display for Alert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Alert::BadReceiptSignature { gateway, seq } => write!(
+                f,
+                "a receipt from {gateway} for seq {seq} does not verify under the pinned gateway key; ignored"
+            ),
+            Alert::ForeignGatewayKey { gateway } => write!(
+                f,
+                "{gateway} answered with a key other than the pinned one; not trusted"
+            ),
+            Alert::ReceiptMismatch { seq } => write!(
+                f,
+                "the gateway's receipt for seq {seq} names a hash this ledger does not hold"
+            ),
+            Alert::GatewayDataLoss { best, gateway_head } => write!(
+                f,
+                "the gateway lost data: it holds up to seq {gateway_head}, below its own receipt for {best}; resending"
+            ),
+            Alert::UnsignedHead { seq, hash } => write!(
+                f,
+                "the gateway offered head {seq} ({hash}) without this agent's checkpoint signature; not adopted"
+            ),
+            Alert::Rejected { reason, seq } => write!(
+                f,
+                "the gateway refused this agent ({}, at seq {seq}); delivery paused, hello retries",
+                reason.as_str()
+            ),
+            Alert::UnauthenticatedReject { reason, seq } => write!(
+                f,
+                "a reject ({}, at seq {seq}) that is not the gateway's signed answer to a current hello; ignored",
+                reason.as_str()
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Phase {
     /// Not connected.

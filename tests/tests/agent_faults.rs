@@ -15,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_shared::verify::verify_text;
 use baton_shared::json::{self, Value};
+use baton_shared::verify::verify_text;
 use baton_shared::{AgentId, Seq};
 use baton_tests::daemons::{Agent, Gateway, agent_key, sample_lines};
 use baton_tests::eventually;
@@ -408,7 +408,10 @@ async fn over_budget_appends_are_refused_then_a_gap_entry_proves_the_loss() {
     assert_eq!(data.get("reason"), pinned.get("reason"));
     let n = |k: &str| data.get(k).and_then(Value::as_exact_u64).unwrap();
     assert_eq!(n("refused_appends"), refused);
-    assert!(n("refused_bytes") >= refused, "every refused append had content");
+    assert!(
+        n("refused_bytes") >= refused,
+        "every refused append had content"
+    );
     let ts = |k: &str| data.get(k).and_then(Value::as_str).unwrap().to_owned();
     assert!(ts("first_ts") <= ts("last_ts"));
     assert!(ts("last_ts").as_str() <= gap.get("ts").and_then(Value::as_str).unwrap());

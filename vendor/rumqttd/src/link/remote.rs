@@ -278,7 +278,18 @@ where
 
     Span::current().record("client_id", &connect.client_id);
 
-    handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
+    // BATON-PATCH: a refused login hears so (CONNACK 5, not authorised, as
+    // MQTT 3.1.1 §3.2.2.3 asks) before the connection closes; upstream
+    // just closed it, and a client could not tell a wrong password from a
+    // broker going away.
+    if let Err(e) = handle_auth(config.clone(), login.as_ref(), &connect.client_id).await {
+        let ack = ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::NotAuthorized,
+        };
+        let _ = network.write(Packet::ConnAck(ack, None)).await;
+        return Err(e);
+    }
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.
