@@ -382,7 +382,10 @@ async fn status_writer(
         if let Some((at, e)) = writer.stats.take_error() {
             shared.error(at, format!("ledger: {e}"));
         }
-        let doc = shared.document(&agent, &writer.head(), uplink, unix_ms());
+        let mut doc = shared.document(&agent, &writer.head(), uplink, unix_ms());
+        if let Value::Object(o) = &mut doc {
+            o.insert("counters", writer.stats.counters());
+        }
         if let Err(e) = status::write(&path, &doc) {
             warn!(error = %e, path = %path.display(), "writing status.json failed");
         }

@@ -24,6 +24,18 @@ use crate::writer::{AppendRefused, AppendResult, Writer};
 pub const MAX_LINE: usize = 256 * 1024;
 /// Answers a connection may have outstanding before its reader waits.
 const PIPELINE: usize = 4096;
+/// Most connections served at once; more are told so and closed. With
+/// `MAX_LINE`, this bounds what clients can make the agent buffer
+/// (64 × 256 KiB = 16 MiB at worst).
+pub const MAX_CONNECTIONS: usize = 64;
+/// A line begun must be finished within this (an idle connection between
+/// lines may stay open as long as it likes: it holds no buffer).
+pub const LINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Lines at least this long are parsed off the runtime's thread (the
+/// agent's runtime is single-threaded: appends, uplink and timers share
+/// it), at most `BIG_PARSES` at a time.
+const BIG_LINE: usize = 16 * 1024;
+const BIG_PARSES: usize = 2;
 
 /// Binds the socket (replacing a stale file) with mode 0660.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -47,10 +59,35 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 
 /// Serves connections until the listener fails or the task is dropped.
 pub async fn serve(listener: UnixListener, writer: Writer, shared: Arc<Shared>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let parses = Arc::new(tokio::sync::Semaphore::new(BIG_PARSES));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, writer.clone(), shared.clone()));
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    if writer
+                        .stats
+                        .socket_connections_refused
+                        .fetch_add(1, Ordering::Relaxed)
+                        == 0
+                    {
+                        warn!(
+                            max = MAX_CONNECTIONS,
+                            "append socket full: connections beyond the limit are refused (counted in status.json)"
+                        );
+                    }
+                    let busy = error_line(&format!(
+                        "busy: {MAX_CONNECTIONS} connections open to the append socket; retry later"
+                    ));
+                    // Best effort and never waiting: the socket buffer takes it.
+                    let _ = stream.try_write(busy.as_bytes());
+                    continue;
+                };
+                let (writer, shared, parses) = (writer.clone(), shared.clone(), parses.clone());
+                tokio::spawn(async move {
+                    connection(stream, writer, shared, parses).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 warn!(error = %e, "append socket accept failed");
@@ -89,18 +126,36 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
     reader: &mut R,
     line: &mut Vec<u8>,
     shared: &Shared,
+    parses: &tokio::sync::Semaphore,
 ) -> std::io::Result<Line> {
     line.clear();
-    let n = (&mut *reader)
-        .take(MAX_LINE as u64 + 1)
-        .read_until(b'\n', line)
-        .await?;
+    // Waiting for a line to begin costs nothing; once it has, it must end
+    // within LINE_TIMEOUT.
+    if reader.fill_buf().await?.is_empty() {
+        return Ok(Line::Eof);
+    }
+    let mut limited = (&mut *reader).take(MAX_LINE as u64 + 1);
+    let n = tokio::time::timeout(LINE_TIMEOUT, limited.read_until(b'\n', line))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("a request line was left unfinished for {LINE_TIMEOUT:?}"),
+            )
+        })??;
     if n == 0 {
         return Ok(Line::Eof);
     }
     if line.last() != Some(&b'\n') && line.len() > MAX_LINE {
-        // Skip the rest of the overlong line, then refuse it.
-        skip_line(reader).await?;
+        // Skip the rest of the overlong line (in the same time), then refuse it.
+        tokio::time::timeout(LINE_TIMEOUT, skip_line(reader))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("an overlong request line went on for {LINE_TIMEOUT:?}"),
+                )
+            })??;
         return Ok(Line::Refused(format!(
             "request line longer than {MAX_LINE} bytes"
         )));
@@ -110,7 +165,16 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
     if text.iter().all(u8::is_ascii_whitespace) {
         return Ok(Line::Blank);
     }
-    Ok(match AppendRequest::parse(text) {
+    let parsed = if text.len() < BIG_LINE {
+        AppendRequest::parse(text)
+    } else {
+        let _turn = parses.acquire().await.map_err(std::io::Error::other)?;
+        let owned = text.to_vec();
+        tokio::task::spawn_blocking(move || AppendRequest::parse(&owned))
+            .await
+            .map_err(std::io::Error::other)?
+    };
+    Ok(match parsed {
         Ok(_) if shared.rebuilding.load(Ordering::Relaxed) => Line::Refused(
             "alert: the ledger is being rebuilt from the gateway after damage; retry later".into(),
         ),
@@ -119,7 +183,12 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
     })
 }
 
-async fn connection(stream: UnixStream, writer: Writer, shared: Arc<Shared>) {
+async fn connection(
+    stream: UnixStream,
+    writer: Writer,
+    shared: Arc<Shared>,
+    parses: Arc<tokio::sync::Semaphore>,
+) {
     let (read, write) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE / MAX_BATCH + 1);
     let answer_shared = shared.clone();
@@ -156,13 +225,23 @@ async fn connection(stream: UnixStream, writer: Writer, shared: Arc<Shared>) {
     let mut reader = BufReader::new(read);
     let mut line = Vec::with_capacity(1024);
     'conn: loop {
+        // A long line's buffer is not kept for the connection's life.
+        if line.capacity() > 64 * 1024 {
+            line = Vec::with_capacity(1024);
+        }
         // Wait for one line, then take every whole line already buffered.
         let mut slots = Vec::new();
         let mut reqs = Vec::new();
         loop {
-            let read = match read_request(&mut reader, &mut line, &shared).await {
+            let read = match read_request(&mut reader, &mut line, &shared, &parses).await {
                 Ok(r) => r,
                 Err(e) => {
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        writer
+                            .stats
+                            .socket_lines_timed_out
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     debug!(error = %e, "append socket read failed");
                     break 'conn;
                 }
@@ -292,7 +371,9 @@ pub mod client {
             }
             answers.push(parse_answer(&line));
         }
-        sender.await.map_err(std::io::Error::other)??;
+        // Every line answered: a failed write after that (the agent
+        // answered `busy` and closed at once) changes nothing.
+        let _ = sender.await;
         Ok(answers)
     }
 }

@@ -140,6 +140,10 @@ enum Op {
 pub struct WriterStats {
     pub appended: AtomicU64,
     pub refused: AtomicU64,
+    /// Append-socket connections closed at accept: `MAX_CONNECTIONS` open.
+    pub socket_connections_refused: AtomicU64,
+    /// Append-socket connections closed for a line left unfinished.
+    pub socket_lines_timed_out: AtomicU64,
     pub commits: AtomicU64,
     pub commit_errors: AtomicU64,
     /// The newest commit error not yet reported (unix ms, message).
@@ -147,6 +151,27 @@ pub struct WriterStats {
 }
 
 impl WriterStats {
+    /// The counters for `status.json`.
+    pub fn counters(&self) -> baton_shared::json::Value {
+        let mut o = baton_shared::json::Object::new();
+        for (name, n) in [
+            ("appended", &self.appended),
+            ("refused", &self.refused),
+            ("commit_errors", &self.commit_errors),
+            (
+                "socket_connections_refused",
+                &self.socket_connections_refused,
+            ),
+            ("socket_lines_timed_out", &self.socket_lines_timed_out),
+        ] {
+            o.insert(
+                name,
+                baton_shared::json::Value::from(n.load(Ordering::Relaxed)),
+            );
+        }
+        baton_shared::json::Value::Object(o)
+    }
+
     /// Takes the newest unreported commit error.
     pub fn take_error(&self) -> Option<(i64, String)> {
         self.last_error

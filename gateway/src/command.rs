@@ -175,6 +175,12 @@ pub struct RunArgs {
     /// The most first-use enrollments per minute.
     #[arg(long, env = "BATON_GATEWAY_ENROLL_RATE")]
     enroll_rate: Option<u32>,
+    /// The most open HTTP connections (more are closed at accept).
+    #[arg(long, env = "BATON_GATEWAY_HTTP_MAX_CONNECTIONS")]
+    http_max_connections: Option<usize>,
+    /// How long an HTTP client may take to send a request's headers, e.g. "10s".
+    #[arg(long, env = "BATON_GATEWAY_HTTP_HEADER_TIMEOUT")]
+    http_header_timeout: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -396,6 +402,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 enroll_window_max: a.enroll_window_max,
                 enroll_window_agents: a.enroll_window_agents,
                 enroll_rate: a.enroll_rate,
+                http_max_connections: a.http_max_connections,
+                http_header_timeout: a.http_header_timeout,
             };
             let config = Config::validate(file.merge(flags))?;
             let listeners = crate::server::Listeners::bind(&config)?;

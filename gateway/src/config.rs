@@ -60,6 +60,10 @@ pub struct RawConfig {
     pub enroll_window_max: Option<String>,
     pub enroll_window_agents: Option<u64>,
     pub enroll_rate: Option<u32>,
+    /// HTTP: the most open connections, and how long a client may take to
+    /// send a request's headers (or sit idle between requests).
+    pub http_max_connections: Option<usize>,
+    pub http_header_timeout: Option<String>,
 }
 
 impl RawConfig {
@@ -107,6 +111,8 @@ impl RawConfig {
             enroll_window_max: over.enroll_window_max.or(self.enroll_window_max),
             enroll_window_agents: over.enroll_window_agents.or(self.enroll_window_agents),
             enroll_rate: over.enroll_rate.or(self.enroll_rate),
+            http_max_connections: over.http_max_connections.or(self.http_max_connections),
+            http_header_timeout: over.http_header_timeout.or(self.http_header_timeout),
         }
     }
 }
@@ -172,6 +178,27 @@ pub struct Security {
     pub http_read_auth: bool,
     pub token_file: PathBuf,
     pub first_use: FirstUseLimits,
+    pub http: HttpLimits,
+}
+
+/// What HTTP clients can hold of the gateway: each connection is a file
+/// descriptor and a task, so there are at most `max_connections` of them
+/// (more are closed at accept, and counted), and a client that does not
+/// send a request's headers within `header_timeout` (the first request's,
+/// or the next one's on a kept-alive connection) loses its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Bounds of trust on first use.
@@ -204,6 +231,7 @@ impl Security {
             http_read_auth: false,
             token_file: data_dir.join("operator.token"),
             first_use: FirstUseLimits::default(),
+            http: HttpLimits::default(),
         }
     }
 
@@ -242,6 +270,19 @@ impl Security {
         f.per_minute = raw.enroll_rate.unwrap_or(f.per_minute);
         if f.per_minute == 0 {
             return Err(invalid("enroll_rate", "must be at least 1 per minute"));
+        }
+        let h = &mut s.http;
+        h.max_connections = raw.http_max_connections.unwrap_or(h.max_connections);
+        if h.max_connections == 0 {
+            return Err(invalid("http_max_connections", "must be at least 1"));
+        }
+        h.header_timeout = duration(
+            "http_header_timeout",
+            raw.http_header_timeout.as_deref(),
+            h.header_timeout,
+        )?;
+        if h.header_timeout.is_zero() {
+            return Err(invalid("http_header_timeout", "must be more than 0"));
         }
         // An unauthenticated listener beyond loopback is a choice to say.
         if !raw.allow_unauthenticated.unwrap_or(false) {
@@ -509,6 +550,11 @@ mqtt_listen = "127.0.0.1:1883"
 
 # HTTP read side: /healthz, /metrics, /api/v1/…
 http_listen = "127.0.0.1:8080"
+# At most this many open HTTP connections (more are closed at once); a
+# client must send a request's headers within the timeout, also between
+# requests on a kept-alive connection.
+http_max_connections = 256
+http_header_timeout = "10s"
 
 # Delivery: rate limit of resend nacks (rule 5).
 resend_timeout = "10s"

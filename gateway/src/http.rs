@@ -121,6 +121,146 @@ async fn json_errors(req: Request, next: Next) -> Response {
     error(status, message)
 }
 
+/// Serves `app` on `listener` until `shutdown`, within `limits`: a
+/// connection over `max_connections` is closed at accept (and counted), a
+/// client that does not finish a request's headers within `header_timeout`
+/// — the first request's, or the next one's on a kept-alive connection —
+/// loses its connection, and an accept that fails (no file descriptors
+/// left) pauses the loop 100 ms instead of spinning a core. On shutdown,
+/// requests in progress get up to 2 s.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: crate::config::HttpLimits,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(64 * 1024);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    if metrics.http_accept_errors.fetch_add(1, Relaxed) == 0 {
+                        tracing::warn!(error = %e, "HTTP accept failed; pausing 100 ms per failure (counted in baton_http_accept_errors_total)");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            metrics.http_connections_refused.fetch_add(1, Relaxed);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stream = StalledWrites::new(stream, WRITE_STALL_LIMIT);
+        let connection = http1.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        let metrics = Arc::clone(&metrics);
+        metrics.http_connections_open.fetch_add(1, Relaxed);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            metrics.http_connections_open.fetch_sub(1, Relaxed);
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), graceful.shutdown()).await;
+}
+
+/// How long a client may leave a response unread (its receive window full)
+/// before its connection is dropped: a watcher or an export that stops
+/// reading frees its slot, its buffers and its task.
+const WRITE_STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A stream whose writes fail with `TimedOut` once one has waited `limit`
+/// without progress.
+struct StalledWrites<S> {
+    inner: S,
+    limit: std::time::Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> StalledWrites<S> {
+    fn new(inner: S, limit: std::time::Duration) -> Self {
+        StalledWrites {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// After a write returned `Pending`: fails once the stall outlasts the limit.
+    fn check_stall(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let limit = self.limit;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StalledWrites<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StalledWrites<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+            std::task::Poll::Pending => self.check_stall(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// The credential check: `Ok(fingerprint)` (none without `http_auth`),
 /// or the status and reason to refuse with.
 fn credential(s: &AppState, req: &Request) -> Result<Option<String>, (StatusCode, String)> {
@@ -636,6 +776,14 @@ fn cluster_gauges(s: &AppState) -> Vec<Gauge> {
             name: "baton_cluster_agents",
             help: "Agents in the cluster summary (enrolled).",
             samples: one(sum.agents as f64),
+        },
+        Gauge {
+            name: "baton_http_connections_open",
+            help: "HTTP connections open now (at most http_max_connections).",
+            samples: one(s
+                .metrics
+                .http_connections_open
+                .load(std::sync::atomic::Ordering::Relaxed) as f64),
         },
         Gauge {
             name: "baton_cluster_active",

@@ -152,6 +152,15 @@ pub struct Metrics {
     /// HTTP requests refused for a missing or wrong operator token, or a
     /// non-JSON operator request.
     pub http_unauthorized: AtomicU64,
+    /// HTTP connections closed at accept: `http_max_connections` open.
+    pub http_connections_refused: AtomicU64,
+    /// Accepts that failed (out of file descriptors, say): each pauses the
+    /// accept loop briefly instead of spinning.
+    pub http_accept_errors: AtomicU64,
+    /// HTTP connections open now.
+    pub http_connections_open: AtomicU64,
+    /// Event-stream watchers dropped for falling behind.
+    pub http_watchers_dropped: AtomicU64,
     rejected: RejectCounts,
     bad_input: BadInputCounts,
     commit_buckets: [AtomicU64; 10],
@@ -266,6 +275,24 @@ impl Metrics {
             "baton_http_unauthorized_total",
             "HTTP requests refused: no or a wrong operator token, or not JSON.",
             &self.http_unauthorized,
+        );
+        counter(
+            &mut out,
+            "baton_http_connections_refused_total",
+            "HTTP connections closed at accept: http_max_connections were open.",
+            &self.http_connections_refused,
+        );
+        counter(
+            &mut out,
+            "baton_http_accept_errors_total",
+            "HTTP accepts that failed (out of file descriptors, say); each pauses accepting 100 ms.",
+            &self.http_accept_errors,
+        );
+        counter(
+            &mut out,
+            "baton_http_watchers_dropped_total",
+            "Event-stream watchers dropped for falling behind the gateway's commits.",
+            &self.http_watchers_dropped,
         );
         counter(
             &mut out,

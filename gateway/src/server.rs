@@ -513,13 +513,15 @@ pub async fn run(
         read_auth: config.security.http_read_auth,
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        app,
+        config.security.http,
+        Arc::clone(&metrics),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     if let Some(ready) = ready {
         let _ = ready.send(Bound {
             mqtt: mqtt_bound,

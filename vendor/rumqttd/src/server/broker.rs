@@ -423,7 +423,11 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             let (stream, addr) = match listener.accept().await {
                 Ok((s, r)) => (s, r),
                 Err(e) => {
+                    // BATON-PATCH: out of file descriptors (EMFILE), the
+                    // listener stays readable and every accept fails at
+                    // once: upstream looped on it and spun a core. Pause.
                     error!(error=?e, "Unable to accept socket.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
