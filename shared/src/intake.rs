@@ -298,6 +298,7 @@ impl Intake {
                 format!("batch names agent {} on {agent}'s intake", batch.agent),
             ));
         }
+        self.check_authentic(batch)?;
         let mut first = Seq::ZERO;
         let mut expected = Seq::ZERO;
         for (i, e) in batch.entries.iter().enumerate() {
@@ -348,13 +349,6 @@ impl Intake {
                     "seq 1 must have the genesis prev",
                 ));
             }
-            if chain_hash(&e.content, &e.prev) != e.hash {
-                return Err(reject(
-                    RejectReason::Invalid,
-                    seq,
-                    format!("entry {seq}: hash mismatch"),
-                ));
-            }
             if let Some(revoked) = self.enrollment.revoked_from_seq
                 && seq >= revoked
             {
@@ -387,6 +381,77 @@ impl Intake {
             ));
         }
         Ok(Checked { first, last })
+    }
+
+    /// The cheap checks, before any content but the first entry's is
+    /// parsed: every hash, every link inside the batch, and the signature
+    /// on the last entry, which through the hash chain covers all of it.
+    /// Someone without the agent's key gets no further than one entry's
+    /// header (at most 64 KiB of JSON), whatever the batch holds.
+    fn check_authentic(&self, batch: &EntryBatch) -> Result<(), Verdict> {
+        let agent = &self.enrollment.agent;
+        let Some(first_entry) = batch.entries.first() else {
+            return Err(reject(
+                RejectReason::Invalid,
+                Seq::ZERO,
+                "a batch must end at a signed entry",
+            ));
+        };
+        let first = check_canonical_content(&first_entry.content)
+            .map_err(|err| {
+                let reason = match err {
+                    ContentError::NotCanonical => RejectReason::NotCanonical,
+                    ContentError::TooLarge(_) => RejectReason::TooLarge,
+                    _ => RejectReason::Invalid,
+                };
+                reject(reason, Seq::ZERO, format!("entry 0: {err}"))
+            })?
+            .seq;
+        let mut prev: Option<&Entry> = None;
+        for (i, e) in batch.entries.iter().enumerate() {
+            let seq = Seq(first.0.saturating_add(i as u64));
+            if let Some(p) = prev
+                && e.prev != p.hash
+            {
+                return Err(reject(
+                    RejectReason::Invalid,
+                    seq,
+                    format!("entry {seq} does not link to entry {}", seq.prev()),
+                ));
+            }
+            if chain_hash(&e.content, &e.prev) != e.hash {
+                return Err(reject(
+                    RejectReason::Invalid,
+                    seq,
+                    format!("entry {seq}: hash mismatch"),
+                ));
+            }
+            prev = Some(e);
+        }
+        let last = Seq(first.0.saturating_add(batch.entries.len() as u64 - 1));
+        let Some((entry, sig)) = batch
+            .entries
+            .last()
+            .and_then(|e| Some((e, e.sig.as_ref()?)))
+        else {
+            return Err(reject(
+                RejectReason::Invalid,
+                last,
+                "a batch must end at a signed entry",
+            ));
+        };
+        if !self
+            .enrollment
+            .key
+            .verify_checkpoint(agent, last, &entry.hash, sig)
+        {
+            return Err(reject(
+                RejectReason::BadSignature,
+                last,
+                format!("entry {last}: bad checkpoint signature"),
+            ));
+        }
+        Ok(())
     }
 
     /// Rule 4: entries at or below the head are compared by hash.

@@ -200,6 +200,19 @@ fn invalid_batches_are_rejected_whole_rule_6() {
         .unwrap()
         .replacen('{', "{ ", 1)
         .into_bytes();
+    // Content changed under its hash fails the cheap checks first (issue
+    // 15: hashes, links and the signature before any content is parsed)…
+    expect_reject(&gw.take(T0, &not_canonical), RejectReason::Invalid, 2);
+    // …and a writer that hashed and signed its non-canonical content is
+    // refused for what it wrote.
+    let mut prev = Hash::ZERO;
+    for e in &mut not_canonical.entries {
+        e.prev = prev;
+        e.hash = baton_shared::crypto::chain_hash(&e.content, &e.prev);
+        prev = e.hash;
+    }
+    not_canonical.entries[2].sig =
+        Some(agent_key().sign_checkpoint(&agent_id(), Seq(3), &not_canonical.entries[2].hash));
     expect_reject(&gw.take(T0, &not_canonical), RejectReason::NotCanonical, 2);
 
     let mut edited = l.batch(Seq(1), Seq(3), None);
@@ -220,6 +233,29 @@ fn invalid_batches_are_rejected_whole_rule_6() {
         accepted_range(&gw.take(T0, &l.batch(Seq(1), Seq(3), None))),
         (Seq(1), 3)
     );
+}
+
+/// Issue 15, finding 2: someone without the agent's key must never reach
+/// the costly checks. Entries after the first hold what no parser would
+/// take (a reader that parsed them would answer `not_canonical` or
+/// `invalid` at seq 2), with correct hashes and links, and the last
+/// signature is by another key: the answer is `bad_signature` at the last
+/// seq, found before any of that content was read.
+#[test]
+fn a_forged_batch_is_refused_before_its_content_is_read() {
+    let l = ledger(5, 3);
+    let mut forged = l.batch(Seq(1), Seq(3), None);
+    let mut prev = forged.entries[0].hash;
+    for e in &mut forged.entries[1..] {
+        e.content = b"{\"seq\": not json at all".repeat(100);
+        e.prev = prev;
+        e.hash = baton_shared::crypto::chain_hash(&e.content, &e.prev);
+        prev = e.hash;
+    }
+    let mallory = SecretKey::from_seed(&[66; 32]);
+    forged.entries[2].sig =
+        Some(mallory.sign_checkpoint(&agent_id(), Seq(3), &forged.entries[2].hash));
+    expect_reject(&Gw::new().take(T0, &forged), RejectReason::BadSignature, 3);
 }
 
 #[test]
