@@ -588,11 +588,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )?;
                     let gateway = AgentId::new(String::from_utf8_lossy(&id).into_owned())?;
                     let key = baton_runtime::keys::load(&cli::key_path(&dir.data_dir, dir.key))?;
-                    let doc = crate::export::export_baton(&store, &agent, &gateway, &key)?;
                     match out {
-                        Some(p) => std::fs::write(&p, &doc)
-                            .with_context(|| format!("writing {}", p.display()))?,
-                        None => println!("{}", String::from_utf8_lossy(&doc)),
+                        Some(p) => {
+                            let mut f = std::io::BufWriter::new(
+                                std::fs::File::create(&p)
+                                    .with_context(|| format!("creating {}", p.display()))?,
+                            );
+                            crate::export::export_baton(&store, &agent, &gateway, &key, &mut f)
+                                .with_context(|| format!("writing {}", p.display()))?;
+                        }
+                        None => {
+                            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+                            crate::export::export_baton(
+                                &store,
+                                &agent,
+                                &gateway,
+                                &key,
+                                &mut stdout,
+                            )?;
+                            std::io::Write::write_all(&mut stdout, b"\n")?;
+                            std::io::Write::flush(&mut stdout)?;
+                        }
                     }
                 }
                 _ => match out {

@@ -23,16 +23,20 @@ fn head_run_start(store: &Store, agent: &AgentId) -> anyhow::Result<Seq> {
         .unwrap_or(Seq(1)))
 }
 
-/// Calls `f` with every entry of the run that contains the head, in order.
+/// Calls `f` with every entry of the run that contains the head, in order,
+/// up to the head as it was at the call (entries committed meanwhile are
+/// not included). Reads 4,096 entries at a time: memory stays flat.
 pub fn for_each_in_head_run(
     store: &Store,
     agent: &AgentId,
     mut f: impl FnMut(Seq, &Entry) -> anyhow::Result<()>,
 ) -> anyhow::Result<usize> {
+    let head = store.head(agent)?.seq;
     let mut from = head_run_start(store, agent)?;
     let mut n = 0;
-    loop {
-        let rows = store.range(agent, from, 4096)?;
+    while from <= head {
+        let want = usize::try_from(head.0 - from.0 + 1).map_or(4096, |left| left.min(4096));
+        let rows = store.range(agent, from, want)?;
         if rows.is_empty() {
             break;
         }
@@ -67,22 +71,19 @@ pub fn export_daily(store: &Store, agent: &AgentId, dir: &Path) -> anyhow::Resul
 }
 
 /// The head run as a baton document (PROTOCOL §5), with the agent's signed
-/// head and this gateway's receipt for it.
+/// head and this gateway's receipt for it, written to `out` as it is read
+/// (constant memory, whatever the chain's length).
 pub fn export_baton(
     store: &Store,
     agent: &AgentId,
     gateway: &AgentId,
     key: &baton_shared::SecretKey,
-) -> anyhow::Result<Vec<u8>> {
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
     use baton_shared::export::{BatonDoc, BatonReceipt, SignedPoint};
     let record = store
         .agent(agent)?
         .with_context(|| format!("unknown agent {agent}"))?;
-    let mut entries = Vec::new();
-    for_each_in_head_run(store, agent, |_, e| {
-        entries.push(e.clone());
-        Ok(())
-    })?;
     let head = store.head(agent)?;
     let signed_head = head.sig.map(|sig| SignedPoint {
         seq: head.seq,
@@ -102,10 +103,25 @@ pub fn export_baton(
             .collect(),
         context: None,
         exported_at: baton_shared::entry::format_timestamp(unix_ms()),
-        entries,
+        entries: Vec::new(),
         head: signed_head,
         receipt,
         notes: Vec::new(),
     };
-    Ok(doc.to_json())
+    doc.write_streaming(
+        |event| {
+            // Through the head read above: the receipt and head name it.
+            for_each_in_head_run(store, agent, |seq, e| {
+                if seq <= head.seq {
+                    event(e)?;
+                }
+                Ok(())
+            })
+            .map(|_| ())
+        },
+        out,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    out.flush()?;
+    Ok(())
 }

@@ -47,7 +47,13 @@ pub struct AppState {
     pub token: Option<Arc<OperatorToken>>,
     /// Reads need the token too.
     pub read_auth: bool,
+    /// Turns for blocking work a request can cause (exports, loads): at
+    /// most `HEAVY` at once.
+    pub heavy: Arc<tokio::sync::Semaphore>,
 }
+
+/// Exports and loads produced at once; more wait their turn.
+pub const HEAVY: usize = 2;
 
 impl AppState {
     fn registry(&self) -> std::sync::MutexGuard<'_, crate::registry::Registry> {
@@ -526,22 +532,93 @@ async fn export(
         Ok(a) => a,
         Err((status, message)) => return error(status, message),
     };
+    let store = Arc::clone(&s.store);
     match q.format.as_deref().unwrap_or("baton") {
-        "baton" => match crate::export::export_baton(&s.store, &agent, &s.gateway, &s.key) {
-            Ok(doc) => ([(header::CONTENT_TYPE, "application/json")], doc).into_response(),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-        },
+        "baton" => {
+            let (gateway, key) = (s.gateway.clone(), s.key.clone());
+            streamed(&s, "application/json", move |out| {
+                crate::export::export_baton(&store, &agent, &gateway, &key, out)
+            })
+            .await
+        }
         "jsonl" => {
-            let mut body = Vec::new();
-            match crate::export::export_jsonl(&s.store, &agent, &mut body) {
-                Ok(_) => ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response(),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-            }
+            streamed(&s, "application/x-ndjson", move |out| {
+                crate::export::export_jsonl(&store, &agent, out).map(|_| ())
+            })
+            .await
         }
         other => error(
             StatusCode::BAD_REQUEST,
             format!("format {other:?}: use baton or jsonl"),
         ),
+    }
+}
+
+/// A response body written by `produce` on a blocking thread, one
+/// 64 KiB chunk at a time through a queue of four: memory stays flat
+/// whatever its size, a client that stops reading stops the producer (its
+/// writes fail once the connection drops), and at most `HEAVY` such
+/// bodies are produced at once (more wait their turn).
+async fn streamed(
+    s: &AppState,
+    content_type: &'static str,
+    produce: impl FnOnce(&mut ChunkWriter) -> anyhow::Result<()> + Send + 'static,
+) -> Response {
+    let turn = match Arc::clone(&s.heavy).acquire_owned().await {
+        Ok(t) => t,
+        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<axum::body::Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter {
+            buf: Vec::with_capacity(CHUNK),
+            tx: tx.clone(),
+        };
+        let done = produce(&mut out).and_then(|()| {
+            std::io::Write::flush(&mut out)?;
+            Ok(())
+        });
+        if let Err(e) = done {
+            tracing::warn!(error = %format!("{e:#}"), "a streamed response stopped");
+            let _ = tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
+        }
+        drop(turn);
+    });
+    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// Bytes of one streamed chunk.
+const CHUNK: usize = 64 * 1024;
+
+/// `std::io::Write` into a streamed response (see `streamed`).
+#[derive(Debug)]
+pub struct ChunkWriter {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<axum::body::Bytes>>,
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx.blocking_send(Ok(chunk.into())).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+        })
     }
 }
 
@@ -941,17 +1018,28 @@ async fn entries(
         Err((status, message)) => return error(status, message),
     };
     let limit = q.limit.unwrap_or(1000).min(10_000);
-    match s.store.range(&agent, Seq(q.from.unwrap_or(1)), limit) {
-        Ok(rows) => {
-            let mut body = String::new();
-            for (_, e) in rows {
-                body.push_str(&e.to_jsonl());
-                body.push('\n');
+    let from = Seq(q.from.unwrap_or(1));
+    // Read 256 at a time into a streamed body: the response never holds
+    // more than a chunk, whatever the limit and the entries' sizes.
+    let store = Arc::clone(&s.store);
+    streamed(&s, "application/x-ndjson", move |out| {
+        let mut next = from;
+        let mut left = limit;
+        while left > 0 {
+            let rows = store.range(&agent, next, left.min(256))?;
+            let Some((last, _)) = rows.last() else {
+                break;
+            };
+            next = last.next();
+            left -= rows.len();
+            for (_, e) in &rows {
+                std::io::Write::write_all(out, e.to_jsonl().as_bytes())?;
+                std::io::Write::write_all(out, b"\n")?;
             }
-            ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+        Ok(())
+    })
+    .await
 }
 
 #[cfg(test)]

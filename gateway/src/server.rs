@@ -511,6 +511,7 @@ pub async fn run(
         upstream: forwarder.as_ref().map(|f| Arc::clone(&f.status)),
         token,
         read_auth: config.security.http_read_auth,
+        heavy: Arc::new(tokio::sync::Semaphore::new(http::HEAVY)),
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(http::serve(

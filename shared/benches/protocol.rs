@@ -207,9 +207,67 @@ fn bench_authority(c: &mut Criterion) {
     g.finish();
 }
 
+/// Issue 15: what bad input costs now. One object of 100k keys (linear
+/// duplicate check), and a forged batch of ~249 KiB whose content would be
+/// slow to parse, refused at its signature before any but the first entry
+/// is read.
+fn bench_bounded(c: &mut Criterion) {
+    use baton_shared::json::{Mode, parse};
+    let mut g = c.benchmark_group("bounded");
+    let keys: Vec<String> = (0..100_000).map(|i| format!("\"k{i}\":{i}")).collect();
+    let doc = format!("{{{}}}", keys.join(","));
+    g.throughput(Throughput::Elements(100_000));
+    g.bench_function("json_object_100k_keys", |b| {
+        b.iter(|| parse(black_box(doc.as_bytes()), Mode::Verify).unwrap())
+    });
+    let (mut batch, key) = batch_of_64();
+    // Honest structure, slow content (deep arrays of numbers), hashes
+    // recomputed, the last signature by someone else.
+    let slow = format!("{{\"v\":[{}]}}", vec!["1e-300"; 700].join(","));
+    let mut prev = batch.entries[0].hash;
+    for e in &mut batch.entries[1..] {
+        e.content = slow.clone().into_bytes();
+        e.prev = prev;
+        e.hash = baton_shared::crypto::chain_hash(&e.content, &e.prev);
+        e.sig = None;
+        prev = e.hash;
+    }
+    let mallory = SecretKey::from_seed(&[66; 32]);
+    let last = batch.entries.len() - 1;
+    batch.entries[last].sig =
+        Some(mallory.sign_checkpoint(&agent(), Seq(64), &batch.entries[last].hash));
+    let bytes: usize = batch.entries.iter().map(|e| e.content.len()).sum();
+    eprintln!("forged batch: {bytes} bytes of content");
+    let gw = SecretKey::from_seed(&[8; 32]);
+    let store = MemChain::default();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("forged_batch_refused", |b| {
+        b.iter(|| {
+            let mut intake = Intake::new(
+                IntakeConfig {
+                    gateway: AgentId::new("gw").unwrap(),
+                    gateway_key: gw.public(),
+                    resend_timeout: Duration::from_secs(10),
+                },
+                Enrollment {
+                    agent: agent(),
+                    key: key.public(),
+                    start_seq: None,
+                    revoked_from_seq: None,
+                },
+                Head::EMPTY,
+                None,
+            );
+            let v = intake.handle_batch(Duration::ZERO, black_box(&batch), &store);
+            assert!(matches!(v, Verdict::Rejected { .. }));
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = bench_canonical_hash, bench_verify_batch, bench_codec, bench_authority
+    targets = bench_canonical_hash, bench_verify_batch, bench_codec, bench_authority, bench_bounded
 }
 criterion_main!(benches);

@@ -111,7 +111,59 @@ fn point_value(p: &SignedPoint, gateway: Option<&AgentId>) -> Value {
     Value::Object(o)
 }
 
+/// One event of a baton document as its canonical JSON (what
+/// [`BatonDoc::to_json`] writes for it).
+pub fn baton_event(e: &Entry) -> Vec<u8> {
+    match json::parse(e.to_jsonl().as_bytes(), Mode::Verify) {
+        Ok(v) => canonical::to_vec(&v),
+        Err(_) => Vec::new(),
+    }
+}
+
 impl BatonDoc {
+    /// Writes the document with its events drawn from `events` one at a
+    /// time, so a chain of any length is exported in constant memory
+    /// (`self.entries` is ignored). Byte for byte what `to_json` writes for
+    /// the same events.
+    pub fn write_streaming<W: std::io::Write, E>(
+        &self,
+        events: impl FnOnce(&mut dyn FnMut(&Entry) -> std::io::Result<()>) -> Result<(), E>,
+        out: &mut W,
+    ) -> Result<(), StreamError<E>> {
+        const MARK: &[u8] = b"\"events\":[]";
+        let frame = BatonDoc {
+            entries: Vec::new(),
+            ..self.clone()
+        }
+        .to_json();
+        // Inside a JSON string a quote is escaped, so the mark can only be
+        // the top-level key.
+        let at = frame
+            .windows(MARK.len())
+            .position(|w| w == MARK)
+            .unwrap_or(frame.len());
+        let (prefix, suffix) = frame.split_at(at);
+        out.write_all(prefix).map_err(StreamError::Io)?;
+        out.write_all(b"\"events\":[").map_err(StreamError::Io)?;
+        let mut first = true;
+        events(&mut |e: &Entry| {
+            let event = baton_event(e);
+            if event.is_empty() {
+                return Ok(());
+            }
+            if !first {
+                out.write_all(b",")?;
+            }
+            first = false;
+            out.write_all(&event)
+        })
+        .map_err(StreamError::Source)?;
+        out.write_all(b"]").map_err(StreamError::Io)?;
+        out.write_all(suffix.get(MARK.len()..).unwrap_or_default())
+            .map_err(StreamError::Io)?;
+        Ok(())
+    }
+
     /// Serializes the document (canonical JSON; key order is free).
     pub fn to_json(&self) -> Vec<u8> {
         let mut o = Object::new();
@@ -148,6 +200,15 @@ impl BatonDoc {
         o.insert("notes", Value::Array(notes));
         canonical::to_vec(&Value::Object(o))
     }
+}
+
+/// Why a streamed baton stopped: writing failed, or the source of events.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError<E> {
+    #[error("writing the baton: {0}")]
+    Io(std::io::Error),
+    #[error("reading its events: {0}")]
+    Source(E),
 }
 
 /// Why a baton was refused. Loading refuses the whole document.
@@ -375,4 +436,57 @@ pub fn load_baton(doc: &[u8], trust: BatonTrust<'_>) -> Result<LoadedBaton, Bato
         receipt,
         notes,
     })
+}
+
+#[cfg(test)]
+mod streaming_tests {
+    use super::*;
+    use crate::crypto::SecretKey;
+    use crate::memory::MemLedger;
+
+    /// The streamed document is the in-memory one, byte for byte, with or
+    /// without the optional parts (context, head, receipt, notes).
+    #[test]
+    fn a_streamed_baton_is_the_same_document() {
+        let agent = AgentId::new("pi-1").unwrap();
+        let mut l = MemLedger::new(agent.clone(), SecretKey::from_seed(&[3; 32]));
+        l.append(0, "genesis", None, Value::Object(Object::new()))
+            .unwrap();
+        for i in 0..20u64 {
+            l.append(1, "info", Some("ctx"), Value::from(i)).unwrap();
+        }
+        l.sign_head();
+        let entries: Vec<Entry> = l.range(Seq(1), Seq(21)).into_iter().collect();
+        let bare = BatonDoc {
+            agent: agent.clone(),
+            public_key: "ab".repeat(32),
+            context: None,
+            exported_at: "2026-12-03T00:00:00.000Z".into(),
+            entries,
+            head: None,
+            receipt: None,
+            notes: Vec::new(),
+        };
+        let full = BatonDoc {
+            context: Some(r#"a "quoted" "events":[] context"#.into()),
+            notes: vec![Note {
+                ts: "2026-12-03T00:00:01.000Z".into(),
+                by: "op".into(),
+                text: "checked".into(),
+            }],
+            ..bare.clone()
+        };
+        for doc in [bare, full] {
+            let mut streamed = Vec::new();
+            doc.write_streaming::<_, std::io::Error>(
+                |f| doc.entries.iter().try_for_each(f),
+                &mut streamed,
+            )
+            .unwrap();
+            assert_eq!(
+                String::from_utf8(streamed).unwrap(),
+                String::from_utf8(doc.to_json()).unwrap()
+            );
+        }
+    }
 }

@@ -317,7 +317,7 @@ async fn a_gateway_head_the_agent_never_signed_is_refused() {
                 .as_object()
                 .and_then(|o| o.get("alert"))
                 .and_then(|a| a.as_str())
-                .is_some_and(|a| a.contains("UnsignedHead"))
+                .is_some_and(|a| a.contains("without this agent's checkpoint signature"))
     })
     .await;
     assert!(alerted, "the agent raised no alert about the unsigned head");
