@@ -220,24 +220,25 @@ fn bench_bounded(c: &mut Criterion) {
     g.bench_function("json_object_100k_keys", |b| {
         b.iter(|| parse(black_box(doc.as_bytes()), Mode::Verify).unwrap())
     });
-    let (mut batch, key) = batch_of_64();
-    // Honest structure, slow content (deep arrays of numbers), hashes
-    // recomputed, the last signature by someone else.
-    let slow = format!("{{\"v\":[{}]}}", vec!["1e-300"; 700].join(","));
-    let mut prev = batch.entries[0].hash;
-    for e in &mut batch.entries[1..] {
-        e.content = slow.clone().into_bytes();
-        e.prev = prev;
-        e.hash = baton_shared::crypto::chain_hash(&e.content, &e.prev);
-        e.sig = None;
-        prev = e.hash;
-    }
+    // Valid, canonical entries whose data is slow to read (floats near
+    // the bottom of binary64), chained and checkpointed — by a key other
+    // than the enrolled one. The reader that parsed every entry first
+    // paid for all of it before the signature said no.
+    let key = SecretKey::from_seed(&[7; 32]);
     let mallory = SecretKey::from_seed(&[66; 32]);
-    let last = batch.entries.len() - 1;
-    batch.entries[last].sig =
-        Some(mallory.sign_checkpoint(&agent(), Seq(64), &batch.entries[last].hash));
-    let bytes: usize = batch.entries.iter().map(|e| e.content.len()).sum();
-    eprintln!("forged batch: {bytes} bytes of content");
+    let mut l = MemLedger::new(agent(), mallory);
+    l.checkpoint_every = 1000;
+    l.append(0, "genesis", None, Value::Object(Object::new()))
+        .unwrap();
+    let slow: Vec<Value> = (0..300)
+        .map(|i| Value::Number(1.234_567_890_123_456_7e-300 * f64::from(i + 1)))
+        .collect();
+    for i in 1..32 {
+        l.append(i, "info", None, Value::Array(slow.clone()))
+            .unwrap();
+    }
+    l.sign_head();
+    let batch = l.batch(Seq(1), Seq(32), None);
     let gw = SecretKey::from_seed(&[8; 32]);
     let store = MemChain::default();
     g.throughput(Throughput::Elements(1));
