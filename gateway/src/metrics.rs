@@ -159,8 +159,6 @@ pub struct Metrics {
     pub http_accept_errors: AtomicU64,
     /// HTTP connections open now.
     pub http_connections_open: AtomicU64,
-    /// Event-stream watchers dropped for falling behind.
-    pub http_watchers_dropped: AtomicU64,
     rejected: RejectCounts,
     bad_input: BadInputCounts,
     commit_buckets: [AtomicU64; 10],
@@ -287,12 +285,6 @@ impl Metrics {
             "baton_http_accept_errors_total",
             "HTTP accepts that failed (out of file descriptors, say); each pauses accepting 100 ms.",
             &self.http_accept_errors,
-        );
-        counter(
-            &mut out,
-            "baton_http_watchers_dropped_total",
-            "Event-stream watchers dropped for falling behind the gateway's commits.",
-            &self.http_watchers_dropped,
         );
         counter(
             &mut out,
