@@ -35,6 +35,14 @@ const HEAD: &str = "head";
 const BEST: &str = "best_receipt";
 const GATEWAY_KEY: &str = "gateway_key";
 const ADOPTIONS: &str = "adoptions";
+/// `(seq, hash)` through which a start-up check has verified the chain.
+const VERIFIED: &str = "verified_through";
+/// The orphan run of entries salvaged past damage, waiting to be appended
+/// anew once the gateway has said what it holds.
+const STRANDED: &str = "stranded_run";
+/// The head of what salvage put back in place, until the gateway has
+/// answered: an adoption keeps the chain through it.
+const SALVAGED: &str = "salvaged_through";
 
 /// Sign a checkpoint at least every this many entries (PROTOCOL §4).
 pub const CHECKPOINT_EVERY: u64 = 1000;
@@ -104,6 +112,40 @@ fn damaged(what: impl Into<String>, problem: impl ToString) -> LedgerError {
         what: what.into(),
         problem: problem.to_string(),
     }
+}
+
+/// At most this many bytes of salvaged entries are held while a damaged
+/// file is read (the rest is left in it, and counted as not salvaged).
+pub const SALVAGE_LIMIT: usize = 256 * 1024 * 1024;
+
+/// Reads a damaged ledger file without its database structures and
+/// returns what still verifies under `key` (see `baton_shared::salvage`).
+/// Only I/O errors fail it; what the bytes are cannot.
+pub fn salvage_file(
+    path: &Path,
+    agent: &AgentId,
+    key: &PublicKey,
+) -> std::io::Result<baton_shared::salvage::Salvage> {
+    use baton_shared::salvage::{Finder, MAX_RECORD, assemble};
+    use std::io::Read;
+    const PIECE: usize = 8 * 1024 * 1024;
+    let mut file = std::fs::File::open(path)?;
+    let mut finder = Finder::new(agent, SALVAGE_LIMIT);
+    let mut buf = vec![0u8; PIECE + MAX_RECORD];
+    // `kept` bytes at the front carry over from the piece before.
+    let mut kept = 0;
+    loop {
+        let n = file.read(&mut buf[kept..])?;
+        if n == 0 {
+            break;
+        }
+        let end = kept + n;
+        finder.scan(&buf[..end]);
+        let carry = end.min(MAX_RECORD);
+        buf.copy_within(end - carry..end, 0);
+        kept = carry;
+    }
+    Ok(assemble(finder, key))
 }
 
 /// Where the chain stands. `oldest` is the first held seq; after an
@@ -307,6 +349,94 @@ impl Ledger {
         PublicKey::trusted(&bytes)
             .map(Some)
             .map_err(|e| damaged("gateway key", e))
+    }
+
+    /// Where the last start-up check left off: the chain through this
+    /// entry was verified then (PROTOCOL §4; `verify` checks everything).
+    pub fn verified_through(&self) -> Result<Option<(Seq, Hash)>> {
+        self.meta(VERIFIED)?
+            .map(|b| postcard::from_bytes(&b).map_err(|e| damaged("verified mark", e)))
+            .transpose()
+    }
+
+    /// Records that the chain through `head` verified.
+    pub fn mark_verified(&self, head: &Head) -> Result<()> {
+        let txn = self.db()?.begin_write()?;
+        txn.open_table(META)?
+            .insert(VERIFIED, encode(&(head.seq, head.hash)).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Checks that the head record agrees with what is held: the oldest
+    /// and newest held entries are where it says, and it counts the best
+    /// receipt it claims. A damaged head could otherwise hide entries
+    /// below a wrong `oldest` from every check and export.
+    pub fn check_head(&self, head: &Head, best: Option<&Receipt>) -> Result<()> {
+        let txn = self.db()?.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        let first = t.first()?.map(|(k, _)| Seq(k.value()));
+        let last = t.last()?.map(|(k, _)| Seq(k.value()));
+        let expect = (head.seq >= head.oldest).then_some((head.oldest, head.seq));
+        if first.zip(last) != expect {
+            return Err(damaged(
+                "head",
+                format!(
+                    "says {}..={} are held, the file holds {}..={}",
+                    head.oldest,
+                    head.seq,
+                    first.unwrap_or_default(),
+                    last.unwrap_or_default()
+                ),
+            ));
+        }
+        if head.receipted != best.map_or(Seq::ZERO, |b| b.seq) {
+            return Err(damaged("head", "does not match the best receipt"));
+        }
+        Ok(())
+    }
+
+    /// Where a start-up check begins: after the verified mark if the entry
+    /// there still has the hash it had, else at the oldest held entry.
+    pub fn unverified_from(&self, head: &Head) -> Result<Seq> {
+        let Some((seq, hash)) = self.verified_through()? else {
+            return Ok(head.oldest);
+        };
+        let still = seq <= head.seq
+            && (seq < head.oldest
+                || self
+                    .entries(seq, seq)?
+                    .first()
+                    .is_some_and(|e| e.hash == hash));
+        Ok(if still {
+            seq.next().max(head.oldest)
+        } else {
+            head.oldest
+        })
+    }
+
+    /// Whether salvaged entries wait for the gateway's answer (a start
+    /// after damage that has not finished its recovery).
+    pub fn salvage_pending(&self) -> Result<bool> {
+        Ok(self.meta(SALVAGED)?.is_some())
+    }
+
+    /// The orphan run of salvaged entries still to be appended anew.
+    pub fn stranded(&self) -> Result<Vec<Entry>> {
+        let Some(n) = self
+            .meta(STRANDED)?
+            .and_then(|v| v.try_into().ok().map(u64::from_le_bytes))
+        else {
+            return Ok(Vec::new());
+        };
+        let txn = self.db()?.begin_read()?;
+        let t = txn.open_table(ORPHANS)?;
+        let mut out = Vec::new();
+        for row in t.range((n, 0)..=(n, u64::MAX))? {
+            let (k, v) = row?;
+            out.push(decode_entry(k.value().1, v.value())?);
+        }
+        Ok(out)
     }
 
     /// Held entries `from..=to`, oldest first.
@@ -756,18 +886,20 @@ impl Txn<'_> {
     pub fn adopt(&mut self, a: &Adoption, unix_ms: i64, reason: &str) -> Result<()> {
         let r = &a.receipt;
         let best_seq = a.best_before.as_ref().map_or(Seq::ZERO, |b| b.seq);
-        let keep_through = best_seq.min(r.seq);
-        let local_head = (self.head.seq > Seq::ZERO).then_some((self.head.seq, self.head.hash));
-        let n = {
-            let mut m = self.txn.open_table(META)?;
-            let n = m
-                .get(ADOPTIONS)?
+        // After local damage the best receipt may be gone, but what was
+        // salvaged in place verified: the gateway's chain has it too.
+        let salvaged = {
+            let m = self.txn.open_table(META)?;
+            m.get(SALVAGED)?
                 .and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes))
-                .unwrap_or(0)
-                + 1;
-            m.insert(ADOPTIONS, n.to_le_bytes().as_slice())?;
-            n
         };
+        let keep_through = if let Some(s) = salvaged {
+            best_seq.max(Seq(s)).min(r.seq)
+        } else {
+            best_seq.min(r.seq)
+        };
+        let local_head = (self.head.seq > Seq::ZERO).then_some((self.head.seq, self.head.hash));
+        let n = self.next_run()?;
         // The whole held run is set aside (the chain continues from the
         // gateway's head); entries after `keep_through` are the orphans.
         let mut orphans = Vec::new();
@@ -802,10 +934,26 @@ impl Txn<'_> {
             held_bytes: 0,
             refused: self.head.refused,
         };
+        // The adopted receipt is the best one now, in the same commit as
+        // the head that counts it (`check_head` holds them equal).
+        let mut best = r.clone();
+        best.hello = None;
+        self.txn
+            .open_table(META)?
+            .insert(BEST, best.encode().as_slice())?;
         let recovery = runtime_event("recovery");
         self.append(unix_ms, None, &recovery, None, &data)
             .map_err(|e| damaged("recovery entry", e))?;
-        for orphan in &orphans {
+        self.reappend(&orphans)?;
+        self.sign_head()
+    }
+
+    /// Appends the contents of entries that can no longer link (orphans of
+    /// an adoption, salvaged entries past damage) as new entries with their
+    /// original `ts` — all but a genesis, which stands only at seq 1.
+    fn reappend(&mut self, orphans: &[Entry]) -> Result<u64> {
+        let mut n = 0;
+        for orphan in orphans {
             let Ok(Value::Object(content)) =
                 baton_shared::json::parse(&orphan.content, baton_shared::json::Mode::Verify)
             else {
@@ -814,7 +962,6 @@ impl Txn<'_> {
             let text = |k: &str| content.get(k).and_then(Value::as_str);
             let event = text("event").unwrap_or("info");
             if event == "genesis" {
-                // Genesis stands only at seq 1 (it stays in the orphaned run).
                 continue;
             }
             let Ok(event) = EventName::new(event) else {
@@ -829,8 +976,91 @@ impl Txn<'_> {
                 &data,
             )
             .map_err(|e| damaged("re-appended orphan", e))?;
+            n += 1;
         }
-        self.sign_head()
+        Ok(n)
+    }
+
+    /// The next orphan run's number.
+    fn next_run(&mut self) -> Result<u64> {
+        let mut m = self.txn.open_table(META)?;
+        let n = m
+            .get(ADOPTIONS)?
+            .and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(0)
+            + 1;
+        m.insert(ADOPTIONS, n.to_le_bytes().as_slice())?;
+        Ok(n)
+    }
+
+    /// Puts what salvage recovered from a damaged file into this (fresh)
+    /// ledger: the chain at its seqs, the stranded entries as an orphan run
+    /// for [`Txn::release_stranded`].
+    pub fn import(&mut self, s: &baton_shared::salvage::Salvage) -> Result<()> {
+        let seq_of = |e: &Entry| {
+            e.header()
+                .map(|h| h.seq)
+                .map_err(|err| damaged("salvaged entry", err))
+        };
+        if let Some(first) = s.chain.first() {
+            let first_seq = seq_of(first)?;
+            let mut t = self.txn.open_table(ENTRIES)?;
+            let mut head = Head {
+                oldest: first_seq,
+                anchor: s.anchor,
+                ..Head::EMPTY
+            };
+            for (i, e) in s.chain.iter().enumerate() {
+                let seq = Seq(first_seq.0 + i as u64);
+                let stored = encode(e);
+                t.insert(seq.0, stored.as_slice())?;
+                head.held_bytes += stored.len() as u64;
+                head.seq = seq;
+                head.hash = e.hash;
+                if e.sig.is_some() {
+                    head.unsigned = 0;
+                    head.unsigned_bytes = 0;
+                } else {
+                    head.unsigned += 1;
+                    head.unsigned_bytes += entry_wire_size(e) as u64;
+                }
+            }
+            self.head = head;
+        }
+        self.txn
+            .open_table(META)?
+            .insert(SALVAGED, self.head.seq.0.to_le_bytes().as_slice())?;
+        if !s.stranded.is_empty() {
+            let n = self.next_run()?;
+            {
+                let mut o = self.txn.open_table(ORPHANS)?;
+                for e in &s.stranded {
+                    o.insert((n, seq_of(e)?.0), encode(e).as_slice())?;
+                }
+            }
+            self.txn
+                .open_table(META)?
+                .insert(STRANDED, n.to_le_bytes().as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Appends anew the salvaged entries whose original seq is past
+    /// `after` (the gateway holds the rest), then signs the head. The run
+    /// stays in the orphans table as evidence. Returns how many went in.
+    pub fn release_stranded(&mut self, stranded: &[Entry], after: Seq) -> Result<u64> {
+        let keep: Vec<Entry> = stranded
+            .iter()
+            .filter(|e| e.header().is_ok_and(|h| h.seq > after))
+            .cloned()
+            .collect();
+        let n = self.reappend(&keep)?;
+        let mut m = self.txn.open_table(META)?;
+        m.remove(STRANDED)?;
+        m.remove(SALVAGED)?;
+        drop(m);
+        self.sign_head()?;
+        Ok(n)
     }
 
     /// Makes the group durable; returns the new head.

@@ -109,40 +109,119 @@ async fn begin_chain(writer: &Writer, shared: &Shared, class: Option<&str>) {
     }
 }
 
-/// Opens the ledger and checks it from the entry the best receipt covers.
-/// A damaged file is moved aside (never deleted) and a fresh one opened:
-/// the caller then rebuilds from the gateway (rule 3, `local_corruption`).
+/// Opens the ledger and checks every entry no start has checked before
+/// (from the verified mark on; everything on a first start). Damage —
+/// a failed check, any of redb's corruption errors, a panic inside redb,
+/// or a previous start that never finished this (the marker file; with
+/// `panic = "abort"` nothing else survives a panic) — sets the file aside
+/// (never deleted), salvages what of it still verifies into a fresh file,
+/// and returns the alert's text; the caller finishes the recovery.
 fn open_checked(
     path: &Path,
     agent: &AgentId,
-    key: &baton_shared::PublicKey,
+    key: &baton_shared::SecretKey,
 ) -> anyhow::Result<(Opened, Option<String>)> {
-    let checked = Ledger::open(path, agent).and_then(|o| {
-        let from = o.best.as_ref().map_or(Seq(1), |b| b.seq);
-        let n = o.ledger.verify(agent, key, &o.head, from)?;
-        info!(entries = n, head = %o.head.seq, "ledger checked from the receipted entry");
-        Ok(o)
-    });
-    let problem = match checked {
-        Ok(o) => return Ok((o, None)),
-        // Busy, unreadable or failing now: not damage; never set aside.
-        Err(e) if !e.is_damage() => {
-            return Err(anyhow::Error::new(e).context(format!("opening ledger {}", path.display())));
+    let public = key.public();
+    let marker = path.with_extension("redb.starting");
+    let problem = if marker.exists() && path.exists() {
+        "a previous start ended while opening or checking it".to_owned()
+    } else {
+        std::fs::write(&marker, b"")
+            .with_context(|| format!("writing the start marker {}", marker.display()))?;
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            open_and_check(path, agent, &public)
+        }));
+        match checked {
+            Ok(Ok(o)) => {
+                let _ = std::fs::remove_file(&marker);
+                return Ok((o, None));
+            }
+            // Busy, unreadable or failing now: not damage; never set aside.
+            Ok(Err(e)) if !e.is_damage() => {
+                let _ = std::fs::remove_file(&marker);
+                return Err(
+                    anyhow::Error::new(e).context(format!("opening ledger {}", path.display()))
+                );
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                format!("the database code failed reading it: {what}")
+            }
         }
-        Err(e) => e.to_string(),
     };
     let aside = path.with_extension(format!("redb.damaged-{}", unix_ms()));
-    error!(problem, kept_at = %aside.display(), "ledger damaged: kept aside, rebuilding from the gateway");
+    error!(problem, kept_at = %aside.display(), "ledger damaged: kept aside, salvaging what still verifies");
     std::fs::rename(path, &aside)
         .with_context(|| format!("moving the damaged ledger aside to {}", aside.display()))?;
+    let salvage = ledger::salvage_file(&aside, agent, &public)
+        .with_context(|| format!("reading the damaged ledger {}", aside.display()))?;
     let o = Ledger::open(path, agent)?;
-    Ok((
-        o,
-        Some(format!(
-            "ledger damaged ({problem}); kept at {}",
-            aside.display()
-        )),
-    ))
+    let mut txn = o.ledger.begin(agent, key, o.head)?;
+    txn.import(&salvage)?;
+    let head = txn.commit()?;
+    o.ledger.mark_verified(&head)?;
+    let _ = std::fs::remove_file(&marker);
+    let lost = salvage
+        .lost
+        .iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let detail = format!(
+        "ledger damaged ({problem}); kept at {}; salvaged {} entries in place (through seq {}), \
+         {} to append anew, seqs not recovered: [{lost}], {} bad signatures stripped",
+        aside.display(),
+        salvage.chain.len(),
+        head.seq,
+        salvage.stranded.len(),
+        salvage.bad_signatures,
+    );
+    warn!(detail, "ledger salvaged");
+    Ok((Opened { head, ..o }, Some(detail)))
+}
+
+fn open_and_check(
+    path: &Path,
+    agent: &AgentId,
+    key: &baton_shared::PublicKey,
+) -> Result<Opened, ledger::LedgerError> {
+    let o = Ledger::open(path, agent)?;
+    o.ledger.check_head(&o.head, o.best.as_ref())?;
+    let from = o.ledger.unverified_from(&o.head)?;
+    let n = o.ledger.verify(agent, key, &o.head, from)?;
+    o.ledger.mark_verified(&o.head)?;
+    info!(entries = n, %from, head = %o.head.seq, "ledger checked where no start had checked it");
+    Ok(o)
+}
+
+/// After damage, once it is known what the gateway holds (or that there
+/// is no gateway): appends anew the salvaged entries past `after`, records
+/// the recovery in the chain, and clears the alert.
+pub(crate) async fn finish_salvage(writer: &Writer, shared: &Shared, after: Seq) {
+    match writer.release_stranded(after).await {
+        Ok(n) => {
+            let detail = format!(
+                "recovered after damage: {n} salvaged entries appended anew after seq {after}"
+            );
+            info!(detail);
+            alert_entry(writer, "local_corruption", &detail).await;
+            shared.salvage_pending.store(false, Ordering::Relaxed);
+            shared.rebuilding.store(false, Ordering::Relaxed);
+            shared.clear_alert();
+        }
+        Err(e) => shared.error(unix_ms(), format!("appending salvaged entries: {e}")),
+    }
 }
 
 /// The name the daemon's instance lock goes by (`<data_dir>/baton-agent.lock`).
@@ -161,7 +240,8 @@ pub async fn run(
     let key = keys::load(&config.key)?;
     let public = key.public();
     let login_key = key.clone();
-    let (opened, damage) = open_checked(&config.ledger_path(), &config.id, &public)?;
+    let (opened, damage) = open_checked(&config.ledger_path(), &config.id, &key)?;
+    let pending = opened.ledger.salvage_pending()?;
     let Opened {
         ledger,
         head,
@@ -187,15 +267,27 @@ pub async fn run(
         clock.clone(),
     )
     .context("starting the ledger writer")?;
-    if let Some(d) = &damage {
-        shared.alert(d.clone());
-        shared.rebuilding.store(true, Ordering::Relaxed);
+    if pending {
+        // Salvaged after damage (now or by a start before this one): the
+        // gateway's answer says which salvaged entries it lacks. With no
+        // gateway there is nothing to wait for — unless nothing of the
+        // chain survived: a second genesis for one id would be a fork, so
+        // the agent stays in alert and refuses appends.
+        shared.alert(damage.clone().unwrap_or_else(|| {
+            "ledger salvaged after damage; waiting for the gateway's answer".into()
+        }));
+        shared.salvage_pending.store(true, Ordering::Relaxed);
+        shared
+            .rebuilding
+            .store(head.seq == Seq::ZERO, Ordering::Relaxed);
         if config.gateway.is_none() {
-            // Nothing to rebuild from: say so loudly and start a new chain
-            // (the alert entry records why).
-            warn!("no gateway configured: starting a new chain after the damage");
-            begin_chain(&writer, &shared, config.class.as_deref()).await;
-            alert_entry(&writer, "local_corruption", d).await;
+            if head.seq == Seq::ZERO {
+                warn!(
+                    "nothing of the chain survived and no gateway is configured: appends refused"
+                );
+            } else {
+                finish_salvage(&writer, &shared, head.seq).await;
+            }
         }
     } else if head.seq == Seq::ZERO {
         begin_chain(&writer, &shared, config.class.as_deref()).await;

@@ -13,7 +13,7 @@ use baton_runtime::mqtt::Polled;
 use baton_shared::backoff::Backoff;
 use baton_shared::clock::ClockFilter;
 use baton_shared::topic::{self, Kind};
-use baton_shared::uplink::{Output, Uplink, UplinkConfig};
+use baton_shared::uplink::{Ledger as _, Output, Uplink, UplinkConfig};
 use baton_shared::wire::{
     Heartbeat, Message, Nack, PresenceState, Receipt, StateMsg, TimeReply, TimeRequest,
 };
@@ -235,10 +235,18 @@ impl Link {
                                         if answered && let Some(was) = shared.clear_uplink_alert() {
                                             info!(was, "the gateway answers again: uplink alert cleared");
                                         }
-                                        if answered && r.seq == Seq::ZERO && shared.rebuilding.load(Ordering::Relaxed) {
-                                            // The gateway (its signed, nonce-matching answer)
-                                            // holds nothing of ours: start anew.
-                                            crate::begin_chain(&writer, &shared, config.class.as_deref()).await;
+                                        if answered && shared.salvage_pending.load(Ordering::Relaxed) {
+                                            let head = writer.head();
+                                            if r.seq == Seq::ZERO && head.seq == Seq::ZERO {
+                                                // The gateway (its signed, nonce-matching answer)
+                                                // holds nothing of ours: the chain begins here.
+                                                crate::begin_chain(&writer, &shared, config.class.as_deref()).await;
+                                                crate::finish_salvage(&writer, &shared, Seq::ZERO).await;
+                                            } else if ledger.view(head).hash_at(r.seq) == Some(r.hash) {
+                                                // It holds a prefix of what was salvaged in place.
+                                                crate::finish_salvage(&writer, &shared, r.seq).await;
+                                            }
+                                            // Otherwise it is ahead: the adoption finishes it.
                                         }
                                     }
                                     Err(e) => debug!(error = %e, "undecodable receipt dropped"),
@@ -339,7 +347,7 @@ impl Link {
                         }
                     }
                     Output::Adopt(a) => {
-                        let reason = if shared.rebuilding.load(Ordering::Relaxed) {
+                        let reason = if shared.salvage_pending.load(Ordering::Relaxed) {
                             "local_corruption"
                         } else {
                             "gateway_ahead"
@@ -351,13 +359,8 @@ impl Link {
                         {
                             Ok(()) => {
                                 uplink.adopted(now, &a);
-                                if shared.rebuilding.swap(false, Ordering::Relaxed) {
-                                    crate::alert_entry(
-                                        &writer,
-                                        "local_corruption",
-                                        "ledger rebuilt from the gateway's head",
-                                    )
-                                    .await;
+                                if shared.salvage_pending.load(Ordering::Relaxed) {
+                                    crate::finish_salvage(&writer, &shared, a.receipt.seq).await;
                                 }
                             }
                             Err(e) => shared.error(baton_runtime::unix_ms(), e.to_string()),

@@ -176,7 +176,9 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
     };
     Ok(match parsed {
         Ok(_) if shared.rebuilding.load(Ordering::Relaxed) => Line::Refused(
-            "alert: the ledger is being rebuilt from the gateway after damage; retry later".into(),
+            "alert: nothing of the ledger survived damage; appends resume once the gateway's \
+             answer gives the chain back (see status.json); retry later"
+                .into(),
         ),
         Ok(req) => Line::Request(req),
         Err(e) => Line::Refused(e.to_string()),

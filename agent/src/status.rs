@@ -16,8 +16,11 @@ use crate::ledger::Head;
 #[derive(Debug, Default)]
 pub struct Shared {
     inner: Mutex<Inner>,
-    /// The ledger is being rebuilt from the gateway: appends wait.
+    /// Nothing of the chain survived damage: appends are refused until the
+    /// gateway's answer gives the chain back (or begins it).
     pub rebuilding: AtomicBool,
+    /// Entries salvaged after damage wait for the gateway's answer.
+    pub salvage_pending: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +123,11 @@ impl Shared {
     pub fn alert(&self, what: impl Into<String>) {
         let a = what.into();
         self.with(|i| i.alert = Some(a));
+    }
+
+    /// The cause of the alert is over (a recovery finished).
+    pub fn clear_alert(&self) {
+        self.with(|i| i.alert = None);
     }
 
     /// An alert of the uplink's (PROTOCOL §7), shown until `clear_uplink_alert`.

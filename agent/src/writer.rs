@@ -131,6 +131,8 @@ enum Op {
     },
     /// Delete prunable entries with `ts` before the cutoff (retention).
     Retain(String, oneshot::Sender<Result<u64, WriterError>>),
+    /// Append anew the salvaged entries past this seq.
+    ReleaseStranded(Seq, oneshot::Sender<Result<u64, WriterError>>),
     /// Commit what is queued, then stop and close the file.
     Close,
 }
@@ -347,6 +349,14 @@ impl Writer {
     pub async fn retain(&self, cutoff: String) -> Result<u64, WriterError> {
         let (reply, rx) = oneshot::channel();
         self.call(Op::Retain(cutoff, reply), rx).await
+    }
+
+    /// After damage, once the gateway has said what it holds: appends anew
+    /// the salvaged entries whose original seq is past `after` (the gateway
+    /// holds the others). Returns how many.
+    pub async fn release_stranded(&self, after: Seq) -> Result<u64, WriterError> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Op::ReleaseStranded(after, reply), rx).await
     }
 }
 
@@ -606,16 +616,16 @@ fn apply_group(
                 replies.push(Reply::Unit(reply));
                 txn.adopt(&adoption, unix_ms, reason)
             }
-            Op::Retain(cutoff, reply) => match txn.prune_older_than(&cutoff, 100_000) {
-                Ok(n) => {
-                    replies.push(Reply::Count(reply, n));
-                    Ok(())
-                }
-                Err(e) => {
-                    replies.push(Reply::Count(reply, 0));
-                    Err(e)
-                }
-            },
+            Op::Retain(cutoff, reply) => {
+                count(txn.prune_older_than(&cutoff, 100_000), reply, replies)
+            }
+            Op::ReleaseStranded(after, reply) => {
+                let released = ctx
+                    .ledger
+                    .stranded()
+                    .and_then(|run| txn.release_stranded(&run, after));
+                count(released, reply, replies)
+            }
         };
         if let Err(e) = outcome {
             failed = Some(e);
@@ -625,6 +635,16 @@ fn apply_group(
         Some(e) => Err(e),
         None => txn.commit(),
     }
+}
+
+/// Queues a counting op's answer; its failure fails the group.
+fn count(
+    r: Result<u64, LedgerError>,
+    reply: oneshot::Sender<Result<u64, WriterError>>,
+    replies: &mut Vec<Reply>,
+) -> Result<(), LedgerError> {
+    replies.push(Reply::Count(reply, *r.as_ref().unwrap_or(&0)));
+    r.map(|_| ())
 }
 
 /// Queues an op's answer for a group that failed as a whole (the error is
@@ -643,7 +663,9 @@ fn unanswered(op: Op, replies: &mut Vec<Reply>) {
         | Op::Adopt { reply, .. } => {
             replies.push(Reply::Unit(reply));
         }
-        Op::Retain(_, reply) => replies.push(Reply::Count(reply, 0)),
+        Op::Retain(_, reply) | Op::ReleaseStranded(_, reply) => {
+            replies.push(Reply::Count(reply, 0));
+        }
         Op::Close => {}
     }
 }

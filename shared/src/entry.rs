@@ -73,6 +73,12 @@ impl fmt::Debug for Entry {
 
 impl Entry {
     /// Links canonical content to `prev`, computing its hash. Unsigned.
+    /// The entry as stores keep it (postcard): what salvage looks for.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        // A struct of byte strings into a Vec: cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
     pub fn seal(content: Vec<u8>, prev: Hash) -> Entry {
         let hash = chain_hash(&content, &prev);
         Entry {

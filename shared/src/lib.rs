@@ -30,6 +30,7 @@ pub mod json;
 pub mod liveness;
 pub mod login;
 pub mod memory;
+pub mod salvage;
 pub mod summary;
 pub mod topic;
 pub mod uplink;
