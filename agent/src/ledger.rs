@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use baton_runtime::db::{Opener, Reopenable};
+use baton_runtime::db::{self, Opener, Reopenable};
 
 use baton_shared::entry::{self, AppendError, AppendRequest, ClockInfo, Entry, Seq, Stamp};
 use baton_shared::json::{Object, Value};
@@ -76,17 +76,6 @@ pub enum LedgerError {
 
 type Result<T> = std::result::Result<T, LedgerError>;
 
-fn storage_damage(e: &redb::StorageError) -> bool {
-    match e {
-        redb::StorageError::Corrupted(_) => true,
-        redb::StorageError::Io(io) => matches!(
-            io.kind(),
-            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
-        ),
-        _ => false,
-    }
-}
-
 impl LedgerError {
     /// Whether the file's contents are damaged (as opposed to the file
     /// being busy, unreadable for permissions, or the disk failing now):
@@ -94,14 +83,11 @@ impl LedgerError {
     pub fn is_damage(&self) -> bool {
         match self {
             LedgerError::Damaged { .. } => true,
-            LedgerError::Open { source, .. } => match source {
-                redb::DatabaseError::Storage(s) => storage_damage(s),
-                redb::DatabaseError::RepairAborted => true,
-                _ => false,
-            },
-            LedgerError::Storage(s) => storage_damage(s),
-            LedgerError::Table(redb::TableError::Storage(s)) => storage_damage(s),
-            LedgerError::Transaction(redb::TransactionError::Storage(s)) => storage_damage(s),
+            LedgerError::Open { source, .. } => db::open_damage(source),
+            LedgerError::Storage(s) => db::storage_damage(s),
+            LedgerError::Table(t) => db::table_damage(t),
+            LedgerError::Transaction(redb::TransactionError::Storage(s))
+            | LedgerError::Commit(redb::CommitError::Storage(s)) => db::storage_damage(s),
             _ => false,
         }
     }
@@ -245,6 +231,18 @@ impl Ledger {
             let stored = meta.get(IDENTITY)?.map(|v| v.value().to_vec());
             match stored {
                 Some(s) if s != agent.as_str().as_bytes() => {
+                    // The entries name the configured agent: it is the
+                    // identity record that is damaged, not the directory
+                    // that is wrong.
+                    let entries = txn.open_table(ENTRIES)?;
+                    let newest = entries
+                        .last()?
+                        .map(|(k, v)| decode_entry(k.value(), v.value()));
+                    if let Some(Ok(e)) = newest
+                        && e.header().is_ok_and(|h| h.agent == *agent)
+                    {
+                        return Err(damaged("identity", "does not match the entries"));
+                    }
                     return Err(LedgerError::WrongAgent {
                         stored: String::from_utf8_lossy(&s).into_owned(),
                         configured: agent.to_string(),
@@ -554,21 +552,7 @@ impl Ledger {
             if seq != expect {
                 return Err(damaged(format!("entry {expect}"), "missing"));
             }
-            let h = entry::check_canonical_content(&e.content).map_err(|e| at(&e.to_string()))?;
-            if h.agent != *agent || h.seq != seq {
-                return Err(at("content names another agent or seq"));
-            }
-            if prev.is_some_and(|p| p != e.prev) {
-                return Err(at("prev does not link to the entry before"));
-            }
-            if baton_shared::crypto::chain_hash(&e.content, &e.prev) != e.hash {
-                return Err(at("hash does not match the content"));
-            }
-            if let Some(sig) = &e.sig
-                && !key.verify_checkpoint(agent, seq, &e.hash, sig)
-            {
-                return Err(at("checkpoint signature does not verify"));
-            }
+            entry::check_stored(agent, seq, e, prev.as_ref(), Some(key)).map_err(|p| at(&p))?;
             prev = Some(e.hash);
             expect = seq.next();
             checked += 1;

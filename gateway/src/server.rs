@@ -161,6 +161,49 @@ fn embedded_authority(
     )
 }
 
+/// Checks every stored chain where no start has checked it (all of it on
+/// a first start): links, hashes, and checkpoint signatures under the
+/// enrolled key (the gateway's own for its own chain). A damaged chain is
+/// set aside from its first bad entry — kept, never served — and rebuilt
+/// from resends. Returns what was set aside.
+pub fn check_store(
+    store: &Store,
+    own: &(baton_shared::AgentId, baton_shared::PublicKey),
+) -> anyhow::Result<Vec<(baton_shared::AgentId, crate::store::Damage, u64)>> {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut checked = 0u64;
+    let chains = store.chains()?;
+    for agent in &chains {
+        let key = if *agent == own.0 {
+            Some(own.1)
+        } else {
+            store.agent(agent).ok().flatten().and_then(|r| r.key())
+        };
+        match store.check_chain(agent, key.as_ref())? {
+            crate::store::ChainCheck::Verified { from, head } => {
+                checked += (head.0 + 1).saturating_sub(from.0);
+            }
+            crate::store::ChainCheck::Damaged { at, problem } => {
+                let now = unix_ms();
+                let moved = store.set_aside(agent, at, &problem, now)?;
+                tracing::error!(%agent, seq = %at, problem, moved, "stored chain damaged: set aside from there, rebuilding from resends");
+                if let Some((_, d)) = store.damage()?.into_iter().find(|(a, _)| a == agent) {
+                    out.push((agent.clone(), d, moved));
+                }
+            }
+        }
+    }
+    info!(
+        chains = chains.len(),
+        entries = checked,
+        damaged = out.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "store checked where no start had checked it"
+    );
+    Ok(out)
+}
+
 /// Runs the gateway until `shutdown` resolves. `ready` receives the bound
 /// addresses once the broker, MQTT client and HTTP listener are up.
 pub async fn run(
@@ -178,6 +221,13 @@ pub async fn run(
         Store::open(&store_path)
             .with_context(|| format!("opening store {}", store_path.display()))?,
     );
+    let damaged = {
+        let store = Arc::clone(&store);
+        let own = (config.id.clone(), key.public());
+        tokio::task::spawn_blocking(move || check_store(&store, &own))
+            .await
+            .context("checking the store")??
+    };
     let metrics = Arc::new(Metrics::default());
     let mut ingest = Ingest::open(
         IngestConfig {
@@ -193,6 +243,9 @@ pub async fn run(
         Arc::clone(&metrics),
         unix_ms(),
     )?;
+    for (agent, d, moved) in &damaged {
+        ingest.note_store_damage(agent, d, *moved);
+    }
     if let Some(dir) = &config.keys_dir {
         enroll_key_files(&mut ingest, dir)?;
     }

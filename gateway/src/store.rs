@@ -36,6 +36,15 @@ const EVIDENCE: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::
 const GAPS: TableDefinition<'static, (&str, u64), u64> = TableDefinition::new("gaps");
 /// Small named values (the enrollment window).
 const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta");
+/// Per chain, `(seq, hash)` through which a start-up check verified it.
+const VERIFIED: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("verified");
+/// Runs set aside after a start-up check found them damaged, as they were
+/// stored: (agent, first seq, when in unix ms) → bytes. Never served.
+const SET_ASIDE: TableDefinition<'static, (&str, u64, u64), &[u8]> =
+    TableDefinition::new("set_aside");
+/// Chains set aside at start and not yet rebuilt: agent → postcard
+/// [`Damage`]. The gateway is in alert while any is here.
+const DAMAGE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("damage");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -216,6 +225,9 @@ impl Store {
             txn.open_table(EVIDENCE)?;
             txn.open_table(GAPS)?;
             txn.open_table(META)?;
+            txn.open_table(VERIFIED)?;
+            txn.open_table(SET_ASIDE)?;
+            txn.open_table(DAMAGE)?;
         }
         txn.commit()?;
         Ok(())
@@ -478,6 +490,257 @@ impl Store {
     /// Bytes of the store file.
     pub fn file_size(&self) -> u64 {
         std::fs::metadata(self.path()).map_or(0, |m| m.len())
+    }
+}
+
+/// A chain the start-up check found damaged: set aside from `from`, to be
+/// rebuilt from its agent's (or child's) resends up to `head`, the head it
+/// had. Anything it cannot get back is named in a `gap` (rule 3b).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Damage {
+    pub from: Seq,
+    pub head: Seq,
+    pub problem: String,
+    pub at_ms: i64,
+}
+
+/// What the start-up check of one chain found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainCheck {
+    /// Entries `from..=head` verified (none if `from > head`).
+    Verified { from: Seq, head: Seq },
+    /// The first problem, at `at`.
+    Damaged { at: Seq, problem: String },
+}
+
+impl Store {
+    /// Every chain the store holds a head for.
+    pub fn chains(&self) -> Result<Vec<AgentId>> {
+        let txn = self.begin_read()?;
+        let t = txn.open_table(HEADS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, _) = item?;
+            if let Ok(id) = AgentId::new(k.value()) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks `agent`'s chain where no start has checked it: every link,
+    /// hash and (with `key`) checkpoint signature after the verified mark,
+    /// and that the head is the newest entry. Records the new mark.
+    pub fn check_chain(&self, agent: &AgentId, key: Option<&PublicKey>) -> Result<ChainCheck> {
+        let head = match self.head(agent) {
+            Ok(h) => h,
+            Err(StoreError::Corrupt { source, .. }) => {
+                return Ok(ChainCheck::Damaged {
+                    at: self.oldest(agent)?.unwrap_or(Seq(1)),
+                    problem: format!("head does not decode: {source}"),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let id = agent.as_str();
+        let mark: Option<(Seq, Hash)> = {
+            let txn = self.begin_read()?;
+            let t = txn.open_table(VERIFIED)?;
+            t.get(id)?
+                .and_then(|v| postcard::from_bytes(v.value()).ok())
+        };
+        let oldest = self.oldest(agent)?.unwrap_or(Seq(1));
+        let (from, mut prev) = match mark {
+            Some((s, h))
+                if s <= head.seq
+                    && self
+                        .entry(agent, s)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|e| e.hash == h) =>
+            {
+                (s.next(), Some(h))
+            }
+            _ => (oldest, (oldest == Seq(1)).then_some(Hash::ZERO)),
+        };
+        let damaged = |at: Seq, problem: String| Ok(ChainCheck::Damaged { at, problem });
+        let txn = self.begin_read()?;
+        let t = txn.open_table(RUNS)?;
+        let start = t
+            .range((id, 0)..=(id, from.0))?
+            .next_back()
+            .transpose()?
+            .map_or(from.0, |(k, _)| k.value().1);
+        let mut expect = from;
+        for item in t.range((id, start)..=(id, u64::MAX))? {
+            let (k, v) = item?;
+            let first = Seq(k.value().1);
+            let run: Vec<Entry> = match postcard::from_bytes(v.value()) {
+                Ok(r) => r,
+                Err(e) => {
+                    return damaged(
+                        first.max(from),
+                        format!("run from {first} does not decode: {e}"),
+                    );
+                }
+            };
+            for (i, e) in run.iter().enumerate() {
+                let seq = Seq(first.0 + i as u64);
+                if seq < from {
+                    continue;
+                }
+                if seq != expect {
+                    return damaged(expect, "missing".into());
+                }
+                if let Err(p) = baton_shared::entry::check_stored(agent, seq, e, prev.as_ref(), key)
+                {
+                    return damaged(seq, p);
+                }
+                prev = Some(e.hash);
+                expect = seq.next();
+            }
+        }
+        drop(t);
+        drop(txn);
+        if expect.prev() != head.seq || (head.seq >= from && prev != Some(head.hash)) {
+            return damaged(
+                expect.min(head.seq.next()),
+                format!(
+                    "head {} is not the newest entry {}",
+                    head.seq,
+                    expect.prev()
+                ),
+            );
+        }
+        if head.seq > Seq::ZERO {
+            let txn = self.begin_write()?;
+            txn.open_table(VERIFIED)?
+                .insert(id, encode(&(head.seq, head.hash)).as_slice())?;
+            txn.commit()?;
+        }
+        Ok(ChainCheck::Verified {
+            from,
+            head: head.seq,
+        })
+    }
+
+    /// Sets `agent`'s entries from `from` on aside (kept in the set-aside
+    /// table, never served): the chain ends at `from - 1` and is rebuilt
+    /// from resends. Records the [`Damage`]; returns how many entries went.
+    pub fn set_aside(&self, agent: &AgentId, from: Seq, problem: &str, now_ms: i64) -> Result<u64> {
+        let id = agent.as_str();
+        let old_head = self.head(agent).map_or(Seq::ZERO, |h| h.seq);
+        let when = u64::try_from(now_ms).unwrap_or(0);
+        let txn = self.begin_write()?;
+        let mut moved = 0u64;
+        {
+            let mut runs = txn.open_table(RUNS)?;
+            let mut aside = txn.open_table(SET_ASIDE)?;
+            let start = runs
+                .range((id, 0)..=(id, from.0))?
+                .next_back()
+                .transpose()?
+                .map_or(from.0, |(k, _)| k.value().1);
+            let mut affected = Vec::new();
+            for item in runs.range((id, start)..=(id, u64::MAX))? {
+                let (k, v) = item?;
+                affected.push((k.value().1, v.value().to_vec()));
+            }
+            let mut new_head: Option<(Seq, Entry)> = None;
+            for (first, bytes) in &affected {
+                aside.insert((id, *first, when), bytes.as_slice())?;
+                runs.remove((id, *first))?;
+                let decoded: Option<Vec<Entry>> = postcard::from_bytes(bytes).ok();
+                let n = decoded.as_ref().map_or(1, |r| r.len() as u64);
+                if *first < from.0
+                    && let Some(mut run) = decoded
+                {
+                    let keep = (from.0 - first) as usize;
+                    moved += (run.len() - keep) as u64;
+                    run.truncate(keep);
+                    if let Some(last) = run.last() {
+                        new_head = Some((Seq(first + keep as u64 - 1), last.clone()));
+                    }
+                    runs.insert((id, *first), encode(&run).as_slice())?;
+                } else {
+                    moved += n;
+                }
+            }
+            if new_head.is_none() && from.0 > 1 {
+                // The entry before `from` ends an earlier run.
+                if let Some(item) = runs.range((id, 0)..(id, from.0))?.next_back() {
+                    let (k, v) = item?;
+                    let first = k.value().1;
+                    if let Ok(run) = postcard::from_bytes::<Vec<Entry>>(v.value())
+                        && let Some(last) = run.last()
+                    {
+                        new_head = Some((Seq(first + run.len() as u64 - 1), last.clone()));
+                    }
+                }
+            }
+            let mut heads = txn.open_table(HEADS)?;
+            let mut verified = txn.open_table(VERIFIED)?;
+            match new_head {
+                Some((seq, e)) => {
+                    let h = StoredHead {
+                        seq,
+                        hash: e.hash,
+                        sig: e.sig,
+                    };
+                    heads.insert(id, encode(&h).as_slice())?;
+                    verified.insert(id, encode(&(seq, e.hash)).as_slice())?;
+                }
+                None => {
+                    heads.remove(id)?;
+                    verified.remove(id)?;
+                }
+            }
+            let d = Damage {
+                from,
+                head: old_head,
+                problem: problem.to_owned(),
+                at_ms: now_ms,
+            };
+            txn.open_table(DAMAGE)?.insert(id, encode(&d).as_slice())?;
+        }
+        txn.commit()?;
+        Ok(moved)
+    }
+
+    /// Chains set aside and not yet rebuilt to the head they had.
+    /// Rebuilt ones are dropped from the list as they are found.
+    pub fn damage(&self) -> Result<Vec<(AgentId, Damage)>> {
+        let txn = self.begin_read()?;
+        let t = txn.open_table(DAMAGE)?;
+        let mut open = Vec::new();
+        let mut rebuilt = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let (Ok(id), Ok(d)) = (
+                AgentId::new(k.value()),
+                postcard::from_bytes::<Damage>(v.value()),
+            ) else {
+                continue;
+            };
+            if self.head(&id).is_ok_and(|h| h.seq >= d.head) {
+                rebuilt.push(id);
+            } else {
+                open.push((id, d));
+            }
+        }
+        drop(t);
+        drop(txn);
+        if !rebuilt.is_empty() {
+            let txn = self.begin_write()?;
+            {
+                let mut t = txn.open_table(DAMAGE)?;
+                for id in &rebuilt {
+                    t.remove(id.as_str())?;
+                }
+            }
+            txn.commit()?;
+        }
+        Ok(open)
     }
 }
 

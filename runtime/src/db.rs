@@ -20,6 +20,42 @@ use redb::{Database, DatabaseError};
 /// Opens the database file (again).
 pub type Opener = Arc<dyn Fn(&Path) -> Result<Database, DatabaseError> + Send + Sync>;
 
+/// Whether a storage error means the file's contents are damaged (as
+/// opposed to a disk failing now, which a retry or reopen may get past).
+pub fn storage_damage(e: &redb::StorageError) -> bool {
+    match e {
+        redb::StorageError::Corrupted(_) => true,
+        redb::StorageError::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+        ),
+        _ => false,
+    }
+}
+
+/// Whether opening failed because the file is damaged: corruption, a
+/// repair that gave up, or a format version that no Baton wrote.
+pub fn open_damage(e: &redb::DatabaseError) -> bool {
+    match e {
+        redb::DatabaseError::Storage(s) => storage_damage(s),
+        redb::DatabaseError::RepairAborted | redb::DatabaseError::UpgradeRequired(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether opening a table failed because the file is damaged: our tables'
+/// types never change, so a mismatch is a damaged table directory.
+pub fn table_damage(e: &redb::TableError) -> bool {
+    match e {
+        redb::TableError::Storage(s) => storage_damage(s),
+        redb::TableError::TableTypeMismatch { .. }
+        | redb::TableError::TableIsMultimap(_)
+        | redb::TableError::TableIsNotMultimap(_)
+        | redb::TableError::TypeDefinitionChanged { .. } => true,
+        _ => false,
+    }
+}
+
 /// The production opener: the file, with a page cache of `cache_bytes`
 /// (redb's default grows to 1 GiB; the daemons write and rarely re-read).
 pub fn file_opener(cache_bytes: usize) -> Opener {

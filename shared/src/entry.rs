@@ -118,6 +118,36 @@ impl Entry {
     }
 }
 
+/// Checks one stored entry where it stands in `agent`'s chain at `seq`:
+/// canonical content naming that agent and seq, the link to `prev` (when
+/// the entry before is known), its hash, and its checkpoint signature
+/// under `key` (when there is one and a key to judge it by). What stores
+/// check at start-up; the first problem, in words.
+pub fn check_stored(
+    agent: &AgentId,
+    seq: Seq,
+    e: &Entry,
+    prev: Option<&Hash>,
+    key: Option<&crate::crypto::PublicKey>,
+) -> Result<(), String> {
+    let h = check_canonical_content(&e.content).map_err(|err| err.to_string())?;
+    if h.agent != *agent || h.seq != seq {
+        return Err("content names another agent or seq".into());
+    }
+    if prev.is_some_and(|p| *p != e.prev) {
+        return Err("prev does not link to the entry before".into());
+    }
+    if chain_hash(&e.content, &e.prev) != e.hash {
+        return Err("hash does not match the content".into());
+    }
+    if let (Some(sig), Some(key)) = (&e.sig, key)
+        && !key.verify_checkpoint(agent, seq, &e.hash, sig)
+    {
+        return Err("checkpoint signature does not verify".into());
+    }
+    Ok(())
+}
+
 /// The fields of a content that the runtime and verifiers look at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Header {

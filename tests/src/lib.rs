@@ -63,3 +63,21 @@ pub fn agent_chain(dir: &std::path::Path) -> Vec<u8> {
     baton_agent::cli::export_jsonl(&o, None, None, &mut out).unwrap();
     out
 }
+
+/// Flips a byte inside every stored copy of the entry carrying
+/// `marker-NNNNNN` in the store file at `path` (its data: same length,
+/// another hash). Every copy: a store may hold old page versions too.
+pub fn flip_marker(path: &std::path::Path, marker: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let text = format!("marker-{marker:06}");
+    let mut n = 0;
+    let mut at = 0;
+    while let Some(p) = bytes[at..].windows(13).position(|w| w == text.as_bytes()) {
+        let p = at + p;
+        bytes[p + 12] ^= 0x01;
+        n += 1;
+        at = p + 13;
+    }
+    assert!(n > 0, "{text} is in {}", path.display());
+    std::fs::write(path, &bytes).unwrap();
+}

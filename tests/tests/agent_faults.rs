@@ -20,7 +20,7 @@ use baton_shared::json::{self, Value};
 use baton_shared::verify::verify_text;
 use baton_shared::{AgentId, Seq};
 use baton_tests::daemons::{Agent, Gateway, agent_key, sample_lines};
-use baton_tests::eventually;
+use baton_tests::{eventually, flip_marker};
 
 fn spawn_agent(dir: &Path) -> Child {
     Command::new(baton_tests::bins::agent())
@@ -180,19 +180,6 @@ fn alert_of(a: &Agent) -> Value {
         .shared
         .document("pi", &a.ready.writer.head(), true, 0);
     doc.as_object().unwrap().get("alert").unwrap().clone()
-}
-
-/// Flips a byte inside the entry carrying `marker-NNNNNN` (its data: same
-/// length, another hash).
-fn flip_marker(path: &Path, marker: u64) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let text = format!("marker-{marker:06}");
-    let at = bytes
-        .windows(13)
-        .position(|w| w == text.as_bytes())
-        .unwrap_or_else(|| panic!("{text} is in the file"));
-    bytes[at + 12] ^= 0x01;
-    std::fs::write(path, &bytes).unwrap();
 }
 
 enum Damage {
@@ -477,7 +464,8 @@ async fn starts_on_bit_flipped_ledgers_never_fail_and_keep_what_is_intact() {
             verify_text(own.as_bytes(), Some(key)).is_valid(),
             "round {round}: the started chain verifies"
         );
-        assert_eq!(own.matches("\"genesis\"").count(), 1, "round {round}");
+        // a damaged genesis is lost, never written again
+        assert!(own.matches("\"genesis\"").count() <= 1, "round {round}");
         let seen = markers(&own);
         for (m, forms) in &records {
             let in_file = forms

@@ -116,7 +116,16 @@ pub struct Ingest {
     staged_records: HashMap<AgentId, AgentRecord>,
     /// Topic filters added since the last [`Ingest::take_new_subscriptions`].
     new_subscriptions: Vec<String>,
+    /// Recent `recovery` entries per agent (when, the entry): two devices
+    /// writing as one id adopt each other's heads over and over.
+    recoveries: HashMap<AgentId, std::collections::VecDeque<(i64, baton_shared::Entry)>>,
 }
+
+/// This many `recovery` entries of one agent within [`CLONE_WINDOW_MS`]
+/// mean two writers share its identity (a cloned SD card): a restored
+/// image or local damage makes one.
+pub const CLONE_RECOVERIES: usize = 3;
+pub const CLONE_WINDOW_MS: i64 = 10 * 60 * 1000;
 
 /// The answer to a clock request received at `t1` (PROTOCOL §7): the
 /// gateway's send time `t2` is taken as late as possible.
@@ -170,6 +179,7 @@ impl Ingest {
             children: BTreeMap::new(),
             staged_records: HashMap::new(),
             new_subscriptions: Vec::new(),
+            recoveries: HashMap::new(),
         };
         if head.seq == Seq::ZERO {
             let genesis = ingest.own.genesis(unix_ms, &ingest.cfg.software)?;
@@ -714,8 +724,12 @@ impl Ingest {
                 {
                     self.child_entries(unix_ms, via, cluster, first, &entries);
                 }
+                let cloned = self.watch_recoveries(unix_ms, agent, &entries);
                 self.stage_accepted(agent, first, entries);
                 self.answer_after_commit.insert(agent.clone());
+                if let Some(evidence) = cloned {
+                    self.stage_clone(unix_ms, agent, evidence);
+                }
             }
             Verdict::Duplicate => {
                 self.metrics
@@ -770,6 +784,67 @@ impl Ingest {
         });
     }
 
+    /// Notes the `recovery` entries among accepted ones; returns them as
+    /// evidence once [`CLONE_RECOVERIES`] fall within the window.
+    fn watch_recoveries(
+        &mut self,
+        unix_ms: i64,
+        agent: &AgentId,
+        entries: &[baton_shared::Entry],
+    ) -> Option<Vec<baton_shared::Entry>> {
+        // Cheap first: the canonical header's bytes (data sorts before it,
+        // so a nested object could mimic them; the header decides).
+        const HEADER: &[u8] = b",\"event\":\"recovery\",\"seq\":";
+        let mut full = false;
+        for e in entries {
+            if memchr::memmem::find(&e.content, HEADER).is_none()
+                || !e.header().is_ok_and(|h| h.event.as_str() == "recovery")
+            {
+                continue;
+            }
+            let w = self.recoveries.entry(agent.clone()).or_default();
+            w.push_back((unix_ms, e.clone()));
+            while w.len() > CLONE_RECOVERIES
+                || w.front()
+                    .is_some_and(|(t, _)| unix_ms - t > CLONE_WINDOW_MS)
+            {
+                w.pop_front();
+            }
+            full = w.len() >= CLONE_RECOVERIES;
+        }
+        if !full {
+            return None;
+        }
+        self.recoveries
+            .remove(agent)
+            .map(|w| w.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// Two writers share `agent`'s identity: halted (its batches refused
+    /// until `baton-gateway resolve`) with the recoveries as evidence, and
+    /// an `alert` entry; the liveness view shows it quarantined.
+    fn stage_clone(&mut self, unix_ms: i64, agent: &AgentId, evidence: Vec<baton_shared::Entry>) {
+        let seq = evidence
+            .last()
+            .and_then(|e| e.header().ok())
+            .map_or(Seq::ZERO, |h| h.seq);
+        self.registry().quarantine(agent, unix_ms);
+        let detail = format!(
+            "{} recovery entries within {} min, the last at seq {seq}: two devices are \
+             writing as this agent (a cloned SD card?); halted until `baton-gateway resolve`",
+            evidence.len(),
+            CLONE_WINDOW_MS / 60_000
+        );
+        tracing::error!(%agent, %seq, detail, "cloned identity: quarantined");
+        self.staged.push(Write::Fork {
+            agent: agent.clone(),
+            seq,
+            evidence,
+        });
+        let data = own_chain::alert_data("cloned_identity", agent, &detail);
+        self.stage_own(unix_ms, OwnEvent::Alert, data);
+    }
+
     /// A fork (PROTOCOL §6): the evidence and the durable halt staged, an
     /// `alert` entry in the gateway's own chain; `how` adds to its detail.
     fn stage_fork(
@@ -791,6 +866,18 @@ impl Ingest {
         let detail = format!("two entries at seq {seq}{how}");
         let data = own_chain::alert_data("fork", agent, &detail);
         self.stage_own(unix_ms, OwnEvent::Alert, data);
+    }
+
+    /// The start-up check set `agent`'s chain aside from `d.from`: an
+    /// `alert` in the gateway's chain says so (the rebuild follows from
+    /// the agent's resends; what it cannot send again becomes a `gap`).
+    pub fn note_store_damage(&mut self, agent: &AgentId, d: &crate::store::Damage, moved: u64) {
+        let detail = format!(
+            "stored chain damaged at seq {} ({}); {moved} entries set aside, rebuilding to {} from resends",
+            d.from, d.problem, d.head
+        );
+        let data = own_chain::alert_data("local_corruption", agent, &detail);
+        self.stage_own(d.at_ms, OwnEvent::Alert, data);
     }
 
     /// `checkpoint` entries in the gateway's chain for every agent whose
