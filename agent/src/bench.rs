@@ -327,3 +327,126 @@ pub fn text(args: &BenchArgs, r: &Report) -> String {
         mib(r.rss_idle_kb),
     )
 }
+
+/// The start-up check at size: a ledger of `entries` readings is built,
+/// then opened as a first start (everything checked), as the next start
+/// (nothing new to check), and with one entry in its middle altered (found,
+/// set aside, salvaged into a fresh file). Prints the figures.
+pub fn integrity(entries: u64) -> anyhow::Result<String> {
+    use baton_shared::json::{Object, Value};
+    use baton_shared::{AgentId, SecretKey};
+
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("ledger.redb");
+    let agent = AgentId::new("bench-1")?;
+    let key = SecretKey::from_seed(&[5; 32]);
+    let built = Instant::now();
+    {
+        let o = crate::ledger::Ledger::open(&path, &agent)?;
+        let mut head = o.head;
+        let event = crate::ledger::runtime_event("reading");
+        let mut n = 0u64;
+        while n < entries {
+            let mut txn = o.ledger.begin(&agent, &key, head)?;
+            for _ in 0..10_000.min(entries - n) {
+                let mut d = Object::new();
+                d.insert("n", Value::from(n));
+                d.insert("temp_mc", Value::from(41_500u64));
+                d.insert(
+                    "note",
+                    Value::from(format!("marker-{n:09} reading from the bench")),
+                );
+                let ev = if n == 0 {
+                    crate::ledger::runtime_event("genesis")
+                } else {
+                    event.clone()
+                };
+                txn.append(
+                    1_700_000_000_000 + n as i64,
+                    None,
+                    &ev,
+                    None,
+                    &Value::Object(d),
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                n += 1;
+            }
+            txn.sign_head()?;
+            head = txn.commit()?;
+        }
+    }
+    let built_s = built.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&path)?.len();
+    let timed = |f: &dyn Fn() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        f()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    // As it was before any start checked it (no verified mark).
+    let unchecked = dir.path().join("unchecked.redb");
+    std::fs::copy(&path, &unchecked)?;
+    let public = key.public();
+    let first = timed(&|| {
+        crate::open_and_check(&path, &agent, &public)?;
+        Ok(())
+    })?;
+    let again = timed(&|| {
+        crate::open_and_check(&path, &agent, &public)?;
+        Ok(())
+    })?;
+    // one entry in the middle altered on disk (every copy of it), before
+    // any start has checked the file
+    let needle = format!("marker-{:09}", entries / 2);
+    let altered = alter_every(&unchecked, needle.as_bytes())?;
+    std::fs::rename(&unchecked, &path)?;
+    // The peak from here on is the salvage's (Linux: clear_refs 5 resets it).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let rss_before = rss_kb(std::process::id(), "VmRSS:");
+    let t = Instant::now();
+    let (o, damage) = crate::open_checked(&path, &agent, &key)?;
+    let salvage_s = t.elapsed().as_secs_f64();
+    let rss_after = rss_kb(std::process::id(), "VmHWM:");
+    anyhow::ensure!(
+        altered > 0 && damage.is_some(),
+        "the altered entry was not found"
+    );
+    Ok(format!(
+        "start-up check of a ledger of {entries} entries ({:.1} MiB, built in {built_s:.1} s)\n\
+         \x20 first start, everything checked:   {first:.2} s ({:.0} entries/s)\n\
+         \x20 next start, nothing new to check:  {:.1} ms\n\
+         \x20 one entry altered: found, set aside, salvaged: {salvage_s:.2} s; head after {}\n\
+         \x20 RSS {} MiB before the salvage, peak {} MiB\n\
+         \x20 {}\n",
+        bytes as f64 / 1048576.0,
+        entries as f64 / first,
+        again * 1000.0,
+        o.head.seq,
+        rss_before / 1024,
+        rss_after / 1024,
+        damage.unwrap_or_default(),
+    ))
+}
+
+/// Flips the last byte of every occurrence of `needle` in the file,
+/// reading it in pieces. Returns how many.
+fn alter_every(path: &Path, needle: &[u8]) -> anyhow::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut buf = vec![0u8; 8 << 20];
+    let (mut at, mut n) = (0u64, 0);
+    loop {
+        let got = file.read_at(&mut buf, at)?;
+        if got < needle.len() {
+            return Ok(n);
+        }
+        for p in memchr::memmem::find_iter(&buf[..got], needle) {
+            let i = p + needle.len() - 1;
+            file.write_at(&[buf[i] ^ 1], at + i as u64)?;
+            n += 1;
+        }
+        at += (got - needle.len() + 1) as u64;
+    }
+}

@@ -185,6 +185,10 @@ pub enum Command {
         /// The baton-gateway binary (default: beside this one).
         #[arg(long)]
         gateway_bin: Option<PathBuf>,
+        /// Instead: time the start-up check of a ledger of `--entries`
+        /// (first start, a start after it, and a damaged start's salvage).
+        #[arg(long)]
+        integrity: bool,
     },
 }
 
@@ -372,7 +376,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             connections,
             window,
             gateway_bin,
+            integrity,
         } => {
+            if integrity {
+                print!("{}", crate::bench::integrity(entries)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             let args = crate::bench::BenchArgs {
                 entries,
                 connections: connections.max(1),

@@ -100,13 +100,15 @@ fn damaged(what: impl Into<String>, problem: impl ToString) -> LedgerError {
     }
 }
 
-/// At most this many bytes of salvaged entries are held while a damaged
-/// file is read (the rest is left in it, and counted as not salvaged).
-pub const SALVAGE_LIMIT: usize = 256 * 1024 * 1024;
+/// At most this many entries are indexed while a damaged file is read
+/// (about 100 bytes of memory each; the rest are left in the file and
+/// counted as not salvaged).
+pub const SALVAGE_LIMIT: usize = 4_000_000;
 
 /// Reads a damaged ledger file without its database structures and
-/// returns what still verifies under `key` (see `baton_shared::salvage`).
-/// Only I/O errors fail it; what the bytes are cannot.
+/// returns where what still verifies under `key` lies in it (see
+/// `baton_shared::salvage`). Only I/O errors fail it; what the bytes are
+/// cannot.
 pub fn salvage_file(
     path: &Path,
     agent: &AgentId,
@@ -116,23 +118,131 @@ pub fn salvage_file(
     use std::io::Read;
     const PIECE: usize = 8 * 1024 * 1024;
     let mut file = std::fs::File::open(path)?;
-    let mut finder = Finder::new(agent, SALVAGE_LIMIT);
+    let mut finder = Finder::new(agent, key, SALVAGE_LIMIT);
     let mut buf = vec![0u8; PIECE + MAX_RECORD];
-    // `kept` bytes at the front carry over from the piece before.
-    let mut kept = 0;
+    // `kept` bytes at the front carry over from the piece before; `base`
+    // is the file offset of buf[0].
+    let (mut kept, mut base) = (0usize, 0u64);
     loop {
         let n = file.read(&mut buf[kept..])?;
         if n == 0 {
             break;
         }
         let end = kept + n;
-        finder.scan(&buf[..end]);
+        finder.scan(base, &buf[..end]);
         let carry = end.min(MAX_RECORD);
         buf.copy_within(end - carry..end, 0);
+        base += (end - carry) as u64;
         kept = carry;
     }
-    Ok(assemble(finder, key))
+    Ok(assemble(finder))
 }
+
+/// Reads salvaged entries back from the damaged file, one at a time.
+#[derive(Debug)]
+pub struct SalvagedRecords {
+    file: std::fs::File,
+    buf: Vec<u8>,
+}
+
+impl SalvagedRecords {
+    pub fn open(path: &Path) -> std::io::Result<SalvagedRecords> {
+        Ok(SalvagedRecords {
+            file: std::fs::File::open(path)?,
+            buf: vec![0; baton_shared::salvage::MAX_RECORD],
+        })
+    }
+
+    /// The entry at `loc`, its signature stripped unless it verified.
+    pub fn read(&mut self, loc: &baton_shared::salvage::Loc) -> Result<Entry> {
+        use std::os::unix::fs::FileExt;
+        let n = self
+            .file
+            .read_at(&mut self.buf, loc.offset)
+            .map_err(|e| damaged(format!("salvaged entry {}", loc.seq), e))?;
+        let mut e = baton_shared::salvage::entry_at(&self.buf[..n]).ok_or_else(|| {
+            damaged(
+                format!("salvaged entry {}", loc.seq),
+                "changed since it was found",
+            )
+        })?;
+        if !loc.signed {
+            e.sig = None;
+        }
+        Ok(e)
+    }
+}
+
+/// Puts what salvage recovered from a damaged file into `ledger` (fresh):
+/// the chain at its seqs, the stranded entries as an orphan run for
+/// [`Txn::release_stranded`]. Commits every [`IMPORT_GROUP`] entries (redb
+/// holds a transaction's pages in memory until it commits); the markers
+/// that make the salvage count go in the last commit. Returns the head.
+pub fn import(
+    ledger: &Ledger,
+    agent: &AgentId,
+    key: &SecretKey,
+    s: &baton_shared::salvage::Salvage,
+    records: &mut SalvagedRecords,
+) -> Result<Head> {
+    let mut head = Head {
+        oldest: s.chain.first().map_or(Seq(1), |l| l.seq),
+        anchor: s.anchor,
+        ..Head::EMPTY
+    };
+    for group in s.chain.chunks(IMPORT_GROUP) {
+        let mut txn = ledger.begin(agent, key, head)?;
+        {
+            let mut t = txn.txn.open_table(ENTRIES)?;
+            for loc in group {
+                let e = records.read(loc)?;
+                let stored = encode(&e);
+                t.insert(loc.seq.0, stored.as_slice())?;
+                txn.head.held_bytes += stored.len() as u64;
+                txn.head.seq = loc.seq;
+                txn.head.hash = e.hash;
+                if e.sig.is_some() {
+                    txn.head.unsigned = 0;
+                    txn.head.unsigned_bytes = 0;
+                } else {
+                    txn.head.unsigned += 1;
+                    txn.head.unsigned_bytes += entry_wire_size(&e) as u64;
+                }
+            }
+        }
+        head = txn.commit()?;
+    }
+    let n = if s.stranded.is_empty() {
+        None
+    } else {
+        let mut txn = ledger.begin(agent, key, head)?;
+        let n = txn.next_run()?;
+        head = txn.commit()?;
+        for group in s.stranded.chunks(IMPORT_GROUP) {
+            let txn = ledger.begin(agent, key, head)?;
+            {
+                let mut o = txn.txn.open_table(ORPHANS)?;
+                for loc in group {
+                    o.insert((n, loc.seq.0), encode(&records.read(loc)?).as_slice())?;
+                }
+            }
+            head = txn.commit()?;
+        }
+        Some(n)
+    };
+    let txn = ledger.begin(agent, key, head)?;
+    {
+        let mut m = txn.txn.open_table(META)?;
+        m.insert(SALVAGED, head.seq.0.to_le_bytes().as_slice())?;
+        if let Some(n) = n {
+            m.insert(STRANDED, n.to_le_bytes().as_slice())?;
+        }
+    }
+    txn.commit()
+}
+
+/// Entries per commit while importing a salvage.
+const IMPORT_GROUP: usize = 20_000;
 
 /// Where the chain stands. `oldest` is the first held seq; after an
 /// adoption the run continues from `anchor` (seq `oldest - 1`).
@@ -975,58 +1085,6 @@ impl Txn<'_> {
             + 1;
         m.insert(ADOPTIONS, n.to_le_bytes().as_slice())?;
         Ok(n)
-    }
-
-    /// Puts what salvage recovered from a damaged file into this (fresh)
-    /// ledger: the chain at its seqs, the stranded entries as an orphan run
-    /// for [`Txn::release_stranded`].
-    pub fn import(&mut self, s: &baton_shared::salvage::Salvage) -> Result<()> {
-        let seq_of = |e: &Entry| {
-            e.header()
-                .map(|h| h.seq)
-                .map_err(|err| damaged("salvaged entry", err))
-        };
-        if let Some(first) = s.chain.first() {
-            let first_seq = seq_of(first)?;
-            let mut t = self.txn.open_table(ENTRIES)?;
-            let mut head = Head {
-                oldest: first_seq,
-                anchor: s.anchor,
-                ..Head::EMPTY
-            };
-            for (i, e) in s.chain.iter().enumerate() {
-                let seq = Seq(first_seq.0 + i as u64);
-                let stored = encode(e);
-                t.insert(seq.0, stored.as_slice())?;
-                head.held_bytes += stored.len() as u64;
-                head.seq = seq;
-                head.hash = e.hash;
-                if e.sig.is_some() {
-                    head.unsigned = 0;
-                    head.unsigned_bytes = 0;
-                } else {
-                    head.unsigned += 1;
-                    head.unsigned_bytes += entry_wire_size(e) as u64;
-                }
-            }
-            self.head = head;
-        }
-        self.txn
-            .open_table(META)?
-            .insert(SALVAGED, self.head.seq.0.to_le_bytes().as_slice())?;
-        if !s.stranded.is_empty() {
-            let n = self.next_run()?;
-            {
-                let mut o = self.txn.open_table(ORPHANS)?;
-                for e in &s.stranded {
-                    o.insert((n, seq_of(e)?.0), encode(e).as_slice())?;
-                }
-            }
-            self.txn
-                .open_table(META)?
-                .insert(STRANDED, n.to_le_bytes().as_slice())?;
-        }
-        Ok(())
     }
 
     /// Appends anew the salvaged entries whose original seq is past

@@ -116,13 +116,23 @@ async fn begin_chain(writer: &Writer, shared: &Shared, class: Option<&str>) {
 /// `panic = "abort"` nothing else survives a panic) — sets the file aside
 /// (never deleted), salvages what of it still verifies into a fresh file,
 /// and returns the alert's text; the caller finishes the recovery.
-fn open_checked(
+pub(crate) fn open_checked(
     path: &Path,
     agent: &AgentId,
     key: &baton_shared::SecretKey,
 ) -> anyhow::Result<(Opened, Option<String>)> {
     let public = key.public();
     let marker = path.with_extension("redb.starting");
+    let importing = path.with_extension("redb.importing");
+    // A salvage that did not finish: its partial file is derived data, the
+    // damaged file is aside; do it again.
+    if let Ok(aside) = std::fs::read(&importing) {
+        let aside = PathBuf::from(String::from_utf8_lossy(&aside).into_owned());
+        warn!(from = %aside.display(), "a salvage did not finish: doing it again");
+        let _ = std::fs::remove_file(path);
+        let problem = "a salvage that did not finish".to_owned();
+        return salvage_into(path, &aside, &importing, agent, key, &problem);
+    }
     let problem = if marker.exists() && path.exists() {
         "a previous start ended while opening or checking it".to_owned()
     } else {
@@ -158,14 +168,32 @@ fn open_checked(
     error!(problem, kept_at = %aside.display(), "ledger damaged: kept aside, salvaging what still verifies");
     std::fs::rename(path, &aside)
         .with_context(|| format!("moving the damaged ledger aside to {}", aside.display()))?;
-    let salvage = ledger::salvage_file(&aside, agent, &public)
+    // From here a crash redoes the salvage, never sets aside again.
+    std::fs::write(&importing, aside.as_os_str().as_encoded_bytes())
+        .with_context(|| format!("writing {}", importing.display()))?;
+    let _ = std::fs::remove_file(&marker);
+    salvage_into(path, &aside, &importing, agent, key, &problem)
+}
+
+/// Salvages the damaged file `aside` into a fresh ledger at `path`, in
+/// commits of a bounded size (redb keeps a transaction's pages in memory),
+/// then removes the `importing` marker. Returns the alert's text.
+fn salvage_into(
+    path: &Path,
+    aside: &Path,
+    importing: &Path,
+    agent: &AgentId,
+    key: &baton_shared::SecretKey,
+    problem: &str,
+) -> anyhow::Result<(Opened, Option<String>)> {
+    let salvage = ledger::salvage_file(aside, agent, &key.public())
+        .with_context(|| format!("reading the damaged ledger {}", aside.display()))?;
+    let mut records = ledger::SalvagedRecords::open(aside)
         .with_context(|| format!("reading the damaged ledger {}", aside.display()))?;
     let o = Ledger::open(path, agent)?;
-    let mut txn = o.ledger.begin(agent, key, o.head)?;
-    txn.import(&salvage)?;
-    let head = txn.commit()?;
+    let head = ledger::import(&o.ledger, agent, key, &salvage, &mut records)?;
     o.ledger.mark_verified(&head)?;
-    let _ = std::fs::remove_file(&marker);
+    let _ = std::fs::remove_file(importing);
     let lost = salvage
         .lost
         .iter()
@@ -180,18 +208,20 @@ fn open_checked(
         .join(",");
     let detail = format!(
         "ledger damaged ({problem}); kept at {}; salvaged {} entries in place (through seq {}), \
-         {} to append anew, seqs not recovered: [{lost}], {} bad signatures stripped",
+         {} to append anew, seqs not recovered: [{lost}], {} bad signatures stripped, \
+         {} past the index limit",
         aside.display(),
         salvage.chain.len(),
         head.seq,
         salvage.stranded.len(),
         salvage.bad_signatures,
+        salvage.over_limit,
     );
     warn!(detail, "ledger salvaged");
     Ok((Opened { head, ..o }, Some(detail)))
 }
 
-fn open_and_check(
+pub(crate) fn open_and_check(
     path: &Path,
     agent: &AgentId,
     key: &baton_shared::PublicKey,

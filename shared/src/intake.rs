@@ -179,6 +179,12 @@ impl Intake {
         self.halted
     }
 
+    /// The shell found a reason of its own to stop taking this chain (two
+    /// writers sharing one identity): refused like a fork until resolved.
+    pub fn halt(&mut self, seq: Seq) {
+        self.halted = Some(seq);
+    }
+
     /// An operator lifted the halt (`baton-gateway resolve`).
     pub fn resolve(&mut self) {
         self.halted = None;

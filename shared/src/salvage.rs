@@ -6,7 +6,12 @@
 //! without its database structures (which are what may be broken): every
 //! stored entry is a postcard record whose content is canonical JSON
 //! beginning `{"agent":"<id>",`, so [`Finder::scan`] looks for that text
-//! and decodes the record around it, keeping each whose hash is right.
+//! and decodes the record around it, noting where each whose hash is right
+//! lies (memory per entry is an index row, not the entry: a million-entry
+//! file is salvaged in about a hundred MiB). Checkpoint signatures are
+//! judged as they are found; one that fails is stripped (damage and
+//! forgery look alike; the hash and link still hold, and the agent signs
+//! what it keeps anew).
 //! [`assemble`] then puts the finds back into runs that link, keeps each
 //! run only as far as a checkpoint signature vouches for it (an entry
 //! anyone could have written is not evidence), and picks the chain: the
@@ -20,49 +25,68 @@ use crate::crypto::{Hash, PublicKey, chain_hash};
 use crate::entry::{self, Entry, Seq};
 use crate::id::AgentId;
 
-/// Collects the entries of one agent found in a damaged file's bytes.
+/// Collects where one agent's entries lie in a damaged file's bytes.
 #[derive(Debug)]
 pub struct Finder {
     agent: AgentId,
+    key: PublicKey,
     pattern: Vec<u8>,
     /// By (seq, hash): copies of one entry found twice (old page versions,
     /// an unsigned copy beside its signed rewrite) are kept once.
     found: BTreeMap<(u64, [u8; 32]), Found>,
-    bytes: usize,
     limit: usize,
+    bad_signatures: usize,
+    over_limit: usize,
 }
 
-/// A found entry and what its content says of it.
-#[derive(Debug, Clone)]
+/// Where a found entry's record lies, and what it says of it.
+#[derive(Debug, Clone, Copy)]
 struct Found {
-    entry: Entry,
+    offset: u64,
+    prev: [u8; 32],
     /// A `genesis` or `recovery` entry: where a chain (re)starts.
     starts_chain: bool,
+    /// It carries a checkpoint signature that verifies.
+    signed: bool,
+}
+
+/// Where one salvaged entry's record lies in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    pub seq: Seq,
+    /// Of the record's first byte: read [`MAX_RECORD`] bytes from here and
+    /// decode them with [`entry_at`].
+    pub offset: u64,
+    /// Its signature verified; without this, any signature is stripped.
+    pub signed: bool,
 }
 
 /// The largest record: content, two hashes, a signature and their lengths.
 pub const MAX_RECORD: usize = entry::MAX_CONTENT_BYTES + 3 + 2 * 33 + 66;
 
 impl Finder {
-    /// A finder for `agent`'s entries that keeps at most `limit` bytes of
-    /// them (what is found past it is counted as not salvaged).
-    pub fn new(agent: &AgentId, limit: usize) -> Finder {
+    /// A finder for `agent`'s entries, signed under `key`, that indexes at
+    /// most `limit` of them (more are counted as not salvaged).
+    pub fn new(agent: &AgentId, key: &PublicKey, limit: usize) -> Finder {
         let mut pattern = b"{\"agent\":".to_vec();
         crate::canonical::write_str(agent.as_str(), &mut pattern);
         pattern.push(b',');
         Finder {
             agent: agent.clone(),
+            key: *key,
             pattern,
             found: BTreeMap::new(),
-            bytes: 0,
             limit,
+            bad_signatures: 0,
+            over_limit: 0,
         }
     }
 
-    /// Scans `buf`. A caller reading a file in pieces overlaps each piece
-    /// with the last [`MAX_RECORD`] bytes of the one before, so that no
-    /// record is cut; finding one twice is harmless.
-    pub fn scan(&mut self, buf: &[u8]) {
+    /// Scans `buf`, which starts at byte `base` of the file. A caller
+    /// reading a file in pieces overlaps each piece with the last
+    /// [`MAX_RECORD`] bytes of the one before, so that no record is cut;
+    /// finding one twice is harmless.
+    pub fn scan(&mut self, base: u64, buf: &[u8]) {
         let finder = memchr::memmem::Finder::new(&self.pattern).into_owned();
         for at in finder.find_iter(buf) {
             // The content's length precedes it as a postcard varint of one
@@ -71,40 +95,54 @@ impl Finder {
                 let Some(start) = at.checked_sub(width) else {
                     break;
                 };
-                if let Some(e) = decode_at(&buf[start..], at - start) {
-                    self.keep(e);
+                // The varint must be exactly the bytes before the content.
+                let varint = |n: usize| 1 + usize::from(n >= 1 << 7) + usize::from(n >= 1 << 14);
+                if let Some(e) = entry_at(&buf[start..])
+                    && varint(e.content.len()) == width
+                {
+                    self.keep(base + start as u64, &e);
                     break;
                 }
             }
         }
     }
 
-    fn keep(&mut self, e: Entry) {
+    fn keep(&mut self, offset: u64, e: &Entry) {
         let Ok(h) = entry::check_canonical_content(&e.content) else {
             return;
         };
         if h.agent != self.agent {
             return;
         }
+        let signed = match &e.sig {
+            Some(sig) if self.key.verify_checkpoint(&self.agent, h.seq, &e.hash, sig) => true,
+            Some(_) => {
+                self.bad_signatures += 1;
+                false
+            }
+            None => false,
+        };
         let key = (h.seq.0, e.hash.0);
         if let Some(have) = self.found.get_mut(&key) {
             // The signed rewrite of an entry beats its unsigned first copy.
-            if have.entry.sig.is_none() && e.sig.is_some() {
-                have.entry.sig = e.sig;
+            if signed && !have.signed {
+                have.offset = offset;
+                have.signed = true;
             }
             return;
         }
-        let size = e.content.len() + 200;
-        if self.bytes + size > self.limit {
+        if self.found.len() >= self.limit {
+            self.over_limit += 1;
             return;
         }
-        self.bytes += size;
         let starts_chain = matches!(h.event.as_str(), "genesis" | "recovery");
         self.found.insert(
             key,
             Found {
-                entry: e,
+                offset,
+                prev: e.prev.0,
                 starts_chain,
+                signed,
             },
         );
     }
@@ -119,29 +157,24 @@ impl Finder {
     }
 }
 
-/// Decodes the record at `buf` whose content begins `offset` bytes in,
-/// if it is one and its hash is right.
-fn decode_at(buf: &[u8], offset: usize) -> Option<Entry> {
+/// Decodes the record at the start of `buf`, if it is one and its hash is
+/// right.
+pub fn entry_at(buf: &[u8]) -> Option<Entry> {
     let (e, _) = postcard::take_from_bytes::<Entry>(buf).ok()?;
-    // The varint must be exactly the bytes before the content.
-    let mut varint = [0u8; 3];
-    let width = postcard::to_slice(&(e.content.len() as u32), &mut varint)
-        .ok()?
-        .len();
-    (width == offset && chain_hash(&e.content, &e.prev) == e.hash).then_some(e)
+    (chain_hash(&e.content, &e.prev) == e.hash).then_some(e)
 }
 
-/// What salvage recovered.
+/// What salvage recovered, as places in the file.
 #[derive(Debug, Default)]
 pub struct Salvage {
     /// The oldest run of the chain: it continues from `anchor` (or from
     /// nothing, when it begins with genesis at seq 1). Kept at its seqs.
-    pub chain: Vec<Entry>,
+    pub chain: Vec<Loc>,
     /// `(seq, hash)` that `chain`'s first entry links to, unless genesis.
     pub anchor: Option<(Seq, Hash)>,
     /// Later runs of the chain, past entries that are gone: they can no
     /// longer link, so their contents are appended anew (oldest first).
-    pub stranded: Vec<Entry>,
+    pub stranded: Vec<Loc>,
     /// Seq ranges of the chain that nothing recovered (inclusive).
     pub lost: Vec<(Seq, Seq)>,
     /// Entries found that verified but belong to no run of the chain (old
@@ -149,6 +182,8 @@ pub struct Salvage {
     pub unused: usize,
     /// Checkpoint signatures that did not verify, stripped.
     pub bad_signatures: usize,
+    /// Entries past the finder's limit, not indexed.
+    pub over_limit: usize,
 }
 
 impl Salvage {
@@ -160,36 +195,44 @@ impl Salvage {
 
 #[derive(Debug)]
 struct Run {
-    entries: Vec<Found>,
+    /// (seq, found), in seq order.
+    entries: Vec<(u64, Found)>,
 }
 
 impl Run {
     fn first_seq(&self) -> u64 {
-        self.entries.first().map_or(0, |f| seq_of(&f.entry))
+        self.entries.first().map_or(0, |(s, _)| *s)
     }
     fn last_seq(&self) -> u64 {
-        self.entries.last().map_or(0, |f| seq_of(&f.entry))
+        self.entries.last().map_or(0, |(s, _)| *s)
     }
-}
-
-fn seq_of(e: &Entry) -> u64 {
-    // Found entries passed `check_canonical_content`.
-    entry::check_canonical_content(&e.content).map_or(0, |h| h.seq.0)
 }
 
 /// Puts the finds back together (see the module's description).
-pub fn assemble(finder: Finder, key: &PublicKey) -> Salvage {
-    let agent = finder.agent.clone();
+pub fn assemble(finder: Finder) -> Salvage {
     let total = finder.found.len();
     // Runs of linked entries, in seq order: an entry continues the run
     // whose last entry is its `prev` at the seq before.
     let mut runs: Vec<Run> = Vec::new();
-    let mut ends: HashMap<[u8; 32], (u64, usize)> = HashMap::new();
-    for ((seq, _), f) in finder.found {
-        let cont = ends
-            .get(&f.entry.prev.0)
-            .filter(|(s, i)| *s + 1 == seq && runs[*i].last_seq() + 1 == seq && !f.starts_chain)
-            .map(|(_, i)| *i);
+    // The runs' ends at the seq before and at this one, by hash: only
+    // these can be continued (memory per seq, not per entry).
+    let mut before: HashMap<[u8; 32], usize> = HashMap::new();
+    let mut ends: HashMap<[u8; 32], usize> = HashMap::new();
+    let mut level = 0u64;
+    for ((seq, hash), f) in finder.found {
+        if seq != level {
+            before = if seq == level + 1 {
+                std::mem::take(&mut ends)
+            } else {
+                ends.clear();
+                HashMap::new()
+            };
+            level = seq;
+        }
+        let cont = before
+            .get(&f.prev)
+            .copied()
+            .filter(|i| runs[*i].last_seq() + 1 == seq && !f.starts_chain);
         let i = match cont {
             Some(i) => i,
             None => {
@@ -199,23 +242,9 @@ pub fn assemble(finder: Finder, key: &PublicKey) -> Salvage {
                 runs.len() - 1
             }
         };
-        ends.insert(f.entry.hash.0, (seq, i));
-        runs[i].entries.push(f);
+        ends.insert(hash, i);
+        runs[i].entries.push((seq, f));
     }
-    // A checkpoint signature that fails is stripped (damage and forgery
-    // look alike; the entry's hash and link still hold, and the agent
-    // signs what it keeps anew).
-    let mut bad_signatures = 0;
-    for f in runs.iter_mut().flat_map(|r| r.entries.iter_mut()) {
-        if let Some(sig) = &f.entry.sig {
-            let seq = Seq(seq_of(&f.entry));
-            if !key.verify_checkpoint(&agent, seq, &f.entry.hash, sig) {
-                f.entry.sig = None;
-                bad_signatures += 1;
-            }
-        }
-    }
-    runs.retain(|r| !r.entries.is_empty());
     // The chain: the run with the newest entry, then downwards the run
     // that ends highest below where the chosen ones begin, until a run
     // that begins a chain (genesis or a recovery).
@@ -227,7 +256,7 @@ pub fn assemble(finder: Finder, key: &PublicKey) -> Salvage {
         chosen.push(top);
         pool.extend(rest);
         while let Some(low) = chosen.last() {
-            if low.entries.first().is_some_and(|f| f.starts_chain) {
+            if low.entries.first().is_some_and(|(_, f)| f.starts_chain) {
                 break;
             }
             let below = low.first_seq();
@@ -245,7 +274,8 @@ pub fn assemble(finder: Finder, key: &PublicKey) -> Salvage {
     }
     chosen.reverse();
     let mut s = Salvage {
-        bad_signatures,
+        bad_signatures: finder.bad_signatures,
+        over_limit: finder.over_limit,
         ..Salvage::default()
     };
     let mut next_expected: Option<u64> = None;
@@ -257,16 +287,21 @@ pub fn assemble(finder: Finder, key: &PublicKey) -> Salvage {
             s.lost.push((Seq(n), Seq(first - 1)));
         }
         next_expected = Some(last + 1);
-        let entries = run.entries.into_iter().map(|f| f.entry);
-        if i == 0 {
-            s.chain = entries.collect();
-            s.anchor = s
-                .chain
+        if i == 0 && first > 1 {
+            s.anchor = run
+                .entries
                 .first()
-                .filter(|_| first > 1)
-                .map(|e| (Seq(first - 1), e.prev));
+                .map(|(_, f)| (Seq(first - 1), Hash(f.prev)));
+        }
+        let locs = run.entries.into_iter().map(|(seq, f)| Loc {
+            seq: Seq(seq),
+            offset: f.offset,
+            signed: f.signed,
+        });
+        if i == 0 {
+            s.chain = locs.collect();
         } else {
-            s.stranded.extend(entries);
+            s.stranded.extend(locs);
         }
     }
     s.unused = total - s.recovered();
@@ -312,6 +347,19 @@ mod tests {
             .collect()
     }
 
+    /// The salvaged entries read back from `bytes`.
+    fn read(bytes: &[u8], locs: &[Loc]) -> Vec<Entry> {
+        locs.iter()
+            .map(|l| {
+                let mut e = entry_at(&bytes[l.offset as usize..]).unwrap();
+                if !l.signed {
+                    e.sig = None;
+                }
+                e
+            })
+            .collect()
+    }
+
     /// Records as a store would hold them, among unrelated bytes.
     fn file(entries: &[Entry]) -> Vec<u8> {
         let mut out = vec![0xAB; 100];
@@ -333,10 +381,11 @@ mod tests {
     fn an_intact_file_is_found_whole() {
         let (k, a) = setup();
         let c = chain(&k, &a, 50, 10);
-        let mut f = Finder::new(&a, usize::MAX);
-        f.scan(&file(&c));
-        let s = assemble(f, &k.public());
-        assert_eq!(s.chain, c);
+        let bytes = file(&c);
+        let mut f = Finder::new(&a, &k.public(), usize::MAX);
+        f.scan(0, &bytes);
+        let s = assemble(f);
+        assert_eq!(read(&bytes, &s.chain), c);
         assert!(s.stranded.is_empty() && s.lost.is_empty() && s.anchor.is_none());
     }
 
@@ -349,12 +398,12 @@ mod tests {
         let needle = br#""seq":23,"#;
         let at = memchr::memmem::find(&bytes, needle).unwrap();
         bytes[at - 5] ^= 1;
-        let mut f = Finder::new(&a, usize::MAX);
-        f.scan(&bytes);
-        let s = assemble(f, &k.public());
+        let mut f = Finder::new(&a, &k.public(), usize::MAX);
+        f.scan(0, &bytes);
+        let s = assemble(f);
         // 21 and 22 link to the checkpoint at 20: kept, unsigned
-        assert_eq!(s.chain, c[..22].to_vec());
-        assert_eq!(s.stranded, c[23..].to_vec());
+        assert_eq!(read(&bytes, &s.chain), c[..22].to_vec());
+        assert_eq!(read(&bytes, &s.stranded), c[23..].to_vec());
         assert_eq!(s.lost, vec![(Seq(23), Seq(23))]);
         assert_eq!(s.bad_signatures, 0);
     }
@@ -364,16 +413,16 @@ mod tests {
         let (k, a) = setup();
         let c = chain(&k, &a, 200, 10);
         let bytes = file(&c);
-        let mut f = Finder::new(&a, usize::MAX);
+        let mut f = Finder::new(&a, &k.public(), usize::MAX);
         let piece = 1000;
         let mut at = 0;
         while at < bytes.len() {
             let from = at.saturating_sub(MAX_RECORD);
-            f.scan(&bytes[from..(at + piece).min(bytes.len())]);
+            f.scan(from as u64, &bytes[from..(at + piece).min(bytes.len())]);
             at += piece;
         }
         assert_eq!(f.len(), 200);
-        assert_eq!(assemble(f, &k.public()).chain, c);
+        assert_eq!(read(&bytes, &assemble(f).chain), c);
     }
 
     #[test]
@@ -386,33 +435,36 @@ mod tests {
         let mut bytes = file(&c);
         bytes.extend(file(&other[30..]));
         bytes.extend(file(&foreign));
-        let mut f = Finder::new(&a, usize::MAX);
-        f.scan(&bytes);
+        let mut f = Finder::new(&a, &k.public(), usize::MAX);
+        f.scan(0, &bytes);
         assert_eq!(f.len(), 40);
-        let s = assemble(f, &k.public());
-        assert_eq!(s.chain.len(), 40);
-        assert_eq!(s.chain[..30], c[..]);
+        let s = assemble(f);
+        let chain = read(&bytes, &s.chain);
+        assert_eq!(chain.len(), 40);
+        assert_eq!(chain[..30], c[..]);
         assert_eq!(s.bad_signatures, 1);
-        assert!(s.chain[39].sig.is_none());
+        assert!(chain[39].sig.is_none());
     }
 
     #[test]
     fn a_pruned_chain_keeps_its_anchor_and_the_unsigned_tail() {
         let (k, a) = setup();
         let c = chain(&k, &a, 47, 10);
-        let mut f = Finder::new(&a, usize::MAX);
-        f.scan(&file(&c[12..]));
-        let s = assemble(f, &k.public());
+        let bytes = file(&c[12..]);
+        let mut f = Finder::new(&a, &k.public(), usize::MAX);
+        f.scan(0, &bytes);
+        let s = assemble(f);
         assert_eq!(s.anchor, Some((Seq(12), c[11].hash)));
-        assert_eq!(s.chain, c[12..].to_vec());
+        assert_eq!(read(&bytes, &s.chain), c[12..].to_vec());
     }
 
     #[test]
     fn the_limit_bounds_what_is_held() {
         let (k, a) = setup();
         let c = chain(&k, &a, 100, 10);
-        let mut f = Finder::new(&a, 20 * 300);
-        f.scan(&file(&c));
-        assert!(f.len() < 40, "{}", f.len());
+        let mut f = Finder::new(&a, &k.public(), 20);
+        f.scan(0, &file(&c));
+        assert_eq!(f.len(), 20);
+        assert_eq!(assemble(f).over_limit, 80);
     }
 }

@@ -829,6 +829,9 @@ impl Ingest {
             .and_then(|e| e.header().ok())
             .map_or(Seq::ZERO, |h| h.seq);
         self.registry().quarantine(agent, unix_ms);
+        if let Some(intake) = self.intakes.get_mut(agent) {
+            intake.halt(seq);
+        }
         let detail = format!(
             "{} recovery entries within {} min, the last at seq {seq}: two devices are \
              writing as this agent (a cloned SD card?); halted until `baton-gateway resolve`",
