@@ -242,7 +242,7 @@ pub fn import(
 }
 
 /// Entries per commit while importing a salvage.
-const IMPORT_GROUP: usize = 20_000;
+pub const IMPORT_GROUP: usize = 20_000;
 
 /// Where the chain stands. `oldest` is the first held seq; after an
 /// adoption the run continues from `anchor` (seq `oldest - 1`).

@@ -15,8 +15,7 @@ use crate::store::{AgentRecord, Store};
 use baton_runtime::keys;
 use baton_runtime::unix_ms;
 
-pub const ID_KEY: &str = "gateway_id";
-pub const CLUSTER_KEY: &str = "cluster";
+pub use crate::store::{CLUSTER_KEY, ID_KEY};
 
 pub fn key_path(data_dir: &Path, key: Option<PathBuf>) -> PathBuf {
     key.unwrap_or_else(|| data_dir.join("gateway.key"))
@@ -85,9 +84,7 @@ pub fn open_offline(
 
 /// Keeps the gateway's id and cluster in its store, for offline commands.
 pub fn remember_identity(store: &Store, id: &AgentId, cluster: &ClusterId) -> anyhow::Result<()> {
-    store.set_meta(ID_KEY, id.as_str().as_bytes())?;
-    store.set_meta(CLUSTER_KEY, cluster.as_str().as_bytes())?;
-    Ok(())
+    Ok(store.remember_identity(id, cluster)?)
 }
 
 #[derive(Debug)]

@@ -411,9 +411,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(async {
                 std::fs::create_dir_all(&config.data_dir)
                     .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-                let store = cli::open_store(&config.data_dir)?;
-                cli::remember_identity(&store, &config.id, &config.cluster)?;
-                drop(store);
                 crate::run(
                     config,
                     listeners,

@@ -13,7 +13,13 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("baton-gateway: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<baton_gateway::server::StoreDamaged>()
+                .is_some()
+            {
+                ExitCode::from(baton_gateway::server::StoreDamaged::EXIT_CODE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -161,6 +161,72 @@ fn embedded_authority(
     )
 }
 
+/// The store file itself is damaged (redb cannot open it, or panicked
+/// opening it): the gateway refuses to start and exits with
+/// [`StoreDamaged::EXIT_CODE`], which the unit does not restart.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the store {path} is damaged ({problem}). The gateway does not start on it: move it \
+     aside (its chains come back from agents' resends; agents enrolled by an operator must \
+     be enrolled again) or restore it from a backup"
+)]
+pub struct StoreDamaged {
+    pub path: std::path::PathBuf,
+    pub problem: String,
+}
+
+impl StoreDamaged {
+    /// EX_DATAERR: `RestartPreventExitStatus=65` in the unit.
+    pub const EXIT_CODE: u8 = 65;
+}
+
+/// Chains the start-up check set aside: the agent, what happened, how many
+/// entries went.
+pub type SetAside = Vec<(baton_shared::AgentId, crate::store::Damage, u64)>;
+
+/// Opens the store and checks it ([`check_store`]). Damage to the file
+/// as a whole — any of redb's corruption errors or a panic inside redb —
+/// is [`StoreDamaged`], never a crash.
+fn open_checked(
+    path: &std::path::Path,
+    own: &(baton_shared::AgentId, baton_shared::PublicKey),
+) -> anyhow::Result<(Arc<Store>, SetAside)> {
+    let opened = std::panic::catch_unwind(|| -> anyhow::Result<_> {
+        let store = match Store::open(path) {
+            Ok(s) => Arc::new(s),
+            Err(e) if e.is_damage() => {
+                return Err(StoreDamaged {
+                    path: path.to_owned(),
+                    problem: e.to_string(),
+                }
+                .into());
+            }
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("opening store {}", path.display()))
+                );
+            }
+        };
+        let damaged = check_store(&store, own)?;
+        Ok((store, damaged))
+    });
+    match opened {
+        Ok(r) => r,
+        Err(panic) => Err(StoreDamaged {
+            path: path.to_owned(),
+            problem: format!(
+                "the database code failed reading it: {}",
+                panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic")
+            ),
+        }
+        .into()),
+    }
+}
+
 /// Checks every stored chain where no start has checked it (all of it on
 /// a first start): links, hashes, and checkpoint signatures under the
 /// enrolled key (the gateway's own for its own chain). A damaged chain is
@@ -169,7 +235,7 @@ fn embedded_authority(
 pub fn check_store(
     store: &Store,
     own: &(baton_shared::AgentId, baton_shared::PublicKey),
-) -> anyhow::Result<Vec<(baton_shared::AgentId, crate::store::Damage, u64)>> {
+) -> anyhow::Result<SetAside> {
     let started = Instant::now();
     let mut out = Vec::new();
     let mut checked = 0u64;
@@ -217,17 +283,12 @@ pub async fn run(
     let _instance = baton_runtime::instance::acquire(&config.data_dir, crate::DAEMON)?;
     let key = keys::load(&config.key)?;
     let store_path = config.store_path();
-    let store = Arc::new(
-        Store::open(&store_path)
-            .with_context(|| format!("opening store {}", store_path.display()))?,
-    );
-    let damaged = {
-        let store = Arc::clone(&store);
-        let own = (config.id.clone(), key.public());
-        tokio::task::spawn_blocking(move || check_store(&store, &own))
-            .await
-            .context("checking the store")??
-    };
+    let own = (config.id.clone(), key.public());
+    let (store, damaged) = tokio::task::spawn_blocking(move || open_checked(&store_path, &own))
+        .await
+        .context("opening the store")??;
+    // Offline tools (`enroll`, `export`) find who this gateway is here.
+    store.remember_identity(&config.id, &config.cluster)?;
     let metrics = Arc::new(Metrics::default());
     let mut ingest = Ingest::open(
         IngestConfig {

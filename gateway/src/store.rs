@@ -46,6 +46,10 @@ const SET_ASIDE: TableDefinition<'static, (&str, u64, u64), &[u8]> =
 /// [`Damage`]. The gateway is in alert while any is here.
 const DAMAGE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("damage");
 
+/// META keys: who this gateway is (for offline tools).
+pub const ID_KEY: &str = "gateway_id";
+pub const CLUSTER_KEY: &str = "cluster";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("opening store {path}: {source}")]
@@ -69,6 +73,23 @@ pub enum StoreError {
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
+
+impl StoreError {
+    /// Whether the file's contents are damaged (not busy, not a disk
+    /// failing now): every redb corruption error and undecodable records.
+    pub fn is_damage(&self) -> bool {
+        use baton_runtime::db;
+        match self {
+            StoreError::Open { source, .. } => db::open_damage(source),
+            StoreError::Storage(s) => db::storage_damage(s),
+            StoreError::Table(t) => db::table_damage(t),
+            StoreError::Transaction(redb::TransactionError::Storage(s))
+            | StoreError::Commit(redb::CommitError::Storage(s)) => db::storage_damage(s),
+            StoreError::Corrupt { .. } => true,
+            _ => false,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct StoredHead {
@@ -342,6 +363,14 @@ impl Store {
         txn.open_table(META)?.insert(key, value)?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Records who this gateway is, for the offline tools.
+    pub fn remember_identity(&self, id: &AgentId, cluster: &ClusterId) -> Result<()> {
+        self.set_metas(&[
+            (ID_KEY.to_owned(), id.as_str().as_bytes().to_vec()),
+            (CLUSTER_KEY.to_owned(), cluster.as_str().as_bytes().to_vec()),
+        ])
     }
 
     /// Several named values in one durable transaction.

@@ -158,3 +158,34 @@ async fn a_cloned_identity_is_detected_and_quarantined() {
     b.stop().await;
     gw.stop().await;
 }
+
+/// Finding 7 on the gateway: a store redb cannot open (or panics opening)
+/// is named as damaged and the process exits 65, which the unit does not
+/// restart (`RestartPreventExitStatus=65`): no crash loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_redb_cannot_open_is_refused_as_damage_without_a_crash_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gdir, adir) = (dir.path().join("gw"), dir.path().join("pi-h"));
+    let key = agent_key(&adir);
+    let agents = [(AgentId::new("pi-h").unwrap(), key)];
+    let gw = Gateway::start(&gdir, &agents, None, "127.0.0.1:0".parse().unwrap()).await;
+    gw.stop().await;
+    let path = gdir.join("gateway.redb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    for b in &mut bytes[..64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let http = format!("127.0.0.1:{}", baton_tests::daemons::free_port())
+        .parse()
+        .unwrap();
+    let mqtt = format!("127.0.0.1:{}", baton_tests::daemons::free_port())
+        .parse()
+        .unwrap();
+    let mut child =
+        baton_tests::daemons::spawn_gateway(&gdir, baton_tests::daemons::Via::Embedded(mqtt), http);
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(gdir.join("gateway.log")).unwrap();
+    assert_eq!(status.code(), Some(65), "{log}");
+    assert!(log.contains("is damaged"), "{log}");
+}
