@@ -415,6 +415,11 @@ impl GatewayProc {
         g
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL (the embedded broker dies with it).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

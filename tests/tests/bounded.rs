@@ -225,3 +225,58 @@ async fn out_of_descriptors_the_gateway_waits_instead_of_spinning() {
     daemon.kill().unwrap();
     daemon.wait().unwrap();
 }
+
+/// Finding 5: the embedded broker kept every retained message for its
+/// life — 600 retained 250 KiB messages took it from 12 to 169 MiB. It now
+/// keeps at most 32 MiB of them (and none over 256 KiB); past that a
+/// retained message is still delivered, only not kept. With
+/// `broker_auth = "none"`, so that no ACL stands in the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_on_the_embedded_broker_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let gdir = dir.path().join("gw");
+    std::fs::create_dir_all(&gdir).unwrap();
+    let mqtt: std::net::SocketAddr = format!("127.0.0.1:{}", baton_tests::daemons::free_port())
+        .parse()
+        .unwrap();
+    let mut gw = baton_tests::daemons::GatewayProc::start_as(
+        &gdir,
+        &[],
+        baton_tests::daemons::Via::Embedded(mqtt),
+        baton_tests::daemons::Role::default().arg("--broker-auth", "none"),
+    );
+    let pid = gw.pid().unwrap();
+    let before = rss_kb(pid);
+    let mut raw = baton_tests::raw::Raw::connect(mqtt, "flooder", "x", None)
+        .await
+        .unwrap();
+    let payload = vec![b'r'; 250 * 1024];
+    for i in 0..600 {
+        raw.publish(&format!("junk/{i}"), true, payload.clone())
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kb(pid);
+    let grown_mib = after.saturating_sub(before) / 1024;
+    // A new subscriber gets what was kept: at most 32 MiB of it.
+    let mut reader = baton_tests::raw::Raw::connect(mqtt, "reader", "x", None)
+        .await
+        .unwrap();
+    reader.subscribe("junk/#").await;
+    let mut kept = 0usize;
+    while let Ok(Some(p)) =
+        tokio::time::timeout(Duration::from_secs(2), reader.incoming.recv()).await
+    {
+        if let rumqttc::Packet::Publish(p) = p {
+            kept += p.payload.len();
+        }
+    }
+    gw.kill();
+    eprintln!("600 retained 250 KiB messages: broker grew {grown_mib} MiB, {kept} bytes kept");
+    assert!(kept > 0, "retained messages are still kept, within bounds");
+    assert!(kept <= 32 * 1024 * 1024, "{kept} bytes retained");
+    assert!(
+        grown_mib <= 80,
+        "the broker grew {grown_mib} MiB under 150 MiB of retained messages"
+    );
+}

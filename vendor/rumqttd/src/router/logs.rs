@@ -1,6 +1,6 @@
 use super::Ack;
 use slab::Slab;
-use tracing::{info, trace};
+use tracing::{info, trace, warn};
 
 use crate::protocol::{
     matches, ConnAck, ConnAckProperties, PingResp, PubAck, PubComp, PubRec, PubRel, Publish,
@@ -59,8 +59,28 @@ pub struct DataLog {
     /// Map of subscription filter name to filter index
     filter_indexes: HashMap<Filter, FilterIdx>,
     retained_publishes: HashMap<Topic, PublishData>,
+    /// Baton patch: bytes the retained messages hold (topic, payload and a
+    /// fixed overhead each), kept under `MAX_RETAINED_BYTES`.
+    retained_bytes: usize,
+    /// Baton patch: retained messages refused for the bounds.
+    pub retained_refused: u64,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+}
+
+/// Baton patch: upstream kept every retained message and every distinct
+/// topic's filter list for the broker's life, so publishers could grow it
+/// without bound. Retained messages are bounded in size, number and bytes
+/// (a new one past a bound is not retained — it is still delivered); the
+/// topic → filters cache is cleared when full (it is only a cache).
+pub const MAX_RETAINED_PAYLOAD: usize = 256 * 1024;
+pub const MAX_RETAINED_BYTES: usize = 32 * 1024 * 1024;
+pub const MAX_RETAINED: usize = 200_000;
+pub const MAX_CACHED_TOPICS: usize = 65_536;
+const RETAINED_OVERHEAD: usize = 128;
+
+fn retained_size(topic: &str, data: &PublishData) -> usize {
+    topic.len() + data.publish.payload.len() + RETAINED_OVERHEAD
 }
 
 impl DataLog {
@@ -87,6 +107,8 @@ impl DataLog {
             publish_filters,
             filter_indexes,
             retained_publishes,
+            retained_bytes: 0,
+            retained_refused: 0,
         })
     }
 
@@ -136,6 +158,10 @@ impl DataLog {
                     .collect();
 
                 if !v.is_empty() {
+                    // Baton patch: a bounded cache.
+                    if self.publish_filters.len() >= MAX_CACHED_TOPICS {
+                        self.publish_filters.clear();
+                    }
                     self.publish_filters.insert(topic.to_owned(), v.clone());
                 }
 
@@ -262,11 +288,37 @@ impl DataLog {
         topic: Topic,
     ) {
         let pub_with_props = (publish, publish_properties);
-        self.retained_publishes.insert(topic, pub_with_props.into());
+        let data: PublishData = pub_with_props.into();
+        // Baton patch: bounded (see MAX_RETAINED_BYTES).
+        let size = retained_size(&topic, &data);
+        let freed = self
+            .retained_publishes
+            .get(&topic)
+            .map_or(0, |old| retained_size(&topic, old));
+        let grows = !self.retained_publishes.contains_key(&topic);
+        if data.publish.payload.len() > MAX_RETAINED_PAYLOAD
+            || self.retained_bytes - freed + size > MAX_RETAINED_BYTES
+            || (grows && self.retained_publishes.len() >= MAX_RETAINED)
+        {
+            self.retained_refused += 1;
+            if self.retained_refused.is_power_of_two() {
+                warn!(
+                    topic,
+                    payload = data.publish.payload.len(),
+                    refused = self.retained_refused,
+                    "retained message not kept: past the broker's retained bounds"
+                );
+            }
+            return;
+        }
+        self.retained_bytes = self.retained_bytes - freed + size;
+        self.retained_publishes.insert(topic, data);
     }
 
     pub fn remove_from_retained_publishes(&mut self, topic: Topic) {
-        self.retained_publishes.remove(&topic);
+        if let Some(old) = self.retained_publishes.remove(&topic) {
+            self.retained_bytes -= retained_size(&topic, &old);
+        }
     }
 
     pub fn read_retained_messages(&mut self, filter: &str) -> Vec<PubWithProp> {
@@ -274,7 +326,9 @@ impl DataLog {
         let now = Instant::now();
 
         // discard expired retained messages
-        self.retained_publishes.retain(|_, pubdata| {
+        let retained_bytes = &mut self.retained_bytes;
+        self.retained_publishes.retain(|topic, pubdata| {
+            let size = retained_size(topic, pubdata);
             // Keep data if no properties exists, which implies no message expiry!
             let Some(properties) = pubdata.properties.as_mut() else {
                 return true;
@@ -288,6 +342,9 @@ impl DataLog {
             let time_spent = (now - pubdata.timestamp).as_secs() as u32;
 
             let is_valid = time_spent < *message_expiry_interval;
+            if !is_valid {
+                *retained_bytes -= size;
+            }
 
             // ignore expired messages
             if is_valid {
