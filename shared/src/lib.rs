@@ -23,6 +23,8 @@ pub mod clock;
 pub mod crypto;
 pub mod entry;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod id;
 pub mod impedance;
 pub mod intake;
