@@ -41,6 +41,12 @@ pub struct Report {
     pub rss_peak_kb: u64,
     pub rss_idle_kb: u64,
     pub ledger_file_bytes: u64,
+    /// The gateway's RSS before and during four concurrent baton exports
+    /// of the whole chain; each export's size; the time for all four.
+    pub export_rss_before_kb: u64,
+    pub export_rss_peak_kb: u64,
+    pub export_bytes_each: u64,
+    pub export_s: f64,
 }
 
 struct Proc(Child);
@@ -158,6 +164,35 @@ fn gateway_serving(http: SocketAddr) -> bool {
     }
     let mut answer = String::new();
     s.read_to_string(&mut answer).is_ok() && answer.starts_with("HTTP/1.1 200")
+}
+
+/// Reads `agent`'s baton export from the gateway at `http` to the end,
+/// keeping none of it; returns its size in bytes.
+fn export_bytes(http: SocketAddr, agent: &str) -> anyhow::Result<u64> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(http)?;
+    write!(
+        s,
+        "GET /api/v1/agents/{agent}/export?format=baton HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    let mut first = true;
+    loop {
+        let got = s.read(&mut buf)?;
+        if got == 0 {
+            return Ok(n);
+        }
+        if first {
+            anyhow::ensure!(
+                buf.starts_with(b"HTTP/1.1 200"),
+                "export refused: {}",
+                String::from_utf8_lossy(&buf[..got.min(200)])
+            );
+            first = false;
+        }
+        n += got as u64;
+    }
 }
 
 /// The gateway's stored head for `agent`, from its HTTP registry row.
@@ -286,7 +321,32 @@ pub fn run(args: &BenchArgs, exe: &Path) -> anyhow::Result<Report> {
     let rss_idle_kb = rss_kb(idle.0.id(), "VmRSS:");
     stop(idle)?;
 
+    // 4. the gateway's memory while four clients export the whole chain
+    // as baton documents at once (streamed: its RSS should stay flat)
+    let gw_pid = _gateway.0.id();
+    let export_rss_before_kb = rss_kb(gw_pid, "VmRSS:");
+    let started = Instant::now();
+    let readers: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || export_bytes(http, "pi-bench")))
+        .collect();
+    let mut export_rss_peak_kb = export_rss_before_kb;
+    while readers.iter().any(|r| !r.is_finished()) {
+        export_rss_peak_kb = export_rss_peak_kb.max(rss_kb(gw_pid, "VmRSS:"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut export_bytes_each = 0;
+    for r in readers {
+        export_bytes_each = r
+            .join()
+            .map_err(|_| anyhow::anyhow!("export reader panicked"))??;
+    }
+    let export_s = started.elapsed().as_secs_f64();
+
     Ok(Report {
+        export_rss_before_kb,
+        export_rss_peak_kb,
+        export_bytes_each,
+        export_s,
         appends_per_s,
         p50_ms: percentile(&lat, 0.50),
         p99_ms: percentile(&lat, 0.99),
@@ -310,7 +370,8 @@ pub fn text(args: &BenchArgs, r: &Report) -> String {
          ledger file after them: {:.1} MiB\n\
          catch-up of {} entries to the gateway: {:.2} s ({:.0} entries/s)\n\
          agent RSS during catch-up: {:.1} MiB at start, {:.1} MiB peak (growth {:.1} MiB)\n\
-         agent RSS idle while connected: {:.1} MiB\n",
+         agent RSS idle while connected: {:.1} MiB\n\
+         four concurrent baton exports of the {}-entry chain ({:.1} MiB each): {:.2} s; gateway RSS {:.1} MiB before, {:.1} MiB peak\n",
         r.appends_per_s,
         args.entries,
         args.connections,
@@ -325,6 +386,11 @@ pub fn text(args: &BenchArgs, r: &Report) -> String {
         mib(r.rss_peak_kb),
         mib(r.rss_peak_kb.saturating_sub(r.rss_start_kb)),
         mib(r.rss_idle_kb),
+        r.catch_up_entries,
+        mib(r.export_bytes_each / 1024),
+        r.export_s,
+        mib(r.export_rss_before_kb),
+        mib(r.export_rss_peak_kb),
     )
 }
 

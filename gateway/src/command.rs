@@ -232,7 +232,7 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Lift a fork halt after inspecting the evidence.
+    /// Lift a fork or cloned-identity halt after inspecting the evidence.
     Resolve {
         #[command(flatten)]
         dir: DataDir,

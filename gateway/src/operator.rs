@@ -82,7 +82,7 @@ pub enum Command {
     Unenroll {
         agent: AgentId,
     },
-    /// Lift a fork halt after inspecting the evidence.
+    /// Lift a fork or cloned-identity halt after inspecting the evidence.
     Resolve {
         agent: AgentId,
     },
