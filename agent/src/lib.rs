@@ -154,14 +154,7 @@ pub(crate) fn open_checked(
                 );
             }
             Ok(Err(e)) => e.to_string(),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("a panic");
-                format!("the database code failed reading it: {what}")
-            }
+            Err(panic) => baton_runtime::db::opening_panic(panic.as_ref()),
         }
     };
     let aside = path.with_extension(format!("redb.damaged-{}", unix_ms()));

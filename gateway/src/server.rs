@@ -214,14 +214,7 @@ fn open_checked(
         Ok(r) => r,
         Err(panic) => Err(StoreDamaged {
             path: path.to_owned(),
-            problem: format!(
-                "the database code failed reading it: {}",
-                panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("a panic")
-            ),
+            problem: baton_runtime::db::opening_panic(panic.as_ref()),
         }
         .into()),
     }
@@ -251,12 +244,9 @@ pub fn check_store(
                 checked += (head.0 + 1).saturating_sub(from.0);
             }
             crate::store::ChainCheck::Damaged { at, problem } => {
-                let now = unix_ms();
-                let moved = store.set_aside(agent, at, &problem, now)?;
+                let (d, moved) = store.set_aside(agent, at, &problem, unix_ms())?;
                 tracing::error!(%agent, seq = %at, problem, moved, "stored chain damaged: set aside from there, rebuilding from resends");
-                if let Some((_, d)) = store.damage()?.into_iter().find(|(a, _)| a == agent) {
-                    out.push((agent.clone(), d, moved));
-                }
+                out.push((agent.clone(), d, moved));
             }
         }
     }

@@ -465,12 +465,7 @@ impl Store {
         let txn = self.begin_read()?;
         let t = txn.open_table(RUNS)?;
         let id = agent.as_str();
-        // Start at the run holding `from`, if one does.
-        let start = t
-            .range((id, 0)..=(id, from.0))?
-            .next_back()
-            .transpose()?
-            .map_or(from.0, |(k, _)| k.value().1);
+        let start = run_holding(&t, id, from)?;
         let mut out = Vec::new();
         for item in t.range((id, start)..=(id, u64::MAX))? {
             let (k, v) = item?;
@@ -595,11 +590,7 @@ impl Store {
         let damaged = |at: Seq, problem: String| Ok(ChainCheck::Damaged { at, problem });
         let txn = self.begin_read()?;
         let t = txn.open_table(RUNS)?;
-        let start = t
-            .range((id, 0)..=(id, from.0))?
-            .next_back()
-            .transpose()?
-            .map_or(from.0, |(k, _)| k.value().1);
+        let start = run_holding(&t, id, from)?;
         let mut expect = from;
         for item in t.range((id, start)..=(id, u64::MAX))? {
             let (k, v) = item?;
@@ -655,21 +646,24 @@ impl Store {
 
     /// Sets `agent`'s entries from `from` on aside (kept in the set-aside
     /// table, never served): the chain ends at `from - 1` and is rebuilt
-    /// from resends. Records the [`Damage`]; returns how many entries went.
-    pub fn set_aside(&self, agent: &AgentId, from: Seq, problem: &str, now_ms: i64) -> Result<u64> {
+    /// from resends. Records the [`Damage`]; returns it and how many
+    /// entries went.
+    pub fn set_aside(
+        &self,
+        agent: &AgentId,
+        from: Seq,
+        problem: &str,
+        now_ms: i64,
+    ) -> Result<(Damage, u64)> {
         let id = agent.as_str();
         let old_head = self.head(agent).map_or(Seq::ZERO, |h| h.seq);
         let when = u64::try_from(now_ms).unwrap_or(0);
         let txn = self.begin_write()?;
         let mut moved = 0u64;
-        {
+        let d = {
             let mut runs = txn.open_table(RUNS)?;
             let mut aside = txn.open_table(SET_ASIDE)?;
-            let start = runs
-                .range((id, 0)..=(id, from.0))?
-                .next_back()
-                .transpose()?
-                .map_or(from.0, |(k, _)| k.value().1);
+            let start = run_holding(&runs, id, from)?;
             let mut affected = Vec::new();
             for item in runs.range((id, start)..=(id, u64::MAX))? {
                 let (k, v) = item?;
@@ -731,9 +725,10 @@ impl Store {
                 at_ms: now_ms,
             };
             txn.open_table(DAMAGE)?.insert(id, encode(&d).as_slice())?;
-        }
+            d
+        };
         txn.commit()?;
-        Ok(moved)
+        Ok((d, moved))
     }
 
     /// Chains set aside and not yet rebuilt to the head they had.
@@ -771,6 +766,19 @@ impl Store {
         }
         Ok(open)
     }
+}
+
+/// The first seq of `id`'s run holding `from` (or `from` itself when no
+/// run begins at or before it): where a read from `from` starts.
+fn run_holding(
+    t: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    id: &str,
+    from: Seq,
+) -> Result<u64> {
+    Ok(t.range((id, 0)..=(id, from.0))?
+        .next_back()
+        .transpose()?
+        .map_or(from.0, |(k, _)| k.value().1))
 }
 
 /// One agent's stored chain, as the intake reads it.

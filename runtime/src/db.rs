@@ -43,6 +43,17 @@ pub fn open_damage(e: &redb::DatabaseError) -> bool {
     }
 }
 
+/// The damage a panic inside redb stands for (caught with
+/// `catch_unwind` around opening and checking a store), in words.
+pub fn opening_panic(panic: &(dyn std::any::Any + Send)) -> String {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic");
+    format!("the database code failed reading it: {what}")
+}
+
 /// Whether opening a table failed because the file is damaged: our tables'
 /// types never change, so a mismatch is a damaged table directory.
 pub fn table_damage(e: &redb::TableError) -> bool {

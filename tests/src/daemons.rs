@@ -236,6 +236,21 @@ impl Agent {
         answers.into_iter().map(|a| a.unwrap()).collect()
     }
 
+    /// Appends `n` readings whose data carries `marker-<i>` from `from`
+    /// (see [`crate::markers`]); every one must be acknowledged.
+    pub async fn append_marked(&self, from: u64, n: u64) {
+        let lines: Vec<Vec<u8>> = (from..from + n)
+            .map(|i| {
+                format!("{{\"event\":\"reading\",\"data\":{{\"m\":\"marker-{i:06}\"}}}}")
+                    .into_bytes()
+            })
+            .collect();
+        let answers = baton_agent::socket::client::send_lines(&self.ready.socket, lines)
+            .await
+            .unwrap();
+        assert!(answers.iter().all(Result::is_ok));
+    }
+
     pub async fn stop(self) {
         self.running.stop().await.unwrap();
     }

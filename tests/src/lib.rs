@@ -81,3 +81,25 @@ pub fn flip_marker(path: &std::path::Path, marker: u64) {
     assert!(n > 0, "{text} is in {}", path.display());
     std::fs::write(path, &bytes).unwrap();
 }
+
+/// How often each `marker-NNNNNN` appears in a chain's text (the data of
+/// [`daemons::Agent::append_marked`]'s entries).
+pub fn markers(text: &str) -> std::collections::BTreeMap<u64, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(at) = line.find("marker-") {
+            let n: u64 = line[at + 7..at + 13].parse().unwrap();
+            *out.entry(n).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// A stopped agent's chain, as `baton-agent export --format jsonl` writes
+/// it, from its data directory.
+pub fn own_chain_text(data_dir: &std::path::Path) -> String {
+    let (_, o) = baton_agent::cli::open(data_dir).unwrap();
+    let mut own = Vec::new();
+    baton_agent::cli::export_jsonl(&o, None, None, &mut own).unwrap();
+    String::from_utf8(own).unwrap()
+}

@@ -20,7 +20,7 @@ use baton_shared::json::{self, Value};
 use baton_shared::verify::verify_text;
 use baton_shared::{AgentId, Seq};
 use baton_tests::daemons::{Agent, Gateway, agent_key, sample_lines};
-use baton_tests::{eventually, flip_marker};
+use baton_tests::{eventually, flip_marker, markers};
 
 fn spawn_agent(dir: &Path) -> Child {
     Command::new(baton_tests::bins::agent())
@@ -130,19 +130,6 @@ fn sigkill_during_appends_loses_no_acknowledged_entry() {
     );
 }
 
-/// Appends `n` entries whose data carries `marker-<i>`.
-async fn append_marked(a: &Agent, from: u64, n: u64) {
-    let lines: Vec<Vec<u8>> = (from..from + n)
-        .map(|i| {
-            format!("{{\"event\":\"reading\",\"data\":{{\"m\":\"marker-{i:06}\"}}}}").into_bytes()
-        })
-        .collect();
-    let answers = baton_agent::socket::client::send_lines(&a.ready.socket, lines)
-        .await
-        .unwrap();
-    assert!(answers.iter().all(Result::is_ok));
-}
-
 fn gateway_text(gw: &Gateway, agent: &str) -> String {
     let (status, body) = baton_tests::http::get(
         gw.bound.http,
@@ -151,18 +138,6 @@ fn gateway_text(gw: &Gateway, agent: &str) -> String {
     .unwrap();
     assert_eq!(status, 200, "{body}");
     body
-}
-
-/// How often each `marker-NNNNNN` appears in a chain's text.
-fn markers(text: &str) -> BTreeMap<u64, usize> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        if let Some(at) = line.find("marker-") {
-            let n: u64 = line[at + 7..at + 13].parse().unwrap();
-            *out.entry(n).or_insert(0) += 1;
-        }
-    }
-    out
 }
 
 /// The files set aside as damaged in `dir`.
@@ -199,12 +174,12 @@ async fn damaged_ledger_is_salvaged_and_rebuilt(damage: Damage) {
     )
     .await;
     let a = Agent::start("pi-d", &adir, Some(gw.mqtt()), Some(gw.key)).await;
-    append_marked(&a, 0, 500).await;
+    a.append_marked(0, 500).await;
     assert!(eventually(Duration::from_secs(30), || a.receipted() == 501).await);
     a.stop().await;
     // 100 more offline: acknowledged, never receipted; they exist only here
     let a = Agent::start("pi-d", &adir, None, None).await;
-    append_marked(&a, 500, 100).await;
+    a.append_marked(500, 100).await;
     a.stop().await;
 
     let path = adir.join("ledger.redb");
@@ -234,7 +209,7 @@ async fn damaged_ledger_is_salvaged_and_rebuilt(damage: Damage) {
         a.receipted(),
         alert_of(&a)
     );
-    append_marked(&a, 1000, 10).await;
+    a.append_marked(1000, 10).await;
     assert!(eventually(Duration::from_secs(30), || a.receipted() == a.head()).await);
     let head = a.head();
     a.stop().await;
@@ -295,7 +270,7 @@ async fn an_edited_receipted_entry_is_found_at_the_next_start() {
     )
     .await;
     let a = Agent::start("pi-e", &adir, Some(gw.mqtt()), Some(gw.key)).await;
-    append_marked(&a, 0, 300).await;
+    a.append_marked(0, 300).await;
     assert!(eventually(Duration::from_secs(30), || a.receipted() == 301).await);
     a.stop().await;
     flip_marker(&adir.join("ledger.redb"), 150);
@@ -334,19 +309,16 @@ async fn damage_offline_salvages_in_place_and_never_begins_a_second_chain() {
     let adir = dir.path().join("pi-o");
     let key = agent_key(&adir);
     let a = Agent::start("pi-o", &adir, None, None).await;
-    append_marked(&a, 0, 200).await;
+    a.append_marked(0, 200).await;
     a.stop().await;
     flip_marker(&adir.join("ledger.redb"), 100); // entry 102
     let a = Agent::start("pi-o", &adir, None, None).await;
     assert_eq!(set_aside(&adir), 1);
     // 1..=101 in place, 103..=201 appended anew at 102..=200, the alert at 201
     assert_eq!(a.head(), 201);
-    append_marked(&a, 500, 5).await;
+    a.append_marked(500, 5).await;
     a.stop().await;
-    let (_, o) = baton_agent::cli::open(&adir).unwrap();
-    let mut own = Vec::new();
-    baton_agent::cli::export_jsonl(&o, None, None, &mut own).unwrap();
-    let own = String::from_utf8(own).unwrap();
+    let own = baton_tests::own_chain_text(&adir);
     assert!(verify_text(own.as_bytes(), Some(key)).is_valid());
     assert_eq!(
         own.matches("\"genesis\"").count(),
@@ -375,7 +347,7 @@ async fn a_start_that_never_finished_sets_the_file_aside_and_salvages_it_whole()
     let adir = dir.path().join("pi-m");
     let key = agent_key(&adir);
     let a = Agent::start("pi-m", &adir, None, None).await;
-    append_marked(&a, 0, 50).await;
+    a.append_marked(0, 50).await;
     a.stop().await;
     std::fs::write(adir.join("ledger.redb.starting"), b"").unwrap();
     let a = Agent::start("pi-m", &adir, None, None).await;
@@ -384,10 +356,7 @@ async fn a_start_that_never_finished_sets_the_file_aside_and_salvages_it_whole()
     // all 51 in place, then the recovery's alert entry
     assert_eq!(a.head(), 52);
     a.stop().await;
-    let (_, o) = baton_agent::cli::open(&adir).unwrap();
-    let mut own = Vec::new();
-    baton_agent::cli::export_jsonl(&o, None, None, &mut own).unwrap();
-    let own = String::from_utf8(own).unwrap();
+    let own = baton_tests::own_chain_text(&adir);
     assert!(verify_text(own.as_bytes(), Some(key)).is_valid());
     assert_eq!(markers(&own).len(), 50);
     assert!(
@@ -413,7 +382,7 @@ async fn starts_on_bit_flipped_ledgers_never_fail_and_keep_what_is_intact() {
     let adir = dir.path().join("pi-f");
     let key = agent_key(&adir);
     let a = Agent::start("pi-f", &adir, None, None).await;
-    append_marked(&a, 0, 300).await;
+    a.append_marked(0, 300).await;
     a.stop().await;
     let pristine = std::fs::read(adir.join("ledger.redb")).unwrap();
     // Each entry's stored record, signed and unsigned (both may be in the
@@ -455,11 +424,7 @@ async fn starts_on_bit_flipped_ledgers_never_fail_and_keep_what_is_intact() {
                 std::fs::remove_file(f.path()).unwrap();
             }
         }
-        let (_, o) = baton_agent::cli::open(&adir).unwrap();
-        let mut own = Vec::new();
-        baton_agent::cli::export_jsonl(&o, None, None, &mut own).unwrap();
-        drop(o);
-        let own = String::from_utf8(own).unwrap();
+        let own = baton_tests::own_chain_text(&adir);
         assert!(
             verify_text(own.as_bytes(), Some(key)).is_valid(),
             "round {round}: the started chain verifies"
@@ -503,19 +468,19 @@ async fn a_restored_older_ledger_adopts_the_gateway_head_and_reappends_orphans()
     )
     .await;
     let a = Agent::start("pi-r", &adir, Some(gw.mqtt()), Some(gw.key)).await;
-    append_marked(&a, 0, 200).await;
+    a.append_marked(0, 200).await;
     assert!(eventually(Duration::from_secs(30), || a.receipted() == 201).await);
     a.stop().await;
     let image = std::fs::read(adir.join("ledger.redb")).unwrap();
     let a = Agent::start("pi-r", &adir, Some(gw.mqtt()), Some(gw.key)).await;
-    append_marked(&a, 200, 300).await;
+    a.append_marked(200, 300).await;
     assert!(eventually(Duration::from_secs(30), || a.receipted() == 501).await);
     a.stop().await;
     // the SD card is restored from the old image; the device appends offline
     std::fs::write(adir.join("ledger.redb"), &image).unwrap();
     let a = Agent::start("pi-r", &adir, None, None).await;
     assert_eq!(a.head(), 201);
-    append_marked(&a, 7000, 20).await;
+    a.append_marked(7000, 20).await;
     a.stop().await;
     // back online: adopt 501 (it carries our signature), recovery at 502,
     // the 20 orphans re-appended at 503..=522

@@ -12,18 +12,6 @@ use baton_shared::verify::verify_text;
 use baton_tests::daemons::{Agent, Gateway, agent_key};
 use baton_tests::{eventually, flip_marker};
 
-async fn append_marked(a: &Agent, from: u64, n: u64) {
-    let lines: Vec<Vec<u8>> = (from..from + n)
-        .map(|i| {
-            format!("{{\"event\":\"reading\",\"data\":{{\"m\":\"marker-{i:06}\"}}}}").into_bytes()
-        })
-        .collect();
-    let answers = baton_agent::socket::client::send_lines(&a.ready.socket, lines)
-        .await
-        .unwrap();
-    assert!(answers.iter().all(Result::is_ok));
-}
-
 fn get(gw: &Gateway, path: &str) -> (u16, String) {
     baton_tests::http::get(gw.bound.http, path).unwrap()
 }
@@ -36,7 +24,7 @@ async fn an_altered_stored_entry_is_set_aside_never_served_and_rebuilt() {
     let agents = [(AgentId::new("pi-g").unwrap(), key)];
     let gw = Gateway::start(&gdir, &agents, None, "127.0.0.1:0".parse().unwrap()).await;
     let a = Agent::start("pi-g", &adir, Some(gw.mqtt()), Some(gw.key)).await;
-    append_marked(&a, 0, 300).await;
+    a.append_marked(0, 300).await;
     assert!(eventually(Duration::from_secs(30), || a.receipted() == 301).await);
     a.stop().await;
     gw.stop().await;
@@ -113,7 +101,7 @@ async fn a_cloned_identity_is_detected_and_quarantined() {
     let agents = [(AgentId::new("pi-c").unwrap(), key)];
     let gw = Gateway::start(&gdir, &agents, None, "127.0.0.1:0".parse().unwrap()).await;
     let a = Agent::start("pi-c", &adir, Some(gw.mqtt()), Some(gw.key)).await;
-    append_marked(&a, 0, 20).await;
+    a.append_marked(0, 20).await;
     assert!(eventually(Duration::from_secs(30), || a.receipted() == 21).await);
     a.stop().await;
     clone_dir(&adir, &bdir);
@@ -148,7 +136,7 @@ async fn a_cloned_identity_is_detected_and_quarantined() {
     // halted: what either device sends now is refused, the chain stays
     let (_, before) = get(&gw, "/api/v1/agents/pi-c/entries?limit=100000");
     for d in [&a, &b] {
-        append_marked(d, 9000, 5).await;
+        d.append_marked(9000, 5).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, after) = get(&gw, "/api/v1/agents/pi-c/entries?limit=100000");
