@@ -100,77 +100,13 @@ fn damaged(what: impl Into<String>, problem: impl ToString) -> LedgerError {
     }
 }
 
-/// At most this many entries are indexed while a damaged file is read
-/// (about 100 bytes of memory each; the rest are left in the file and
-/// counted as not salvaged).
-pub const SALVAGE_LIMIT: usize = 4_000_000;
-
-/// Reads a damaged ledger file without its database structures and
-/// returns where what still verifies under `key` lies in it (see
-/// `baton_shared::salvage`). Only I/O errors fail it; what the bytes are
-/// cannot.
-pub fn salvage_file(
-    path: &Path,
-    agent: &AgentId,
-    key: &PublicKey,
-) -> std::io::Result<baton_shared::salvage::Salvage> {
-    use baton_shared::salvage::{Finder, MAX_RECORD, assemble};
-    use std::io::Read;
-    const PIECE: usize = 8 * 1024 * 1024;
-    let mut file = std::fs::File::open(path)?;
-    let mut finder = Finder::new(agent, key, SALVAGE_LIMIT);
-    let mut buf = vec![0u8; PIECE + MAX_RECORD];
-    // `kept` bytes at the front carry over from the piece before; `base`
-    // is the file offset of buf[0].
-    let (mut kept, mut base) = (0usize, 0u64);
-    loop {
-        let n = file.read(&mut buf[kept..])?;
-        if n == 0 {
-            break;
-        }
-        let end = kept + n;
-        finder.scan(base, &buf[..end]);
-        let carry = end.min(MAX_RECORD);
-        buf.copy_within(end - carry..end, 0);
-        base += (end - carry) as u64;
-        kept = carry;
-    }
-    Ok(assemble(finder))
-}
-
-/// Reads salvaged entries back from the damaged file, one at a time.
-#[derive(Debug)]
-pub struct SalvagedRecords {
-    file: std::fs::File,
-    buf: Vec<u8>,
-}
-
-impl SalvagedRecords {
-    pub fn open(path: &Path) -> std::io::Result<SalvagedRecords> {
-        Ok(SalvagedRecords {
-            file: std::fs::File::open(path)?,
-            buf: vec![0; baton_shared::salvage::MAX_RECORD],
-        })
-    }
-
-    /// The entry at `loc`, its signature stripped unless it verified.
-    pub fn read(&mut self, loc: &baton_shared::salvage::Loc) -> Result<Entry> {
-        use std::os::unix::fs::FileExt;
-        let n = self
-            .file
-            .read_at(&mut self.buf, loc.offset)
-            .map_err(|e| damaged(format!("salvaged entry {}", loc.seq), e))?;
-        let mut e = baton_shared::salvage::entry_at(&self.buf[..n]).ok_or_else(|| {
-            damaged(
-                format!("salvaged entry {}", loc.seq),
-                "changed since it was found",
-            )
-        })?;
-        if !loc.signed {
-            e.sig = None;
-        }
-        Ok(e)
-    }
+fn read_salvaged(
+    records: &mut baton_runtime::salvage::Records,
+    loc: &baton_shared::salvage::Loc,
+) -> Result<Entry> {
+    records
+        .read(loc)
+        .map_err(|e| damaged(format!("salvaged entry {}", loc.seq), e))
 }
 
 /// Puts what salvage recovered from a damaged file into `ledger` (fresh):
@@ -183,7 +119,7 @@ pub fn import(
     agent: &AgentId,
     key: &SecretKey,
     s: &baton_shared::salvage::Salvage,
-    records: &mut SalvagedRecords,
+    records: &mut baton_runtime::salvage::Records,
 ) -> Result<Head> {
     let mut head = Head {
         oldest: s.chain.first().map_or(Seq(1), |l| l.seq),
@@ -195,7 +131,7 @@ pub fn import(
         {
             let mut t = txn.txn.open_table(ENTRIES)?;
             for loc in group {
-                let e = records.read(loc)?;
+                let e = read_salvaged(records, loc)?;
                 let stored = encode(&e);
                 t.insert(loc.seq.0, stored.as_slice())?;
                 txn.head.held_bytes += stored.len() as u64;
@@ -223,7 +159,10 @@ pub fn import(
             {
                 let mut o = txn.txn.open_table(ORPHANS)?;
                 for loc in group {
-                    o.insert((n, loc.seq.0), encode(&records.read(loc)?).as_slice())?;
+                    o.insert(
+                        (n, loc.seq.0),
+                        encode(&read_salvaged(records, loc)?).as_slice(),
+                    )?;
                 }
             }
             head = txn.commit()?;

@@ -179,9 +179,9 @@ fn salvage_into(
     key: &baton_shared::SecretKey,
     problem: &str,
 ) -> anyhow::Result<(Opened, Option<String>)> {
-    let salvage = ledger::salvage_file(aside, agent, &key.public())
+    let salvage = baton_runtime::salvage::scan_file(aside, agent, &key.public())
         .with_context(|| format!("reading the damaged ledger {}", aside.display()))?;
-    let mut records = ledger::SalvagedRecords::open(aside)
+    let mut records = baton_runtime::salvage::Records::open(aside)
         .with_context(|| format!("reading the damaged ledger {}", aside.display()))?;
     let o = Ledger::open(path, agent)?;
     let head = ledger::import(&o.ledger, agent, key, &salvage, &mut records)?;

@@ -24,6 +24,7 @@ pub mod operator;
 pub mod own_chain;
 #[cfg(feature = "tools")]
 pub mod publisher;
+pub mod rebuild;
 pub mod registry;
 pub mod server;
 #[cfg(feature = "tools")]

@@ -6,7 +6,7 @@
 use baton_shared::entry::{self, AppendError, Entry, Seq, Stamp, a_now};
 use baton_shared::intake::Head;
 use baton_shared::json::{Object, Value};
-use baton_shared::{AgentId, EventName, SecretKey};
+use baton_shared::{AgentId, EventName, PublicKey, SecretKey};
 
 use crate::store::Write;
 
@@ -183,6 +183,49 @@ pub fn enroll_data(
     if let Some(s) = revoked_from_seq {
         d.insert("revoked_from_seq", Value::from(s.0));
     }
+    Value::Object(d)
+}
+
+/// An `enroll` entry's data read back: what a parent takes as a vouch and
+/// what a rebuilt store takes its registry from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollData {
+    pub agent: AgentId,
+    pub public_key: PublicKey,
+    pub start_seq: Option<Seq>,
+    pub revoked_from_seq: Option<Seq>,
+    /// How the trust came about (`by`, [`crate::store::EnrolledBy::describe`]),
+    /// when the entry says.
+    pub by: Option<String>,
+}
+
+impl EnrollData {
+    /// `None` unless the data names a valid agent and key and any seqs it
+    /// has are seqs.
+    pub fn parse(data: Option<&Value>) -> Option<EnrollData> {
+        let o = data?.as_object()?;
+        let agent = AgentId::new(o.get("agent")?.as_str()?).ok()?;
+        let public_key = PublicKey::trusted_hex(o.get("public_key")?.as_str()?).ok()?;
+        // Optional: a seq if present, and then it must be one.
+        let seq_field = |name: &str| match o.get(name) {
+            None => Some(None),
+            Some(v) => v.as_exact_u64().filter(|n| *n > 0).map(|n| Some(Seq(n))),
+        };
+        Some(EnrollData {
+            agent,
+            public_key,
+            start_seq: seq_field("start_seq")?,
+            revoked_from_seq: seq_field("revoked_from_seq")?,
+            by: o.get("by").and_then(|v| v.as_str()).map(str::to_owned),
+        })
+    }
+}
+
+/// An alert that halts `agent` at `seq` (a fork, a cloned identity):
+/// [`alert_data`] plus `"seq": N`, so that a rebuilt store halts it again.
+pub fn halt_alert_data(kind: &str, agent: &AgentId, seq: Seq, detail: &str) -> Value {
+    let mut d = alert_object(kind, agent, detail);
+    d.insert("seq", Value::from(seq.0));
     Value::Object(d)
 }
 

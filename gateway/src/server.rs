@@ -162,13 +162,14 @@ fn embedded_authority(
 }
 
 /// The store file itself is damaged (redb cannot open it, or panicked
-/// opening it): the gateway refuses to start and exits with
-/// [`StoreDamaged::EXIT_CODE`], which the unit does not restart.
+/// opening it) and could not be rebuilt from it ([`crate::rebuild`]): the
+/// gateway refuses to start and exits with [`StoreDamaged::EXIT_CODE`],
+/// which the unit does not restart.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the store {path} is damaged ({problem}). The gateway does not start on it: move it \
-     aside (its chains come back from agents' resends; agents enrolled by an operator must \
-     be enrolled again) or restore it from a backup"
+    "the store {path} is damaged ({problem}). The gateway does not start on it: restore it \
+     from a backup, or move it aside and enroll the gateway under a new id (its agents' \
+     chains come back from their resends)"
 )]
 pub struct StoreDamaged {
     pub path: std::path::PathBuf,
@@ -184,23 +185,67 @@ impl StoreDamaged {
 /// entries went.
 pub type SetAside = Vec<(baton_shared::AgentId, crate::store::Damage, u64)>;
 
-/// Opens the store and checks it ([`check_store`]). Damage to the file
-/// as a whole — any of redb's corruption errors or a panic inside redb —
-/// is [`StoreDamaged`], never a crash.
+/// What opening the store found.
+#[derive(Debug)]
+struct Opened {
+    store: Arc<Store>,
+    set_aside: SetAside,
+    /// The file could not be opened and was rebuilt from it.
+    rebuilt: Option<crate::rebuild::Rebuilt>,
+}
+
+/// Opens the store and checks it ([`check_store`]). A file that is
+/// damaged as a whole — any of redb's corruption errors or a panic inside
+/// redb — is rebuilt from the own chain salvaged from it
+/// ([`crate::rebuild`]); if that cannot be done, [`StoreDamaged`]. Never a
+/// crash.
 fn open_checked(
     path: &std::path::Path,
     own: &(baton_shared::AgentId, baton_shared::PublicKey),
-) -> anyhow::Result<(Arc<Store>, SetAside)> {
+) -> anyhow::Result<Opened> {
+    crate::rebuild::finish_interrupted(path)
+        .with_context(|| format!("finishing an interrupted rebuild of {}", path.display()))?;
+    let problem = match open_once(path, own)? {
+        Ok((store, set_aside)) => {
+            return Ok(Opened {
+                store,
+                set_aside,
+                rebuilt: None,
+            });
+        }
+        Err(problem) => problem,
+    };
+    tracing::error!(store = %path.display(), problem, "store damaged: rebuilding it from the own chain it holds");
+    let rebuilt =
+        crate::rebuild::rebuild(path, own, &problem, unix_ms()).map_err(|e| StoreDamaged {
+            path: path.to_owned(),
+            problem: format!("{problem}; no rebuild: {e}"),
+        })?;
+    tracing::warn!(detail = rebuilt.detail(), "store rebuilt");
+    match open_once(path, own)? {
+        Ok((store, set_aside)) => Ok(Opened {
+            store,
+            set_aside,
+            rebuilt: Some(rebuilt),
+        }),
+        Err(again) => Err(StoreDamaged {
+            path: path.to_owned(),
+            problem: format!("{problem}; the rebuilt store is damaged too ({again})"),
+        }
+        .into()),
+    }
+}
+
+/// One attempt at opening and checking: `Ok(Err(problem))` when the file
+/// is damaged as a whole.
+fn open_once(
+    path: &std::path::Path,
+    own: &(baton_shared::AgentId, baton_shared::PublicKey),
+) -> anyhow::Result<Result<(Arc<Store>, SetAside), String>> {
     let opened = std::panic::catch_unwind(|| -> anyhow::Result<_> {
         let store = match Store::open(path) {
             Ok(s) => Arc::new(s),
-            Err(e) if e.is_damage() => {
-                return Err(StoreDamaged {
-                    path: path.to_owned(),
-                    problem: e.to_string(),
-                }
-                .into());
-            }
+            Err(e) if e.is_damage() => return Ok(Err(e.to_string())),
             Err(e) => {
                 return Err(
                     anyhow::Error::new(e).context(format!("opening store {}", path.display()))
@@ -208,15 +253,11 @@ fn open_checked(
             }
         };
         let damaged = check_store(&store, own)?;
-        Ok((store, damaged))
+        Ok(Ok((store, damaged)))
     });
     match opened {
         Ok(r) => r,
-        Err(panic) => Err(StoreDamaged {
-            path: path.to_owned(),
-            problem: baton_runtime::db::opening_panic(panic.as_ref()),
-        }
-        .into()),
+        Err(panic) => Ok(Err(baton_runtime::db::opening_panic(panic.as_ref()))),
     }
 }
 
@@ -274,7 +315,11 @@ pub async fn run(
     let key = keys::load(&config.key)?;
     let store_path = config.store_path();
     let own = (config.id.clone(), key.public());
-    let (store, damaged) = tokio::task::spawn_blocking(move || open_checked(&store_path, &own))
+    let Opened {
+        store,
+        set_aside,
+        rebuilt,
+    } = tokio::task::spawn_blocking(move || open_checked(&store_path, &own))
         .await
         .context("opening the store")??;
     // Offline tools (`enroll`, `export`) find who this gateway is here.
@@ -294,7 +339,10 @@ pub async fn run(
         Arc::clone(&metrics),
         unix_ms(),
     )?;
-    for (agent, d, moved) in &damaged {
+    if let Some(r) = &rebuilt {
+        ingest.note_store_rebuilt(unix_ms(), r);
+    }
+    for (agent, d, moved) in &set_aside {
         ingest.note_store_damage(agent, d, *moved);
     }
     if let Some(dir) = &config.keys_dir {

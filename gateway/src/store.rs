@@ -731,6 +731,20 @@ impl Store {
         Ok((d, moved))
     }
 
+    /// Records chains to be rebuilt from resends up to the heads they had
+    /// (a store rebuilt after the whole file was damaged).
+    pub fn record_damage(&self, rows: &[(AgentId, Damage)]) -> Result<()> {
+        let txn = self.begin_write()?;
+        {
+            let mut t = txn.open_table(DAMAGE)?;
+            for (agent, d) in rows {
+                t.insert(agent.as_str(), encode(d).as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Chains set aside and not yet rebuilt to the head they had.
     /// Rebuilt ones are dropped from the list as they are found.
     pub fn damage(&self) -> Result<Vec<(AgentId, Damage)>> {

@@ -1,7 +1,8 @@
 //! baton-runtime: the I/O glue both daemons stand on — the wall clock, MQTT
 //! client settings, key files, config-file helpers, systemd notification
 //! and shutdown signals, the reopenable redb handle with an injectable
-//! storage backend, daily files, `/proc` figures.
+//! storage backend, daily files, `/proc` figures, the damaged-file reader
+//! salvage uses.
 //!
 //! *Invariant:* this crate decides nothing about the protocol. It never
 //! judges an entry, a batch or a receipt, never chooses what to send or
@@ -20,6 +21,7 @@ pub mod keys;
 pub mod logging;
 pub mod mqtt;
 pub mod proc;
+pub mod salvage;
 pub mod service;
 pub mod time;
 

@@ -91,37 +91,18 @@ impl Ingest {
         seq: Seq,
         data: Option<&baton_shared::json::Value>,
     ) {
-        let o = data.and_then(|d| d.as_object());
-        let agent = o
-            .and_then(|o| o.get("agent"))
-            .and_then(|v| v.as_str())
-            .map(AgentId::new);
-        let key = o
-            .and_then(|o| o.get("public_key"))
-            .and_then(|v| v.as_str())
-            .map(PublicKey::trusted_hex);
-        // Optional: a seq if present, and then it must be one.
-        let seq_field = |name: &str| match o.and_then(|o| o.get(name)) {
-            None => Ok(None),
-            Some(v) => v
-                .as_exact_u64()
-                .filter(|n| *n > 0)
-                .map(|n| Some(Seq(n)))
-                .ok_or(()),
-        };
-        let (agent, key, start_seq, revoked_from_seq) = match (
+        let Some(own_chain::EnrollData {
             agent,
-            key,
-            seq_field("start_seq"),
-            seq_field("revoked_from_seq"),
-        ) {
-            (Some(Ok(a)), Some(Ok(k)), Ok(s), Ok(r)) => (a, k, s, r),
-            _ => {
-                let detail = format!("enroll entry at seq {seq} names no valid agent and key");
-                let data = own_chain::alert_data("bad_vouch", child, &detail);
-                self.stage_own(unix_ms, OwnEvent::Alert, data);
-                return;
-            }
+            public_key: key,
+            start_seq,
+            revoked_from_seq,
+            ..
+        }) = own_chain::EnrollData::parse(data)
+        else {
+            let detail = format!("enroll entry at seq {seq} names no valid agent and key");
+            let data = own_chain::alert_data("bad_vouch", child, &detail);
+            self.stage_own(unix_ms, OwnEvent::Alert, data);
+            return;
         };
         let existing = match self.record(&agent) {
             Ok(r) => r,

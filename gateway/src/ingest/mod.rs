@@ -844,7 +844,7 @@ impl Ingest {
             seq,
             evidence,
         });
-        let data = own_chain::alert_data("cloned_identity", agent, &detail);
+        let data = own_chain::halt_alert_data("cloned_identity", agent, seq, &detail);
         self.stage_own(unix_ms, OwnEvent::Alert, data);
     }
 
@@ -867,7 +867,7 @@ impl Ingest {
             evidence,
         });
         let detail = format!("two entries at seq {seq}{how}");
-        let data = own_chain::alert_data("fork", agent, &detail);
+        let data = own_chain::halt_alert_data("fork", agent, seq, &detail);
         self.stage_own(unix_ms, OwnEvent::Alert, data);
     }
 
@@ -881,6 +881,14 @@ impl Ingest {
         );
         let data = own_chain::alert_data("local_corruption", agent, &detail);
         self.stage_own(d.at_ms, OwnEvent::Alert, data);
+    }
+
+    /// The store was rebuilt from its damaged file at start: an `alert`
+    /// in the gateway's chain says what came back and what is to come.
+    pub fn note_store_rebuilt(&mut self, unix_ms: i64, r: &crate::rebuild::Rebuilt) {
+        let gateway = self.cfg.gateway.clone();
+        let data = own_chain::alert_data("local_corruption", &gateway, &r.detail());
+        self.stage_own(unix_ms, OwnEvent::Alert, data);
     }
 
     /// `checkpoint` entries in the gateway's chain for every agent whose
