@@ -940,9 +940,22 @@ fn cluster_gauges(s: &AppState) -> Vec<Gauge> {
     ]
 }
 
+/// Prometheus text. Its store reads (the registry's size, the damage
+/// table) run on a blocking thread, like every other store read.
 async fn metrics(State(s): State<AppState>) -> Response {
+    match tokio::task::spawn_blocking(move || render_metrics(&s)).await {
+        Ok(r) => r,
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering metrics: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+fn render_metrics(s: &AppState) -> Response {
     let agents = s.store.agents().map(|a| a.len()).unwrap_or(0);
-    let cluster = cluster_gauges(&s);
+    let cluster = cluster_gauges(s);
     #[allow(clippy::cast_precision_loss)]
     let gauges = [
         Gauge {

@@ -271,6 +271,10 @@ pub fn check_store(
     own: &(baton_shared::AgentId, baton_shared::PublicKey),
 ) -> anyhow::Result<SetAside> {
     let started = Instant::now();
+    let cleared = store.clear_rebuilt()?;
+    if cleared > 0 {
+        info!(chains = cleared, "chains set aside earlier are rebuilt");
+    }
     let mut out = Vec::new();
     let mut checked = 0u64;
     let chains = store.chains()?;

@@ -745,29 +745,25 @@ impl Store {
         Ok(())
     }
 
-    /// Chains set aside and not yet rebuilt to the head they had.
-    /// Rebuilt ones are dropped from the list as they are found.
+    /// Chains set aside and not yet rebuilt to the head they had. A read:
+    /// rows of rebuilt chains stay until [`Store::clear_rebuilt`].
     pub fn damage(&self) -> Result<Vec<(AgentId, Damage)>> {
-        let txn = self.begin_read()?;
-        let t = txn.open_table(DAMAGE)?;
-        let mut open = Vec::new();
-        let mut rebuilt = Vec::new();
-        for item in t.iter()? {
-            let (k, v) = item?;
-            let (Ok(id), Ok(d)) = (
-                AgentId::new(k.value()),
-                postcard::from_bytes::<Damage>(v.value()),
-            ) else {
-                continue;
-            };
-            if self.head(&id).is_ok_and(|h| h.seq >= d.head) {
-                rebuilt.push(id);
-            } else {
-                open.push((id, d));
-            }
-        }
-        drop(t);
-        drop(txn);
+        Ok(self
+            .damage_rows()?
+            .into_iter()
+            .filter(|(id, d)| !self.head(id).is_ok_and(|h| h.seq >= d.head))
+            .collect())
+    }
+
+    /// Drops the damage rows of chains rebuilt to the head they had (at
+    /// start); returns how many went.
+    pub fn clear_rebuilt(&self) -> Result<usize> {
+        let rebuilt: Vec<AgentId> = self
+            .damage_rows()?
+            .into_iter()
+            .filter(|(id, d)| self.head(id).is_ok_and(|h| h.seq >= d.head))
+            .map(|(id, _)| id)
+            .collect();
         if !rebuilt.is_empty() {
             let txn = self.begin_write()?;
             {
@@ -778,7 +774,23 @@ impl Store {
             }
             txn.commit()?;
         }
-        Ok(open)
+        Ok(rebuilt.len())
+    }
+
+    fn damage_rows(&self) -> Result<Vec<(AgentId, Damage)>> {
+        let txn = self.begin_read()?;
+        let t = txn.open_table(DAMAGE)?;
+        let mut rows = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            if let (Ok(id), Ok(d)) = (
+                AgentId::new(k.value()),
+                postcard::from_bytes::<Damage>(v.value()),
+            ) {
+                rows.push((id, d));
+            }
+        }
+        Ok(rows)
     }
 }
 
@@ -880,6 +892,31 @@ mod tests {
         assert_eq!(store.gaps(&agent).unwrap(), vec![(Seq(20), Seq(29))]);
         assert_eq!(store.view(&agent).hash_at(Seq(3)), l.hash_at(Seq(3)));
         assert_eq!(store.view(&agent).hash_at(Seq(11)), None);
+    }
+
+    #[test]
+    fn a_chain_set_aside_is_damage_until_rebuilt_and_reads_never_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("g.redb")).unwrap();
+        let l = ledger(9);
+        let agent = l.agent().clone();
+        let all = |from: u64| Write::Entries {
+            agent: agent.clone(),
+            first: Seq(from),
+            entries: l.range(Seq(from), Seq(10)),
+        };
+        store.commit(&[all(1)]).unwrap();
+        let (d, moved) = store.set_aside(&agent, Seq(6), "altered", 7).unwrap();
+        assert_eq!((d.from, d.head, moved), (Seq(6), Seq(10), 5));
+        assert_eq!(store.head(&agent).unwrap().seq, Seq(5));
+        assert_eq!(store.range(&agent, Seq(1), 100).unwrap().len(), 5);
+        assert_eq!(store.damage().unwrap(), vec![(agent.clone(), d)]);
+        // resent: rebuilt, no longer damage; the row goes at the next start
+        store.commit(&[all(6)]).unwrap();
+        assert!(store.damage().unwrap().is_empty());
+        assert_eq!(store.damage_rows().unwrap().len(), 1, "a read wrote");
+        assert_eq!(store.clear_rebuilt().unwrap(), 1);
+        assert!(store.damage_rows().unwrap().is_empty());
     }
 
     #[test]
