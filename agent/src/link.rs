@@ -128,6 +128,9 @@ impl Link {
         let mut seed = [0u8; 8];
         let _ = getrandom::fill(&mut seed);
         let gateway_key = config.gateway_key.or(pinned);
+        // Clock replies count only under the gateway's key: configured,
+        // or pinned (then from the pin on).
+        let mut time_key = gateway_key;
         let mut cfg = UplinkConfig::new(
             agent.clone(),
             agent_key,
@@ -262,7 +265,12 @@ impl Link {
                                 }
                                 wall_minus_mono = Some(step);
                                 match TimeReply::decode(&p.payload) {
-                                    Ok(r) if r.agent == agent => match filter.replied(now, &r, t3) {
+                                    Ok(r) if r.agent != agent => debug!("clock reply for another agent dropped"),
+                                    Ok(r) if !time_key.is_some_and(|k| r.verify(&k)) => {
+                                        shared.clock_reply_refused();
+                                        debug!(gateway = %r.gateway, "clock reply not signed by the gateway's key dropped");
+                                    }
+                                    Ok(r) => match filter.replied(now, &r, t3) {
                                         Ok(s) => {
                                             clock_samples += 1;
                                             #[allow(clippy::cast_precision_loss)]
@@ -271,7 +279,6 @@ impl Link {
                                         }
                                         Err(e) => debug!(error = %e, "clock reply dropped"),
                                     },
-                                    Ok(_) => debug!("clock reply for another agent dropped"),
                                     Err(e) => debug!(error = %e, "undecodable clock reply dropped"),
                                 }
                             } else if p.topic == nack_t {
@@ -342,6 +349,7 @@ impl Link {
                     }
                     Output::PinGatewayKey(k) => {
                         info!(key = %k, "pinned the gateway's key on first contact");
+                        time_key = Some(k);
                         if let Err(e) = writer.pin_gateway_key(k).await {
                             shared.error(baton_runtime::unix_ms(), e.to_string());
                         }

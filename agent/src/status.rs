@@ -21,6 +21,8 @@ pub struct Shared {
     pub rebuilding: AtomicBool,
     /// Entries salvaged after damage wait for the gateway's answer.
     pub salvage_pending: AtomicBool,
+    /// Clock replies dropped because the gateway's key did not sign them.
+    clock_replies_refused: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -155,6 +157,11 @@ impl Shared {
         self.with(|i| i.impedance.processing(ms));
     }
 
+    /// A clock reply not signed by the gateway's key was dropped.
+    pub fn clock_reply_refused(&self) {
+        self.clock_replies_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A link round trip, ms.
     pub fn rtt(&self, ms: f64) {
         self.with(|i| i.impedance.rtt(ms));
@@ -249,6 +256,10 @@ impl Shared {
                 }),
             );
             o.insert("heartbeat", i.last_heartbeat.clone().unwrap_or(Value::Null));
+            o.insert(
+                "clock_replies_refused",
+                Value::from(self.clock_replies_refused.load(Ordering::Relaxed)),
+            );
             o.insert(
                 "updated",
                 Value::from(baton_shared::entry::format_timestamp(unix_ms)),

@@ -26,23 +26,6 @@ use baton_runtime::{keys, unix_ms};
 
 use crate::{broker, http};
 
-/// The reply to a well-formed clock request on `topic`; `None` leaves the
-/// message to ingest, which counts what is wrong with it.
-fn answer_time(
-    cluster: &baton_shared::ClusterId,
-    topic: &str,
-    payload: &[u8],
-) -> Option<crate::ingest::Outbound> {
-    use baton_shared::wire::{Message, TimeRequest};
-    let t1 = unix_ms();
-    let t = baton_shared::topic::parse(topic)?;
-    if t.cluster != cluster.as_str() || t.kind != Some(baton_shared::topic::Kind::Time) {
-        return None;
-    }
-    let req = TimeRequest::decode(payload).ok()?;
-    (req.agent.as_str() == t.agent).then(|| crate::ingest::time_reply(cluster, &req, t1))
-}
-
 /// The sockets a gateway serves on, bound by its caller: [`run`] binds
 /// nothing itself, so a port asked as 0 is bound once and never dropped
 /// and re-bound (a race another process could win).
@@ -423,7 +406,7 @@ pub async fn run(
     // they are enrolled; the poller subscribes to all after every ConnAck.
     let subscriptions = Arc::new(std::sync::Mutex::new(ingest.subscriptions()));
     let poll_subscriptions = Arc::clone(&subscriptions);
-    let poll_cluster = config.cluster.clone();
+    let time_server = ingest.time_server();
 
     // The poller: nothing but the event loop.
     let poll_tx = tx.clone();
@@ -450,7 +433,7 @@ pub async fn run(
                 // Clock requests are answered here, at once: a reply
                 // queued behind a group commit would only add RTT.
                 if p.topic.ends_with("/time")
-                    && let Some(out) = answer_time(&poll_cluster, &p.topic, &p.payload)
+                    && let Some(out) = time_server.answer(&p.topic, &p.payload)
                 {
                     let _ = poll_client.try_publish(out.topic, QoS::AtMostOnce, false, out.payload);
                     return None;

@@ -196,13 +196,13 @@ mod tests {
     use crate::AgentId;
 
     fn reply(id: u8, t0: i64, t1: i64, t2: i64) -> TimeReply {
-        TimeReply {
+        let request = crate::wire::TimeRequest {
             agent: AgentId::new("pi-1").unwrap(),
             id: [id; 8],
             t0,
-            t1,
-            t2,
-        }
+        };
+        let key = crate::SecretKey::from_seed(&[3; 32]);
+        TimeReply::sign(&key, &AgentId::new("gw-1").unwrap(), &request, t1, t2)
     }
 
     const S: fn(u64) -> Duration = Duration::from_secs;
@@ -286,13 +286,8 @@ mod tests {
             let id = i.to_le_bytes();
             let t0 = i64::try_from(i).unwrap() * 1000;
             f.requested(Duration::from_millis(i), id, t0);
-            let r = TimeReply {
-                agent: AgentId::new("pi-1").unwrap(),
-                id,
-                t0,
-                t1: t0 + 5,
-                t2: t0 + 5,
-            };
+            let mut r = reply(0, t0, t0 + 5, t0 + 5);
+            r.id = id;
             f.replied(Duration::from_millis(i), &r, t0 + 10).unwrap();
         }
         assert_eq!(f.samples.len(), SAMPLES);

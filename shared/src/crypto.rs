@@ -194,6 +194,30 @@ pub fn nack_message(
     m
 }
 
+/// `ASCII("baton.time.v1") ‖ 0 ‖ gateway ‖ 0 ‖ agent ‖ 0 ‖ id ‖ t0 ‖ t1 ‖ t2`
+/// (each time 8-byte big-endian two's complement): what a gateway signs
+/// in a clock reply (PROTOCOL §7, clock exchange).
+pub fn time_message(
+    gateway: &AgentId,
+    agent: &AgentId,
+    id: &[u8; 8],
+    t0: i64,
+    t1: i64,
+    t2: i64,
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(14 + gateway.as_str().len() + agent.as_str().len() + 34);
+    m.extend_from_slice(b"baton.time.v1\0");
+    m.extend_from_slice(gateway.as_str().as_bytes());
+    m.push(0);
+    m.extend_from_slice(agent.as_str().as_bytes());
+    m.push(0);
+    m.extend_from_slice(id);
+    for t in [t0, t1, t2] {
+        m.extend_from_slice(&t.to_be_bytes());
+    }
+    m
+}
+
 /// `ASCII("baton.receipt.v1") ‖ 0 ‖ gateway ‖ 0 ‖ agent ‖ 0 ‖ seq ‖ hash`.
 pub fn receipt_message(gateway: &AgentId, agent: &AgentId, seq: Seq, hash: &Hash) -> Vec<u8> {
     let mut m = Vec::with_capacity(17 + gateway.as_str().len() + agent.as_str().len() + 42);

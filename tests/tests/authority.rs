@@ -548,3 +548,98 @@ async fn trust_on_first_use_is_bounded_and_reads_can_need_the_token() {
     );
     gw.stop().await;
 }
+
+/// PROTOCOL §7, clock exchange: replies are signed by the gateway. On a
+/// broker that lets anyone publish, a forger who reads the agent's `time`
+/// requests and answers first with times an hour ahead (and a round trip
+/// shorter than the gateway's, so that its sample would be chosen) moves
+/// no clock: the agent drops every reply its gateway's key did not sign,
+/// counts them, and keeps the gateway's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_clock_reply_moves_no_clock() {
+    use baton_shared::wire::{TimeReply, TimeRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let a_dir = dir.path().join("pi-t");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    let keys = [(AgentId::new("pi-t").unwrap(), agent_key(&a_dir))];
+    let listen = "127.0.0.1:0".parse().unwrap();
+    let broker = baton_gateway::config::Broker::Embedded { listen };
+    let gw = Gateway::start_config(&dir.path().join("gw"), &keys, broker, |c| {
+        c.security.broker_auth = false;
+    })
+    .await;
+    let mqtt = gw.mqtt();
+    let mut mallory = Raw::connect(mqtt, "mallory", "", None).await.unwrap();
+    mallory
+        .subscribe(&topic::agent("c1", "pi-t", Kind::Time))
+        .await;
+    let forged = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = std::sync::Arc::clone(&forged);
+    let forger = tokio::spawn(async move {
+        let key = SecretKey::from_seed(&[66; 32]);
+        let gateway = AgentId::new("gw-e2e").unwrap();
+        let reply_t = topic::agent("c1", "pi-t", Kind::TimeReply);
+        while let Some(p) = mallory.incoming.recv().await {
+            let rumqttc::Packet::Publish(p) = p else {
+                continue;
+            };
+            let Ok(req) = TimeRequest::decode(&p.payload) else {
+                continue;
+            };
+            let ahead = req.t0 + 3_600_000;
+            let reply = TimeReply::sign(&key, &gateway, &req, ahead, ahead + 2);
+            mallory
+                .client
+                .publish(&reply_t, QoS::AtMostOnce, false, reply.encode())
+                .await
+                .unwrap();
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let a = Agent::start("pi-t", &a_dir, Some(mqtt), Some(gw.key)).await;
+    let refused = |a: &Agent| {
+        let doc = a
+            .ready
+            .shared
+            .document("pi-t", &a.ready.writer.head(), true, 0);
+        doc.as_object()
+            .and_then(|o| o.get("clock_replies_refused"))
+            .and_then(baton_shared::json::Value::as_exact_u64)
+            .unwrap_or(0)
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || refused(&a) >= 3).await,
+        "forged clock replies were not refused"
+    );
+    // what the agent writes now carries the gateway's time, not the forger's
+    a.append(0, 1).await;
+    a.stop().await;
+    forger.abort();
+    assert!(forged.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    let entry = baton_tests::own_chain_text(&a_dir);
+    let last = baton_shared::json::parse(
+        entry.lines().last().unwrap().as_bytes(),
+        baton_shared::json::Mode::Verify,
+    )
+    .unwrap();
+    let clock = last
+        .as_object()
+        .and_then(|o| o.get("clock"))
+        .and_then(baton_shared::json::Value::as_object)
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        clock.get("synced"),
+        Some(&baton_shared::json::Value::Bool(true)),
+        "{clock:?}"
+    );
+    let offset = clock
+        .get("offset_ms")
+        .and_then(baton_shared::json::Value::as_f64)
+        .unwrap();
+    assert!(
+        offset.abs() < 1_000.0,
+        "the forger moved the clock: {offset} ms"
+    );
+    gw.stop().await;
+}

@@ -127,19 +127,45 @@ pub struct Ingest {
 pub const CLONE_RECOVERIES: usize = 3;
 pub const CLONE_WINDOW_MS: i64 = 10 * 60 * 1000;
 
-/// The answer to a clock request received at `t1` (PROTOCOL §7): the
-/// gateway's send time `t2` is taken as late as possible.
-pub fn time_reply(cluster: &ClusterId, req: &TimeRequest, t1: i64) -> Outbound {
-    let reply = TimeReply {
-        agent: req.agent.clone(),
-        id: req.id,
-        t0: req.t0,
-        t1,
-        t2: baton_runtime::unix_ms(),
-    };
-    Outbound {
-        topic: topic::agent(cluster, &req.agent, Kind::TimeReply),
-        payload: reply.encode(),
+/// Answers clock requests (PROTOCOL §7): every reply signed by the
+/// gateway, so that only its gateway can move an agent's clock.
+#[derive(Debug, Clone)]
+pub struct TimeServer {
+    cluster: ClusterId,
+    gateway: AgentId,
+    key: SecretKey,
+}
+
+impl TimeServer {
+    pub fn new(cluster: ClusterId, gateway: AgentId, key: SecretKey) -> Self {
+        TimeServer {
+            cluster,
+            gateway,
+            key,
+        }
+    }
+
+    /// The answer to a request received at `t1`; the send time `t2` is
+    /// taken as late as possible.
+    pub fn reply(&self, req: &TimeRequest, t1: i64) -> Outbound {
+        let reply = TimeReply::sign(&self.key, &self.gateway, req, t1, baton_runtime::unix_ms());
+        Outbound {
+            topic: topic::agent(&self.cluster, &req.agent, Kind::TimeReply),
+            payload: reply.encode(),
+        }
+    }
+
+    /// The reply to a well-formed clock request on `topic` of this
+    /// gateway's cluster; `None` leaves the message to ingest, which counts
+    /// what is wrong with it.
+    pub fn answer(&self, topic: &str, payload: &[u8]) -> Option<Outbound> {
+        let t1 = baton_runtime::unix_ms();
+        let t = topic::parse(topic)?;
+        if t.cluster != self.cluster.as_str() || t.kind != Some(Kind::Time) {
+            return None;
+        }
+        let req = TimeRequest::decode(payload).ok()?;
+        (req.agent.as_str() == t.agent).then(|| self.reply(&req, t1))
     }
 }
 
@@ -209,6 +235,16 @@ impl Ingest {
         }
         ingest.new_subscriptions.clear();
         Ok(ingest)
+    }
+
+    /// The clock-request answerer (the MQTT poller answers with its own
+    /// copy, at once).
+    pub fn time_server(&self) -> TimeServer {
+        TimeServer::new(
+            self.cfg.cluster.clone(),
+            self.cfg.gateway.clone(),
+            self.key.clone(),
+        )
     }
 
     /// The live registry (shared with the HTTP side).
@@ -516,9 +552,10 @@ impl Ingest {
                 // Normally answered by the MQTT poller at once (see
                 // `time_reply`); here when it reaches ingest anyway.
                 let t1 = unix_ms;
+                let time = self.time_server();
                 Ok(self
                     .decode(now, &agent, payload, |m: &TimeRequest| &m.agent)
-                    .map(|r| time_reply(&self.cfg.cluster, &r, t1))
+                    .map(|r| time.reply(&r, t1))
                     .into_iter()
                     .collect())
             }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{MAX_OTHER_BYTES, Message};
+use crate::crypto::{PublicKey, SecretKey, Sig};
 use crate::entry::Seq;
 use crate::id::AgentId;
 
@@ -95,14 +96,47 @@ impl Message for TimeRequest {
 }
 
 /// `time/reply` (gateway → agent, QoS 0): the gateway's receive (`t1`) and
-/// send (`t2`) times for request `id`.
+/// send (`t2`) times for request `id`, signed by the gateway over
+/// [`crate::crypto::time_message`]. An agent drops a reply that does not
+/// verify under its pinned gateway key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimeReply {
+    pub gateway: AgentId,
     pub agent: AgentId,
     pub id: [u8; 8],
     pub t0: i64,
     pub t1: i64,
     pub t2: i64,
+    pub sig: Sig,
+}
+
+impl TimeReply {
+    /// The signed answer of `gateway` to `req`.
+    pub fn sign(key: &SecretKey, gateway: &AgentId, req: &TimeRequest, t1: i64, t2: i64) -> Self {
+        let m = crate::crypto::time_message(gateway, &req.agent, &req.id, req.t0, t1, t2);
+        TimeReply {
+            gateway: gateway.clone(),
+            agent: req.agent.clone(),
+            id: req.id,
+            t0: req.t0,
+            t1,
+            t2,
+            sig: key.sign(&m),
+        }
+    }
+
+    /// Whether `key` signed exactly these times for this request.
+    pub fn verify(&self, key: &PublicKey) -> bool {
+        let m = crate::crypto::time_message(
+            &self.gateway,
+            &self.agent,
+            &self.id,
+            self.t0,
+            self.t1,
+            self.t2,
+        );
+        key.verify(&m, &self.sig)
+    }
 }
 
 impl Message for TimeReply {
@@ -166,17 +200,77 @@ mod tests {
             id: [1; 8],
             t0: -5,
         });
-        check_framing(&TimeReply {
+        let key = SecretKey::from_seed(&[7; 32]);
+        let request = TimeRequest {
             agent: agent.clone(),
             id: [1; 8],
             t0: 1,
-            t1: 2,
-            t2: 3,
-        });
+        };
+        let gateway = AgentId::new("gw-1").unwrap();
+        check_framing(&TimeReply::sign(&key, &gateway, &request, 2, 3));
         check_framing(&StateMsg {
             agent,
             state: PresenceState::Offline,
             connect_ms: 99,
         });
+    }
+
+    /// PROTOCOL §7: a clock reply is signed over every field that moves the
+    /// agent's clock; another key, another request or another time fails.
+    #[test]
+    fn clock_replies_are_signed_over_every_time() {
+        let key = SecretKey::from_seed(&[7; 32]);
+        let gateway = AgentId::new("gw-1").unwrap();
+        let request = TimeRequest {
+            agent: AgentId::new("pi-1").unwrap(),
+            id: [9; 8],
+            t0: -1_000,
+        };
+        let r = TimeReply::sign(
+            &key,
+            &gateway,
+            &request,
+            1_700_000_000_000,
+            1_700_000_000_002,
+        );
+        assert!(r.verify(&key.public()));
+        assert!(!r.verify(&SecretKey::from_seed(&[8; 32]).public()));
+        let altered = [
+            TimeReply {
+                t0: r.t0 + 1,
+                ..r.clone()
+            },
+            TimeReply {
+                t1: r.t1 - 5_000,
+                ..r.clone()
+            },
+            TimeReply {
+                t2: r.t2 + 1,
+                ..r.clone()
+            },
+            TimeReply {
+                id: [0; 8],
+                ..r.clone()
+            },
+            TimeReply {
+                agent: AgentId::new("pi-2").unwrap(),
+                ..r.clone()
+            },
+            TimeReply {
+                gateway: AgentId::new("gw-2").unwrap(),
+                ..r.clone()
+            },
+        ];
+        for a in altered {
+            assert!(!a.verify(&key.public()), "{a:?}");
+        }
+        // the message is the contract's, byte for byte
+        let m = crate::crypto::time_message(&gateway, &request.agent, &request.id, -1, 2, 3);
+        let mut want = b"baton.time.v1\0gw-1\0pi-1\0".to_vec();
+        want.extend_from_slice(&[9; 8]);
+        want.extend_from_slice(&[0xff; 8]);
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 2]);
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 3]);
+        assert_eq!(m, want);
     }
 }
