@@ -289,6 +289,30 @@ pub fn format_timestamp(unix_ms: i64) -> String {
     )
 }
 
+/// Milliseconds since the Unix epoch of a `YYYY-MM-DDTHH:MM:SS.mmmZ`
+/// timestamp that names a real instant (a date that exists, hours below
+/// 24, …); `None` otherwise. The inverse of [`format_timestamp`].
+pub fn parse_timestamp(s: &str) -> Option<i64> {
+    if !is_timestamp(s) {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s[r].parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    // H. Hinnant's `days_from_civil`.
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let t = days * 86_400_000 + hh * 3_600_000 + mm * 60_000 + ss * 1000 + ms;
+    // Out-of-range fields (month 13, 31 April, 25 h) do not survive the
+    // round trip.
+    (format_timestamp(t) == s).then_some(t)
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's
 /// `civil_from_days`).
 fn civil_from_days(z: i64) -> (i64, i64, i64) {

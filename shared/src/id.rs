@@ -136,6 +136,14 @@ string_id!(
 );
 
 string_id!(
+    /// A command's id (PROTOCOL §9): unique per issuer; the same syntax as
+    /// an agent id.
+    CommandId,
+    "command id",
+    check_id
+);
+
+string_id!(
     /// A cluster id: the same syntax as an agent id.
     ClusterId,
     "cluster id",

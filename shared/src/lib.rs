@@ -20,6 +20,7 @@ pub mod acl;
 pub mod backoff;
 pub mod canonical;
 pub mod clock;
+pub mod command;
 pub mod crypto;
 pub mod entry;
 pub mod export;
@@ -41,4 +42,4 @@ pub mod wire;
 
 pub use crypto::{Hash, Nonce, PublicKey, SecretKey, Sig};
 pub use entry::{Entry, Seq};
-pub use id::{AgentId, ClusterId, EventName};
+pub use id::{AgentId, ClusterId, CommandId, EventName};

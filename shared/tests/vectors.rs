@@ -761,3 +761,209 @@ fn pkcs8_v2_public_key_must_match_the_seed() {
     assert_eq!(ok.public().to_bytes(), right);
     assert!(SecretKey::from_pkcs8_pem(&v2(wrong)).is_err());
 }
+
+/// PROTOCOL §9 (`command.json`): the content's canonical form and hash,
+/// the origin and delivery signatures byte for byte, the deliveries a
+/// recipient must refuse, and the agent's `command` / `command_ack`
+/// entries rebuilt from their parts, continuing chain.json's chain.
+#[test]
+fn commands_hash_sign_refuse_and_chain_as_the_vectors_say() {
+    use baton_shared::command::{self, Answer, Command, ConflictKind, Presented, Refused, State};
+    use baton_shared::entry::{ClockInfo, Stamp, build_content_at};
+    use baton_shared::id::EventName;
+    let v = load("command.json");
+    let top = get(&v, "top_gateway");
+    let cluster = get(&v, "cluster_gateway");
+    let top_id = AgentId::new(s(top, "id")).unwrap();
+    let top_key = SecretKey::from_seed_hex(s(top, "seed_hex")).unwrap();
+    assert_eq!(top_key.public().to_hex(), s(top, "public_key_hex"));
+    let gw_id = AgentId::new(s(cluster, "id")).unwrap();
+    let gw_key = SecretKey::from_seed_hex(s(cluster, "seed_hex")).unwrap();
+    assert_eq!(gw_key.public().to_hex(), s(cluster, "public_key_hex"));
+    let agent = AgentId::new(s(get(&v, "agent"), "id")).unwrap();
+    assert_eq!(agent_key().to_hex(), s(get(&v, "agent"), "public_key_hex"));
+
+    let c = Command::from_content(get(&v, "content").clone()).unwrap();
+    assert_eq!(c.canonical, s(&v, "canonical").as_bytes());
+    assert_eq!(c.hash.to_hex(), s(&v, "command_hash"));
+    let msg = |from: &AgentId, to: &AgentId| hex(&command::delivery_message(from, to, &c.hash));
+    let origin = get(&v, "origin");
+    assert_eq!(msg(&top_id, &top_id), s(origin, "message_hex"));
+    let origin_sig = command::origin_sig(&top_key, &top_id, &c.hash);
+    assert_eq!(origin_sig.to_hex(), s(origin, "sig"));
+    let down = get(&v, "delivery_top_to_cluster");
+    assert_eq!(msg(&top_id, &gw_id), s(down, "message_hex"));
+    assert_eq!(
+        command::sender_sig(&top_key, &top_id, &gw_id, &c.hash).to_hex(),
+        s(down, "sig")
+    );
+    let last = get(&v, "delivery_cluster_to_agent");
+    assert_eq!(msg(&gw_id, &agent), s(last, "message_hex"));
+    let sender_sig = command::sender_sig(&gw_key, &gw_id, &agent, &c.hash);
+    assert_eq!(sender_sig.to_hex(), s(last, "sig"));
+
+    // Accepting: the cluster gateway's delivery, under the top's issuer key.
+    let issuers = [top_key.public()];
+    let delivery = |content: &[u8], origin: Sig, recipient: &AgentId, sig: Sig| {
+        let p = Presented {
+            content,
+            issuer: &top_id,
+            origin_sig: &origin,
+            sender: &gw_id,
+            recipient,
+            sender_sig: &sig,
+        };
+        command::accept(&p, &agent, &gw_key.public(), &issuers)
+    };
+    let taken = delivery(&c.canonical, origin_sig, &agent, sender_sig).unwrap();
+    assert_eq!(taken.hash, c.hash);
+    // the cluster gateway's own key is not an issuer key here: the same
+    // delivery is refused by an agent obeying only the top
+    let p = Presented {
+        content: &c.canonical,
+        issuer: &top_id,
+        origin_sig: &origin_sig,
+        sender: &gw_id,
+        recipient: &agent,
+        sender_sig: &sender_sig,
+    };
+    assert_eq!(
+        command::accept(&p, &agent, &gw_key.public(), &[gw_key.public()]),
+        Err(Refused::Issuer)
+    );
+    for case in arr(&v, "refuse") {
+        let name = s(case, "case");
+        let sig = opt(case, "sig").map(|x| Sig::from_hex(x.as_str().unwrap()).unwrap());
+        let origin = opt(case, "origin_sig").map(|x| Sig::from_hex(x.as_str().unwrap()).unwrap());
+        match opt(case, "content_change") {
+            None => {
+                let recipient = opt(case, "recipient").map_or(agent.clone(), |r| {
+                    AgentId::new(r.as_str().unwrap()).unwrap()
+                });
+                let presented =
+                    opt(case, "presented_to").map(|p| AgentId::new(p.as_str().unwrap()).unwrap());
+                let sig = sig.unwrap_or(sender_sig);
+                let origin = origin.unwrap_or(origin_sig);
+                // as addressed: not for this agent, or a bad signature
+                let as_sent = delivery(&c.canonical, origin, &recipient, sig);
+                assert!(as_sent.is_err(), "{name}");
+                // re-addressed to the agent it was presented to: still refused
+                if let Some(to) = presented {
+                    let err = delivery(&c.canonical, origin, &to, sig).unwrap_err();
+                    assert!(
+                        matches!(err, Refused::SenderSig(_) | Refused::Issuer),
+                        "{name}: {err}"
+                    );
+                }
+                if opt(case, "origin_sig").is_some() {
+                    assert_eq!(as_sent, Err(Refused::Issuer), "{name}");
+                }
+            }
+            Some(change) => {
+                let mut content = get(&v, "content").as_object().unwrap().clone();
+                for (k, x) in change.as_object().unwrap().iter() {
+                    content.insert(k, x.clone());
+                }
+                let altered = canonical::to_vec(&Value::Object(content));
+                // the signatures were over the original: refused before the
+                // content is read
+                let err = delivery(&altered, origin_sig, &agent, sender_sig).unwrap_err();
+                assert!(matches!(err, Refused::SenderSig(_)), "{name}: {err}");
+                // and signed anew by the right keys, the content itself fails
+                // (or, for the priority change, is a different command)
+                let h = crypto::sha256(&altered);
+                let o = command::origin_sig(&top_key, &top_id, &h);
+                let sg = command::sender_sig(&gw_key, &gw_id, &agent, &h);
+                match delivery(&altered, o, &agent, sg) {
+                    Ok(other) => {
+                        assert_eq!(name, "content altered after signing (priority 3)");
+                        assert_eq!(other.priority, 3);
+                        assert_ne!(other.hash, c.hash);
+                    }
+                    Err(err) => {
+                        let says = if name.contains("unknown key") {
+                            "unknown key"
+                        } else {
+                            "more than 24 h"
+                        };
+                        assert!(
+                            matches!(err, Refused::Content(_)) && err.to_string().contains(says),
+                            "{name}: {err}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    let second = get(&v, "second_command");
+    let c2 = Command::from_content(get(second, "content").clone()).unwrap();
+    assert_eq!(c2.hash.to_hex(), s(second, "command_hash"));
+    let origin2 = command::origin_sig(&top_key, &top_id, &c2.hash);
+    assert_eq!(origin2.to_hex(), s(second, "origin_sig"));
+    let sender2 = command::sender_sig(&gw_key, &gw_id, &agent, &c2.hash);
+    assert_eq!(sender2.to_hex(), s(second, "sender_sig"));
+
+    // The agent's chain continues chain.json's and verifies with it.
+    let chain = load("chain.json");
+    let mut all = arr(&chain, "entries").to_vec();
+    let tail = arr(&v, "agent_chain");
+    all.extend(tail.iter().cloned());
+    let verdict = verify_text(&lines(&all), Some(agent_key()));
+    assert!(verdict.is_valid(), "{verdict}");
+    // Each entry rebuilt from its parts by the runtime's builders.
+    let secret = agent_secret();
+    let commands = [(&c, origin_sig, sender_sig), (&c2, origin2, sender2)];
+    for (i, e) in tail.iter().enumerate() {
+        let clock = get(e, "clock");
+        let clock = ClockInfo {
+            offset_ms: n(clock, "offset_ms") as i64,
+            rtt_ms: n(clock, "rtt_ms") as i64,
+            synced: true,
+            boot: s(clock, "boot").to_owned(),
+            mono_ms: n(clock, "mono_ms"),
+        };
+        let data = get(e, "data");
+        let (cmd, o, sg) = commands[i / 2];
+        let built = match s(e, "event") {
+            "command" => {
+                command::command_data(cmd, &o, gw_id.as_str(), &sg, n(data, "received_ms") as i64)
+            }
+            "command_ack" => {
+                let answer = Answer::from_data(data).unwrap();
+                assert_eq!(answer.hash, cmd.hash);
+                if answer.state == State::Conflict {
+                    assert_eq!(
+                        answer.conflict.as_ref().unwrap().0,
+                        ConflictKind::CapabilityMismatch
+                    );
+                    assert_eq!(cmd.select.missing_capabilities(&[]), vec!["motor"]);
+                } else {
+                    assert_eq!(answer.state, State::Ready);
+                    assert!(cmd.on_time(answer.ready_ms.unwrap()));
+                }
+                answer.to_data()
+            }
+            other => panic!("{other}"),
+        };
+        let seq = Seq(n(e, "seq"));
+        let stamp = Stamp {
+            agent: &agent,
+            seq,
+            unix_ms: 0,
+            clock: Some(&clock),
+        };
+        let event = EventName::new(s(e, "event")).unwrap();
+        let content = build_content_at(&stamp, s(e, "ts"), &event, None, &built).unwrap();
+        assert_eq!(content, content_of(e), "entry {seq}");
+        let prev = Hash::from_hex(s(e, "prev")).unwrap();
+        let hash = crypto::chain_hash(&content, &prev);
+        assert_eq!(hash.to_hex(), s(e, "hash"), "entry {seq}");
+        if let Some(sig) = opt(e, "sig") {
+            assert_eq!(
+                secret.sign_checkpoint(&agent, seq, &hash).to_hex(),
+                sig.as_str().unwrap()
+            );
+        }
+    }
+}
