@@ -9,7 +9,11 @@
 //! exchange ([`clock`]), the impedance profile ([`impedance`]), the
 //! phi-accrual detector and agent states ([`liveness`]) and cluster
 //! summaries ([`summary`]), the MQTT topics they travel on ([`topic`]), who may use which of
-//! them ([`acl`]) and how a client proves who it is to a broker ([`login`]).
+//! them ([`acl`]) and how a client proves who it is to a broker ([`login`]);
+//! coordination (PROTOCOL §9): commands, their signatures, answers and the
+//! quorum ([`command`]), arrival-time scheduling and the operating mode's
+//! gate ([`schedule`]), circuit breakers ([`breaker`]) and gathering a
+//! command's answers ([`gather`]).
 //!
 //! *Invariant:* this crate does no I/O. It reads no clock (`now` is passed
 //! in), no file, no socket and no entropy; its dependency tree holds no
@@ -18,6 +22,7 @@
 
 pub mod acl;
 pub mod backoff;
+pub mod breaker;
 pub mod canonical;
 pub mod clock;
 pub mod command;
@@ -26,6 +31,7 @@ pub mod entry;
 pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gather;
 pub mod id;
 pub mod impedance;
 pub mod intake;
@@ -34,6 +40,7 @@ pub mod liveness;
 pub mod login;
 pub mod memory;
 pub mod salvage;
+pub mod schedule;
 pub mod summary;
 pub mod topic;
 pub mod uplink;

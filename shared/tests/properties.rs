@@ -137,6 +137,7 @@ proptest! {
         let _ = verify_text(&bytes, Some(agent_key().public()));
         let _ = baton_shared::export::load_baton(&bytes, baton_shared::export::BatonTrust::Unauthenticated);
         let _ = baton_shared::entry::AppendRequest::parse(&bytes);
+        let _ = baton_shared::command::Command::from_canonical(&bytes);
         let mut framed = vec![1u8];
         framed.extend_from_slice(&bytes);
         for payload in [&bytes[..], &framed[..]] {
@@ -147,6 +148,11 @@ proptest! {
             let _ = TimeRequest::decode(payload);
             let _ = TimeReply::decode(payload);
             let _ = StateMsg::decode(payload);
+            let _ = baton_shared::wire::CommandReply::decode(payload);
+            if let Ok(d) = baton_shared::wire::CommandDelivery::decode(payload) {
+                let key = agent_key().public();
+                let _ = baton_shared::command::accept(&d.presented(), &d.recipient, &key, &[key]);
+            }
             if let Ok(batch) = EntryBatch::decode(payload) {
                 let _ = fresh_intake().handle_batch(Duration::ZERO, &batch, &MemChain::default());
             }

@@ -6,12 +6,14 @@
 //! count and drop.
 
 mod batch;
+mod cmd;
 mod hello;
 mod misc;
 mod nack;
 mod receipt;
 
 pub use batch::{EntryBatch, entry_wire_size};
+pub use cmd::{CommandDelivery, CommandReply, MAX_CMD_BYTES};
 pub use hello::Hello;
 pub use misc::{
     ClockEstimate, Heartbeat, ImpedanceSample, PresenceState, StateMsg, SystemMetrics, TimeReply,
