@@ -90,6 +90,12 @@ pub struct RunArgs {
     /// Class hint override, e.g. CLASS_E_LOCAL (default: from the device model).
     #[arg(long, env = "BATON_AGENT_CLASS")]
     class: Option<String>,
+    /// A key (hex) whose commands this agent obeys; repeat for more.
+    #[arg(long = "issuer-key", value_name = "HEX")]
+    issuer_keys: Vec<String>,
+    /// Something this device can do (for commands' select); repeat for more.
+    #[arg(long = "capability", value_name = "NAME")]
+    capabilities: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -218,6 +224,8 @@ fn raw_config(a: RunArgs) -> anyhow::Result<RawConfig> {
         heartbeat: a.heartbeat,
         heartbeat_summary: a.heartbeat_summary,
         class: a.class,
+        issuer_keys: (!a.issuer_keys.is_empty()).then_some(a.issuer_keys),
+        capabilities: (!a.capabilities.is_empty()).then_some(a.capabilities),
     }))
 }
 

@@ -37,6 +37,11 @@ pub struct RawConfig {
     pub heartbeat_summary: Option<String>,
     /// Overrides the class hint derived from the device model.
     pub class: Option<String>,
+    /// Keys whose commands this agent obeys (hex): the top's, or any
+    /// ancestor's (PROTOCOL §9).
+    pub issuer_keys: Option<Vec<String>>,
+    /// What this device can do, for commands' `select.capabilities`.
+    pub capabilities: Option<Vec<String>>,
 }
 
 impl RawConfig {
@@ -67,6 +72,8 @@ impl RawConfig {
             heartbeat: over.heartbeat.or(self.heartbeat),
             heartbeat_summary: over.heartbeat_summary.or(self.heartbeat_summary),
             class: over.class.or(self.class),
+            issuer_keys: over.issuer_keys.or(self.issuer_keys),
+            capabilities: over.capabilities.or(self.capabilities),
         }
     }
 }
@@ -109,6 +116,11 @@ pub struct Config {
     pub heartbeat_summary: Duration,
     /// The class hint (`CLASS_…`); `None`: derived from the device model.
     pub class: Option<String>,
+    /// Keys whose commands are obeyed (PROTOCOL §9). Empty: only commands
+    /// the configured `gateway_key` issued itself; a key pinned on first
+    /// contact never authorizes a command.
+    pub issuer_keys: Vec<PublicKey>,
+    pub capabilities: Vec<String>,
 }
 
 fn size(key: &'static str, v: Option<&str>, default: u64) -> Result<u64, ConfigError> {
@@ -210,6 +222,25 @@ impl Config {
                 ));
             }
         }
+        let issuer_keys = raw
+            .issuer_keys
+            .unwrap_or_default()
+            .iter()
+            .map(|k| {
+                PublicKey::trusted_hex(k.trim())
+                    .map_err(|e| invalid("issuer_keys", format!("{k:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let capabilities = raw.capabilities.unwrap_or_default();
+        if let Some(c) = capabilities
+            .iter()
+            .find(|c| c.is_empty() || c.len() > 64 || c.chars().any(char::is_control))
+        {
+            return Err(invalid(
+                "capabilities",
+                format!("{c:?}: 1–64 characters, no control characters"),
+            ));
+        }
         let window = raw.window.unwrap_or(16);
         if !(1..=64).contains(&window) {
             return Err(invalid("window", format!("{window} is outside 1..=64")));
@@ -243,6 +274,8 @@ impl Config {
             heartbeat,
             heartbeat_summary,
             class: raw.class,
+            issuer_keys,
+            capabilities,
         })
     }
 
@@ -318,6 +351,15 @@ heartbeat_summary = "5m"
 # The class hint is derived from /proc/device-tree/model (Raspberry Pi →
 # CLASS_E_LOCAL, Jetson → CLASS_D_GPU, anything else → CLASS_C_PERSISTENT).
 # class = "CLASS_C_PERSISTENT"
+
+# Coordination (PROTOCOL §9). Commands are obeyed only from these issuer
+# keys (hex: the top gateway's, or any ancestor's). Without them, only
+# commands the configured gateway_key issued itself; a key pinned on first
+# contact never authorizes a command.
+# issuer_keys = ["…"]
+# What this device can do (a command's select.capabilities must all be
+# here); reported in heartbeats.
+# capabilities = ["camera"]
 "#;
 
 #[cfg(test)]

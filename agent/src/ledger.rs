@@ -27,6 +27,10 @@ use serde::{Deserialize, Serialize};
 const ENTRIES: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("entries");
 /// Entries set aside by an adoption (rule 3c): (adoption number, seq).
 const ORPHANS: TableDefinition<'static, (u64, u64), &[u8]> = TableDefinition::new("orphans");
+/// Commands recorded (PROTOCOL §9), by hash: postcard [`CommandRecord`].
+/// Kept until `expires` + 1 h whatever the ledger's retention, so that a
+/// second delivery is answered from what was recorded, never run again.
+const COMMANDS: TableDefinition<'static, &[u8], &[u8]> = TableDefinition::new("commands");
 /// Named values: identity, head, best receipt, pinned gateway key.
 const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta");
 
@@ -43,6 +47,30 @@ const STRANDED: &str = "stranded_run";
 /// The head of what salvage put back in place, until the gateway has
 /// answered: an adoption keeps the chain through it.
 const SALVAGED: &str = "salvaged_through";
+
+/// A recorded command is remembered this long past its `expires`.
+pub const COMMAND_KEPT_MS: i64 = 3_600_000;
+
+/// A command the agent recorded: enough to answer a second delivery from
+/// what was recorded, to answer what a restart interrupted, and to rebuild
+/// the frozen state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    pub issuer: String,
+    pub id: String,
+    pub verb: String,
+    pub expires_ms: i64,
+    /// For a `thaw`: the freeze it lifts.
+    pub thaws: Option<[u8; 32]>,
+    /// The `command` entry's seq.
+    pub command_seq: u64,
+    /// The latest `command_ack` entry as stored (signed): a TRANSIT, or the
+    /// final answer.
+    pub answer: Option<Entry>,
+    pub answer_final: bool,
+    /// The final answer's state (1, 0, −1).
+    pub state: i8,
+}
 
 /// Sign a checkpoint at least every this many entries (PROTOCOL §4).
 pub const CHECKPOINT_EVERY: u64 = 1000;
@@ -276,6 +304,7 @@ impl Ledger {
         {
             txn.open_table(ENTRIES)?;
             txn.open_table(ORPHANS)?;
+            txn.open_table(COMMANDS)?;
             let mut meta = txn.open_table(META)?;
             let stored = meta.get(IDENTITY)?.map(|v| v.value().to_vec());
             match stored {
@@ -370,6 +399,23 @@ impl Ledger {
         let txn = self.db()?.begin_read()?;
         let t = txn.open_table(META)?;
         Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every command recorded and not yet forgotten, by hash.
+    pub fn commands(&self) -> Result<Vec<([u8; 32], CommandRecord)>> {
+        let txn = self.db()?.begin_read()?;
+        let t = txn.open_table(COMMANDS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let hash: [u8; 32] = k
+                .value()
+                .try_into()
+                .map_err(|_| damaged("command index", "a key is not a hash"))?;
+            let r = postcard::from_bytes(v.value()).map_err(|e| damaged("command index", e))?;
+            out.push((hash, r));
+        }
+        Ok(out)
     }
 
     pub fn head(&self) -> Result<Head> {
@@ -777,6 +823,36 @@ impl Txn<'_> {
         self.head.unsigned = 0;
         self.head.unsigned_bytes = 0;
         Ok(())
+    }
+
+    /// Records (or updates) a command's row of the index, and forgets
+    /// rows an hour past their `expires` (`now_ms`).
+    pub fn record_command(&mut self, hash: &Hash, r: &CommandRecord, now_ms: i64) -> Result<()> {
+        let mut t = self.txn.open_table(COMMANDS)?;
+        t.insert(hash.0.as_slice(), encode(r).as_slice())?;
+        let mut stale = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            if let Ok(old) = postcard::from_bytes::<CommandRecord>(v.value())
+                && old.expires_ms.saturating_add(COMMAND_KEPT_MS) < now_ms
+            {
+                stale.push(k.value().to_vec());
+            }
+        }
+        for k in stale {
+            t.remove(k.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// The entry at the head (what was just appended).
+    pub fn head_entry(&mut self) -> Result<Entry> {
+        let seq = self.head.seq;
+        let t = self.txn.open_table(ENTRIES)?;
+        let v = t
+            .get(seq.0)?
+            .ok_or_else(|| damaged(format!("entry {seq}"), "head entry missing"))?;
+        decode_entry(seq.0, v.value())
     }
 
     pub fn store_best(&mut self, r: &Receipt) -> Result<()> {

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod command;
 pub mod config;
+pub mod coord;
 pub mod device;
 pub mod health;
 pub mod ledger;

@@ -84,6 +84,7 @@ impl Link {
             t(Kind::State),
         );
         let (hb_t, time_t, time_reply_t) = (t(Kind::Hb), t(Kind::Time), t(Kind::TimeReply));
+        let cmd_t = t(Kind::Cmd);
 
         let mut opts = match baton_runtime::mqtt::options(
             agent.as_str(),
@@ -145,6 +146,23 @@ impl Link {
             shared.set_receipt(b);
         }
         let mut uplink = Uplink::new(cfg, best);
+        // Commands (PROTOCOL §9) are checked and run on their own task.
+        let (coord_tx, coord_rx) = mpsc::channel(crate::coord::QUEUE);
+        let coordinator = crate::coord::Coordinator::new(
+            agent.clone(),
+            &cluster,
+            crate::coord::Obeys {
+                issuer_keys: config.issuer_keys.clone(),
+                gateway_key: config.gateway_key,
+                capabilities: config.capabilities.clone(),
+            },
+            writer.clone(),
+            ledger.clone(),
+            Arc::clone(&shared),
+            Arc::clone(&clock),
+            client.clone(),
+        );
+        let _coordinator = AbortOnDrop(tokio::spawn(coordinator.run(coord_rx)));
         // Reconnects: 0.5 s doubling to 30 s, equal jitter, reset on ConnAck.
         let backoff = Backoff::new(
             Duration::from_millis(500),
@@ -220,6 +238,7 @@ impl Link {
                             let _ = client.try_subscribe(&ack_t, QoS::AtLeastOnce);
                             let _ = client.try_subscribe(&nack_t, QoS::AtLeastOnce);
                             let _ = client.try_subscribe(&time_reply_t, QoS::AtMostOnce);
+                            let _ = client.try_subscribe(&cmd_t, QoS::AtLeastOnce);
                             clock_samples = 0;
                             clock_at = Some(tokio::time::Instant::now());
                             let _ = client.try_publish(
@@ -253,6 +272,11 @@ impl Link {
                                         }
                                     }
                                     Err(e) => debug!(error = %e, "undecodable receipt dropped"),
+                                }
+                            } else if p.topic == cmd_t {
+                                let delivery = crate::coord::In::Delivery(p.payload.to_vec(), time_key);
+                                if coord_tx.try_send(delivery).is_err() {
+                                    shared.command_refused("busy");
                                 }
                             } else if p.topic == time_reply_t {
                                 let t3 = baton_runtime::unix_ms();
@@ -401,4 +425,13 @@ enum Pumped {
         error: ConnectionError,
         next_session_ms: i64,
     },
+}
+
+/// Aborts its task when dropped (the coordinator ends with the link).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

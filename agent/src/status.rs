@@ -23,6 +23,8 @@ pub struct Shared {
     pub salvage_pending: AtomicBool,
     /// Clock replies dropped because the gateway's key did not sign them.
     clock_replies_refused: std::sync::atomic::AtomicU64,
+    /// Command deliveries refused, by reason (PROTOCOL §9 bad input).
+    commands_refused: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -157,6 +159,16 @@ impl Shared {
         self.with(|i| i.impedance.processing(ms));
     }
 
+    /// A command delivery was refused for `why`.
+    pub fn command_refused(&self, why: &'static str) {
+        *self
+            .commands_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(why)
+            .or_default() += 1;
+    }
+
     /// A clock reply not signed by the gateway's key was dropped.
     pub fn clock_reply_refused(&self) {
         self.clock_replies_refused.fetch_add(1, Ordering::Relaxed);
@@ -260,6 +272,16 @@ impl Shared {
                 "clock_replies_refused",
                 Value::from(self.clock_replies_refused.load(Ordering::Relaxed)),
             );
+            let mut refused = baton_shared::json::Object::new();
+            for (why, n) in self
+                .commands_refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+            {
+                refused.insert(*why, Value::from(*n));
+            }
+            o.insert("commands_refused", Value::Object(refused));
             o.insert(
                 "updated",
                 Value::from(baton_shared::entry::format_timestamp(unix_ms)),

@@ -15,13 +15,16 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
 use crate::clock::ClockState;
-use crate::ledger::{AppendFailure, Head, Ledger, LedgerError, Txn, runtime_event};
+use crate::ledger::{AppendFailure, CommandRecord, Head, Ledger, LedgerError, Txn, runtime_event};
 
 /// Most changes per commit.
 const MAX_GROUP: usize = 16 * 1024;
 
 /// What an append answers.
 pub type AppendResult = Result<(Seq, Hash), AppendRefused>;
+
+/// A command entry as stored (signed), or why it was not.
+pub type EntryResult = Result<baton_shared::Entry, AppendRefused>;
 
 /// Why an append was refused. `Request` means the caller's request is
 /// wrong; the others are the device's problem and say so.
@@ -119,6 +122,17 @@ enum Op {
         event: &'static str,
         data: Value,
         reply: oneshot::Sender<AppendResult>,
+    },
+    /// A `command` or `command_ack` entry (PROTOCOL §9), signed at once,
+    /// with the command index's row in the same commit; answered with the
+    /// entry as stored.
+    Command {
+        unix_ms: i64,
+        event: &'static str,
+        data: Value,
+        hash: Hash,
+        record: Box<CommandRecord>,
+        reply: oneshot::Sender<EntryResult>,
     },
     SignHead(oneshot::Sender<Result<(), WriterError>>),
     StoreBest(Receipt, oneshot::Sender<Result<(), WriterError>>),
@@ -309,6 +323,30 @@ impl Writer {
         rx.await.unwrap_or(Err(AppendRefused::Stopped))
     }
 
+    /// Appends a `command` (`record.command_seq` is set to its seq) or a
+    /// `command_ack` (`record.answer` is set to it), signed, and stores the
+    /// command index's row for `hash` in the same commit.
+    pub async fn command(
+        &self,
+        unix_ms: i64,
+        event: &'static str,
+        data: Value,
+        hash: Hash,
+        record: CommandRecord,
+    ) -> EntryResult {
+        let (reply, rx) = oneshot::channel();
+        self.send_append(Op::Command {
+            unix_ms,
+            event,
+            data,
+            hash,
+            record: Box::new(record),
+            reply,
+        })
+        .await?;
+        rx.await.unwrap_or(Err(AppendRefused::Stopped))
+    }
+
     /// Signs the head as a checkpoint (if unsigned), durably.
     pub async fn sign_head(&self) -> Result<(), WriterError> {
         let (reply, rx) = oneshot::channel();
@@ -367,6 +405,7 @@ enum Reply {
     Many(oneshot::Sender<Vec<AppendResult>>, Vec<AppendResult>, usize),
     Unit(oneshot::Sender<Result<(), WriterError>>),
     Count(oneshot::Sender<Result<u64, WriterError>>, u64),
+    Entry(oneshot::Sender<EntryResult>, EntryResult),
 }
 
 impl Reply {
@@ -398,6 +437,15 @@ impl Reply {
             Reply::Count(tx, n) => {
                 let _ = tx.send(Ok(n));
             }
+            Reply::Entry(tx, r) => {
+                let counter = if r.is_ok() {
+                    &stats.appended
+                } else {
+                    &stats.refused
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(r);
+            }
         }
     }
 
@@ -416,6 +464,10 @@ impl Reply {
             }
             Reply::Count(tx, _) => {
                 let _ = tx.send(Err(e.clone()));
+            }
+            Reply::Entry(tx, _) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(Err(AppendRefused::Ledger(e.to_string())));
             }
         }
     }
@@ -595,6 +647,46 @@ fn apply_group(
                 // Runtime entries are checkpoints: signed at once.
                 if appended { txn.sign_head() } else { Ok(()) }
             }
+            Op::Command {
+                unix_ms,
+                event,
+                data,
+                hash,
+                mut record,
+                reply,
+            } => match txn.append(unix_ms, Some(&clock), &runtime_event(event), None, &data) {
+                Ok((seq, _)) => {
+                    let stored = txn.sign_head().and_then(|()| txn.head_entry());
+                    match stored {
+                        Ok(e) => {
+                            if event == "command" {
+                                record.command_seq = seq.0;
+                            } else {
+                                record.answer = Some(e.clone());
+                            }
+                            let kept = txn.record_command(&hash, &record, unix_ms);
+                            replies.push(Reply::Entry(reply, Ok(e)));
+                            kept
+                        }
+                        Err(e) => {
+                            replies.push(Reply::Entry(reply, Err(AppendRefused::Stopped)));
+                            Err(e)
+                        }
+                    }
+                }
+                Err(AppendFailure::Request(e)) => {
+                    warn!(event, error = %e, "command entry refused");
+                    replies.push(Reply::Entry(
+                        reply,
+                        Err(AppendRefused::Request(e.to_string())),
+                    ));
+                    Ok(())
+                }
+                Err(AppendFailure::Ledger(e)) => {
+                    replies.push(Reply::Entry(reply, Err(AppendRefused::Stopped)));
+                    Err(e)
+                }
+            },
             Op::SignHead(reply) => {
                 replies.push(Reply::Unit(reply));
                 txn.sign_head()
@@ -656,6 +748,9 @@ fn unanswered(op: Op, replies: &mut Vec<Reply>) {
         }
         Op::AppendMany { reqs, reply, .. } => {
             replies.push(Reply::Many(reply, Vec::new(), reqs.len()));
+        }
+        Op::Command { reply, .. } => {
+            replies.push(Reply::Entry(reply, Err(AppendRefused::Stopped)));
         }
         Op::SignHead(reply)
         | Op::StoreBest(_, reply)

@@ -8,7 +8,17 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Events only the runtime writes; the append API refuses them.
-pub const RUNTIME_EVENTS: [&str; 5] = ["genesis", "recovery", "gap", "checkpoint", "enroll"];
+pub const RUNTIME_EVENTS: [&str; 9] = [
+    "genesis",
+    "recovery",
+    "gap",
+    "checkpoint",
+    "enroll",
+    "command",
+    "command_ack",
+    "command_result",
+    "pitr",
+];
 
 /// Why a string is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -225,5 +235,28 @@ mod tests {
         assert!(EventName::new("info").is_ok());
         assert!(EventName::new("genesis").unwrap().is_runtime_only());
         assert!(!EventName::new("alert").unwrap().is_runtime_only());
+    }
+
+    /// PROTOCOL §1: a local program must not write what only the runtime
+    /// writes — a forged `command_ack` would be counted as an answer.
+    #[test]
+    fn the_append_api_refuses_every_runtime_event() {
+        for e in [
+            "genesis",
+            "recovery",
+            "gap",
+            "checkpoint",
+            "enroll",
+            "command",
+            "command_ack",
+            "command_result",
+            "pitr",
+        ] {
+            let line = format!("{{\"event\":\"{e}\",\"data\":{{}}}}");
+            assert!(
+                crate::entry::AppendRequest::parse(line.as_bytes()).is_err(),
+                "{e} accepted"
+            );
+        }
     }
 }
