@@ -133,6 +133,9 @@ fn size(key: &'static str, v: Option<&str>, default: u64) -> Result<u64, ConfigE
     }
 }
 
+/// At most this many capabilities (they ride in every heartbeat).
+pub const MAX_CAPABILITIES: usize = 64;
+
 /// The least budget: two of the largest entries (64 KiB of content each)
 /// with their overhead. Below it an offline agent could refuse an append
 /// while holding almost nothing.
@@ -232,6 +235,12 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let capabilities = raw.capabilities.unwrap_or_default();
+        if capabilities.len() > MAX_CAPABILITIES {
+            return Err(invalid(
+                "capabilities",
+                format!("{} listed, at most {MAX_CAPABILITIES}", capabilities.len()),
+            ));
+        }
         if let Some(c) = capabilities
             .iter()
             .find(|c| c.is_empty() || c.len() > 64 || c.chars().any(char::is_control))

@@ -167,6 +167,8 @@ pub struct Health {
     pub uplink: bool,
     /// To the link, which publishes while connected (`None`: no uplink).
     pub to_link: Option<mpsc::Sender<Heartbeat>>,
+    /// Reported in every heartbeat.
+    pub capabilities: Vec<String>,
 }
 
 impl Health {
@@ -199,6 +201,7 @@ impl Health {
             impedance,
             system: self.probe.sample(self.disk_free.load(Ordering::Relaxed)),
             clock: self.clock.estimate(),
+            capabilities: self.capabilities.clone(),
         }
     }
 

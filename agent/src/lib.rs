@@ -340,6 +340,7 @@ pub async fn run(
             disk_free: free_bytes.clone(),
             uplink: config.gateway.is_some(),
             to_link: config.gateway.is_some().then_some(hb_tx),
+            capabilities: config.capabilities.clone(),
         }
         .run(),
     );

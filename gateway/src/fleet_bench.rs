@@ -112,6 +112,7 @@ fn heartbeat(agent: &AgentId, sent_ms: i64) -> Heartbeat {
             rtt_ms: 4,
             synced: true,
         }),
+        capabilities: vec!["camera".into()],
     }
 }
 

@@ -348,6 +348,17 @@ impl Registry {
             hb.map_or(Value::Null, |h| Value::from(h.system.class.as_str())),
         );
         o.insert(
+            "capabilities",
+            hb.map_or(Value::Null, |h| {
+                Value::Array(
+                    h.capabilities
+                        .iter()
+                        .map(|c| Value::from(c.as_str()))
+                        .collect(),
+                )
+            }),
+        );
+        o.insert(
             "model",
             hb.filter(|h| !h.system.model.is_empty())
                 .map_or(Value::Null, |h| Value::from(h.system.model.as_str())),
@@ -391,6 +402,7 @@ mod tests {
             },
             system: SystemMetrics::default(),
             clock,
+            capabilities: Vec::new(),
         }
     }
 

@@ -910,6 +910,7 @@ fn a_state_from_the_future_is_dropped_and_the_real_will_still_counts() {
         impedance: Default::default(),
         system: Default::default(),
         clock: None,
+        capabilities: Vec::new(),
     };
     f.ingest
         .handle(T, NOW_MS, &topic("pi-1", "hb"), &hb.encode());

@@ -42,6 +42,7 @@ fn forged_heartbeat(agent: &str) -> Vec<u8> {
         impedance: Default::default(),
         system: Default::default(),
         clock: None,
+        capabilities: Vec::new(),
     }
     .encode()
 }

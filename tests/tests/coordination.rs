@@ -214,11 +214,20 @@ async fn commands_are_recorded_answered_once_and_freeze_holds_commands_not_appen
     let gw = gateway(&gdir, &[(id("pi-k"), key)]).await;
     let extra = baton_agent::RawConfig {
         capabilities: Some(vec!["camera".into()]),
+        heartbeat: Some("200ms".into()),
         ..Default::default()
     };
     let a = Agent::start_with("pi-k", &adir, Some(gw.mqtt()), Some(gw.key), extra).await;
     let mut s = Sender::new(gw.mqtt(), &gdir, "pi-k", key).await;
     synced(&mut s).await;
+    // its capabilities reach the gateway's registry with its heartbeats
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            baton_tests::http::get(gw.bound.http, "/api/v1/agents/pi-k")
+                .is_ok_and(|(_, b)| b.contains("\"capabilities\":[\"camera\"]"))
+        })
+        .await
+    );
 
     // record: READY at once (prepared), the payload appended at T
     let mut d = s.draft(Verb::Record, 300);

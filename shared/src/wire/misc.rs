@@ -69,6 +69,9 @@ pub struct Heartbeat {
     /// clock, ms, from the lowest-RTT sample of its window; `None` until a
     /// clock exchange succeeded.
     pub clock: Option<ClockEstimate>,
+    /// What the device can do (its configuration), for commands'
+    /// `select.capabilities` (PROTOCOL §9).
+    pub capabilities: Vec<String>,
 }
 
 /// The agent's current clock estimate, as its entries' `clock` carries it.
@@ -194,6 +197,7 @@ mod tests {
                 rtt_ms: 3,
                 synced: true,
             }),
+            capabilities: vec!["camera".into()],
         });
         check_framing(&TimeRequest {
             agent: agent.clone(),
