@@ -69,6 +69,19 @@ fn the_signed_bytes_are_as_documented() {
     want.extend_from_slice(b"fork\0");
     want.extend_from_slice(&5u64.to_be_bytes());
     assert_eq!(m, want);
+    says("`\"baton.time.v1\" 0 gateway 0 agent 0 id(8) t0(8, BE) t1(8, BE) t2(8, BE)`");
+    let m = baton_shared::crypto::time_message(&gateway, &agent, &[4; 8], 1, 2, 3);
+    let mut want = b"baton.time.v1\0gw-1\0pi-1\0".to_vec();
+    want.extend_from_slice(&[4; 8]);
+    for t in [1i64, 2, 3] {
+        want.extend_from_slice(&t.to_be_bytes());
+    }
+    assert_eq!(m, want);
+    says("`\"baton.command.v1\" 0 sender 0 recipient 0 command_hash(32)`");
+    let m = baton_shared::command::delivery_message(&gateway, &agent, &hash);
+    let mut want = b"baton.command.v1\0gw-1\0pi-1\0".to_vec();
+    want.extend_from_slice(&hash.0);
+    assert_eq!(m, want);
     says("`\"baton.login.v1\" 0 client_id 0 counter(8, BE)`");
     let m = baton_shared::login::login_message("pi-1", 7);
     let mut want = b"baton.login.v1\0pi-1\0".to_vec();
@@ -84,6 +97,14 @@ fn the_limits_are_as_documented() {
     let (thousands, rest) = entries.split_at(entries.len() - 3);
     says(&format!("≤ {thousands},{rest} entries"));
     says(&format!("anything else ≤ {} KiB", MAX_OTHER_BYTES / 1024));
+    says(&format!(
+        "`cmd` ≤ {} KiB",
+        baton_shared::wire::MAX_CMD_BYTES / 1024
+    ));
+    says(&format!(
+        "payload over {} KiB canonical",
+        baton_shared::command::MAX_PAYLOAD_BYTES / 1024
+    ));
     says(&format!(
         "MQTT packets up to {} KiB",
         MQTT_MAX_PACKET / 1024
