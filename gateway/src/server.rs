@@ -407,6 +407,7 @@ pub async fn run(
     let subscriptions = Arc::new(std::sync::Mutex::new(ingest.subscriptions()));
     let poll_subscriptions = Arc::clone(&subscriptions);
     let time_server = ingest.time_server();
+    let parent_clock = ingest.parent_clock();
 
     // The poller: nothing but the event loop.
     let poll_tx = tx.clone();
@@ -613,6 +614,7 @@ pub async fn run(
                     cluster: config.cluster.clone(),
                     upstream: up.clone(),
                     resend_timeout: config.resend_timeout,
+                    clock: Arc::clone(&parent_clock),
                 },
                 &http_key,
                 Arc::clone(&store),

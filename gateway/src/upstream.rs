@@ -35,9 +35,11 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::{info, warn};
 
 use crate::config::Upstream;
-use crate::ingest::Committed;
+use crate::ingest::{Committed, ParentClock};
 use crate::metrics::Metrics;
 use crate::store::Store;
+use baton_shared::clock::ClockFilter;
+use baton_shared::wire::{TimeReply, TimeRequest};
 
 /// How often dirty cursors are written (one transaction for all chains).
 pub const CURSOR_EVERY: Duration = Duration::from_millis(250);
@@ -61,7 +63,26 @@ pub struct ForwarderConfig {
     pub cluster: ClusterId,
     pub upstream: Upstream,
     pub resend_timeout: Duration,
+    /// Where the clock exchange with the parent leaves its offset (tiered
+    /// time: this gateway answers its own clock requests in the parent's
+    /// time).
+    pub clock: Arc<ParentClock>,
 }
+
+/// The clock exchange with the parent (PROTOCOL §7), as an agent runs it
+/// with its gateway: one request a second until three samples are in,
+/// then every ten; replies count only under the parent's key.
+struct ParentExchange {
+    filter: ClockFilter,
+    ids: baton_shared::backoff::SplitMix64,
+    samples: u32,
+    next_at: Option<Duration>,
+}
+
+/// Clock requests: one a second for the first three samples, then every
+/// ten seconds (as the agent's).
+const CLOCK_FIRST: u32 = 3;
+const CLOCK_EVERY: Duration = Duration::from_secs(10);
 
 /// One forwarded chain as `/api/v1/upstream` shows it.
 #[derive(Debug, Clone, Default)]
@@ -85,6 +106,10 @@ pub struct UpstreamStatus {
     pub chains: BTreeMap<AgentId, ChainStatus>,
     /// The latest alerts, oldest first.
     pub alerts: VecDeque<String>,
+    /// The offset to the parent's clock (parent − own, ms) and whether it
+    /// is synced: the time this gateway answers its agents in.
+    pub clock_offset_ms: Option<i64>,
+    pub clock_synced: bool,
 }
 
 impl UpstreamStatus {
@@ -113,6 +138,15 @@ impl UpstreamStatus {
         let mut o = Object::new();
         o.insert("parent", Value::from(self.parent.as_str()));
         o.insert("connected", Value::Bool(self.connected));
+        let mut clock = Object::new();
+        #[allow(clippy::cast_precision_loss)]
+        clock.insert(
+            "offset_ms",
+            self.clock_offset_ms
+                .map_or(Value::Null, |o| Value::Number(o as f64)),
+        );
+        clock.insert("synced", Value::Bool(self.clock_synced));
+        o.insert("clock", Value::Object(clock));
         o.insert("chains", Value::Object(chains));
         o.insert(
             "alerts",
@@ -225,6 +259,12 @@ pub fn spawn(
         dirty_cursors: BTreeMap::new(),
         connected: false,
         alerted: BTreeMap::new(),
+        exchange: ParentExchange {
+            filter: ClockFilter::new(Duration::from_secs(120)),
+            ids: baton_shared::backoff::SplitMix64::new(seed ^ 0x71e),
+            samples: 0,
+            next_at: None,
+        },
     };
     let forwarder = tokio::spawn(state.run(rx, committed));
     Ok(Forwarder {
@@ -256,6 +296,7 @@ struct State {
     connected: bool,
     /// When each (chain, kind) last alerted.
     alerted: BTreeMap<(AgentId, &'static str), Instant>,
+    exchange: ParentExchange,
 }
 
 impl State {
@@ -291,6 +332,7 @@ impl State {
                 () = tokio::time::sleep(wake) => {}
             }
             self.drive();
+            self.clock_exchange();
             self.publish_status();
         }
     }
@@ -299,14 +341,75 @@ impl State {
         self.origin.elapsed()
     }
 
-    /// When some uplink's timer is next due (at most a second away).
+    /// When some uplink's timer (or the clock exchange) is next due, at
+    /// most a second away.
     fn next_wake(&self) -> Duration {
+        let now = self.now();
         self.chains
             .values()
             .filter_map(|c| c.uplink.poll_timeout())
+            .chain(self.exchange.next_at)
+            .map(|at| at.saturating_sub(now))
             .min()
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(1))
+    }
+
+    /// Sends a clock request to the parent when one is due.
+    fn clock_exchange(&mut self) {
+        let now = self.now();
+        let x = &mut self.exchange;
+        if !self.connected || x.next_at.is_none_or(|at| at > now) {
+            return;
+        }
+        let id = x.ids.next_u64().to_le_bytes();
+        let t0 = baton_runtime::unix_ms();
+        x.filter.requested(now, id, t0);
+        let req = TimeRequest {
+            agent: self.cfg.gateway.clone(),
+            id,
+            t0,
+        };
+        let t = topic::agent(&self.cfg.cluster, &self.cfg.gateway, Kind::Time);
+        let _ = self
+            .client
+            .try_publish(t, QoS::AtMostOnce, false, req.encode());
+        let every = if x.samples < CLOCK_FIRST {
+            Duration::from_secs(1)
+        } else {
+            CLOCK_EVERY
+        };
+        x.next_at = Some(now + every);
+    }
+
+    /// The parent's answer to a clock request: counted only under its key.
+    fn clock_reply(&mut self, now: Duration, payload: &[u8]) {
+        let t3 = baton_runtime::unix_ms();
+        let reply = match TimeReply::decode(payload) {
+            Ok(r) if r.agent == self.cfg.gateway && r.verify(&self.cfg.upstream.key) => r,
+            Ok(_) => {
+                warn!("upstream: a clock reply not signed by the parent's key, dropped");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "upstream: an undecodable clock reply, dropped");
+                return;
+            }
+        };
+        let x = &mut self.exchange;
+        if x.filter.replied(now, &reply, t3).is_ok() {
+            x.samples += 1;
+            if let Some(best) = x.filter.best(now) {
+                if x.samples == 1 {
+                    info!(
+                        offset_ms = best.offset_ms,
+                        rtt_ms = best.rtt_ms,
+                        "the parent's time: this gateway answers its agents in it"
+                    );
+                }
+                self.cfg.clock.set(best.offset_ms);
+            }
+        }
     }
 
     /// Reads the chain list and every head from the store: new enrollments
@@ -404,6 +507,12 @@ impl State {
                 for chain in self.chains.values_mut() {
                     chain.uplink.connected(now);
                 }
+                let reply = topic::agent(&self.cfg.cluster, &self.cfg.gateway, Kind::TimeReply);
+                if let Err(e) = self.client.try_subscribe(&reply, QoS::AtMostOnce) {
+                    warn!(filter = %reply, error = %e, "upstream subscribe failed");
+                }
+                self.exchange.samples = 0;
+                self.exchange.next_at = Some(now);
             }
             Pumped::Lost => {
                 self.connected = false;
@@ -423,6 +532,10 @@ impl State {
         let Ok(agent) = AgentId::new(t.agent) else {
             return;
         };
+        if t.kind == Some(Kind::TimeReply) && agent == self.cfg.gateway {
+            self.clock_reply(now, payload);
+            return;
+        }
         let Some(chain) = self.chains.get_mut(&agent) else {
             return;
         };
@@ -568,6 +681,8 @@ impl State {
     fn publish_status(&self) {
         let mut st = lock(&self.status);
         st.connected = self.connected;
+        st.clock_synced = self.cfg.clock.synced();
+        st.clock_offset_ms = (self.exchange.samples > 0).then(|| self.cfg.clock.offset_ms());
         for (id, c) in &self.chains {
             let s = st.chains.entry(id.clone()).or_default();
             s.held = c.head.0;

@@ -20,10 +20,10 @@ pub const DEVICE_WRITES: [Kind; 6] = [
 pub const DEVICE_READS: [Kind; 4] = [Kind::Ack, Kind::Nack, Kind::TimeReply, Kind::Cmd];
 
 /// What a child gateway's forwarder publishes for the chains it forwards.
-pub const CHILD_WRITES: [Kind; 2] = [Kind::Hello, Kind::Entries];
+pub const CHILD_WRITES: [Kind; 3] = [Kind::Hello, Kind::Entries, Kind::Time];
 
 /// What a child gateway's forwarder reads for the chains it forwards.
-pub const CHILD_READS: [Kind; 2] = [Kind::Ack, Kind::Nack];
+pub const CHILD_READS: [Kind; 3] = [Kind::Ack, Kind::Nack, Kind::TimeReply];
 
 /// The largest retained message a device may leave (its `state`).
 pub const MAX_RETAINED: usize = 1024;

@@ -304,6 +304,8 @@ pub struct Role {
     pub id: String,
     pub cluster: String,
     pub extra: Vec<String>,
+    /// Environment for the process (libfaketime).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Role {
@@ -312,6 +314,7 @@ impl Default for Role {
             id: "gw-proc".into(),
             cluster: "c1".into(),
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -322,6 +325,7 @@ impl Role {
             id: id.into(),
             cluster: cluster.into(),
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -338,6 +342,12 @@ impl Role {
 
     pub fn arg(mut self, flag: &str, value: &str) -> Role {
         self.extra.extend([flag.into(), value.into()]);
+        self
+    }
+
+    /// Sets an environment variable of the process.
+    pub fn env(mut self, key: &str, value: &str) -> Role {
+        self.env.push((key.into(), value.into()));
         self
     }
 }
@@ -362,7 +372,8 @@ pub fn spawn_gateway_as(dir: &Path, via: Via, http: SocketAddr, role: &Role) -> 
     .arg(dir)
     .arg("--keys-dir")
     .arg(dir.join("agents"))
-    .args(&role.extra);
+    .args(&role.extra)
+    .envs(role.env.iter().map(|(k, v)| (k, v)));
     match via {
         Via::Embedded(a) => cmd.arg("--mqtt-listen").arg(a.to_string()),
         Via::External(a) => cmd.arg("--broker").arg(format!("mqtt://{a}")),

@@ -103,3 +103,27 @@ pub fn own_chain_text(data_dir: &std::path::Path) -> String {
     baton_agent::cli::export_jsonl(&o, None, None, &mut own).unwrap();
     String::from_utf8(own).unwrap()
 }
+
+/// libfaketime's preload library, if installed. Without it a test that
+/// needs it says so and is skipped, unless `BATON_REQUIRE_FAKETIME=1`
+/// (CI sets it), which makes a missing library a failure.
+pub fn faketime() -> Option<String> {
+    let found = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .map(str::to_owned);
+    if found.is_none() {
+        assert!(
+            std::env::var("BATON_REQUIRE_FAKETIME").as_deref() != Ok("1"),
+            "BATON_REQUIRE_FAKETIME=1 but libfaketime is not installed (apt-get install faketime)"
+        );
+        eprintln!(
+            "SKIPPED: libfaketime is not installed (set BATON_REQUIRE_FAKETIME=1 to fail instead)"
+        );
+    }
+    found
+}

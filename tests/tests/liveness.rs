@@ -304,31 +304,11 @@ async fn a_paused_agent_is_suspected_by_phi_and_recovers_when_resumed() {
     gw.stop().await;
 }
 
-/// libfaketime's preload library, if installed.
-fn faketime() -> Option<String> {
-    let found = [
-        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-        "/usr/lib/faketime/libfaketime.so.1",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .map(str::to_owned);
-    if found.is_none() {
-        assert!(
-            std::env::var("BATON_REQUIRE_FAKETIME").as_deref() != Ok("1"),
-            "BATON_REQUIRE_FAKETIME=1 but libfaketime is not installed (apt-get install faketime)"
-        );
-        eprintln!(
-            "SKIPPED: libfaketime is not installed (set BATON_REQUIRE_FAKETIME=1 to fail instead)"
-        );
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_with_a_clock_years_off_is_flagged_and_its_entries_verify() {
-    let Some(lib) = faketime() else { return };
+    let Some(lib) = baton_tests::faketime() else {
+        return;
+    };
     let gw_dir = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let key = agent_key(dir.path());

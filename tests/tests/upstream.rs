@@ -607,3 +607,78 @@ async fn a_chain_held_from_a_start_seq_is_forwarded_from_it() {
     let v = verify_text(&top, Some(agent.key().public()));
     assert!(v.is_valid(), "{v:?}");
 }
+
+/// Tiered time (PROTOCOL §7): a cluster gateway whose own clock is 1,200
+/// days behind (libfaketime) learns its offset to the sector through the
+/// signed clock exchange of its forwarder, and answers its agents in the
+/// sector's time: an agent with a true clock measures an offset near zero
+/// — before, it measured −1,200 days and wrote that into every entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_gateway_with_a_wrong_clock_answers_in_its_parents_time() {
+    let Some(lib) = baton_tests::faketime() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sector = GatewayProc::start_as(
+        &dir.path().join("sector"),
+        &[],
+        Via::Embedded(local(free_port())),
+        Role::new("sector-gw", "s1"),
+    );
+    let cdir = dir.path().join("c1-gw");
+    enroll_child(sector.http, "c1-gw", gateway_key(&cdir), "c1");
+    let adir = dir.path().join("pi-t");
+    let key = agent_key(&adir);
+    let cluster = GatewayProc::start_as(
+        &cdir,
+        &[(AgentId::new("pi-t").unwrap(), key)],
+        Via::Embedded(local(free_port())),
+        Role::new("c1-gw", "c1")
+            .upstream(sector.via.broker(), sector.key)
+            .env("LD_PRELOAD", &lib)
+            .env("FAKETIME", "-1200d")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env("FAKETIME_DONT_RESET", "1"),
+    );
+    let band = 1200.0 * 86_400_000.0;
+    let parent_offset = || {
+        get_json(cluster.http, "/api/v1/upstream").and_then(|v| {
+            v.as_object()?
+                .get("clock")?
+                .as_object()?
+                .get("offset_ms")?
+                .as_f64()
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || parent_offset()
+            .is_some_and(|o| (o - band).abs() < 60_000.0))
+        .await,
+        "the cluster gateway never learned the sector's time: {:?}",
+        parent_offset()
+    );
+    let extra = baton_agent::RawConfig {
+        heartbeat: Some("500ms".into()),
+        ..Default::default()
+    };
+    let a = Agent::start_with(
+        "pi-t",
+        &adir,
+        Some(cluster.via.broker()),
+        Some(cluster.key),
+        extra,
+    )
+    .await;
+    let offset = || {
+        get_json(cluster.http, "/api/v1/agents/pi-t")
+            .and_then(|v| v.as_object()?.get("clock_offset_ms")?.as_f64())
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || offset()
+            .is_some_and(|o| o.abs() < 60_000.0))
+        .await,
+        "the agent's offset is {:?} ms: the cluster gateway answered in its own time",
+        offset()
+    );
+    a.stop().await;
+}

@@ -151,9 +151,10 @@ impl Ingest {
 
 /// What a parent subscribes to for child cluster `c`: the chains it
 /// forwards (hello and batches; heartbeats stay in the child's cluster).
-pub(super) fn child_filters(c: &ClusterId) -> [String; 2] {
+pub(super) fn child_filters(c: &ClusterId) -> [String; 3] {
     [
         topic::cluster_filter(c, Kind::Hello),
         topic::cluster_filter(c, Kind::Entries),
+        topic::cluster_filter(c, Kind::Time),
     ]
 }

@@ -111,6 +111,8 @@ pub struct Ingest {
     routes: HashMap<AgentId, (ClusterId, AgentId)>,
     /// Child clusters → their gateway (PROTOCOL §8).
     children: BTreeMap<ClusterId, AgentId>,
+    /// The offset to the parent's clock (tiered time).
+    parent_clock: Arc<ParentClock>,
     /// Enrollments staged and not yet committed (a record is looked up
     /// here before the store).
     staged_records: HashMap<AgentId, AgentRecord>,
@@ -127,45 +129,101 @@ pub struct Ingest {
 pub const CLONE_RECOVERIES: usize = 3;
 pub const CLONE_WINDOW_MS: i64 = 10 * 60 * 1000;
 
+/// This gateway's clock as its parent's (PROTOCOL §7, tiered time): the
+/// offset to the parent that the forwarder's clock exchange measured, so
+/// that every tier answers in the top's time. Without a parent (or before
+/// a sample) the gateway's own clock is the time.
+#[derive(Debug, Default)]
+pub struct ParentClock {
+    /// Parent − own, ms.
+    offset_ms: std::sync::atomic::AtomicI64,
+    /// Whether a sample was taken, and when (ms since `origin`).
+    sampled: Mutex<Option<std::time::Instant>>,
+}
+
+impl ParentClock {
+    /// A sample of the offset to the parent (from the forwarder).
+    pub fn set(&self, offset_ms: i64) {
+        self.offset_ms
+            .store(offset_ms, std::sync::atomic::Ordering::Relaxed);
+        *self
+            .sampled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
+    }
+
+    /// Parent − own, ms; 0 before any sample.
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a sample younger than [`baton_shared::clock::SYNCED_WITHIN`]
+    /// exists.
+    pub fn synced(&self) -> bool {
+        self.sampled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < baton_shared::clock::SYNCED_WITHIN)
+    }
+
+    /// The top's time now, as this gateway knows it.
+    pub fn now_ms(&self) -> i64 {
+        baton_runtime::unix_ms() + self.offset_ms()
+    }
+}
+
 /// Answers clock requests (PROTOCOL §7): every reply signed by the
-/// gateway, so that only its gateway can move an agent's clock.
+/// gateway, so that only its gateway can move an agent's clock, and in its
+/// parent's time when it has one (tiered time).
 #[derive(Debug, Clone)]
 pub struct TimeServer {
     cluster: ClusterId,
     gateway: AgentId,
     key: SecretKey,
+    clock: Arc<ParentClock>,
 }
 
 impl TimeServer {
-    pub fn new(cluster: ClusterId, gateway: AgentId, key: SecretKey) -> Self {
+    pub fn new(
+        cluster: ClusterId,
+        gateway: AgentId,
+        key: SecretKey,
+        clock: Arc<ParentClock>,
+    ) -> Self {
         TimeServer {
             cluster,
             gateway,
             key,
+            clock,
         }
     }
 
-    /// The answer to a request received at `t1`; the send time `t2` is
-    /// taken as late as possible.
-    pub fn reply(&self, req: &TimeRequest, t1: i64) -> Outbound {
-        let reply = TimeReply::sign(&self.key, &self.gateway, req, t1, baton_runtime::unix_ms());
+    /// The top's time now, as this gateway knows it.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The answer to a request received at `t1` (in the top's time), on
+    /// `cluster`'s topic; the send time `t2` is taken as late as possible.
+    pub fn reply(&self, cluster: &ClusterId, req: &TimeRequest, t1: i64) -> Outbound {
+        let reply = TimeReply::sign(&self.key, &self.gateway, req, t1, self.now_ms());
         Outbound {
-            topic: topic::agent(&self.cluster, &req.agent, Kind::TimeReply),
+            topic: topic::agent(cluster, &req.agent, Kind::TimeReply),
             payload: reply.encode(),
         }
     }
 
     /// The reply to a well-formed clock request on `topic` of this
     /// gateway's cluster; `None` leaves the message to ingest, which counts
-    /// what is wrong with it.
+    /// what is wrong with it (and answers a child gateway's).
     pub fn answer(&self, topic: &str, payload: &[u8]) -> Option<Outbound> {
-        let t1 = baton_runtime::unix_ms();
+        let t1 = self.now_ms();
         let t = topic::parse(topic)?;
         if t.cluster != self.cluster.as_str() || t.kind != Some(Kind::Time) {
             return None;
         }
         let req = TimeRequest::decode(payload).ok()?;
-        (req.agent.as_str() == t.agent).then(|| self.reply(&req, t1))
+        (req.agent.as_str() == t.agent).then(|| self.reply(&self.cluster, &req, t1))
     }
 }
 
@@ -203,6 +261,7 @@ impl Ingest {
             registry,
             routes: HashMap::new(),
             children: BTreeMap::new(),
+            parent_clock: Arc::new(ParentClock::default()),
             staged_records: HashMap::new(),
             new_subscriptions: Vec::new(),
             recoveries: HashMap::new(),
@@ -244,7 +303,13 @@ impl Ingest {
             self.cfg.cluster.clone(),
             self.cfg.gateway.clone(),
             self.key.clone(),
+            Arc::clone(&self.parent_clock),
         )
+    }
+
+    /// This gateway's time as its parent's (set by the forwarder).
+    pub fn parent_clock(&self) -> Arc<ParentClock> {
+        Arc::clone(&self.parent_clock)
     }
 
     /// The live registry (shared with the HTTP side).
@@ -520,6 +585,17 @@ impl Ingest {
         match kind {
             Some(Kind::Hello) => self.hello(now, unix_ms, &agent, payload, forwarded),
             Some(Kind::Entries) => self.entries(now, unix_ms, &agent, payload),
+            // A child gateway's forwarder asks for the time (tiered time):
+            // only the child this cluster is routed to, for itself.
+            Some(Kind::Time) if forwarded && self.children.get(&cluster) == Some(&agent) => {
+                let time = self.time_server();
+                let t1 = time.now_ms();
+                Ok(self
+                    .decode(now, &agent, payload, |m: &TimeRequest| &m.agent)
+                    .map(|r| time.reply(&cluster, &r, t1))
+                    .into_iter()
+                    .collect())
+            }
             // child clusters forward chains only
             _ if forwarded => {
                 self.bad(now, agent.as_str(), BadInput::Topic, topic);
@@ -529,9 +605,12 @@ impl Ingest {
                 let Some(hb) = self.decode(now, &agent, payload, |m: &Heartbeat| &m.agent) else {
                     return Ok(Vec::new());
                 };
+                // An agent's offset is to the top's time (tiered time), as
+                // its own clock exchange measures it.
+                let top_ms = unix_ms + self.parent_clock.offset_ms();
                 if let Err(why) = Registry::plausible_heartbeat(&hb) {
                     self.bad(now, agent.as_str(), BadInput::Implausible, why);
-                } else if !self.registry().heartbeat(now, unix_ms, hb) {
+                } else if !self.registry().heartbeat(now, top_ms, hb) {
                     self.bad(now, agent.as_str(), BadInput::UnknownAgent, "heartbeat");
                 }
                 Ok(Vec::new())
@@ -551,11 +630,11 @@ impl Ingest {
             Some(Kind::Time) => {
                 // Normally answered by the MQTT poller at once (see
                 // `time_reply`); here when it reaches ingest anyway.
-                let t1 = unix_ms;
                 let time = self.time_server();
+                let t1 = time.now_ms();
                 Ok(self
                     .decode(now, &agent, payload, |m: &TimeRequest| &m.agent)
-                    .map(|r| time.reply(&r, t1))
+                    .map(|r| time.reply(&self.cfg.cluster, &r, t1))
                     .into_iter()
                     .collect())
             }
