@@ -96,6 +96,16 @@ pub struct RunArgs {
     /// Something this device can do (for commands' select); repeat for more.
     #[arg(long = "capability", value_name = "NAME")]
     capabilities: Vec<String>,
+    /// An executable serving a verb, VERB=PATH (orient, decide, act); repeat for more.
+    #[arg(long = "handler", value_name = "VERB=PATH", value_parser = parse_handler)]
+    handlers: Vec<(String, PathBuf)>,
+}
+
+fn parse_handler(s: &str) -> Result<(String, PathBuf), String> {
+    let (verb, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected VERB=PATH"))?;
+    Ok((verb.to_owned(), PathBuf::from(path)))
 }
 
 #[derive(Debug, clap::Args)]
@@ -226,6 +236,7 @@ fn raw_config(a: RunArgs) -> anyhow::Result<RawConfig> {
         class: a.class,
         issuer_keys: (!a.issuer_keys.is_empty()).then_some(a.issuer_keys),
         capabilities: (!a.capabilities.is_empty()).then_some(a.capabilities),
+        handlers: (!a.handlers.is_empty()).then(|| a.handlers.into_iter().collect()),
     }))
 }
 

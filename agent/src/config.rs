@@ -42,6 +42,9 @@ pub struct RawConfig {
     pub issuer_keys: Option<Vec<String>>,
     /// What this device can do, for commands' `select.capabilities`.
     pub capabilities: Option<Vec<String>>,
+    /// Executables serving verbs the agent has no built-in handler for:
+    /// verb → path (`[handlers] act = "/usr/lib/baton/act"`).
+    pub handlers: Option<std::collections::BTreeMap<String, PathBuf>>,
 }
 
 impl RawConfig {
@@ -74,6 +77,7 @@ impl RawConfig {
             class: over.class.or(self.class),
             issuer_keys: over.issuer_keys.or(self.issuer_keys),
             capabilities: over.capabilities.or(self.capabilities),
+            handlers: over.handlers.or(self.handlers),
         }
     }
 }
@@ -121,6 +125,8 @@ pub struct Config {
     /// contact never authorizes a command.
     pub issuer_keys: Vec<PublicKey>,
     pub capabilities: Vec<String>,
+    /// Executables for `orient`, `decide` and `act` (see `coord`).
+    pub handlers: std::collections::BTreeMap<baton_shared::command::Verb, PathBuf>,
 }
 
 fn size(key: &'static str, v: Option<&str>, default: u64) -> Result<u64, ConfigError> {
@@ -250,6 +256,25 @@ impl Config {
                 format!("{c:?}: 1–64 characters, no control characters"),
             ));
         }
+        let mut handlers = std::collections::BTreeMap::new();
+        for (verb, path) in raw.handlers.unwrap_or_default() {
+            use baton_shared::command::Verb;
+            let v = Verb::parse(&verb)
+                .filter(|v| matches!(v, Verb::Orient | Verb::Decide | Verb::Act))
+                .ok_or_else(|| {
+                    invalid(
+                        "handlers",
+                        format!("{verb:?}: only orient, decide and act are served by executables (the others are built in)"),
+                    )
+                })?;
+            if !path.is_absolute() {
+                return Err(invalid(
+                    "handlers",
+                    format!("{verb}: {} is not an absolute path", path.display()),
+                ));
+            }
+            handlers.insert(v, path);
+        }
         let window = raw.window.unwrap_or(16);
         if !(1..=64).contains(&window) {
             return Err(invalid("window", format!("{window} is outside 1..=64")));
@@ -285,6 +310,7 @@ impl Config {
             class: raw.class,
             issuer_keys,
             capabilities,
+            handlers,
         })
     }
 
@@ -369,6 +395,16 @@ heartbeat_summary = "5m"
 # What this device can do (a command's select.capabilities must all be
 # here); reported in heartbeats.
 # capabilities = ["camera"]
+# Executables serving orient, decide and act (the other verbs are built
+# in). Each runs twice: at receipt with BATON_PHASE=prepare (exit 0: READY;
+# 10: context_divergence; 11: data_contradiction; anything else or still
+# running at T + window: handler_failed / temporal_paradox; stdout, if JSON,
+# is the result), then when the clock reaches T with BATON_PHASE=act. The
+# payload is on stdin; BATON_COMMAND_HASH, BATON_COMMAND_ID, BATON_ISSUER,
+# BATON_VERB, BATON_TARGET_MS (top's time) and BATON_TARGET_LOCAL_MS (this
+# device's clock) in the environment.
+# [handlers]
+# act = "/usr/lib/baton/act"
 "#;
 
 #[cfg(test)]

@@ -14,9 +14,18 @@
 //!   at T), `observe` (a status snapshot as the result: head, receipt,
 //!   state, frozen, clock), `sync` (signs the
 //!   head; READY once the gateway's receipt covers the command),
-//!   `freeze` / `thaw`. Any other verb has no handler here: −1
-//!   `capability_mismatch`. The frozen state is rebuilt at start from the
+//!   `freeze` / `thaw`. The frozen state is rebuilt at start from the
 //!   recorded commands; a frozen agent still takes appends.
+//! - `orient`, `decide` and `act` go to configured executables
+//!   (`[handlers]`): run at receipt with `BATON_PHASE=prepare` — exit 0 is
+//!   READY (stdout, if JSON, the result), 10 `context_divergence`, 11
+//!   `data_contradiction`, anything else `handler_failed`, still running at
+//!   T + `window_ms` `temporal_paradox` (it is killed) — and, when READY,
+//!   again when the corrected clock reaches T with `BATON_PHASE=act`. The
+//!   payload is on stdin; the command's hash, id, issuer, verb and T (in
+//!   the top's time and in this device's clock) are in the environment. A
+//!   verb with no handler: −1 `capability_mismatch`.
+//! - Handlers run concurrently: a slow one never delays another command.
 //!
 //! Everything runs on one task fed by the link (so a handler's wait never
 //! holds the MQTT loop); bad input is counted by reason in `status.json`
@@ -43,6 +52,13 @@ use crate::writer::Writer;
 /// Deliveries waiting for the coordinator; more are dropped and counted.
 pub const QUEUE: usize = 64;
 
+/// How a command's handler answers.
+enum Handled {
+    Now(Answer),
+    /// A task answers on the coordinator's `done` channel.
+    Later,
+}
+
 /// What the link hands the coordinator.
 #[derive(Debug)]
 pub enum In {
@@ -58,6 +74,7 @@ pub struct Obeys {
     pub issuer_keys: Vec<PublicKey>,
     pub gateway_key: Option<PublicKey>,
     pub capabilities: Vec<String>,
+    pub handlers: BTreeMap<Verb, std::path::PathBuf>,
 }
 
 pub struct Coordinator {
@@ -73,6 +90,9 @@ pub struct Coordinator {
     /// The freeze in effect: its hash and `expires`.
     frozen: Option<(Hash, i64)>,
     last_logged: HashMap<&'static str, Instant>,
+    /// Handlers' answers, from their tasks.
+    done_tx: mpsc::Sender<(Hash, Answer)>,
+    done_rx: Option<mpsc::Receiver<(Hash, Answer)>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -107,6 +127,7 @@ impl Coordinator {
         client: AsyncClient,
     ) -> Coordinator {
         let reply_topic = topic::agent(cluster, &agent, Kind::CmdReply);
+        let (done_tx, done_rx) = mpsc::channel(QUEUE);
         Coordinator {
             agent,
             reply_topic,
@@ -119,15 +140,24 @@ impl Coordinator {
             known: HashMap::new(),
             frozen: None,
             last_logged: HashMap::new(),
+            done_tx,
+            done_rx: Some(done_rx),
         }
     }
 
     /// Runs until the link closes its end.
     pub async fn run(mut self, mut rx: mpsc::Receiver<In>) {
         self.resume().await;
-        while let Some(msg) = rx.recv().await {
-            match msg {
-                In::Delivery(payload, key) => self.delivery(&payload, key).await,
+        let Some(mut done) = self.done_rx.take() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(In::Delivery(payload, key)) => self.delivery(&payload, key).await,
+                    None => return,
+                },
+                Some((hash, answer)) = done.recv() => self.answer(hash, answer).await,
             }
         }
     }
@@ -291,22 +321,44 @@ impl Coordinator {
             };
             Answer::conflict(c.hash, received_ms, kind, detail)
         } else {
-            self.handle(&c, seq, received_ms).await
+            match self.handle(&c, seq, received_ms).await {
+                Handled::Now(a) => a,
+                Handled::Later => return,
+            }
         };
         self.answer(c.hash, answer).await;
     }
 
-    /// Runs the built-in handler for `c` (recorded at `seq`).
-    async fn handle(&mut self, c: &Command, seq: u64, received_ms: i64) -> Answer {
+    /// Runs the handler for `c` (recorded at `seq`).
+    async fn handle(&mut self, c: &Command, seq: u64, received_ms: i64) -> Handled {
         let missing = c.select.missing_capabilities(&self.obeys.capabilities);
         if let Some(cap) = missing.first() {
-            return Answer::conflict(
+            return Handled::Now(Answer::conflict(
                 c.hash,
                 received_ms,
                 ConflictKind::CapabilityMismatch,
                 format!("no handler serves capability {cap}"),
-            );
+            ));
         }
+        if let Some(exe) = self.obeys.handlers.get(&c.verb) {
+            let run = Executable {
+                path: exe.clone(),
+                command: c.clone(),
+                received_ms,
+                clock: Arc::clone(&self.clock),
+            };
+            let done = self.done_tx.clone();
+            tokio::spawn(async move {
+                let a = run.prepare().await;
+                let _ = done.send((run.command.hash, a)).await;
+            });
+            return Handled::Later;
+        }
+        Handled::Now(self.built_in(c, seq, received_ms).await)
+    }
+
+    /// The built-in handlers.
+    async fn built_in(&mut self, c: &Command, seq: u64, received_ms: i64) -> Answer {
         let started = Instant::now();
         let ready = |result: Option<Value>, started: Instant| {
             let (now, _) = corrected_now(&self.clock);
@@ -397,27 +449,54 @@ impl Coordinator {
                         e.to_string(),
                     );
                 }
-                loop {
-                    if self.shared.receipted() >= seq {
-                        return ready(None, started);
-                    }
-                    let (now, _) = corrected_now(&self.clock);
-                    if now > c.deadline_ms() {
-                        return Answer::conflict(
-                            c.hash,
-                            received_ms,
-                            ConflictKind::TemporalParadox,
-                            "the gateway's receipt did not cover the command by T + window",
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                // Waits for the receipt on its own task (answered there);
+                // meanwhile the answer is TRANSIT.
+                let (shared, clock, done) = (
+                    Arc::clone(&self.shared),
+                    Arc::clone(&self.clock),
+                    self.done_tx.clone(),
+                );
+                let (hash, deadline) = (c.hash, c.deadline_ms());
+                tokio::spawn(async move {
+                    let a = loop {
+                        if shared.receipted() >= seq {
+                            let (now, _) = corrected_now(&clock);
+                            break Answer {
+                                hash,
+                                state: State::Ready,
+                                received_ms,
+                                ready_ms: Some(now),
+                                processing_ms: Some(
+                                    u64::try_from(started.elapsed().as_millis())
+                                        .unwrap_or(u64::MAX),
+                                ),
+                                conflict: None,
+                                result: None,
+                            };
+                        }
+                        if corrected_now(&clock).0 > deadline {
+                            break Answer::conflict(
+                                hash,
+                                received_ms,
+                                ConflictKind::TemporalParadox,
+                                "the gateway's receipt did not cover the command by T + window",
+                            );
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    };
+                    let _ = done.send((hash, a)).await;
+                });
+                Answer {
+                    state: State::Transit,
+                    ready_ms: None,
+                    ..ready(None, started)
                 }
             }
             Verb::Orient | Verb::Decide | Verb::Act => Answer::conflict(
                 c.hash,
                 received_ms,
                 ConflictKind::CapabilityMismatch,
-                format!("no handler for {}", c.verb.as_str()),
+                format!("no handler for {} on this device", c.verb.as_str()),
             ),
         }
     }
@@ -467,5 +546,174 @@ impl Coordinator {
         let _ = self
             .client
             .try_publish(&self.reply_topic, QoS::AtLeastOnce, false, reply.encode());
+    }
+}
+
+/// A configured executable serving a command (see the module description).
+struct Executable {
+    path: std::path::PathBuf,
+    command: Command,
+    received_ms: i64,
+    clock: Arc<ClockState>,
+}
+
+/// What the prepare phase says is read; the act phase's output goes nowhere.
+fn piped(read: bool) -> std::process::Stdio {
+    if read {
+        std::process::Stdio::piped()
+    } else {
+        std::process::Stdio::null()
+    }
+}
+
+/// Exit statuses a handler answers a conflict with.
+const EXIT_CONTEXT_DIVERGENCE: i32 = 10;
+const EXIT_DATA_CONTRADICTION: i32 = 11;
+
+impl Executable {
+    fn spawn(&self, phase: &str) -> std::io::Result<tokio::process::Child> {
+        let c = &self.command;
+        let (now, _) = corrected_now(&self.clock);
+        let local_target = c.target_ms - (now - baton_runtime::unix_ms());
+        tokio::process::Command::new(&self.path)
+            .env("BATON_PHASE", phase)
+            .env("BATON_COMMAND_HASH", c.hash.to_hex())
+            .env("BATON_COMMAND_ID", c.id.as_str())
+            .env("BATON_ISSUER", c.issuer.as_str())
+            .env("BATON_VERB", c.verb.as_str())
+            .env("BATON_TARGET_MS", c.target_ms.to_string())
+            .env("BATON_TARGET_LOCAL_MS", local_target.to_string())
+            .env("BATON_WINDOW_MS", c.window_ms.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(piped(phase == "prepare"))
+            .stderr(piped(phase == "prepare"))
+            .kill_on_drop(true)
+            .spawn()
+    }
+
+    /// Runs the prepare phase and answers; when READY, the act phase is
+    /// started at T.
+    async fn prepare(&self) -> Answer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let c = &self.command;
+        let started = Instant::now();
+        let failed = |kind: ConflictKind, detail: String| {
+            Answer::conflict(c.hash, self.received_ms, kind, detail)
+        };
+        let mut child = match self.spawn("prepare") {
+            Ok(ch) => ch,
+            Err(e) => {
+                return failed(
+                    ConflictKind::HandlerFailed,
+                    format!("starting {}: {e}", self.path.display()),
+                );
+            }
+        };
+        let payload = baton_shared::canonical::to_vec(&c.payload);
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(&payload).await;
+        }
+        let (now, _) = corrected_now(&self.clock);
+        let left = u64::try_from(c.deadline_ms() - now).unwrap_or(0);
+        let mut stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
+        let run = async {
+            let mut out = Vec::new();
+            let mut err = Vec::new();
+            if let Some(s) = stdout.as_mut() {
+                let _ = s.take(64 * 1024).read_to_end(&mut out).await;
+            }
+            if let Some(s) = stderr.as_mut() {
+                let _ = s.take(4 * 1024).read_to_end(&mut err).await;
+            }
+            (child.wait().await, out, err)
+        };
+        let Ok((status, out, err)) = tokio::time::timeout(Duration::from_millis(left), run).await
+        else {
+            // kill_on_drop ends it
+            return failed(
+                ConflictKind::TemporalParadox,
+                format!("{} was not prepared by T + window", self.path.display()),
+            );
+        };
+        let first_line = String::from_utf8_lossy(&err)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect::<String>();
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => return failed(ConflictKind::HandlerFailed, e.to_string()),
+        };
+        match status.code() {
+            Some(0) => {
+                let result = baton_shared::json::parse(&out, baton_shared::json::Mode::Verify)
+                    .ok()
+                    .filter(|r| {
+                        baton_shared::canonical::to_vec(r).len() <= command::MAX_RESULT_BYTES
+                    });
+                let (now, _) = corrected_now(&self.clock);
+                self.act_at_target();
+                Answer {
+                    hash: c.hash,
+                    state: State::Ready,
+                    received_ms: self.received_ms,
+                    ready_ms: Some(now),
+                    processing_ms: Some(
+                        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    ),
+                    conflict: None,
+                    result,
+                }
+            }
+            Some(EXIT_CONTEXT_DIVERGENCE) => failed(ConflictKind::ContextDivergence, first_line),
+            Some(EXIT_DATA_CONTRADICTION) => failed(ConflictKind::DataContradiction, first_line),
+            other => failed(
+                ConflictKind::HandlerFailed,
+                format!(
+                    "{} exited {}: {first_line}",
+                    self.path.display(),
+                    other.map_or("on a signal".to_owned(), |c| c.to_string())
+                ),
+            ),
+        }
+    }
+
+    /// Starts the act phase when the corrected clock reaches T.
+    fn act_at_target(&self) {
+        let run = Executable {
+            path: self.path.clone(),
+            command: self.command.clone(),
+            received_ms: self.received_ms,
+            clock: Arc::clone(&self.clock),
+        };
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let (now, _) = corrected_now(&run.clock);
+            let wait = u64::try_from(run.command.target_ms - now).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            match run.spawn("act") {
+                Ok(mut child) => {
+                    if let Some(mut stdin) = child.stdin.take() {
+                        let payload = baton_shared::canonical::to_vec(&run.command.payload);
+                        let _ = stdin.write_all(&payload).await;
+                    }
+                    match child.wait().await {
+                        Ok(s) if s.success() => {}
+                        Ok(s) => {
+                            warn!(path = %run.path.display(), status = %s, "a command's act phase failed")
+                        }
+                        Err(e) => {
+                            warn!(path = %run.path.display(), error = %e, "a command's act phase failed")
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(path = %run.path.display(), error = %e, "starting a command's act phase")
+                }
+            }
+        });
     }
 }

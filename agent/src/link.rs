@@ -155,6 +155,7 @@ impl Link {
                 issuer_keys: config.issuer_keys.clone(),
                 gateway_key: config.gateway_key,
                 capabilities: config.capabilities.clone(),
+                handlers: config.handlers.clone(),
             },
             writer.clone(),
             ledger.clone(),

@@ -412,9 +412,9 @@ async fn forged_deliveries_change_nothing_but_a_counter() {
     gw.stop().await;
 }
 
-/// A command in hand when the agent stops (here: `sync`, waiting for a
-/// receipt a gateway that does not know the agent never gives) is answered
-/// `handler_failed` at the next start, exactly once.
+/// A command in hand when the agent stops (here: `sync`, answered TRANSIT
+/// and waiting for a receipt a gateway that does not know the agent never
+/// gives) is answered `handler_failed` at the next start, exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_a_restart_interrupted_is_answered_handler_failed_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -438,18 +438,22 @@ async fn a_command_a_restart_interrupted_is_answered_handler_failed_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.stop().await;
     let before = exported(&adir);
-    let acks_of = |entries: &[Value]| {
+    // (state of each answer to the sync command, in chain order)
+    let answers_of = |entries: &[Value]| -> Vec<State> {
         entries
             .iter()
             .filter(|e| event(e) == "command_ack")
-            .filter(|e| {
-                let data = e.as_object().unwrap().get("data").unwrap();
-                Answer::from_data(data).unwrap().hash == hash
-            })
-            .count()
+            .map(|e| Answer::from_data(e.as_object().unwrap().get("data").unwrap()).unwrap())
+            .filter(|a| a.hash == hash)
+            .map(|a| a.state)
+            .collect()
     };
     assert!(before.iter().any(|e| event(e) == "command"));
-    assert_eq!(acks_of(&before), 0, "answered before the restart");
+    assert_eq!(
+        answers_of(&before),
+        [State::Transit],
+        "only TRANSIT before the restart"
+    );
 
     let a = Agent::start("pi-r", &adir, Some(gw.mqtt()), Some(gw.key)).await;
     let (_, answer) = s.final_answer(&hash).await;
@@ -463,9 +467,102 @@ async fn a_command_a_restart_interrupted_is_answered_handler_failed_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     a.stop().await;
     assert_eq!(
-        acks_of(&exported(&adir)),
-        1,
-        "answered once across two restarts"
+        answers_of(&exported(&adir)),
+        [State::Transit, State::Conflict],
+        "one final answer across two restarts"
     );
+    gw.stop().await;
+}
+
+/// `act` served by a configured executable: prepared at receipt (its
+/// stdout the result), run again at T; its exit status 11 is
+/// `data_contradiction`; one not prepared by T + window is killed and
+/// answered `temporal_paradox` — and while it runs, other commands are
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executable_serves_act_prepared_at_receipt_and_run_at_t() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (gdir, adir) = (dir.path().join("gw"), dir.path().join("pi-x"));
+    let key = agent_key(&adir);
+    let script = dir.path().join("act.sh");
+    let acted = dir.path().join("acted.log");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\npayload=$(cat)\ncase \"$BATON_PHASE\" in\n\
+             prepare)\n  case \"$payload\" in\n    *contradict*) echo 'the sensor disagrees' >&2; exit 11;;\n    *slow*) sleep 10;;\n  esac\n  echo \"{{\\\"prepared\\\":\\\"$BATON_COMMAND_ID\\\"}}\";;\n\
+             act) echo \"$BATON_COMMAND_ID $BATON_TARGET_LOCAL_MS $(date +%s%3N)\" >> {};;\n\
+             esac\n",
+            acted.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let gw = gateway(&gdir, &[(id("pi-x"), key)]).await;
+    let extra = baton_agent::RawConfig {
+        handlers: Some([("act".to_owned(), script.clone())].into_iter().collect()),
+        ..Default::default()
+    };
+    let a = Agent::start_with("pi-x", &adir, Some(gw.mqtt()), Some(gw.key), extra).await;
+    let mut s = Sender::new(gw.mqtt(), &gdir, "pi-x", key).await;
+    synced(&mut s).await;
+
+    let mut d = s.draft(Verb::Act, 800);
+    d.payload = Value::from("capture");
+    let (_, ready) = s.ask(&d).await;
+    assert_eq!(ready.state, State::Ready, "{ready:?}");
+    let result = ready.result.unwrap();
+    assert_eq!(
+        result
+            .as_object()
+            .unwrap()
+            .get("prepared")
+            .unwrap()
+            .as_str(),
+        Some(d.id.as_str())
+    );
+    // run again at T, by the device's clock
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(&acted)
+            .is_ok_and(|t| t.contains(d.id.as_str())))
+        .await,
+        "the act phase never ran"
+    );
+    let line = std::fs::read_to_string(&acted).unwrap();
+    let fields: Vec<i64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    assert!(
+        fields[1] >= fields[0] - 50,
+        "acted at {} before T {}",
+        fields[1],
+        fields[0]
+    );
+
+    let mut d = s.draft(Verb::Act, 300);
+    d.payload = Value::from("contradict");
+    let (_, x) = s.ask(&d).await;
+    assert_eq!(conflict_kind(&x), ConflictKind::DataContradiction);
+    assert!(x.conflict.unwrap().1.contains("the sensor disagrees"));
+
+    // a slow one is killed at T + window; meanwhile another is answered
+    let mut slow = s.draft(Verb::Act, 300);
+    slow.payload = Value::from("slow");
+    let slow_hash = slow.build().unwrap().hash;
+    let delivery = s.delivery(&slow);
+    s.publish(&delivery).await;
+    let quick = s.draft(Verb::Observe, 0);
+    let started = std::time::Instant::now();
+    assert_eq!(s.ask(&quick).await.1.state, State::Ready);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the observe waited behind the slow handler"
+    );
+    let (_, late) = s.final_answer(&slow_hash).await;
+    assert_eq!(conflict_kind(&late), ConflictKind::TemporalParadox);
+    a.stop().await;
     gw.stop().await;
 }
