@@ -188,18 +188,7 @@ fn salvage_into(
     let head = ledger::import(&o.ledger, agent, key, &salvage, &mut records)?;
     o.ledger.mark_verified(&head)?;
     let _ = std::fs::remove_file(importing);
-    let lost = salvage
-        .lost
-        .iter()
-        .map(|(a, b)| {
-            if a == b {
-                a.to_string()
-            } else {
-                format!("{a}-{b}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",");
+    let lost = baton_shared::salvage::ranges_text(&salvage.lost);
     let detail = format!(
         "ledger damaged ({problem}); kept at {}; salvaged {} entries in place (through seq {}), \
          {} to append anew, seqs not recovered: [{lost}], {} bad signatures stripped, \

@@ -408,26 +408,28 @@ enum Reply {
     Entry(oneshot::Sender<EntryResult>, EntryResult),
 }
 
+impl WriterStats {
+    /// Counts one answered append: appended or refused.
+    fn count<T, E>(&self, r: &Result<T, E>) {
+        let counter = if r.is_ok() {
+            &self.appended
+        } else {
+            &self.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl Reply {
     fn send_ok(self, stats: &WriterStats) {
         match self {
             Reply::Append(tx, r) => {
-                let counter = if r.is_ok() {
-                    &stats.appended
-                } else {
-                    &stats.refused
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                stats.count(&r);
                 let _ = tx.send(r);
             }
             Reply::Many(tx, results, _) => {
                 for r in &results {
-                    let counter = if r.is_ok() {
-                        &stats.appended
-                    } else {
-                        &stats.refused
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    stats.count(r);
                 }
                 let _ = tx.send(results);
             }
@@ -438,12 +440,7 @@ impl Reply {
                 let _ = tx.send(Ok(n));
             }
             Reply::Entry(tx, r) => {
-                let counter = if r.is_ok() {
-                    &stats.appended
-                } else {
-                    &stats.refused
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                stats.count(&r);
                 let _ = tx.send(r);
             }
         }

@@ -62,18 +62,7 @@ pub struct Rebuilt {
 impl Rebuilt {
     /// The words of the gateway's `alert` entry and its log line.
     pub fn detail(&self) -> String {
-        let lost = self
-            .lost
-            .iter()
-            .map(|(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(",");
+        let lost = baton_shared::salvage::ranges_text(&self.lost);
         format!(
             "store damaged ({}); kept at {}; rebuilt: own chain through seq {} (seqs not \
              recovered: [{lost}], {} later entries read for trust only), {} enrollments and \

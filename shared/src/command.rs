@@ -1031,30 +1031,29 @@ mod tests {
             refused(&|d| d.payload = Value::from("x".repeat(MAX_PAYLOAD_BYTES)))
                 .contains("payload")
         );
-        assert!(
-            refused(
-                &|d| d.select = Some(json::parse(br#"{"agents":[]}"#, json::Mode::Verify).unwrap())
-            )
-            .contains("agents is empty")
-        );
-        assert!(
-            refused(
-                &|d| d.select = Some(json::parse(br#"{"sample":0}"#, json::Mode::Verify).unwrap())
-            )
-            .contains("sample")
-        );
-        assert!(
-            refused(
-                &|d| d.quorum = Some(json::parse(br#"{"ready":1.5}"#, json::Mode::Verify).unwrap())
-            )
-            .contains("ready")
-        );
-        assert!(
-            refused(
-                &|d| d.quorum = Some(json::parse(br#"{"speed":1}"#, json::Mode::Verify).unwrap())
-            )
-            .contains("unknown key \"speed\" in quorum")
-        );
+        let parsed = |text: &str| Some(json::parse(text.as_bytes(), json::Mode::Verify).unwrap());
+        for (select, says) in [
+            (r#"{"agents":[]}"#, "agents is empty"),
+            (r#"{"sample":0}"#, "sample"),
+        ] {
+            let mut d = draft();
+            d.select = parsed(select);
+            assert!(
+                d.build().unwrap_err().to_string().contains(says),
+                "{select}"
+            );
+        }
+        for (quorum, says) in [
+            (r#"{"ready":1.5}"#, "ready"),
+            (r#"{"speed":1}"#, "unknown key \"speed\" in quorum"),
+        ] {
+            let mut d = draft();
+            d.quorum = parsed(quorum);
+            assert!(
+                d.build().unwrap_err().to_string().contains(says),
+                "{quorum}"
+            );
+        }
         // the edges hold
         let mut d = draft();
         d.window_ms = 8_000;

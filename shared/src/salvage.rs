@@ -208,6 +208,21 @@ impl Run {
     }
 }
 
+/// Seq ranges as an alert names them: `3,7-9`.
+pub fn ranges_text(ranges: &[(Seq, Seq)]) -> String {
+    ranges
+        .iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Puts the finds back together (see the module's description).
 pub fn assemble(finder: Finder) -> Salvage {
     let total = finder.found.len();

@@ -73,6 +73,16 @@ impl Gateway {
         Gateway::start_config(dir, agents, broker, |_| {}).await
     }
 
+    /// A gateway on its embedded broker with `broker_auth = "none"`: anyone
+    /// may connect and publish anything (attacks and probes as anyone).
+    pub async fn start_open(dir: &Path, agents: &[(AgentId, PublicKey)]) -> Gateway {
+        let listen = "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!());
+        Gateway::start_config(dir, agents, Broker::Embedded { listen }, |c| {
+            c.security.broker_auth = false;
+        })
+        .await
+    }
+
     /// As [`Gateway::start_broker`], with `adjust` changing the
     /// configuration before the start (security settings, say).
     pub async fn start_config(

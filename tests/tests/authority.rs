@@ -241,12 +241,7 @@ async fn forged_rejects_on_an_open_broker_never_stall_delivery() {
     let a_dir = dir.path().join("pi-a");
     std::fs::create_dir_all(&a_dir).unwrap();
     let keys = [(AgentId::new("pi-a").unwrap(), agent_key(&a_dir))];
-    let listen = "127.0.0.1:0".parse().unwrap();
-    let broker = baton_gateway::config::Broker::Embedded { listen };
-    let gw = Gateway::start_config(&dir.path().join("gw"), &keys, broker, |c| {
-        c.security.broker_auth = false;
-    })
-    .await;
+    let gw = Gateway::start_open(&dir.path().join("gw"), &keys).await;
     let mqtt = gw.mqtt();
     let a = Agent::start("pi-a", &a_dir, Some(mqtt), Some(gw.key)).await;
     a.append(0, 5).await;
@@ -563,12 +558,7 @@ async fn a_forged_clock_reply_moves_no_clock() {
     let a_dir = dir.path().join("pi-t");
     std::fs::create_dir_all(&a_dir).unwrap();
     let keys = [(AgentId::new("pi-t").unwrap(), agent_key(&a_dir))];
-    let listen = "127.0.0.1:0".parse().unwrap();
-    let broker = baton_gateway::config::Broker::Embedded { listen };
-    let gw = Gateway::start_config(&dir.path().join("gw"), &keys, broker, |c| {
-        c.security.broker_auth = false;
-    })
-    .await;
+    let gw = Gateway::start_open(&dir.path().join("gw"), &keys).await;
     let mqtt = gw.mqtt();
     let mut mallory = Raw::connect(mqtt, "mallory", "", None).await.unwrap();
     mallory

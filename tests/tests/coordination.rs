@@ -179,14 +179,6 @@ fn conflict_kind(a: &Answer) -> ConflictKind {
     a.conflict.as_ref().unwrap().0
 }
 
-async fn gateway(dir: &Path, agents: &[(AgentId, PublicKey)]) -> Gateway {
-    let listen = "127.0.0.1:0".parse().unwrap();
-    let broker = baton_gateway::config::Broker::Embedded { listen };
-    // An open broker: the test publishes as the sending tier (and, in the
-    // forged test, as anyone).
-    Gateway::start_config(dir, agents, broker, |c| c.security.broker_auth = false).await
-}
-
 async fn synced(s: &mut Sender) {
     for _ in 0..50 {
         let d = s.draft(Verb::Observe, 0);
@@ -211,7 +203,7 @@ async fn commands_are_recorded_answered_once_and_freeze_holds_commands_not_appen
     let dir = tempfile::tempdir().unwrap();
     let (gdir, adir) = (dir.path().join("gw"), dir.path().join("pi-k"));
     let key = agent_key(&adir);
-    let gw = gateway(&gdir, &[(id("pi-k"), key)]).await;
+    let gw = Gateway::start_open(&gdir, &[(id("pi-k"), key)]).await;
     let extra = baton_agent::RawConfig {
         capabilities: Some(vec!["camera".into()]),
         heartbeat: Some("200ms".into()),
@@ -336,7 +328,7 @@ async fn forged_deliveries_change_nothing_but_a_counter() {
     let dir = tempfile::tempdir().unwrap();
     let (gdir, adir) = (dir.path().join("gw"), dir.path().join("pi-f"));
     let key = agent_key(&adir);
-    let gw = gateway(&gdir, &[(id("pi-f"), key)]).await;
+    let gw = Gateway::start_open(&gdir, &[(id("pi-f"), key)]).await;
     let a = Agent::start("pi-f", &adir, Some(gw.mqtt()), Some(gw.key)).await;
     let mut s = Sender::new(gw.mqtt(), &gdir, "pi-f", key).await;
     synced(&mut s).await;
@@ -421,7 +413,7 @@ async fn a_command_a_restart_interrupted_is_answered_handler_failed_once() {
     let (gdir, adir) = (dir.path().join("gw"), dir.path().join("pi-r"));
     let key = agent_key(&adir);
     // not enrolled: the gateway never receipts it
-    let gw = gateway(&gdir, &[]).await;
+    let gw = Gateway::start_open(&gdir, &[]).await;
     let a = Agent::start("pi-r", &adir, Some(gw.mqtt()), Some(gw.key)).await;
     let mut s = Sender::new(gw.mqtt(), &gdir, "pi-r", key).await;
     synced(&mut s).await;
@@ -499,7 +491,7 @@ async fn an_executable_serves_act_prepared_at_receipt_and_run_at_t() {
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let gw = gateway(&gdir, &[(id("pi-x"), key)]).await;
+    let gw = Gateway::start_open(&gdir, &[(id("pi-x"), key)]).await;
     let extra = baton_agent::RawConfig {
         handlers: Some([("act".to_owned(), script.clone())].into_iter().collect()),
         ..Default::default()

@@ -36,6 +36,16 @@ fn held(http: SocketAddr, agent: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A sector gateway in `<dir>/sector` on its own embedded broker.
+fn sector_gateway(dir: &std::path::Path, role: Role) -> GatewayProc {
+    GatewayProc::start_as(
+        &dir.join("sector"),
+        &[],
+        Via::Embedded(local(free_port())),
+        role,
+    )
+}
+
 /// Enrolls child gateway `id` (forwarding `cluster`) at the parent.
 fn enroll_child(parent_http: SocketAddr, id: &str, key: PublicKey, cluster: &str) {
     let body = format!(
@@ -387,10 +397,8 @@ async fn a_tampering_child_is_caught_and_named() {
     // What is tested is the parent's own verification of what a child
     // forwards, so the child is played by bare clients publishing any
     // chain on its cluster's topics: the sector's broker checks no logins.
-    let sector = GatewayProc::start_as(
-        &dir.path().join("sector"),
-        &[],
-        Via::Embedded(local(free_port())),
+    let sector = sector_gateway(
+        dir.path(),
         Role::new("sector-gw", "s1").arg("--broker-auth", "none"),
     );
     let broker = sector.via.broker();
@@ -557,12 +565,7 @@ async fn a_chain_held_from_a_start_seq_is_forwarded_from_it() {
     use baton_shared::wire::Message;
 
     let dir = tempfile::tempdir().unwrap();
-    let sector = GatewayProc::start_as(
-        &dir.path().join("sector"),
-        &[],
-        Via::Embedded(local(free_port())),
-        Role::new("sector-gw", "s1"),
-    );
+    let sector = sector_gateway(dir.path(), Role::new("sector-gw", "s1"));
     let cdir = dir.path().join("c1-gw");
     enroll_child(sector.http, "c1-gw", gateway_key(&cdir), "c1");
     // The agent (one that pruned before this gateway met it) is played by
@@ -619,12 +622,7 @@ async fn a_cluster_gateway_with_a_wrong_clock_answers_in_its_parents_time() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let sector = GatewayProc::start_as(
-        &dir.path().join("sector"),
-        &[],
-        Via::Embedded(local(free_port())),
-        Role::new("sector-gw", "s1"),
-    );
+    let sector = sector_gateway(dir.path(), Role::new("sector-gw", "s1"));
     let cdir = dir.path().join("c1-gw");
     enroll_child(sector.http, "c1-gw", gateway_key(&cdir), "c1");
     let adir = dir.path().join("pi-t");
