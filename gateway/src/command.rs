@@ -286,6 +286,9 @@ pub enum Command {
     },
     /// Print the commented default configuration.
     PrintDefaultConfig,
+    /// The operator's console (commands to the fleet, PROTOCOL §9).
+    #[command(flatten)]
+    Console(crate::console::Console),
     /// The demo and the benchmarks (feature "tools", on by default).
     #[cfg(feature = "tools")]
     #[command(flatten)]
@@ -625,6 +628,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::PrintDefaultConfig => print!("{DEFAULT_CONFIG}"),
         #[cfg(feature = "tools")]
         Command::Tool(tool) => crate::tools::run(tool, &mut std::io::stdout())?,
+        Command::Console(c) => crate::console::run(c)?,
         Command::PrintMosquittoConfig {
             agents,
             listen,

@@ -26,6 +26,8 @@ use crate::metrics::{Gauge, Metrics};
 use crate::operator::{Actor, Command, CommandError, Done, Inbound};
 use crate::store::Store;
 
+pub mod console;
+
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
@@ -50,6 +52,10 @@ pub struct AppState {
     /// Turns for blocking work a request can cause (exports, loads): at
     /// most `HEAVY` at once.
     pub heavy: Arc<tokio::sync::Semaphore>,
+    /// Commands in hand (the console's view).
+    pub coordination: Arc<std::sync::Mutex<crate::ingest::Coordination>>,
+    /// The top's time, as this gateway knows it.
+    pub clock: Arc<crate::ingest::ParentClock>,
 }
 
 /// Exports and loads produced at once; more wait their turn.
@@ -61,6 +67,12 @@ impl AppState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    fn coordination(&self) -> std::sync::MutexGuard<'_, crate::ingest::Coordination> {
+        self.coordination
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -69,6 +81,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/enroll", post(enroll))
         .route("/api/v1/unenroll", post(unenroll))
         .route("/api/v1/resolve", post(resolve))
+        .route("/api/v1/command", post(console::issue))
+        .route("/api/v1/heal", post(console::heal))
         .route_layer(middleware::from_fn_with_state(state.clone(), operator_only));
     let mut reads = Router::new()
         .route("/metrics", get(metrics))
@@ -78,7 +92,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agents/{id}", get(agent))
         .route("/api/v1/agents/{id}/entries", get(entries))
         .route("/api/v1/agents/{id}/export", get(export))
-        .route("/api/v1/watch", get(watch));
+        .route("/api/v1/watch", get(watch))
+        .route("/api/v1/status", get(console::status))
+        .route("/api/v1/commands", get(console::list))
+        .route("/api/v1/commands/{key}", get(console::show));
     if state.read_auth {
         reads = reads.route_layer(middleware::from_fn_with_state(state.clone(), reader_only));
     }
@@ -514,6 +531,9 @@ fn command_status(e: &CommandError) -> StatusCode {
         | CommandError::Store(_)
         | CommandError::NotStored { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         CommandError::Load(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        CommandError::Issue(crate::ingest::IssueError::IdReused(_)) => StatusCode::CONFLICT,
+        CommandError::Issue(crate::ingest::IssueError::TooMany) => StatusCode::SERVICE_UNAVAILABLE,
+        CommandError::Issue(_) => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }
 

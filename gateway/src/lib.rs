@@ -11,8 +11,10 @@ pub mod broker;
 pub mod cli;
 pub mod command;
 pub mod config;
+pub mod console;
 #[cfg(feature = "tools")]
 pub mod demo;
+pub mod dispatch;
 pub mod export;
 #[cfg(feature = "tools")]
 pub mod fleet_bench;

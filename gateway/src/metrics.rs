@@ -25,10 +25,13 @@ pub enum BadInput {
     /// A liveness signal no agent could send (a `state` from the future,
     /// an absurd heartbeat interval): dropped, never a fact in the chain.
     Implausible,
+    /// A signed message whose signature does not verify under the key
+    /// trusted for its sender (a forged command answer).
+    Forged,
 }
 
 impl BadInput {
-    pub const ALL: [BadInput; 7] = [
+    pub const ALL: [BadInput; 8] = [
         BadInput::Topic,
         BadInput::Undecodable,
         BadInput::Version,
@@ -36,6 +39,7 @@ impl BadInput {
         BadInput::AgentMismatch,
         BadInput::UnknownAgent,
         BadInput::Implausible,
+        BadInput::Forged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +51,7 @@ impl BadInput {
             BadInput::AgentMismatch => "agent_mismatch",
             BadInput::UnknownAgent => "unknown_agent",
             BadInput::Implausible => "implausible",
+            BadInput::Forged => "forged",
         }
     }
 }
@@ -104,6 +109,7 @@ counters_by!(
         AgentMismatch => agent_mismatch,
         UnknownAgent => unknown_agent,
         Implausible => implausible,
+        Forged => forged,
     }
 );
 

@@ -10,7 +10,7 @@ use baton_runtime::unix_ms;
 use baton_shared::json::{Object, Value};
 use baton_shared::{AgentId, ClusterId, Entry, Seq};
 
-use crate::ingest::{Ingest, LoadError, UnenrollError};
+use crate::ingest::{Ingest, IssueError, Issued, LoadError, Order, UnenrollError};
 use crate::store::{AgentRecord, EnrolledBy, StoreError};
 
 /// What the ingest thread is handed.
@@ -86,6 +86,14 @@ pub enum Command {
     Resolve {
         agent: AgentId,
     },
+    /// Issue a command to the fleet below (PROTOCOL §9).
+    Issue {
+        order: Box<Order>,
+    },
+    /// Close the breakers of these children at once.
+    Heal {
+        children: Vec<AgentId>,
+    },
 }
 
 impl Command {
@@ -97,6 +105,8 @@ impl Command {
             Command::Load { .. } => "load",
             Command::Unenroll { .. } => "unenroll",
             Command::Resolve { .. } => "resolve",
+            Command::Issue { .. } => "command",
+            Command::Heal { .. } => "heal",
         }
     }
 }
@@ -121,6 +131,10 @@ pub enum Done {
     Resolved {
         agent: AgentId,
         halted_at: Option<Seq>,
+    },
+    Issued(Issued),
+    Healed {
+        closed: usize,
     },
 }
 
@@ -147,6 +161,16 @@ impl std::fmt::Display for Done {
                 halted_at: Some(seq),
             } => write!(f, "{agent}: fork halt at seq {seq} lifted"),
             Done::Resolved { agent, .. } => write!(f, "{agent} was not halted"),
+            Done::Issued(i) => write!(
+                f,
+                "command {} ({}) for {}: {} selected, {} sent",
+                i.id,
+                i.hash,
+                baton_shared::entry::format_timestamp(i.target_ms),
+                i.selected,
+                i.sent
+            ),
+            Done::Healed { closed } => write!(f, "{closed} breakers closed"),
         }
     }
 }
@@ -164,6 +188,8 @@ pub enum CommandError {
     WindowTooLong { asked: String, max: String },
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    Issue(#[from] IssueError),
     #[error("reading the store: {0}")]
     Store(#[from] StoreError),
     /// The group commit that carried the command failed.
@@ -186,7 +212,7 @@ pub fn run_command(
     by: &Actor,
 ) -> Result<Done, CommandError> {
     let action = cmd.action();
-    let done = carry_out(ingest, now, cmd)?;
+    let done = carry_out(ingest, now, cmd, by)?;
     let mut d = Object::new();
     d.insert("action", Value::from(action));
     d.insert("channel", Value::from(by.channel));
@@ -204,7 +230,12 @@ pub fn run_command(
     Ok(done)
 }
 
-fn carry_out(ingest: &mut Ingest, now: Duration, cmd: Command) -> Result<Done, CommandError> {
+fn carry_out(
+    ingest: &mut Ingest,
+    now: Duration,
+    cmd: Command,
+    by: &Actor,
+) -> Result<Done, CommandError> {
     match cmd {
         Command::Enroll { agent, record } => {
             if let Some(existing) = ingest.store().agent(&agent)? {
@@ -253,6 +284,23 @@ fn carry_out(ingest: &mut Ingest, now: Duration, cmd: Command) -> Result<Done, C
         Command::Resolve { agent } => {
             let halted_at = ingest.resolve(&agent)?;
             Ok(Done::Resolved { agent, halted_at })
+        }
+        Command::Issue { order } => {
+            // the `command` entry names the operator channel it came from
+            let from = match &by.credential {
+                Some(c) => format!("operator/{}/{c}", by.channel),
+                None => format!("operator/{}", by.channel),
+            };
+            let now_ms = ingest.parent_clock().now_ms();
+            Ok(Done::Issued(ingest.issue(now_ms, *order, &from)?))
+        }
+        Command::Heal { children } => {
+            let closed = ingest
+                .coordination()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .heal(&children);
+            Ok(Done::Healed { closed })
         }
     }
 }

@@ -92,10 +92,14 @@ pub enum OwnEvent {
     ClusterSummary,
     /// An operator action: what, by which channel and credential.
     Operator,
+    /// A command this gateway took (PROTOCOL §9), before it sends anything.
+    Command,
+    /// A command's gathered answers, in its window and final phases.
+    CommandResult,
 }
 
 impl OwnEvent {
-    pub const ALL: [OwnEvent; 8] = [
+    pub const ALL: [OwnEvent; 10] = [
         OwnEvent::Genesis,
         OwnEvent::Enroll,
         OwnEvent::Alert,
@@ -104,6 +108,8 @@ impl OwnEvent {
         OwnEvent::AgentState,
         OwnEvent::ClusterSummary,
         OwnEvent::Operator,
+        OwnEvent::Command,
+        OwnEvent::CommandResult,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +122,8 @@ impl OwnEvent {
             OwnEvent::AgentState => "agent_state",
             OwnEvent::ClusterSummary => "cluster_summary",
             OwnEvent::Operator => "operator",
+            OwnEvent::Command => "command",
+            OwnEvent::CommandResult => "command_result",
         }
     }
 }

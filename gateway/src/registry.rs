@@ -16,6 +16,7 @@ use baton_shared::json::{Object, Value};
 use baton_shared::liveness::{
     AgentState, Baseline, PhiDetector, Presence, Signals, Thresholds, classify,
 };
+use baton_shared::schedule::Measured;
 use baton_shared::summary::{Member, Summary};
 use baton_shared::wire::{Heartbeat, PresenceState, StateMsg};
 
@@ -103,6 +104,17 @@ pub struct Registry {
     /// Child clusters' latest summaries (from their forwarded chains):
     /// cluster → (summary, its `at_ms`, the child gateway).
     children: BTreeMap<String, ChildSummary>,
+}
+
+/// One agent as coordination sees it ([`Registry::coordinated`]).
+#[derive(Debug, Clone)]
+pub struct Coordinated {
+    pub agent: AgentId,
+    pub state: AgentState,
+    pub capabilities: Vec<String>,
+    pub class: Option<String>,
+    pub impedance_ms: Option<f64>,
+    pub measured: Option<Measured>,
 }
 
 /// A child cluster's latest `cluster_summary`, as its gateway wrote it.
@@ -284,6 +296,32 @@ impl Registry {
             state: l.state,
             impedance_ms: l.last.as_ref().map(|h| h.impedance.impedance_ms()),
         }))
+    }
+
+    /// What coordination reads of each agent (PROTOCOL §9): its state, what
+    /// it can do, and its last measured profile (`None` before a heartbeat).
+    pub fn coordinated(&self) -> Vec<Coordinated> {
+        self.agents
+            .iter()
+            .map(|(id, l)| Coordinated {
+                agent: id.clone(),
+                state: l.state,
+                capabilities: l
+                    .last
+                    .as_ref()
+                    .map(|h| h.capabilities.clone())
+                    .unwrap_or_default(),
+                class: l.last.as_ref().map(|h| h.system.class.clone()),
+                impedance_ms: l.last.as_ref().map(|h| h.impedance.impedance_ms()),
+                measured: l.last.as_ref().map(|h| Measured {
+                    rtt_ms: f64::from(h.impedance.latency_p50_ms),
+                    processing_ms: f64::from(h.impedance.processing_p50_ms),
+                    queue_depth: u64::from(h.impedance.queue_depth),
+                    drift: f64::from(h.impedance.jitter),
+                    subtree_lead_ms: None,
+                }),
+            })
+            .collect()
     }
 
     /// One agent's state as of the last evaluation.

@@ -408,6 +408,14 @@ pub async fn run(
     let poll_subscriptions = Arc::clone(&subscriptions);
     let time_server = ingest.time_server();
     let parent_clock = ingest.parent_clock();
+    let coordination = ingest.coordination();
+    // Command deliveries, each published at its time (PROTOCOL §9).
+    let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
+    let dispatcher = tokio::spawn(crate::dispatch::run(
+        dispatch_rx,
+        client.clone(),
+        Arc::clone(&parent_clock),
+    ));
 
     // The poller: nothing but the event loop.
     let poll_tx = tx.clone();
@@ -573,6 +581,13 @@ pub async fn run(
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .extend(new_filters);
                         publish(outcome.receipts);
+                        // deliveries of commands now durable, and answers
+                        // found in the chains just stored
+                        let deliveries = ingest.take_deliveries();
+                        if !deliveries.is_empty() {
+                            let _ = dispatch_tx.send(deliveries);
+                        }
+                        ingest.gather_from_chains(&outcome.committed);
                         for c in outcome.committed {
                             // nobody watching is fine
                             let _ = ingest_committed.send(c);
@@ -653,6 +668,8 @@ pub async fn run(
         token,
         read_auth: config.security.http_read_auth,
         heavy: Arc::new(tokio::sync::Semaphore::new(http::HEAVY)),
+        coordination,
+        clock: Arc::clone(&parent_clock),
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(http::serve(
@@ -679,6 +696,8 @@ pub async fn run(
     ticker.abort();
     liveness.abort();
     summaries.abort();
+    dispatcher.abort();
+    let _ = dispatcher.await;
     let _ = poller.await;
     let _ = ticker.await;
     let _ = liveness.await;

@@ -139,6 +139,18 @@ impl Gather {
         })
     }
 
+    /// Every agent child: its plan, and its latest answer if any (for a
+    /// console's per-agent view).
+    pub fn agents(&self) -> impl Iterator<Item = (&AgentId, &Plan, Option<&Answer>)> {
+        self.children
+            .iter()
+            .filter_map(|(id, c)| match (&c.kind, &c.answer) {
+                (Kind::Agent, Some((_, _, Answered::Agent(a)))) => Some((id, &c.plan, Some(a))),
+                (Kind::Agent, _) => Some((id, &c.plan, None)),
+                _ => None,
+            })
+    }
+
     /// An agent child's answer, from entry `seq` with hash `entry`.
     pub fn agent_answer(
         &mut self,

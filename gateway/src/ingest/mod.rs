@@ -34,10 +34,12 @@ use crate::registry::{ChildSummary, Registry};
 use crate::store::{AgentRecord, EnrolledBy, Store, StoreError, Write};
 
 mod child;
+mod coord;
 mod enroll;
 mod load;
 
 use child::child_filters;
+pub use coord::{Coordination, IssueError, Issued, MAX_ACTIVE, Order, Scheduled};
 pub use enroll::{UnenrollError, open_window, window_until};
 pub use load::LoadError;
 
@@ -121,6 +123,8 @@ pub struct Ingest {
     /// Recent `recovery` entries per agent (when, the entry): two devices
     /// writing as one id adopt each other's heads over and over.
     recoveries: HashMap<AgentId, std::collections::VecDeque<(i64, baton_shared::Entry)>>,
+    /// Commands in hand (PROTOCOL §9), shared with the console.
+    coord: Arc<Mutex<Coordination>>,
 }
 
 /// This many `recovery` entries of one agent within [`CLONE_WINDOW_MS`]
@@ -265,6 +269,7 @@ impl Ingest {
             staged_records: HashMap::new(),
             new_subscriptions: Vec::new(),
             recoveries: HashMap::new(),
+            coord: Arc::new(Mutex::new(Coordination::default())),
         };
         if head.seq == Seq::ZERO {
             let genesis = ingest.own.genesis(unix_ms, &ingest.cfg.software)?;
@@ -293,6 +298,7 @@ impl Ingest {
             }
         }
         ingest.new_subscriptions.clear();
+        ingest.resume_commands(unix_ms)?;
         Ok(ingest)
     }
 
@@ -350,6 +356,7 @@ impl Ingest {
             topic::cluster_filter(c, Kind::Hb),
             topic::cluster_filter(c, Kind::State),
             topic::cluster_filter(c, Kind::Time),
+            topic::cluster_filter(c, Kind::CmdReply),
         ];
         for child in self.children.keys() {
             out.extend(child_filters(child));
@@ -601,6 +608,10 @@ impl Ingest {
                 self.bad(now, agent.as_str(), BadInput::Topic, topic);
                 Ok(Vec::new())
             }
+            Some(Kind::CmdReply) => {
+                self.cmd_reply(now, &agent, payload)?;
+                Ok(Vec::new())
+            }
             Some(Kind::Hb) => {
                 let Some(hb) = self.decode(now, &agent, payload, |m: &Heartbeat| &m.agent) else {
                     return Ok(Vec::new());
@@ -768,6 +779,8 @@ impl Ingest {
             info!(agent = %c.agent, from = %c.from, to = %c.to, reason = %c.reason, "agent state");
             self.stage_own(unix_ms, OwnEvent::AgentState, c.to_value());
         }
+        let top_ms = self.parent_clock.now_ms();
+        self.stage_coordination(top_ms);
     }
 
     /// A `cluster_summary` entry in the gateway's chain.
@@ -1071,6 +1084,7 @@ impl Ingest {
             }
             self.pending.clear();
             self.answer_after_commit.clear();
+            self.forget_uncommitted_commands();
             // enrollments lost with the group: their agents are unknown
             // again until enrolled again; a lost resolve or unenroll: the
             // stored record and halt are read again

@@ -1,0 +1,769 @@
+//! Coordination at a gateway (PROTOCOL §9): a command is recorded in the
+//! gateway's own chain before anything is sent, its agents are selected
+//! and planned by what was measured of each (`baton_shared::schedule`),
+//! every delivery is handed to the dispatcher with the instant it is due
+//! (`send_at = T − lead`, in the top's time), answers are gathered from
+//! `cmd/reply` and from the chains the gateway stores, and the two
+//! `command_result` phases are recorded when they fall due.
+//!
+//! Deliveries leave only after the commit that made the `command` entry
+//! durable ([`Ingest::take_deliveries`] after [`Ingest::commit`]); a
+//! failed commit forgets the commands it carried. After a restart every
+//! command recorded here without a final `command_result` is resumed: its
+//! matching agents are sent it again at once (an agent answers a known
+//! hash from what it recorded, so nothing runs twice) and its phases are
+//! recorded when due.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use baton_shared::breaker::{Breaker, BreakerConfig, is_failure};
+use baton_shared::command::{self, Command, Draft, Phase, Verb};
+use baton_shared::crypto::chain_hash;
+use baton_shared::gather::{Gather, Kind as ChildKind};
+use baton_shared::json::{self, Mode as JsonMode, Object, Value};
+use baton_shared::liveness::AgentState;
+use baton_shared::schedule::{self, Condition, Lead, Measured, Plan};
+use baton_shared::topic::{self, Kind};
+use baton_shared::wire::{CommandDelivery, CommandReply, Message};
+use baton_shared::{AgentId, CommandId, Entry, Hash, Seq, Sig};
+use tracing::{info, warn};
+
+use super::{Committed, Ingest};
+use crate::metrics::BadInput;
+use crate::own_chain::OwnEvent;
+use crate::store::StoreError;
+
+/// Finished commands kept for the console.
+const FINISHED_KEPT: usize = 256;
+/// Commands in hand at once (an operator's flood is refused, not queued).
+pub const MAX_ACTIVE: usize = 1024;
+
+/// A delivery due at `at_ms` (the top's time).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scheduled {
+    pub at_ms: i64,
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// One command in hand.
+#[derive(Debug, Clone)]
+struct Active {
+    gather: Gather,
+    origin_sig: Sig,
+    from: String,
+    recorded_ms: i64,
+    /// Child → when it was last sent (ms, the top's time), and its lead.
+    sent: HashMap<AgentId, (i64, Lead)>,
+    window_recorded: bool,
+    final_recorded: bool,
+}
+
+/// The gateway's commands in hand, and its children's breakers. Shared
+/// with HTTP (the console reads it); the ingest thread writes it.
+#[derive(Debug)]
+pub struct Coordination {
+    active: BTreeMap<Hash, Active>,
+    finished: VecDeque<Active>,
+    breakers: HashMap<AgentId, Breaker>,
+    breaker_cfg: BreakerConfig,
+    origin: Instant,
+    deliveries: Vec<Scheduled>,
+    /// Commands recorded in the group being committed.
+    staged: Vec<Hash>,
+    /// 1 for a cluster gateway; +1 per tier of child gateways.
+    height: u32,
+}
+
+impl Default for Coordination {
+    fn default() -> Self {
+        Coordination {
+            active: BTreeMap::new(),
+            finished: VecDeque::new(),
+            breakers: HashMap::new(),
+            breaker_cfg: BreakerConfig::default(),
+            origin: Instant::now(),
+            deliveries: Vec::new(),
+            staged: Vec::new(),
+            height: 1,
+        }
+    }
+}
+
+/// What an operator asks for (the content's fields but `v` and `issuer`).
+#[derive(Debug, Clone)]
+pub struct Order {
+    pub id: Option<CommandId>,
+    pub verb: Verb,
+    pub payload: Value,
+    /// T, ms (the top's time).
+    pub target_ms: i64,
+    pub window_ms: u64,
+    pub expires_ms: i64,
+    pub priority: u8,
+    pub weight: f64,
+    pub select: Option<Value>,
+    pub quorum: Option<Value>,
+}
+
+/// What taking a command planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    pub hash: Hash,
+    pub id: String,
+    pub target_ms: i64,
+    pub selected: u64,
+    pub sent: u64,
+    pub skipped: BTreeMap<String, u64>,
+}
+
+/// Why an operator's order was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum IssueError {
+    #[error("invalid command: {0}")]
+    Content(#[from] baton_shared::command::ContentError),
+    #[error("command id: {0}")]
+    Id(String),
+    #[error("command id {0} was already used by this gateway for another command")]
+    IdReused(String),
+    #[error("{MAX_ACTIVE} commands are in hand; wait for some to finish")]
+    TooMany,
+}
+
+impl Coordination {
+    /// The console's view of every command in hand and recently finished,
+    /// newest first.
+    pub fn list(&self) -> Vec<Value> {
+        let mut all: Vec<&Active> = self.active.values().chain(self.finished.iter()).collect();
+        all.sort_by_key(|a| std::cmp::Reverse(a.recorded_ms));
+        all.into_iter().map(|a| summary(a, false)).collect()
+    }
+
+    /// One command by hash (hex) or id: its live tally and every child.
+    pub fn show(&self, key: &str) -> Option<Value> {
+        self.active
+            .values()
+            .chain(self.finished.iter())
+            .find(|a| {
+                let c = a.gather.command();
+                c.hash.to_hex() == key || c.id.as_str() == key
+            })
+            .map(|a| summary(a, true))
+    }
+
+    /// Every child breaker that is not closed: child → position.
+    pub fn breakers(&mut self) -> Vec<(AgentId, &'static str)> {
+        let now = self.origin.elapsed();
+        let mut out: Vec<_> = self
+            .breakers
+            .iter_mut()
+            .map(|(id, b)| (id.clone(), b.position(now).as_str()))
+            .filter(|(_, p)| *p != "closed")
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Closes the breakers of `children` (an operator's `heal`).
+    pub fn heal(&mut self, children: &[AgentId]) -> usize {
+        let mut n = 0;
+        for c in children {
+            if let Some(b) = self.breakers.get_mut(c) {
+                b.reset();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn in_hand(&self) -> usize {
+        self.active.len()
+    }
+
+    fn find_id(&self, issuer: &AgentId, id: &CommandId) -> Option<Hash> {
+        self.active
+            .values()
+            .chain(self.finished.iter())
+            .map(|a| a.gather.command())
+            .find(|c| c.issuer == *issuer && c.id == *id)
+            .map(|c| c.hash)
+    }
+}
+
+fn summary(a: &Active, children: bool) -> Value {
+    let c = a.gather.command();
+    let phase = if a.final_recorded {
+        Phase::Final
+    } else {
+        Phase::Window
+    };
+    let pages = a.gather.result_data(phase);
+    let mut o = match pages.first() {
+        Some(Value::Object(o)) => o.clone(),
+        _ => Object::new(),
+    };
+    if children {
+        o.insert("agents", Value::Array(agent_rows(&a.gather)));
+        let all: Vec<Value> = pages
+            .iter()
+            .filter_map(|p| match p.as_object()?.get("children") {
+                Some(Value::Array(items)) => Some(items.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        o.insert("children", Value::Array(all));
+    } else {
+        o.remove("children");
+    }
+    let stage = if a.final_recorded {
+        "final"
+    } else if a.window_recorded {
+        "window"
+    } else {
+        "open"
+    };
+    o.insert("stage", Value::from(stage));
+    o.insert("id", Value::from(c.id.as_str()));
+    o.insert("issuer", Value::from(c.issuer.as_str()));
+    o.insert("verb", Value::from(c.verb.as_str()));
+    o.insert("from", Value::from(a.from.as_str()));
+    o.insert("content", c.content.clone());
+    Value::Object(o)
+}
+
+/// Per agent: outcome, arrival and prediction error, conflict, result.
+fn agent_rows(g: &Gather) -> Vec<Value> {
+    #[allow(clippy::cast_precision_loss)]
+    let int = |n: i64| Value::Number(n as f64);
+    g.agents()
+        .map(|(id, plan, answer)| {
+            let mut o = Object::new();
+            o.insert("agent", Value::from(id.as_str()));
+            match plan {
+                Plan::Send {
+                    send_at_ms,
+                    predicted_ready_ms,
+                    lead,
+                } => {
+                    o.insert("send_at_ms", int(*send_at_ms));
+                    o.insert("lead_ms", int(lead.total_ms()));
+                    o.insert("predicted_ready_ms", int(*predicted_ready_ms));
+                    if let Some(r) = answer.and_then(|a| a.ready_ms) {
+                        o.insert("prediction_error_ms", int(r - predicted_ready_ms));
+                    }
+                }
+                Plan::Skip { reason, lead } => {
+                    o.insert("skipped", Value::from(reason.as_str()));
+                    o.insert("lead_needed_ms", int(lead.total_ms()));
+                }
+            }
+            if let Some(a) = answer {
+                o.insert("state", int(a.state.as_i64()));
+                o.insert("received_ms", int(a.received_ms));
+                o.insert("ready_ms", a.ready_ms.map_or(Value::Null, int));
+                o.insert(
+                    "on_time",
+                    Value::Bool(a.ready_ms.is_some_and(|r| g.command().on_time(r))),
+                );
+                if let Some((k, d)) = &a.conflict {
+                    o.insert("conflict", Value::from(k.as_str()));
+                    o.insert("detail", Value::from(d.as_str()));
+                }
+                o.insert("result", a.result.clone().unwrap_or(Value::Null));
+            }
+            Value::Object(o)
+        })
+        .collect()
+}
+
+/// A command's entry content data, read back from the gateway's chain.
+fn entry_data(e: &Entry) -> Option<(String, i64, Value)> {
+    let v = json::parse(&e.content, JsonMode::Verify).ok()?;
+    let o = v.as_object()?;
+    let event = o.get("event")?.as_str()?.to_owned();
+    let ts = baton_shared::entry::parse_timestamp(o.get("ts")?.as_str()?)?;
+    Some((event, ts, o.get("data")?.clone()))
+}
+
+impl Ingest {
+    /// The coordination state (the console reads it).
+    pub fn coordination(&self) -> Arc<Mutex<Coordination>> {
+        Arc::clone(&self.coord)
+    }
+
+    fn coord(&self) -> MutexGuard<'_, Coordination> {
+        self.coord
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An operator's order, issued by this gateway: built, signed with its
+    /// key, recorded and planned (PROTOCOL §9). `from` names the operator
+    /// channel, as the `command` entry records it.
+    pub fn issue(&mut self, now_ms: i64, order: Order, from: &str) -> Result<Issued, IssueError> {
+        if self.coord().in_hand() >= MAX_ACTIVE {
+            return Err(IssueError::TooMany);
+        }
+        let me = self.cfg.gateway.clone();
+        let id = match order.id {
+            Some(id) => id,
+            None => {
+                CommandId::new(format!("c-{now_ms}")).map_err(|e| IssueError::Id(e.to_string()))?
+            }
+        };
+        let draft = Draft {
+            issuer: me.clone(),
+            id,
+            issued_ms: now_ms,
+            target_ms: order.target_ms,
+            window_ms: order.window_ms,
+            expires_ms: order.expires_ms,
+            priority: order.priority,
+            verb: order.verb,
+            payload: order.payload,
+            weight: order.weight,
+            select: order.select,
+            quorum: order.quorum,
+        };
+        let c = draft.build()?;
+        if let Some(h) = self.coord().find_id(&me, &c.id)
+            && h != c.hash
+        {
+            return Err(IssueError::IdReused(c.id.to_string()));
+        }
+        let origin_sig = command::origin_sig(&self.key, &me, &c.hash);
+        Ok(self.take_command(now_ms, c, origin_sig, from, origin_sig))
+    }
+
+    /// Records a verified command, selects and plans its children and
+    /// queues their deliveries (released after the commit).
+    fn take_command(
+        &mut self,
+        now_ms: i64,
+        c: Command,
+        origin_sig: Sig,
+        from: &str,
+        sender_sig: Sig,
+    ) -> Issued {
+        let data = command::command_data(&c, &origin_sig, from, &sender_sig, now_ms);
+        self.stage_own(baton_runtime::unix_ms(), OwnEvent::Command, data);
+        let gather = self.plan_children(now_ms, &c, &origin_sig, false);
+        let counts = gather.counts();
+        let issued = Issued {
+            hash: c.hash,
+            id: c.id.to_string(),
+            target_ms: c.target_ms,
+            selected: counts.tally.selected,
+            sent: counts.sent,
+            skipped: counts
+                .skipped
+                .iter()
+                .map(|(r, n)| (r.as_str().to_owned(), *n))
+                .collect(),
+        };
+        info!(hash = %c.hash, id = %c.id, verb = c.verb.as_str(), selected = issued.selected, sent = issued.sent, "command taken");
+        let mut coord = self.coord();
+        coord.staged.push(c.hash);
+        coord.active.insert(
+            c.hash,
+            Active {
+                gather,
+                origin_sig,
+                from: from.to_owned(),
+                recorded_ms: now_ms,
+                sent: HashMap::new(),
+                window_recorded: false,
+                final_recorded: false,
+            },
+        );
+        drop(coord);
+        issued
+    }
+
+    /// This cluster's agents that `c` selects, each planned (sent at its
+    /// time, or skipped with its reason), their deliveries queued.
+    /// `resumed`: sent again at once to every match (after a restart the
+    /// measurements are gone and the agents answer a known hash from
+    /// their records).
+    fn plan_children(
+        &mut self,
+        now_ms: i64,
+        c: &Command,
+        origin_sig: &Sig,
+        resumed: bool,
+    ) -> Gather {
+        let mut gather = Gather::new(c.clone());
+        let (mut matches, mode) = {
+            let r = self.registry();
+            (r.coordinated(), r.own_summary().mode)
+        };
+        let cluster = self.cfg.cluster.clone();
+        matches.retain(|a| {
+            c.select.matches(&command::Candidate {
+                agent: &a.agent,
+                cluster: &cluster,
+                capabilities: &a.capabilities,
+                class: a.class.as_deref(),
+            })
+        });
+        // `sample`: at most this many, lowest impedance first, ties by id.
+        if let Some(n) = c.select.sample {
+            matches.sort_by(|a, b| {
+                let z = |x: &crate::registry::Coordinated| x.impedance_ms.unwrap_or(f64::INFINITY);
+                z(a).total_cmp(&z(b)).then_with(|| a.agent.cmp(&b.agent))
+            });
+            matches.truncate(usize::try_from(n).unwrap_or(usize::MAX));
+        }
+        let me = self.cfg.gateway.clone();
+        let mut coord = self.coord();
+        let now = coord.origin.elapsed();
+        let cfg = coord.breaker_cfg;
+        for a in matches {
+            let measured = a.measured.unwrap_or(Measured {
+                rtt_ms: 0.0,
+                processing_ms: 0.0,
+                queue_depth: 0,
+                drift: 0.0,
+                subtree_lead_ms: None,
+            });
+            let plan = if resumed {
+                let lead = Lead::of(&measured, c.weight);
+                if now_ms >= c.expires_ms {
+                    continue;
+                }
+                Plan::Send {
+                    send_at_ms: now_ms,
+                    lead,
+                    predicted_ready_ms: c.target_ms - lead.margin_whole_ms(),
+                }
+            } else {
+                let breaker = coord
+                    .breakers
+                    .entry(a.agent.clone())
+                    .or_insert_with(|| Breaker::new(cfg));
+                let cond = Condition {
+                    offline: a.state == AgentState::Offline,
+                    quarantined: a.state == AgentState::Quarantined,
+                    frozen: false,
+                    breaker_open: !breaker.try_send(now),
+                };
+                schedule::plan(c, now_ms, &measured, cond, mode)
+            };
+            if let Plan::Send {
+                send_at_ms, lead, ..
+            } = plan
+            {
+                let d = CommandDelivery {
+                    content: c.canonical.clone(),
+                    issuer: c.issuer.clone(),
+                    origin_sig: *origin_sig,
+                    sender: me.clone(),
+                    recipient: a.agent.clone(),
+                    sender_sig: command::sender_sig(&self.key, &me, &a.agent, &c.hash),
+                    sent_ms: send_at_ms,
+                    lead_ms: u64::try_from(lead.total_ms()).unwrap_or(0),
+                };
+                coord.deliveries.push(Scheduled {
+                    at_ms: send_at_ms,
+                    topic: topic::agent(&cluster, &a.agent, Kind::Cmd),
+                    payload: d.encode(),
+                });
+            }
+            gather.planned(a.agent, ChildKind::Agent, plan);
+        }
+        gather
+    }
+
+    /// Deliveries whose `command` entries are now durable: the caller
+    /// hands them to the dispatcher (after a successful commit only).
+    pub fn take_deliveries(&mut self) -> Vec<Scheduled> {
+        let mut coord = self.coord();
+        coord.staged.clear();
+        std::mem::take(&mut coord.deliveries)
+    }
+
+    /// A failed commit: the commands it carried were never recorded, so
+    /// they are forgotten and nothing of them is sent.
+    pub(super) fn forget_uncommitted_commands(&mut self) {
+        let mut coord = self.coord();
+        let staged = std::mem::take(&mut coord.staged);
+        for h in staged {
+            coord.active.remove(&h);
+        }
+        coord.deliveries.clear();
+    }
+
+    /// An answer on `cmd/reply`: counted only if its entry is one of
+    /// `agent`'s chain, signed under its enrolled key (PROTOCOL §9).
+    pub(super) fn cmd_reply(
+        &mut self,
+        now: Duration,
+        agent: &AgentId,
+        payload: &[u8],
+    ) -> Result<(), StoreError> {
+        let Some(reply) = self.decode(now, agent, payload, |m: &CommandReply| &m.agent) else {
+            return Ok(());
+        };
+        let Some(record) = self.record(agent)? else {
+            self.bad(now, agent.as_str(), BadInput::UnknownAgent, "cmd/reply");
+            return Ok(());
+        };
+        let Some(key) = record.key() else {
+            self.bad(
+                now,
+                agent.as_str(),
+                BadInput::UnknownAgent,
+                "cmd/reply without a key",
+            );
+            return Ok(());
+        };
+        let e = &reply.entry;
+        let header = e.header().ok().filter(|h| h.agent == *agent);
+        let signed = header.as_ref().is_some_and(|h| {
+            e.hash == chain_hash(&e.content, &e.prev)
+                && e.sig
+                    .is_some_and(|s| key.verify_checkpoint(agent, h.seq, &e.hash, &s))
+        });
+        let Some(h) = header.filter(|_| signed) else {
+            self.bad(
+                now,
+                agent.as_str(),
+                BadInput::Forged,
+                "cmd/reply entry does not verify",
+            );
+            return Ok(());
+        };
+        self.take_answer(agent, h.seq, e);
+        Ok(())
+    }
+
+    /// An authenticated `command_ack` entry of `agent`: counted where it
+    /// answers a command in hand.
+    fn take_answer(&mut self, agent: &AgentId, seq: Seq, e: &Entry) {
+        let Some((event, _, data)) = entry_data(e) else {
+            return;
+        };
+        if event != "command_ack" {
+            return;
+        }
+        let Ok(answer) = command::Answer::from_data(&data) else {
+            return;
+        };
+        let state = answer.state;
+        let kind = answer.conflict.as_ref().map(|(k, _)| *k);
+        let mut coord = self.coord();
+        let now = coord.origin.elapsed();
+        let Some(active) = coord.active.get_mut(&answer.hash) else {
+            return;
+        };
+        if active
+            .gather
+            .agent_answer(agent, seq, e.hash, answer)
+            .is_ok()
+            && state.is_final()
+        {
+            let failed = is_failure(Some((state, kind)));
+            if let Some(b) = coord.breakers.get_mut(agent) {
+                b.record(now, failed);
+            }
+        }
+    }
+
+    /// Answers found in chains just committed (suppressing `cmd/reply`
+    /// cannot hide an answer): read only for agents a command in hand
+    /// waits on.
+    pub fn gather_from_chains(&mut self, committed: &[Committed]) {
+        let waiting: Vec<&Committed> = {
+            let coord = self.coord();
+            if coord.active.is_empty() {
+                return;
+            }
+            committed
+                .iter()
+                .filter(|c| {
+                    coord
+                        .active
+                        .values()
+                        .any(|a| a.gather.unanswered().any(|(id, _)| *id == c.agent))
+                })
+                .collect()
+        };
+        for c in waiting {
+            let n = usize::try_from(c.last.0 - c.first.0 + 1).unwrap_or(usize::MAX);
+            match self.store.range(&c.agent, c.first, n) {
+                Ok(entries) => {
+                    for (seq, e) in entries {
+                        self.take_answer(&c.agent, seq, &e);
+                    }
+                }
+                Err(e) => {
+                    warn!(agent = %c.agent, error = %e, "reading committed entries for command answers")
+                }
+            }
+        }
+    }
+
+    /// Resends to children that have not answered (each after its lead
+    /// plus one round trip, until T + window), and the `command_result`
+    /// phases that fell due (PROTOCOL §9); called every liveness tick.
+    pub fn stage_coordination(&mut self, now_ms: i64) {
+        let height = self.coord().height;
+        let mut results: Vec<Value> = Vec::new();
+        {
+            let me = self.cfg.gateway.clone();
+            let cluster = self.cfg.cluster.clone();
+            let key = self.key.clone();
+            let mut coord = self.coord();
+            let coord = &mut *coord;
+            let now = coord.origin.elapsed();
+            let mut done = Vec::new();
+            for (hash, a) in &mut coord.active {
+                let c = a.gather.command().clone();
+                let mut resend = Vec::new();
+                for (child, plan) in a.gather.unanswered() {
+                    let Plan::Send {
+                        send_at_ms, lead, ..
+                    } = plan
+                    else {
+                        continue;
+                    };
+                    let (last, lead) = a.sent.get(child).copied().unwrap_or((*send_at_ms, *lead));
+                    if let Some(at) = schedule::resend_at(&c, last, &lead)
+                        && at <= now_ms
+                    {
+                        resend.push((child.clone(), lead));
+                    }
+                }
+                for (child, lead) in resend {
+                    a.sent.insert(child.clone(), (now_ms, lead));
+                    let d = CommandDelivery {
+                        content: c.canonical.clone(),
+                        issuer: c.issuer.clone(),
+                        origin_sig: a.origin_sig,
+                        sender: me.clone(),
+                        recipient: child.clone(),
+                        sender_sig: command::sender_sig(&key, &me, &child, hash),
+                        sent_ms: now_ms,
+                        lead_ms: u64::try_from(lead.total_ms()).unwrap_or(0),
+                    };
+                    coord.deliveries.push(Scheduled {
+                        at_ms: now_ms,
+                        topic: topic::agent(&cluster, &child, Kind::Cmd),
+                        payload: d.encode(),
+                    });
+                }
+                if !a.window_recorded && now_ms >= Phase::Window.due_ms(&c, height) {
+                    a.window_recorded = true;
+                    // every child not answering by T + window is a failure
+                    for (child, _) in a.gather.unanswered() {
+                        if let Some(b) = coord.breakers.get_mut(child) {
+                            b.record(now, true);
+                        }
+                    }
+                    results.extend(a.gather.result_data(Phase::Window));
+                }
+                if !a.final_recorded && now_ms >= Phase::Final.due_ms(&c, height) {
+                    a.final_recorded = true;
+                    results.extend(a.gather.result_data(Phase::Final));
+                    done.push(*hash);
+                }
+            }
+            for h in done {
+                if let Some(a) = coord.active.remove(&h) {
+                    coord.finished.push_front(a);
+                    coord.finished.truncate(FINISHED_KEPT);
+                }
+            }
+        }
+        for data in results {
+            self.stage_own(baton_runtime::unix_ms(), OwnEvent::CommandResult, data);
+        }
+    }
+
+    /// At start: every command recorded in the gateway's chain within the
+    /// longest lifetime without a final `command_result` is taken up again
+    /// (PROTOCOL §9, restarts).
+    pub(super) fn resume_commands(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        let me = self.cfg.gateway.clone();
+        let head = self.own.head().seq;
+        let oldest_ms = now_ms - command::MAX_LIFETIME_MS - 3_600_000;
+        let mut commands: Vec<(Command, Sig, String, i64)> = Vec::new();
+        let mut phases: HashMap<Hash, (bool, bool)> = HashMap::new();
+        let mut to = head.0;
+        'scan: while to >= 1 {
+            let from = to.saturating_sub(999).max(1);
+            let chunk = self.store.range(
+                &me,
+                Seq(from),
+                usize::try_from(to - from + 1).unwrap_or(1000),
+            )?;
+            for (_, e) in chunk.iter().rev() {
+                let Some((event, ts, data)) = entry_data(e) else {
+                    continue;
+                };
+                if ts < oldest_ms {
+                    break 'scan;
+                }
+                let o = data.as_object();
+                match event.as_str() {
+                    "command" => {
+                        let parsed = o.and_then(|o| {
+                            let c = Command::from_content(o.get("content")?.clone()).ok()?;
+                            let sig = Sig::from_hex(o.get("origin_sig")?.as_str()?).ok()?;
+                            let from = o.get("from")?.as_str()?.to_owned();
+                            #[allow(clippy::cast_possible_truncation)]
+                            let at = o.get("received_ms")?.as_f64()? as i64;
+                            Some((c, sig, from, at))
+                        });
+                        if let Some(p) = parsed {
+                            commands.push(p);
+                        }
+                    }
+                    "command_result" => {
+                        let Some((h, phase)) = o.and_then(|o| {
+                            let h = Hash::from_hex(o.get("hash")?.as_str()?).ok()?;
+                            Some((h, o.get("phase")?.as_str()?.to_owned()))
+                        }) else {
+                            continue;
+                        };
+                        let p = phases.entry(h).or_default();
+                        match phase.as_str() {
+                            "window" => p.0 = true,
+                            "final" => p.1 = true,
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if from == 1 {
+                break;
+            }
+            to = from - 1;
+        }
+        for (c, origin_sig, from, recorded_ms) in commands.into_iter().rev() {
+            let (window, fin) = phases.get(&c.hash).copied().unwrap_or_default();
+            if fin {
+                continue;
+            }
+            info!(hash = %c.hash, id = %c.id, "resuming a command a restart interrupted");
+            let gather = self.plan_children(now_ms, &c, &origin_sig, true);
+            self.coord().active.insert(
+                c.hash,
+                Active {
+                    gather,
+                    origin_sig,
+                    from,
+                    recorded_ms,
+                    sent: HashMap::new(),
+                    window_recorded: window,
+                    final_recorded: false,
+                },
+            );
+        }
+        Ok(())
+    }
+}

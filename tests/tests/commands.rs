@@ -1,0 +1,284 @@
+//! Commands from the gateway (issue 16, PROTOCOL §9), over real MQTT to
+//! real agents: an operator's command is recorded in the gateway's chain,
+//! sent to each selected agent at T − its lead, answered, gathered and
+//! tallied in `command_result` entries; every answer is also in the
+//! agent's chain the gateway holds; a forged answer is counted and
+//! ignored; a restart resumes what was in hand.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use baton_shared::json::{self, Mode, Value};
+use baton_shared::topic::{self, Kind};
+use baton_shared::wire::{CommandReply, Message};
+use baton_shared::{AgentId, Entry, Hash, SecretKey};
+use baton_tests::daemons::{Agent, Gateway, agent_key};
+use baton_tests::eventually;
+use baton_tests::http;
+
+fn id(s: &str) -> AgentId {
+    AgentId::new(s).unwrap()
+}
+
+fn field<'a>(v: &'a Value, k: &str) -> &'a Value {
+    v.as_object().unwrap().get(k).unwrap_or(&Value::Null)
+}
+
+fn n(v: &Value, k: &str) -> u64 {
+    field(v, k).as_exact_u64().unwrap_or(u64::MAX)
+}
+
+/// Whether the agent in `dir` says its clock is synced.
+fn synced(dir: &Path) -> bool {
+    std::fs::read(dir.join("status.json"))
+        .ok()
+        .and_then(|b| json::parse(&b, Mode::Verify).ok())
+        .and_then(|v| {
+            let hb = v.as_object()?.get("heartbeat")?.as_object()?;
+            Some(hb.get("clock")?.as_object()?.get("synced")? == &Value::Bool(true))
+        })
+        .unwrap_or(false)
+}
+
+/// Issues `body` as the operator; the answer's fields.
+fn issue(addr: SocketAddr, body: &str) -> Value {
+    let (status, answer) = http::post(addr, "/api/v1/command", body.as_bytes()).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    json::parse(answer.as_bytes(), Mode::Verify).unwrap()
+}
+
+fn command_view(addr: SocketAddr, hash: &str) -> Value {
+    http::json(addr, &format!("/api/v1/commands/{hash}"))
+}
+
+/// Waits until the command's `stage` is `stage` (window / final).
+async fn stage(addr: SocketAddr, hash: &str, stage: &str, limit: Duration) -> Value {
+    let mut last = Value::Null;
+    let reached = eventually(limit, || {
+        last = command_view(addr, hash);
+        field(&last, "stage").as_str() == Some(stage)
+            || (stage == "window" && field(&last, "stage").as_str() == Some("final"))
+    })
+    .await;
+    assert!(reached, "never reached {stage}: {last:?}");
+    last
+}
+
+/// Events of `agent`'s chain as the gateway holds it, with their data.
+fn chain_events(addr: SocketAddr, agent: &str) -> Vec<(String, Value)> {
+    let text = http::gateway_chain(addr, agent);
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v = json::parse(l.as_bytes(), Mode::Verify).unwrap();
+            (
+                field(&v, "event").as_str().unwrap().to_owned(),
+                field(&v, "data").clone(),
+            )
+        })
+        .collect()
+}
+
+async fn start_agents(gw: &Gateway, dir: &Path, names: &[&str]) -> Vec<Agent> {
+    let mut agents = Vec::new();
+    for name in names {
+        let extra = baton_agent::RawConfig {
+            heartbeat: Some("200ms".into()),
+            capabilities: Some(vec!["camera".into()]),
+            ..Default::default()
+        };
+        let a =
+            Agent::start_with(name, &dir.join(name), Some(gw.mqtt()), Some(gw.key), extra).await;
+        agents.push(a);
+    }
+    for name in names {
+        let addr = gw.bound.http;
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                http::agent_state(addr, name) == "active" && synced(&dir.join(name))
+            })
+            .await,
+            "{name} never active and synced"
+        );
+    }
+    agents
+}
+
+fn keys(dir: &Path, names: &[&str]) -> Vec<(AgentId, baton_shared::PublicKey)> {
+    names
+        .iter()
+        .map(|n| (id(n), agent_key(&dir.join(n))))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_command_reaches_every_agent_on_time_and_every_answer_is_in_the_chains() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["pi-a", "pi-b", "pi-c"];
+    let gdir = dir.path().join("gw");
+    let gw = Gateway::start(
+        &gdir,
+        &keys(dir.path(), &names),
+        None,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    let agents = start_agents(&gw, dir.path(), &names).await;
+    let addr = gw.bound.http;
+
+    // a record at T = now + 1.5 s for every agent holding `camera`
+    let issued = issue(
+        addr,
+        r#"{"verb":"record","payload":{"reading":"marker-sync-1"},"in":"1500ms","window":"200ms","ttl":"3s","select":{"capabilities":["camera"]}}"#,
+    );
+    assert_eq!(
+        (n(&issued, "selected"), n(&issued, "sent")),
+        (3, 3),
+        "{issued:?}"
+    );
+    let hash = field(&issued, "hash").as_str().unwrap().to_owned();
+
+    let v = stage(addr, &hash, "window", Duration::from_secs(20)).await;
+    assert_eq!(n(&v, "ready"), 3, "{v:?}");
+    assert_eq!(n(&v, "on_time"), 3, "{v:?}");
+    assert_eq!(field(&v, "decision").as_str(), Some("PROCEED"));
+    let Value::Array(rows) = field(&v, "agents") else {
+        panic!("no agents in {v:?}")
+    };
+    for r in rows {
+        // each was sent at T − its lead, and predicted within the window
+        assert!(field(r, "lead_ms").as_f64().unwrap() >= 2.0, "{r:?}");
+        assert_eq!(field(r, "on_time"), &Value::Bool(true), "{r:?}");
+    }
+
+    // every agent's chain at the gateway: command, then its command_ack
+    // for this hash, then the record at T
+    for name in names {
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                let ev = chain_events(addr, name);
+                let cmd = ev.iter().position(|(e, d)| {
+                    e == "command"
+                        && baton_shared::command::Command::from_content(field(d, "content").clone())
+                            .is_ok_and(|c| c.hash.to_hex() == hash)
+                });
+                let ack = ev.iter().position(|(e, d)| {
+                    e == "command_ack" && field(d, "hash").as_str() == Some(&hash)
+                });
+                let rec = ev.iter().position(|(e, d)| {
+                    e == "record"
+                        && String::from_utf8(baton_shared::canonical::to_vec(d))
+                            .unwrap()
+                            .contains("marker-sync-1")
+                });
+                matches!((cmd, ack, rec), (Some(c), Some(a), Some(r)) if c < a && a < r)
+            })
+            .await,
+            "{name}'s chain lacks command → command_ack → record: {:?}",
+            chain_events(addr, name)
+        );
+    }
+
+    // the final phase: the gateway's own chain holds the command and both
+    // phases, each with every child
+    let v = stage(addr, &hash, "final", Duration::from_secs(20)).await;
+    assert_eq!(n(&v, "on_time"), 3);
+    // (the view turns final as the entry is staged; its commit follows)
+    let mut phases: Vec<String> = Vec::new();
+    let mut own = Vec::new();
+    let both = eventually(Duration::from_secs(5), || {
+        own = chain_events(addr, "gw-e2e");
+        phases = own
+            .iter()
+            .filter(|(e, d)| e == "command_result" && field(d, "hash").as_str() == Some(&hash))
+            .map(|(_, d)| field(d, "phase").as_str().unwrap().to_owned())
+            .collect();
+        phases == ["window", "final"]
+    })
+    .await;
+    assert!(both, "phases recorded: {phases:?}");
+    assert!(own.iter().any(|(e, d)| {
+        e == "command"
+            && field(d, "from")
+                .as_str()
+                .unwrap()
+                .starts_with("operator/http")
+    }));
+
+    // the console's list and status see it
+    let (_, list) = http::get(addr, "/api/v1/commands").unwrap();
+    assert!(list.contains(&hash));
+    let status = http::json(addr, "/api/v1/status");
+    assert_eq!(n(&status, "active"), 3);
+
+    for a in agents {
+        a.stop().await;
+    }
+    gw.stop().await;
+}
+
+/// A forged answer (signed by a key that is not the agent's) is counted
+/// and changes no tally; the agent's own answer still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_answer_changes_nothing_but_a_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["pi-x"];
+    let gdir = dir.path().join("gw");
+    let gw = Gateway::start_open(&gdir, &keys(dir.path(), &names)).await;
+    let addr = gw.bound.http;
+    // no agent runs: only the forger answers
+    let issued = issue(
+        addr,
+        r#"{"verb":"observe","in":"200ms","window":"100ms","ttl":"2s","select":{"agents":["pi-x"]}}"#,
+    );
+    // offline: skipped, not sent
+    assert_eq!(n(&issued, "sent"), 0, "{issued:?}");
+    let hash = Hash::from_hex(field(&issued, "hash").as_str().unwrap()).unwrap();
+
+    // a command_ack READY for it, signed with a stranger's key
+    let stranger = SecretKey::from_seed(&[7; 32]);
+    let mut answer = baton_shared::json::Object::new();
+    answer.insert("hash", Value::from(hash.to_hex()));
+    answer.insert("state", Value::Number(1.0));
+    answer.insert("received_ms", Value::Number(1.0));
+    answer.insert("ready_ms", Value::Number(1.0));
+    let content = format!(
+        r#"{{"agent":"pi-x","data":{},"event":"command_ack","seq":9,"ts":"2026-12-04T00:00:00.000Z","v":1}}"#,
+        String::from_utf8(baton_shared::canonical::to_vec(&Value::Object(answer))).unwrap()
+    );
+    let mut e = Entry::seal(content.into_bytes(), Hash::ZERO);
+    e.sig = Some(stranger.sign_checkpoint(&id("pi-x"), baton_shared::Seq(9), &e.hash));
+    let reply = CommandReply {
+        agent: id("pi-x"),
+        entry: e,
+    };
+    let mut raw = baton_tests::raw::Raw::connect(gw.mqtt(), "forger", "", None)
+        .await
+        .unwrap();
+    raw.publish(
+        &topic::agent("c1", "pi-x", Kind::CmdReply),
+        false,
+        reply.encode(),
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            http::metric(addr, "baton_bad_input_total{kind=\"forged\"}") >= 1.0
+        })
+        .await,
+        "the forged answer was not counted"
+    );
+    let v = command_view(addr, &hash.to_hex());
+    assert_eq!(n(&v, "ready"), 0, "{v:?}");
+    // no answer is kept for pi-x at all
+    let Value::Array(rows) = field(&v, "agents") else {
+        panic!("no agents in {v:?}")
+    };
+    assert_eq!(rows.len(), 1);
+    assert_eq!(field(&rows[0], "state"), &Value::Null, "{v:?}");
+    gw.stop().await;
+}
