@@ -139,6 +139,10 @@ pub struct RunArgs {
     /// under this key.
     #[arg(long, env = "BATON_GATEWAY_UPSTREAM_KEY")]
     upstream_key: Option<String>,
+    /// Keys whose commands are relayed from the parent (comma-separated
+    /// hex; default: only the parent's own commands).
+    #[arg(long, env = "BATON_GATEWAY_ISSUER_KEYS", value_delimiter = ',')]
+    issuer_keys: Option<Vec<String>>,
     #[arg(long, env = "BATON_GATEWAY_UPSTREAM_USERNAME")]
     upstream_username: Option<String>,
     #[arg(long, env = "BATON_GATEWAY_UPSTREAM_PASSWORD", hide_env_values = true)]
@@ -392,6 +396,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 summary_chain_interval: a.summary_chain_interval,
                 upstream: a.upstream,
                 upstream_key: a.upstream_key,
+                issuer_keys: a.issuer_keys,
                 upstream_username: a.upstream_username,
                 upstream_password: a.upstream_password,
                 upstream_ca: a.upstream_ca,

@@ -40,6 +40,10 @@ pub struct RawConfig {
     pub upstream: Option<String>,
     /// The parent gateway's public key (64 hex characters).
     pub upstream_key: Option<String>,
+    /// Keys whose commands this gateway relays from its parent (PROTOCOL
+    /// §9 `issuer_keys`: the top's, or any ancestor's); none: only commands
+    /// the parent issued itself.
+    pub issuer_keys: Option<Vec<String>>,
     pub upstream_username: Option<String>,
     pub upstream_password: Option<String>,
     pub upstream_ca: Option<PathBuf>,
@@ -98,6 +102,7 @@ impl RawConfig {
             summary_chain_interval: over.summary_chain_interval.or(self.summary_chain_interval),
             upstream: over.upstream.or(self.upstream),
             upstream_key: over.upstream_key.or(self.upstream_key),
+            issuer_keys: over.issuer_keys.or(self.issuer_keys),
             upstream_username: over.upstream_username.or(self.upstream_username),
             upstream_password: over.upstream_password.or(self.upstream_password),
             upstream_ca: over.upstream_ca.or(self.upstream_ca),
@@ -146,6 +151,8 @@ pub struct Upstream {
     pub tls: Option<baton_runtime::mqtt::Tls>,
     /// The parent's key: its receipts count only under it.
     pub key: baton_shared::PublicKey,
+    /// Keys whose commands are relayed (empty: only the parent's own).
+    pub issuer_keys: Vec<baton_shared::PublicKey>,
 }
 
 /// A validated configuration.
@@ -440,10 +447,20 @@ impl Config {
                 }
             }
         };
+        let issuer_keys = raw
+            .issuer_keys
+            .iter()
+            .flatten()
+            .map(|k| baton_shared::PublicKey::trusted_hex(k.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("issuer_keys", e.to_string()))?;
         let upstream = match raw.upstream {
             None => {
                 if raw.upstream_key.is_some() {
                     return Err(invalid("upstream_key", "set, but no upstream broker is"));
+                }
+                if !issuer_keys.is_empty() {
+                    return Err(invalid("issuer_keys", "set, but no upstream broker is"));
                 }
                 None
             }
@@ -488,6 +505,7 @@ impl Config {
                         raw.upstream_client_key,
                     )?,
                     key,
+                    issuer_keys,
                 })
             }
         };
@@ -582,6 +600,9 @@ summary_chain_interval = "5m"
 # this gateway first: `baton-gateway enroll --agent gw-1 --pubkey … --child-cluster c1`.
 # upstream = "mqtt://sector.local:1883"
 # upstream_key = "<the parent's public key, 64 hex>"
+# Commands (PROTOCOL §9) relayed from the parent: by default only those the
+# parent issued itself; list the top's key (or any ancestor's) to relay its.
+# issuer_keys = ["<the top's public key, 64 hex>"]
 # upstream_username = "gw-1"
 # upstream_password = "…"
 # upstream_ca = "/etc/baton/sector-ca.pem"

@@ -28,6 +28,8 @@ pub enum Inbound {
     Summary,
     /// An operator command from HTTP; answered after the durable commit.
     Command(Command, Actor, Reply),
+    /// A command delivery from the parent gateway (PROTOCOL §9).
+    Relay(Vec<u8>),
 }
 
 /// Who asked for an operator action, as the gateway's chain records it.

@@ -16,7 +16,7 @@ use baton_shared::json::{Object, Value};
 use baton_shared::liveness::{
     AgentState, Baseline, PhiDetector, Presence, Signals, Thresholds, classify,
 };
-use baton_shared::schedule::Measured;
+use baton_shared::schedule::{Lead, Measured};
 use baton_shared::summary::{Member, Summary};
 use baton_shared::wire::{Heartbeat, PresenceState, StateMsg};
 
@@ -124,6 +124,12 @@ pub struct ChildSummary {
     pub at_ms: i64,
     pub gateway: AgentId,
 }
+
+/// A gateway's own time to relay a command to its children (verify it,
+/// make its `command` entry durable, plan): added to the subtree lead its
+/// parent schedules with. A group commit on this class of disk takes
+/// 2–20 ms; 50 ms leaves room for a busy ingest thread.
+pub const RELAY_MS: f64 = 50.0;
 
 /// Heartbeat intervals an agent may announce.
 const MIN_INTERVAL_MS: u32 = 100;
@@ -282,20 +288,38 @@ impl Registry {
             return own;
         }
         let own_part = (own.agents > 0).then_some((self.cluster.as_str(), &own));
-        Summary::rollup(
+        let mut s = Summary::rollup(
             own_part
                 .into_iter()
                 .chain(self.children.iter().map(|(c, s)| (c.as_str(), &s.summary))),
-        )
+        );
+        // this tier relays to its slowest part
+        s.subtree_lead_ms = s.subtree_lead_ms.map(|l| l + RELAY_MS);
+        s
     }
 
-    /// The summary of this gateway's own agents only.
+    /// The summary of this gateway's own agents only, with the lead a
+    /// parent schedules them with: the p95 of their leads (for a command
+    /// of weight 0) plus this gateway's relaying time.
     pub fn own_summary(&self) -> Summary {
-        Summary::of(self.agents.iter().map(|(id, l)| Member {
+        let mut s = Summary::of(self.agents.iter().map(|(id, l)| Member {
             id: id.as_str(),
             state: l.state,
             impedance_ms: l.last.as_ref().map(|h| h.impedance.impedance_ms()),
-        }))
+        }));
+        let mut leads: Vec<f64> = self
+            .coordinated()
+            .into_iter()
+            .filter(|c| !matches!(c.state, AgentState::Offline | AgentState::Quarantined))
+            .filter_map(|c| c.measured)
+            .map(|m| Lead::of(&m, 0.0).total_ms() as f64)
+            .collect();
+        leads.sort_by(f64::total_cmp);
+        if !leads.is_empty() {
+            let rank = (leads.len() * 95).div_ceil(100).max(1);
+            s.subtree_lead_ms = Some(leads[rank - 1] + RELAY_MS);
+        }
+        s
     }
 
     /// What coordination reads of each agent (PROTOCOL §9): its state, what

@@ -409,6 +409,14 @@ pub async fn run(
     let time_server = ingest.time_server();
     let parent_clock = ingest.parent_clock();
     let coordination = ingest.coordination();
+    if let Some(up) = &config.upstream {
+        ingest.set_parent(up.key, up.issuer_keys.clone());
+    }
+    // Answers to the parent's commands, published by the forwarder.
+    let (up_tx, up_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    // (only with a parent: a sender held here would keep the ingest
+    // thread's channel open past shutdown)
+    let mut relay_tx = config.upstream.as_ref().map(|_| tx.clone());
     // Command deliveries, each published at its time (PROTOCOL §9).
     let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
     let dispatcher = tokio::spawn(crate::dispatch::run(
@@ -554,6 +562,7 @@ pub async fn run(
                         Inbound::Tick => ingest.stage_checkpoints(unix_ms()),
                         Inbound::Liveness => ingest.stage_liveness(origin.elapsed(), unix_ms()),
                         Inbound::Summary => ingest.stage_summary(unix_ms()),
+                        Inbound::Relay(payload) => ingest.relay(origin.elapsed(), &payload),
                         // Answered after the commit, refusals too: a refusal
                         // may have staged something (a loaded fork's evidence).
                         Inbound::Command(cmd, by, reply) => {
@@ -586,6 +595,9 @@ pub async fn run(
                         let deliveries = ingest.take_deliveries();
                         if !deliveries.is_empty() {
                             let _ = dispatch_tx.send(deliveries);
+                        }
+                        for r in ingest.take_parent_replies() {
+                            let _ = up_tx.send(r);
                         }
                         ingest.gather_from_chains(&outcome.committed);
                         for c in outcome.committed {
@@ -630,6 +642,12 @@ pub async fn run(
                     upstream: up.clone(),
                     resend_timeout: config.resend_timeout,
                     clock: Arc::clone(&parent_clock),
+                    commands: relay_tx
+                        .take()
+                        .map(|deliveries| crate::upstream::CommandLink {
+                            deliveries,
+                            replies: Arc::new(tokio::sync::Mutex::new(up_rx)),
+                        }),
                 },
                 &http_key,
                 Arc::clone(&store),

@@ -67,6 +67,18 @@ pub struct ForwarderConfig {
     /// time: this gateway answers its own clock requests in the parent's
     /// time).
     pub clock: Arc<ParentClock>,
+    /// Where command deliveries from the parent go (the ingest thread),
+    /// and where its answers to them come from (PROTOCOL §9).
+    pub commands: Option<CommandLink>,
+}
+
+/// The forwarder's part in coordination: deliveries from the parent are
+/// handed to the ingest thread; `command_result` answers it makes (as
+/// `cmd/reply` payloads) are published to the parent.
+#[derive(Debug, Clone)]
+pub struct CommandLink {
+    pub deliveries: mpsc::Sender<crate::operator::Inbound>,
+    pub replies: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<u8>>>>,
 }
 
 /// The clock exchange with the parent (PROTOCOL §7), as an agent runs it
@@ -308,9 +320,27 @@ impl State {
         self.refresh();
         let mut refresh = tokio::time::interval(REFRESH_EVERY);
         let mut cursors = tokio::time::interval(CURSOR_EVERY);
+        let replies = self.cfg.commands.as_ref().map(|l| Arc::clone(&l.replies));
+        let mut replies = match &replies {
+            Some(r) => Some(r.lock().await),
+            None => None,
+        };
+        let reply_topic = topic::agent(&self.cfg.cluster, &self.cfg.gateway, Kind::CmdReply);
         loop {
             let wake = self.next_wake();
             tokio::select! {
+                Some(reply) = async {
+                    match replies.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // queued while the parent is away; it also finds the
+                    // answer in this gateway's chain
+                    if let Err(e) = self.client.try_publish(&reply_topic, QoS::AtLeastOnce, false, reply) {
+                        warn!(error = %e, "upstream publish queue full: the parent reads the answer from this gateway's chain");
+                    }
+                }
                 ev = events.recv() => match ev {
                     None => return,
                     Some(ev) => self.event(ev),
@@ -511,6 +541,12 @@ impl State {
                 if let Err(e) = self.client.try_subscribe(&reply, QoS::AtMostOnce) {
                     warn!(filter = %reply, error = %e, "upstream subscribe failed");
                 }
+                if self.cfg.commands.is_some() {
+                    let cmd = topic::agent(&self.cfg.cluster, &self.cfg.gateway, Kind::Cmd);
+                    if let Err(e) = self.client.try_subscribe(&cmd, QoS::AtLeastOnce) {
+                        warn!(filter = %cmd, error = %e, "upstream subscribe failed");
+                    }
+                }
                 self.exchange.samples = 0;
                 self.exchange.next_at = Some(now);
             }
@@ -534,6 +570,17 @@ impl State {
         };
         if t.kind == Some(Kind::TimeReply) && agent == self.cfg.gateway {
             self.clock_reply(now, payload);
+            return;
+        }
+        if t.kind == Some(Kind::Cmd) && agent == self.cfg.gateway {
+            if let Some(link) = &self.cfg.commands {
+                let relay = crate::operator::Inbound::Relay(payload.to_vec());
+                if link.deliveries.try_send(relay).is_err() {
+                    warn!(
+                        "ingest queue full: a command delivery from the parent waits for its resend"
+                    );
+                }
+            }
             return;
         }
         let Some(chain) = self.chains.get_mut(&agent) else {

@@ -20,10 +20,10 @@ pub const DEVICE_WRITES: [Kind; 6] = [
 pub const DEVICE_READS: [Kind; 4] = [Kind::Ack, Kind::Nack, Kind::TimeReply, Kind::Cmd];
 
 /// What a child gateway's forwarder publishes for the chains it forwards.
-pub const CHILD_WRITES: [Kind; 3] = [Kind::Hello, Kind::Entries, Kind::Time];
+pub const CHILD_WRITES: [Kind; 4] = [Kind::Hello, Kind::Entries, Kind::Time, Kind::CmdReply];
 
 /// What a child gateway's forwarder reads for the chains it forwards.
-pub const CHILD_READS: [Kind; 3] = [Kind::Ack, Kind::Nack, Kind::TimeReply];
+pub const CHILD_READS: [Kind; 4] = [Kind::Ack, Kind::Nack, Kind::TimeReply, Kind::Cmd];
 
 /// The largest retained message a device may leave (its `state`).
 pub const MAX_RETAINED: usize = 1024;

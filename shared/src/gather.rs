@@ -139,6 +139,21 @@ impl Gather {
         })
     }
 
+    /// Children sent to that have not answered at all.
+    pub fn silent(&self) -> impl Iterator<Item = &AgentId> {
+        self.children
+            .iter()
+            .filter(|(_, c)| c.answer.is_none() && matches!(c.plan, Plan::Send { .. }))
+            .map(|(id, _)| id)
+    }
+
+    /// Whether `child` is a gateway child of this command.
+    pub fn is_gateway(&self, child: &AgentId) -> bool {
+        self.children
+            .get(child)
+            .is_some_and(|c| matches!(c.kind, Kind::Gateway { .. }))
+    }
+
     /// Every agent child: its plan, and its latest answer if any (for a
     /// console's per-agent view).
     pub fn agents(&self) -> impl Iterator<Item = (&AgentId, &Plan, Option<&Answer>)> {

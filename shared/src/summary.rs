@@ -87,6 +87,11 @@ pub struct Summary {
     /// `Some(n)` for a roll-up of `n` clusters ([`Summary::rollup`]):
     /// `slowest` and `fastest` then name clusters.
     pub clusters: Option<usize>,
+    /// The lead a parent schedules this subtree's commands with (PROTOCOL
+    /// §9 `subtree_lead_ms`): the gateway's p95 of its agents' leads plus
+    /// its own relaying time; a roll-up takes its slowest part. Set by the
+    /// gateway that writes the summary; `None` when unknown.
+    pub subtree_lead_ms: Option<f64>,
 }
 
 impl Summary {
@@ -129,6 +134,7 @@ impl Summary {
             fastest,
             mode: Mode::of(active, agents),
             clusters: None,
+            subtree_lead_ms: None,
         }
     }
 
@@ -169,6 +175,10 @@ impl Summary {
             fastest: who("fastest")?,
             mode: Mode::of(active, agents),
             clusters: o.get("clusters").and_then(count),
+            subtree_lead_ms: o
+                .get("subtree_lead_ms")
+                .and_then(Value::as_f64)
+                .filter(|x| x.is_finite() && *x >= 0.0),
         };
         Some((o.get("cluster")?.as_str()?.to_owned(), summary))
     }
@@ -186,6 +196,7 @@ impl Summary {
         let (mut agents, mut active, mut clusters) = (0, 0, 0);
         let (mut weighted, mut weight) = (0.0, 0usize);
         let mut p95: Option<f64> = None;
+        let mut lead: Option<f64> = None;
         let mut means: Vec<(&str, f64)> = Vec::new();
         for (id, s) in parts {
             clusters += 1;
@@ -212,6 +223,9 @@ impl Summary {
             if let Some(p) = s.impedance_p95_ms {
                 p95 = Some(p95.map_or(p, |q: f64| q.max(p)));
             }
+            if let Some(l) = s.subtree_lead_ms {
+                lead = Some(lead.map_or(l, |q: f64| q.max(l)));
+            }
         }
         means.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
         #[allow(clippy::cast_precision_loss)]
@@ -226,6 +240,7 @@ impl Summary {
             fastest: means.first().map(|(id, v)| ((*id).to_owned(), *v)),
             mode: Mode::of(active, agents),
             clusters: Some(clusters),
+            subtree_lead_ms: lead,
         }
     }
 
@@ -268,6 +283,9 @@ impl Summary {
         o.insert("mode", Value::from(self.mode.as_str()));
         if let Some(n) = self.clusters {
             o.insert("clusters", num(n));
+        }
+        if let Some(l) = self.subtree_lead_ms {
+            o.insert("subtree_lead_ms", ms(Some(l)));
         }
         Value::Object(o)
     }

@@ -54,11 +54,23 @@ fn command_view(addr: SocketAddr, hash: &str) -> Value {
     http::json(addr, &format!("/api/v1/commands/{hash}"))
 }
 
+/// The command's view, or `Null` while the gateway does not know it (a
+/// child gateway hears of it at T − its subtree lead).
+fn command_view_if_known(addr: SocketAddr, hash: &str) -> Value {
+    match http::get(addr, &format!("/api/v1/commands/{hash}")) {
+        Ok((200, body)) => json::parse(body.as_bytes(), Mode::Verify).unwrap(),
+        _ => Value::Null,
+    }
+}
+
 /// Waits until the command's `stage` is `stage` (window / final).
 async fn stage(addr: SocketAddr, hash: &str, stage: &str, limit: Duration) -> Value {
     let mut last = Value::Null;
     let reached = eventually(limit, || {
-        last = command_view(addr, hash);
+        last = command_view_if_known(addr, hash);
+        if last == Value::Null {
+            return false;
+        }
         field(&last, "stage").as_str() == Some(stage)
             || (stage == "window" && field(&last, "stage").as_str() == Some("final"))
     })
@@ -281,4 +293,134 @@ async fn a_forged_answer_changes_nothing_but_a_counter() {
     assert_eq!(rows.len(), 1);
     assert_eq!(field(&rows[0], "state"), &Value::Null, "{v:?}");
     gw.stop().await;
+}
+
+/// The top (a parent gateway process) and two cluster gateway processes
+/// with two agents each: a command the top's operator issues reaches all
+/// four agents through their cluster gateways, on time; each cluster
+/// gateway answers the top with its `command_result`, and the top's tally
+/// counts every agent. The top holds each agent's `command` and
+/// `command_ack` (forwarded chains), and each cluster gateway's relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_from_the_top_reaches_two_clusters_on_time() {
+    use baton_tests::daemons::{GatewayProc, Role, Via, free_port, gateway_key};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let local = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let top = GatewayProc::start_as(
+        &root.join("top"),
+        &[],
+        Via::Embedded(local(free_port())),
+        Role::new("top-gw", "s1").arg("--summary-chain-interval", "1s"),
+    );
+    let mut clusters = Vec::new();
+    let mut agents = Vec::new();
+    for c in ["c1", "c2"] {
+        let gdir = root.join(format!("{c}-gw"));
+        let gw_id = format!("{c}-gw");
+        let body = format!(
+            "{{\"agent\":\"{gw_id}\",\"public_key\":\"{}\",\"child_cluster\":\"{c}\"}}",
+            gateway_key(&gdir).to_hex()
+        );
+        let (status, answer) = http::post(top.http, "/api/v1/enroll", body.as_bytes()).unwrap();
+        assert_eq!(status, 200, "{answer}");
+        let names: Vec<String> = (1..=2).map(|n| format!("{c}-pi-{n}")).collect();
+        let trusted: Vec<_> = names
+            .iter()
+            .map(|n| (id(n), agent_key(&root.join(n))))
+            .collect();
+        let gw = GatewayProc::start_as(
+            &gdir,
+            &trusted,
+            Via::Embedded(local(free_port())),
+            Role::new(&gw_id, c)
+                .upstream(top.via.broker(), top.key)
+                .arg("--summary-chain-interval", "1s")
+                .arg("--summary-interval", "1s"),
+        );
+        for n in &names {
+            let extra = baton_agent::RawConfig {
+                cluster: Some(c.into()),
+                heartbeat: Some("200ms".into()),
+                // obey the top's commands, relayed by the cluster gateway
+                issuer_keys: Some(vec![top.key.to_hex()]),
+                ..Default::default()
+            };
+            let a = Agent::start_with(n, &root.join(n), Some(gw.via.broker()), Some(gw.key), extra)
+                .await;
+            agents.push(a);
+        }
+        clusters.push(gw);
+    }
+    // every agent active and synced at its gateway, and the top has each
+    // cluster's summary (the subtree lead it schedules with)
+    for a in &agents {
+        let c = &a.id.as_str()[..2];
+        let gw = clusters.iter().find(|g| g.role.cluster == c).unwrap();
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                http::agent_state(gw.http, a.id.as_str()) == "active" && synced(&a.dir)
+            })
+            .await,
+            "{} never active and synced",
+            a.id
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let v = http::json(top.http, "/api/v1/cluster");
+            n(&v, "agents") == 4 && n(&v, "active") == 4
+        })
+        .await,
+        "the top never saw the four agents active"
+    );
+
+    let issued = issue(
+        top.http,
+        r#"{"verb":"record","payload":{"reading":"marker-two-clusters"},"in":"2s","window":"300ms","ttl":"3s"}"#,
+    );
+    // counts are agents of the subtree: both clusters sent, four agents
+    assert_eq!(
+        (n(&issued, "sent"), n(&issued, "selected")),
+        (4, 4),
+        "{issued:?}"
+    );
+    let hash = field(&issued, "hash").as_str().unwrap().to_owned();
+
+    // each cluster gateway took it from the top and answered every agent
+    for gw in &clusters {
+        let v = stage(gw.http, &hash, "window", Duration::from_secs(20)).await;
+        assert_eq!(
+            (n(&v, "selected"), n(&v, "on_time")),
+            (2, 2),
+            "{}: {v:?}",
+            gw.role.id
+        );
+        assert_eq!(field(&v, "from").as_str(), Some("top-gw"));
+    }
+    // the top's window phase counts all four, from the clusters' results
+    let v = stage(top.http, &hash, "window", Duration::from_secs(20)).await;
+    assert_eq!(n(&v, "selected"), 4, "{v:?}");
+    assert_eq!(n(&v, "on_time"), 4, "{v:?}");
+    assert_eq!(field(&v, "decision").as_str(), Some("PROCEED"), "{v:?}");
+
+    // the top holds every agent's command and answer in its chain
+    for a in &agents {
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                let ev = chain_events(top.http, a.id.as_str());
+                ev.iter()
+                    .any(|(e, d)| e == "command_ack" && field(d, "hash").as_str() == Some(&hash))
+                    && ev.iter().any(|(e, _)| e == "command")
+            })
+            .await,
+            "the top lacks {}'s command and answer",
+            a.id
+        );
+    }
+    for a in agents {
+        a.stop().await;
+    }
+    drop(clusters);
+    drop(top);
 }

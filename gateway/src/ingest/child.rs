@@ -151,10 +151,11 @@ impl Ingest {
 
 /// What a parent subscribes to for child cluster `c`: the chains it
 /// forwards (hello and batches; heartbeats stay in the child's cluster).
-pub(super) fn child_filters(c: &ClusterId) -> [String; 3] {
+pub(super) fn child_filters(c: &ClusterId) -> [String; 4] {
     [
         topic::cluster_filter(c, Kind::Hello),
         topic::cluster_filter(c, Kind::Entries),
         topic::cluster_filter(c, Kind::Time),
+        topic::cluster_filter(c, Kind::CmdReply),
     ]
 }

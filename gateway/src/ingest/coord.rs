@@ -27,7 +27,7 @@ use baton_shared::liveness::AgentState;
 use baton_shared::schedule::{self, Condition, Lead, Measured, Plan};
 use baton_shared::topic::{self, Kind};
 use baton_shared::wire::{CommandDelivery, CommandReply, Message};
-use baton_shared::{AgentId, CommandId, Entry, Hash, Seq, Sig};
+use baton_shared::{AgentId, ClusterId, CommandId, Entry, Hash, PublicKey, Seq, Sig};
 use tracing::{info, warn};
 
 use super::{Committed, Ingest};
@@ -48,6 +48,15 @@ pub struct Scheduled {
     pub payload: Vec<u8>,
 }
 
+/// A child gateway as a command reaches it.
+#[derive(Debug, Clone)]
+struct GatewayChild {
+    cluster: ClusterId,
+    gateway: AgentId,
+    matching: u64,
+    lead_ms: f64,
+}
+
 /// One command in hand.
 #[derive(Debug, Clone)]
 struct Active {
@@ -59,6 +68,10 @@ struct Active {
     sent: HashMap<AgentId, (i64, Lead)>,
     window_recorded: bool,
     final_recorded: bool,
+    /// Relayed from the parent: its phases are answered up.
+    up: bool,
+    /// The latest `command_result` entry (answers a repeated delivery).
+    last_result: Option<Entry>,
 }
 
 /// The gateway's commands in hand, and its children's breakers. Shared
@@ -75,6 +88,13 @@ pub struct Coordination {
     staged: Vec<Hash>,
     /// 1 for a cluster gateway; +1 per tier of child gateways.
     height: u32,
+    /// With a parent: its key, and the issuer keys whose commands are
+    /// relayed (empty: only the parent's own).
+    parent: Option<(PublicKey, Vec<PublicKey>)>,
+    /// Answers to the parent, published after the commit.
+    up_replies: Vec<Entry>,
+    /// Deliveries refused, by reason.
+    refused: BTreeMap<&'static str, u64>,
 }
 
 impl Default for Coordination {
@@ -88,6 +108,9 @@ impl Default for Coordination {
             deliveries: Vec::new(),
             staged: Vec::new(),
             height: 1,
+            parent: None,
+            up_replies: Vec::new(),
+            refused: BTreeMap::new(),
         }
     }
 }
@@ -180,6 +203,16 @@ impl Coordination {
 
     pub fn in_hand(&self) -> usize {
         self.active.len()
+    }
+
+    /// Deliveries from the parent refused, by reason.
+    pub fn refused(&self) -> &BTreeMap<&'static str, u64> {
+        &self.refused
+    }
+
+    /// This gateway's height (clusters 1, sectors 2, …).
+    pub fn height(&self) -> u32 {
+        self.height
     }
 
     fn find_id(&self, issuer: &AgentId, id: &CommandId) -> Option<Hash> {
@@ -377,6 +410,9 @@ impl Ingest {
                 sent: HashMap::new(),
                 window_recorded: false,
                 final_recorded: false,
+                // an operator's own command answers nobody above
+                up: !from.starts_with("operator/"),
+                last_result: None,
             },
         );
         drop(coord);
@@ -417,10 +453,59 @@ impl Ingest {
             });
             matches.truncate(usize::try_from(n).unwrap_or(usize::MAX));
         }
-        let me = self.cfg.gateway.clone();
+        let gateways = self.gateway_children(c);
         let mut coord = self.coord();
         let now = coord.origin.elapsed();
         let cfg = coord.breaker_cfg;
+        for g in gateways {
+            let measured = Measured {
+                rtt_ms: 0.0,
+                processing_ms: 0.0,
+                queue_depth: 0,
+                drift: 0.0,
+                subtree_lead_ms: Some(g.lead_ms),
+            };
+            let breaker = coord
+                .breakers
+                .entry(g.gateway.clone())
+                .or_insert_with(|| Breaker::new(cfg));
+            let plan = if resumed {
+                if now_ms >= c.expires_ms {
+                    continue;
+                }
+                let lead = Lead::of(&measured, c.weight);
+                Plan::Send {
+                    send_at_ms: now_ms,
+                    lead,
+                    predicted_ready_ms: c.target_ms - lead.margin_whole_ms(),
+                }
+            } else {
+                let cond = Condition {
+                    offline: false,
+                    quarantined: false,
+                    frozen: false,
+                    breaker_open: !breaker.try_send(now),
+                };
+                schedule::plan(c, now_ms, &measured, cond, mode)
+            };
+            if let Plan::Send {
+                send_at_ms, lead, ..
+            } = plan
+            {
+                coord.deliveries.push(Scheduled {
+                    at_ms: send_at_ms,
+                    topic: topic::agent(&g.cluster, &g.gateway, Kind::Cmd),
+                    payload: self.delivery(c, origin_sig, &g.gateway, send_at_ms, &lead),
+                });
+            }
+            gather.planned(
+                g.gateway,
+                ChildKind::Gateway {
+                    matching: g.matching,
+                },
+                plan,
+            );
+        }
         for a in matches {
             let measured = a.measured.unwrap_or(Measured {
                 rtt_ms: 0.0,
@@ -456,25 +541,187 @@ impl Ingest {
                 send_at_ms, lead, ..
             } = plan
             {
-                let d = CommandDelivery {
-                    content: c.canonical.clone(),
-                    issuer: c.issuer.clone(),
-                    origin_sig: *origin_sig,
-                    sender: me.clone(),
-                    recipient: a.agent.clone(),
-                    sender_sig: command::sender_sig(&self.key, &me, &a.agent, &c.hash),
-                    sent_ms: send_at_ms,
-                    lead_ms: u64::try_from(lead.total_ms()).unwrap_or(0),
-                };
                 coord.deliveries.push(Scheduled {
                     at_ms: send_at_ms,
                     topic: topic::agent(&cluster, &a.agent, Kind::Cmd),
-                    payload: d.encode(),
+                    payload: self.delivery(c, origin_sig, &a.agent, send_at_ms, &lead),
                 });
             }
             gather.planned(a.agent, ChildKind::Agent, plan);
         }
         gather
+    }
+
+    /// This gateway has a parent: deliveries from it verify under `key`,
+    /// and commands are relayed if their issuer is one of `issuer_keys`
+    /// (none: only those the parent issued itself).
+    pub fn set_parent(&mut self, key: PublicKey, issuer_keys: Vec<PublicKey>) {
+        self.coord().parent = Some((key, issuer_keys));
+    }
+
+    fn refuse_delivery(&mut self, now: Duration, why: &'static str, detail: &str) {
+        *self.coord().refused.entry(why).or_default() += 1;
+        self.bad(
+            now,
+            "parent",
+            BadInput::Forged,
+            &format!("command delivery refused ({why}): {detail}"),
+        );
+    }
+
+    /// A delivery from the parent (PROTOCOL §9, accepting a delivery):
+    /// checks (a)–(c) under the parent's key and the issuer keys, then
+    /// taken like an operator's command — recorded, planned, sent — and
+    /// its phases answered up. A known hash is answered from what was
+    /// recorded; anything failing a check is counted and dropped.
+    pub fn relay(&mut self, now: Duration, payload: &[u8]) {
+        let d = match CommandDelivery::decode(payload) {
+            Ok(d) => d,
+            Err(e) => return self.refuse_delivery(now, "undecodable", &e.to_string()),
+        };
+        let Some((parent_key, issuer_keys)) = self.coord().parent.clone() else {
+            return self.refuse_delivery(now, "no_parent", "this gateway has no parent");
+        };
+        let own_only = issuer_keys.is_empty();
+        let issuers = if own_only {
+            vec![parent_key]
+        } else {
+            issuer_keys
+        };
+        let me = self.cfg.gateway.clone();
+        let c = match command::accept(&d.presented(), &me, &parent_key, &issuers) {
+            Ok(c) => c,
+            Err(e) => return self.refuse_delivery(now, e.as_str(), &e.to_string()),
+        };
+        if own_only && d.issuer != d.sender {
+            return self.refuse_delivery(
+                now,
+                "issuer",
+                "without issuer_keys only the parent's own commands are relayed",
+            );
+        }
+        {
+            let mut coord = self.coord();
+            let known = coord
+                .active
+                .get(&c.hash)
+                .or_else(|| {
+                    coord
+                        .finished
+                        .iter()
+                        .find(|a| a.gather.command().hash == c.hash)
+                })
+                .map(|a| a.last_result.clone());
+            if let Some(last) = known {
+                // answered from what was recorded; nothing planned again
+                coord.up_replies.extend(last);
+                return;
+            }
+        }
+        let now_ms = self.parent_clock.now_ms();
+        if now_ms >= c.expires_ms {
+            return self.refuse_delivery(now, "expired", "received after the command expired");
+        }
+        let from = d.sender.to_string();
+        self.take_command(now_ms, c, d.origin_sig, &from, d.sender_sig);
+    }
+
+    /// `command_result` entries to answer the parent with (after the
+    /// commit that made them durable): each as a `cmd/reply` payload.
+    pub fn take_parent_replies(&mut self) -> Vec<Vec<u8>> {
+        let me = self.cfg.gateway.clone();
+        std::mem::take(&mut self.coord().up_replies)
+            .into_iter()
+            .map(|entry| {
+                CommandReply {
+                    agent: me.clone(),
+                    entry,
+                }
+                .encode()
+            })
+            .collect()
+    }
+
+    /// This gateway's height (PROTOCOL §9: clusters 1, sectors 2, …): one
+    /// more than its tallest child gateway, whose summary says whether it
+    /// rolls up clusters of its own.
+    fn height(&self) -> u32 {
+        if self.children.is_empty() {
+            return 1;
+        }
+        let reg = self.registry();
+        let tallest = self
+            .children
+            .keys()
+            .map(|c| match reg.children().get(c.as_str()) {
+                Some(s) if s.summary.clusters.is_some() => 2,
+                _ => 1,
+            })
+            .max()
+            .unwrap_or(1);
+        1 + tallest
+    }
+
+    /// A delivery of `c` to `recipient`, signed by this gateway.
+    fn delivery(
+        &self,
+        c: &Command,
+        origin_sig: &Sig,
+        recipient: &AgentId,
+        sent_ms: i64,
+        lead: &Lead,
+    ) -> Vec<u8> {
+        let me = &self.cfg.gateway;
+        CommandDelivery {
+            content: c.canonical.clone(),
+            issuer: c.issuer.clone(),
+            origin_sig: *origin_sig,
+            sender: me.clone(),
+            recipient: recipient.clone(),
+            sender_sig: command::sender_sig(&self.key, me, recipient, &c.hash),
+            sent_ms,
+            lead_ms: u64::try_from(lead.total_ms()).unwrap_or(0),
+        }
+        .encode()
+    }
+
+    /// This gateway's child gateways, as `c` reaches them: every child is
+    /// sent it (each selects its own agents) unless `select.agents` names
+    /// none behind it; `matching` is what the parent knows of the agents
+    /// behind it (PROTOCOL §9: its `selected` is at least this).
+    fn gateway_children(&self, c: &Command) -> Vec<GatewayChild> {
+        let summaries = self.registry().children().clone();
+        let sel = &c.select;
+        let narrowed = sel.capabilities.is_some() || sel.classes.is_some() || sel.sample.is_some();
+        self.children
+            .iter()
+            .filter_map(|(cluster, gw)| {
+                let summary = summaries.get(cluster.as_str());
+                let behind = |a: &AgentId| self.routes.get(a).is_some_and(|(_, via)| via == gw);
+                let matching = match &sel.agents {
+                    Some(named) => {
+                        let n = named.iter().filter(|a| behind(a)).count() as u64;
+                        if n == 0 && !named.contains(gw) {
+                            return None;
+                        }
+                        if narrowed { 0 } else { n }
+                    }
+                    None if narrowed => 0,
+                    None => match &sel.clusters {
+                        Some(l) if !l.contains(cluster) => 0,
+                        _ => summary.map_or(0, |s| s.summary.agents as u64),
+                    },
+                };
+                Some(GatewayChild {
+                    cluster: cluster.clone(),
+                    gateway: gw.clone(),
+                    matching,
+                    lead_ms: summary
+                        .and_then(|s| s.summary.subtree_lead_ms)
+                        .unwrap_or(crate::registry::RELAY_MS),
+                })
+            })
+            .collect()
     }
 
     /// Deliveries whose `command` entries are now durable: the caller
@@ -546,6 +793,27 @@ impl Ingest {
         let Some((event, _, data)) = entry_data(e) else {
             return;
         };
+        if event == "command_result" {
+            let Some((hash, counts)) = baton_shared::gather::read_result(&data) else {
+                return;
+            };
+            let mut coord = self.coord();
+            let now = coord.origin.elapsed();
+            let Some(active) = coord.active.get_mut(&hash) else {
+                return;
+            };
+            let first = active.gather.silent().any(|c| c == agent);
+            if active
+                .gather
+                .gateway_result(agent, seq, e.hash, counts)
+                .is_ok()
+                && first
+                && let Some(b) = coord.breakers.get_mut(agent)
+            {
+                b.record(now, false);
+            }
+            return;
+        }
         if event != "command_ack" {
             return;
         }
@@ -610,19 +878,21 @@ impl Ingest {
     /// plus one round trip, until T + window), and the `command_result`
     /// phases that fell due (PROTOCOL §9); called every liveness tick.
     pub fn stage_coordination(&mut self, now_ms: i64) {
-        let height = self.coord().height;
-        let mut results: Vec<Value> = Vec::new();
+        let height = self.height();
+        self.coord().height = height;
+        let mut results: Vec<(Hash, bool, Value)> = Vec::new();
+        let mut resend: Vec<(Command, Sig, AgentId, Lead)> = Vec::new();
         {
-            let me = self.cfg.gateway.clone();
-            let cluster = self.cfg.cluster.clone();
-            let key = self.key.clone();
             let mut coord = self.coord();
             let coord = &mut *coord;
             let now = coord.origin.elapsed();
             let mut done = Vec::new();
             for (hash, a) in &mut coord.active {
                 let c = a.gather.command().clone();
-                let mut resend = Vec::new();
+                // agents that have not answered, each after its lead plus
+                // one round trip (a child gateway answers at its window
+                // phase; QoS 1 carries its delivery)
+                let mut again = Vec::new();
                 for (child, plan) in a.gather.unanswered() {
                     let Plan::Send {
                         send_at_ms, lead, ..
@@ -630,44 +900,45 @@ impl Ingest {
                     else {
                         continue;
                     };
+                    if a.gather.is_gateway(child) {
+                        continue;
+                    }
                     let (last, lead) = a.sent.get(child).copied().unwrap_or((*send_at_ms, *lead));
                     if let Some(at) = schedule::resend_at(&c, last, &lead)
                         && at <= now_ms
                     {
-                        resend.push((child.clone(), lead));
+                        again.push((child.clone(), lead));
                     }
                 }
-                for (child, lead) in resend {
+                for (child, lead) in again {
                     a.sent.insert(child.clone(), (now_ms, lead));
-                    let d = CommandDelivery {
-                        content: c.canonical.clone(),
-                        issuer: c.issuer.clone(),
-                        origin_sig: a.origin_sig,
-                        sender: me.clone(),
-                        recipient: child.clone(),
-                        sender_sig: command::sender_sig(&key, &me, &child, hash),
-                        sent_ms: now_ms,
-                        lead_ms: u64::try_from(lead.total_ms()).unwrap_or(0),
-                    };
-                    coord.deliveries.push(Scheduled {
-                        at_ms: now_ms,
-                        topic: topic::agent(&cluster, &child, Kind::Cmd),
-                        payload: d.encode(),
-                    });
+                    resend.push((c.clone(), a.origin_sig, child, lead));
                 }
                 if !a.window_recorded && now_ms >= Phase::Window.due_ms(&c, height) {
                     a.window_recorded = true;
-                    // every child not answering by T + window is a failure
-                    for (child, _) in a.gather.unanswered() {
+                    // every child silent by T + window is a failure
+                    for child in a.gather.silent() {
                         if let Some(b) = coord.breakers.get_mut(child) {
                             b.record(now, true);
                         }
                     }
-                    results.extend(a.gather.result_data(Phase::Window));
+                    let up = a.up;
+                    results.extend(
+                        a.gather
+                            .result_data(Phase::Window)
+                            .into_iter()
+                            .map(|d| (*hash, up, d)),
+                    );
                 }
                 if !a.final_recorded && now_ms >= Phase::Final.due_ms(&c, height) {
                     a.final_recorded = true;
-                    results.extend(a.gather.result_data(Phase::Final));
+                    let up = a.up;
+                    results.extend(
+                        a.gather
+                            .result_data(Phase::Final)
+                            .into_iter()
+                            .map(|d| (*hash, up, d)),
+                    );
                     done.push(*hash);
                 }
             }
@@ -678,8 +949,35 @@ impl Ingest {
                 }
             }
         }
-        for data in results {
-            self.stage_own(baton_runtime::unix_ms(), OwnEvent::CommandResult, data);
+        let cluster = self.cfg.cluster.clone();
+        for (c, origin_sig, child, lead) in resend {
+            let payload = self.delivery(&c, &origin_sig, &child, now_ms, &lead);
+            self.coord().deliveries.push(Scheduled {
+                at_ms: now_ms,
+                topic: topic::agent(&cluster, &child, Kind::Cmd),
+                payload,
+            });
+        }
+        for (hash, up, data) in results {
+            let entry =
+                self.stage_own_entry(baton_runtime::unix_ms(), OwnEvent::CommandResult, data);
+            let mut coord = self.coord();
+            if let Some(e) = entry {
+                if up {
+                    coord.up_replies.push(e.clone());
+                }
+                let coord = &mut *coord;
+                let held = match coord.active.get_mut(&hash) {
+                    Some(a) => Some(a),
+                    None => coord
+                        .finished
+                        .iter_mut()
+                        .find(|a| a.gather.command().hash == hash),
+                };
+                if let Some(a) = held {
+                    a.last_result = Some(e);
+                }
+            }
         }
     }
 
@@ -751,6 +1049,7 @@ impl Ingest {
             }
             info!(hash = %c.hash, id = %c.id, "resuming a command a restart interrupted");
             let gather = self.plan_children(now_ms, &c, &origin_sig, true);
+            let up = !from.starts_with("operator/");
             self.coord().active.insert(
                 c.hash,
                 Active {
@@ -761,6 +1060,8 @@ impl Ingest {
                     sent: HashMap::new(),
                     window_recorded: window,
                     final_recorded: false,
+                    up,
+                    last_result: None,
                 },
             );
         }

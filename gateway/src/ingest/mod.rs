@@ -603,6 +603,11 @@ impl Ingest {
                     .into_iter()
                     .collect())
             }
+            // a child gateway answers a command for its subtree
+            Some(Kind::CmdReply) if forwarded && self.children.get(&cluster) == Some(&agent) => {
+                self.cmd_reply(now, &agent, payload)?;
+                Ok(Vec::new())
+            }
             // child clusters forward chains only
             _ if forwarded => {
                 self.bad(now, agent.as_str(), BadInput::Topic, topic);
@@ -1047,13 +1052,31 @@ impl Ingest {
     /// built is refused by `OwnChain::append` (nothing signed): logged and
     /// counted in `baton_own_entries_refused_total`.
     fn stage_own(&mut self, unix_ms: i64, event: OwnEvent, data: baton_shared::json::Value) {
+        self.stage_own_entry(unix_ms, event, data);
+    }
+
+    /// As [`Ingest::stage_own`], returning the entry staged.
+    fn stage_own_entry(
+        &mut self,
+        unix_ms: i64,
+        event: OwnEvent,
+        data: baton_shared::json::Value,
+    ) -> Option<baton_shared::Entry> {
         match self.own.append(unix_ms, event, data) {
-            Ok(w) => self.staged.push(w),
+            Ok(w) => {
+                let entry = match &w {
+                    Write::Entries { entries, .. } => entries.first().cloned(),
+                    _ => None,
+                };
+                self.staged.push(w);
+                entry
+            }
             Err(e) => {
                 self.metrics
                     .own_entries_refused
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!(event = event.as_str(), error = %e, "an entry of the gateway's own chain could not be built");
+                None
             }
         }
     }
