@@ -139,6 +139,24 @@ pub struct RunArgs {
     /// under this key.
     #[arg(long, env = "BATON_GATEWAY_UPSTREAM_KEY")]
     upstream_key: Option<String>,
+    /// Circuit breakers per child: outcomes remembered (1–64).
+    #[arg(long, env = "BATON_GATEWAY_BREAKER_WINDOW")]
+    breaker_window: Option<u32>,
+    /// … the fewest outcomes before it may open.
+    #[arg(long, env = "BATON_GATEWAY_BREAKER_MIN_SAMPLES")]
+    breaker_min_samples: Option<u32>,
+    /// … the failure share that opens it, (0, 1].
+    #[arg(long, env = "BATON_GATEWAY_BREAKER_FAILURE_RATE")]
+    breaker_failure_rate: Option<f64>,
+    /// … how long it stays open before probing, e.g. "30s".
+    #[arg(long, env = "BATON_GATEWAY_BREAKER_OPEN_FOR")]
+    breaker_open_for: Option<String>,
+    /// … how many probes go when half-open.
+    #[arg(long, env = "BATON_GATEWAY_BREAKER_PROBES")]
+    breaker_probes: Option<u32>,
+    /// … the healthy time that closes it again, e.g. "30s".
+    #[arg(long, env = "BATON_GATEWAY_BREAKER_HEALTHY_FOR")]
+    breaker_healthy_for: Option<String>,
     /// Keys whose commands are relayed from the parent (comma-separated
     /// hex; default: only the parent's own commands).
     #[arg(long, env = "BATON_GATEWAY_ISSUER_KEYS", value_delimiter = ',')]
@@ -396,6 +414,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 summary_chain_interval: a.summary_chain_interval,
                 upstream: a.upstream,
                 upstream_key: a.upstream_key,
+                breaker_window: a.breaker_window,
+                breaker_min_samples: a.breaker_min_samples,
+                breaker_failure_rate: a.breaker_failure_rate,
+                breaker_open_for: a.breaker_open_for,
+                breaker_probes: a.breaker_probes,
+                breaker_healthy_for: a.breaker_healthy_for,
                 issuer_keys: a.issuer_keys,
                 upstream_username: a.upstream_username,
                 upstream_password: a.upstream_password,

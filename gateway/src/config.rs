@@ -35,6 +35,15 @@ pub struct RawConfig {
     pub clock_band: Option<String>,
     pub summary_interval: Option<String>,
     pub summary_chain_interval: Option<String>,
+    /// Circuit breakers per child (PROTOCOL §9): outcomes remembered, the
+    /// fewest before judging, the failure share that opens, the pause
+    /// before probing, the probes, the healthy time that closes.
+    pub breaker_window: Option<u32>,
+    pub breaker_min_samples: Option<u32>,
+    pub breaker_failure_rate: Option<f64>,
+    pub breaker_open_for: Option<String>,
+    pub breaker_probes: Option<u32>,
+    pub breaker_healthy_for: Option<String>,
     /// The parent gateway's broker (`mqtt://` or `mqtts://`): forward
     /// every chain held here to it (PROTOCOL §8).
     pub upstream: Option<String>,
@@ -100,6 +109,12 @@ impl RawConfig {
             clock_band: over.clock_band.or(self.clock_band),
             summary_interval: over.summary_interval.or(self.summary_interval),
             summary_chain_interval: over.summary_chain_interval.or(self.summary_chain_interval),
+            breaker_window: over.breaker_window.or(self.breaker_window),
+            breaker_min_samples: over.breaker_min_samples.or(self.breaker_min_samples),
+            breaker_failure_rate: over.breaker_failure_rate.or(self.breaker_failure_rate),
+            breaker_open_for: over.breaker_open_for.or(self.breaker_open_for),
+            breaker_probes: over.breaker_probes.or(self.breaker_probes),
+            breaker_healthy_for: over.breaker_healthy_for.or(self.breaker_healthy_for),
             upstream: over.upstream.or(self.upstream),
             upstream_key: over.upstream_key.or(self.upstream_key),
             issuer_keys: over.issuer_keys.or(self.issuer_keys),
@@ -325,6 +340,8 @@ pub struct Liveness {
     pub summary_interval: Duration,
     /// … and written to the gateway's chain this often.
     pub summary_chain_interval: Duration,
+    /// Each child's circuit breaker for commands (PROTOCOL §9).
+    pub breaker: baton_shared::breaker::BreakerConfig,
 }
 
 impl Default for Liveness {
@@ -333,6 +350,7 @@ impl Default for Liveness {
             thresholds: baton_shared::liveness::Thresholds::default(),
             summary_interval: Duration::from_secs(10),
             summary_chain_interval: Duration::from_secs(300),
+            breaker: baton_shared::breaker::BreakerConfig::default(),
         }
     }
 }
@@ -382,10 +400,41 @@ impl Liveness {
         if summary_chain_interval < Duration::from_secs(1) {
             return Err(invalid("summary_chain_interval", "must be at least 1s"));
         }
+        let b = d.breaker;
+        let breaker = baton_shared::breaker::BreakerConfig {
+            window: match raw.breaker_window {
+                Some(n @ 1..=64) => n,
+                Some(n) => return Err(invalid("breaker_window", format!("{n} is not in 1–64"))),
+                None => b.window,
+            },
+            min_samples: raw.breaker_min_samples.unwrap_or(b.min_samples).max(1),
+            failure_rate: match raw.breaker_failure_rate {
+                Some(r) if r > 0.0 && r <= 1.0 => r,
+                Some(r) => {
+                    return Err(invalid(
+                        "breaker_failure_rate",
+                        format!("{r} is not in (0, 1]"),
+                    ));
+                }
+                None => b.failure_rate,
+            },
+            open_for: duration(
+                "breaker_open_for",
+                raw.breaker_open_for.as_deref(),
+                b.open_for,
+            )?,
+            probes: raw.breaker_probes.unwrap_or(b.probes).max(1),
+            healthy_for: duration(
+                "breaker_healthy_for",
+                raw.breaker_healthy_for.as_deref(),
+                b.healthy_for,
+            )?,
+        };
         Ok(Liveness {
             thresholds: t,
             summary_interval,
             summary_chain_interval,
+            breaker,
         })
     }
 }
@@ -594,6 +643,19 @@ clock_band = "2s"
 # this often, and written to the gateway's chain at the slower interval.
 summary_interval = "10s"
 summary_chain_interval = "5m"
+
+# Commands (PROTOCOL §9): each child's circuit breaker opens when at least
+# breaker_min_samples of its last breaker_window commands are in and
+# breaker_failure_rate of them failed (unanswered by T + window, or
+# handler_failed / temporal_paradox / clock_unsynced); after
+# breaker_open_for it lets breaker_probes through, and closes once they
+# succeeded and breaker_healthy_for passed without a failure.
+breaker_window = 20
+breaker_min_samples = 5
+breaker_failure_rate = 0.5
+breaker_open_for = "30s"
+breaker_probes = 3
+breaker_healthy_for = "30s"
 
 # Upstream: forward every chain held here (each agent's, unchanged, and this
 # gateway's own) to a parent gateway on another broker, which must enroll

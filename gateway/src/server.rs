@@ -409,6 +409,7 @@ pub async fn run(
     let time_server = ingest.time_server();
     let parent_clock = ingest.parent_clock();
     let coordination = ingest.coordination();
+    ingest.set_breaker_config(config.liveness.breaker);
     if let Some(up) = &config.upstream {
         ingest.set_parent(up.key, up.issuer_keys.clone());
     }

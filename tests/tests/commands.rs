@@ -424,3 +424,297 @@ async fn a_command_from_the_top_reaches_two_clusters_on_time() {
     drop(clusters);
     drop(top);
 }
+
+/// A cluster gateway process SIGKILLed right after it took a command
+/// (before T) resumes it after the restart: its agents are answered once
+/// each, and its chain holds the command once and each phase once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_mid_command_resumes_it_and_every_agent_answers_once() {
+    use baton_tests::daemons::{GatewayProc, Role, Via, free_port};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let names = ["pi-k1", "pi-k2"];
+    let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut gw = GatewayProc::start_as(
+        &root.join("gw"),
+        &keys(root, &names),
+        Via::Embedded(mqtt),
+        Role::new("gw-k", "c1"),
+    );
+    let mut agents = Vec::new();
+    for name in names {
+        let extra = baton_agent::RawConfig {
+            heartbeat: Some("200ms".into()),
+            ..Default::default()
+        };
+        agents
+            .push(Agent::start_with(name, &root.join(name), Some(mqtt), Some(gw.key), extra).await);
+    }
+    for name in names {
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                http::agent_state(gw.http, name) == "active" && synced(&root.join(name))
+            })
+            .await
+        );
+    }
+    let issued = issue(
+        gw.http,
+        r#"{"verb":"record","payload":{"reading":"marker-resumed"},"in":"4s","window":"500ms","ttl":"3s"}"#,
+    );
+    assert_eq!(n(&issued, "sent"), 2, "{issued:?}");
+    let hash = field(&issued, "hash").as_str().unwrap().to_owned();
+    // durable, not yet sent (due at T − a few ms): killed now
+    gw.kill();
+    gw.restart();
+
+    let v = stage(gw.http, &hash, "final", Duration::from_secs(30)).await;
+    assert_eq!((n(&v, "selected"), n(&v, "ready")), (2, 2), "{v:?}");
+    let mut own = Vec::new();
+    let settled = eventually(Duration::from_secs(10), || {
+        own = chain_events(gw.http, "gw-k");
+        own.iter()
+            .filter(|(e, d)| e == "command_result" && field(d, "hash").as_str() == Some(&hash))
+            .count()
+            == 2
+    })
+    .await;
+    assert!(settled, "phases: {own:?}");
+    let commands = own
+        .iter()
+        .filter(|(e, d)| {
+            e == "command"
+                && baton_shared::command::Command::from_content(field(d, "content").clone())
+                    .is_ok_and(|c| c.hash.to_hex() == hash)
+        })
+        .count();
+    assert_eq!(
+        commands, 1,
+        "the command was recorded again after the restart"
+    );
+    for name in names {
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                let acks = chain_events(gw.http, name)
+                    .iter()
+                    .filter(|(e, d)| e == "command_ack" && field(d, "hash").as_str() == Some(&hash))
+                    .count();
+                acks == 1
+            })
+            .await,
+            "{name} did not answer exactly once"
+        );
+    }
+    for a in agents {
+        a.stop().await;
+    }
+}
+
+/// The operating mode's gate, the `late` skip, and a child's circuit
+/// breaker: one of three agents runs (a third active: DEGRADED_SEVERE,
+/// only priority 3 and freeze/thaw/observe pass); its `act` handler fails
+/// until it is repaired; the breaker opens after enough failures, skips
+/// the child, probes it after the pause and closes once it is healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mode_gate_late_skips_and_a_breaker_that_opens_and_heals() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let names = ["pi-b", "pi-gone-1", "pi-gone-2"];
+    let gdir = root.join("gw");
+    let listen = "127.0.0.1:0".parse().unwrap();
+    let gw = Gateway::start_config(
+        &gdir,
+        &keys(root, &names),
+        baton_gateway::config::Broker::Embedded { listen },
+        |c| {
+            c.liveness.breaker = baton_shared::breaker::BreakerConfig {
+                window: 20,
+                min_samples: 3,
+                failure_rate: 0.5,
+                open_for: Duration::from_secs(2),
+                probes: 1,
+                healthy_for: Duration::from_secs(1),
+            };
+        },
+    )
+    .await;
+    let addr = gw.bound.http;
+    // `act` fails while the flag file exists
+    let flag = root.join("broken");
+    std::fs::write(&flag, b"").unwrap();
+    let script = root.join("act.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\n[ -e {} ] && exit 1\necho '{{}}'\n",
+            flag.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let extra = baton_agent::RawConfig {
+        heartbeat: Some("200ms".into()),
+        handlers: Some([("act".to_owned(), script.clone())].into_iter().collect()),
+        ..Default::default()
+    };
+    let a = Agent::start_with(
+        "pi-b",
+        &root.join("pi-b"),
+        Some(gw.mqtt()),
+        Some(gw.key),
+        extra,
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            http::agent_state(addr, "pi-b") == "active" && synced(&root.join("pi-b"))
+        })
+        .await
+    );
+    let status = http::json(addr, "/api/v1/status");
+    assert_eq!(field(&status, "mode").as_str(), Some("DEGRADED_SEVERE"));
+
+    // the gate: priority 2 is refused, observe passes
+    let refused = issue(
+        addr,
+        r#"{"verb":"record","priority":2,"in":"1s","ttl":"1s"}"#,
+    );
+    let skipped = field(&refused, "skipped");
+    assert_eq!(
+        (n(skipped, "priority"), n(skipped, "offline")),
+        (1, 2),
+        "{refused:?}"
+    );
+    let observe = issue(
+        addr,
+        r#"{"verb":"observe","priority":0,"in":"1s","ttl":"1s"}"#,
+    );
+    assert_eq!(n(&observe, "sent"), 1, "{observe:?}");
+    // T now: no lead fits
+    let late = issue(addr, r#"{"verb":"observe","in":"0ms","ttl":"1s"}"#);
+    assert_eq!(n(field(&late, "skipped"), "late"), 1, "{late:?}");
+
+    // three failures open pi-b's breaker
+    let act = r#"{"verb":"act","priority":3,"in":"300ms","window":"200ms","ttl":"2s","select":{"agents":["pi-b"]}}"#;
+    for _ in 0..3 {
+        let i = issue(addr, act);
+        assert_eq!(n(&i, "sent"), 1, "{i:?}");
+        let hash = field(&i, "hash").as_str().unwrap().to_owned();
+        assert!(
+            eventually(Duration::from_secs(10), || n(
+                &command_view(addr, &hash),
+                "conflict"
+            ) == 1)
+            .await,
+            "the failing handler's answer never came"
+        );
+    }
+    let skipped = issue(addr, act);
+    assert_eq!(
+        n(field(&skipped, "skipped"), "breaker_open"),
+        1,
+        "{skipped:?}"
+    );
+    let status = http::json(addr, "/api/v1/status");
+    assert!(
+        format!("{status:?}").contains("pi-b"),
+        "status shows no open breaker: {status:?}"
+    );
+
+    // repaired; after the pause a probe goes, succeeds, and it closes
+    std::fs::remove_file(&flag).unwrap();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let probe = issue(addr, act);
+    assert_eq!(n(&probe, "sent"), 1, "no probe after the pause: {probe:?}");
+    let hash = field(&probe, "hash").as_str().unwrap().to_owned();
+    assert!(
+        eventually(Duration::from_secs(10), || n(
+            &command_view(addr, &hash),
+            "ready"
+        ) == 1)
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let s = http::json(addr, "/api/v1/status");
+            matches!(field(&s, "breakers_not_closed"), Value::Array(b) if b.is_empty())
+        })
+        .await,
+        "the breaker never closed"
+    );
+    let again = issue(addr, act);
+    assert_eq!(n(&again, "sent"), 1, "{again:?}");
+    a.stop().await;
+    gw.stop().await;
+}
+
+/// The console on the command line: `broadcast --acks`, `commands`,
+/// `command ID` and `status` against a running gateway, text and JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_commands_work_against_a_running_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["pi-c1"];
+    let gdir = dir.path().join("gw");
+    let gw = Gateway::start(
+        &gdir,
+        &keys(dir.path(), &names),
+        None,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    let agents = start_agents(&gw, dir.path(), &names).await;
+    let url = format!("http://{}", gw.bound.http);
+    let token = gdir.join("operator.token");
+    let console = move |args: &[&str]| {
+        let url = url.clone();
+        let token = token.clone();
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new(baton_tests::bins::gateway())
+                    .args(&args)
+                    .arg("--http")
+                    .arg(&url)
+                    .arg("--token-file")
+                    .arg(&token)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8(out.stdout).unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = console(&[
+        "broadcast",
+        "maintenance at noon",
+        "--in",
+        "1s",
+        "--id",
+        "b-1",
+        "--acks",
+    ])
+    .await;
+    assert!(out.contains("command b-1"), "{out}");
+    assert!(out.contains("1 ready (1 on time)"), "{out}");
+    assert!(out.contains("PROCEED"), "{out}");
+    let out = console(&["commands"]).await;
+    assert!(out.contains("b-1"), "{out}");
+    let out = console(&["command", "b-1"]).await;
+    assert!(out.contains("pi-c1") && out.contains("ready"), "{out}");
+    let out = console(&["command", "b-1", "--json"]).await;
+    let v = json::parse(out.trim().as_bytes(), Mode::Verify).unwrap();
+    assert_eq!(n(&v, "on_time"), 1);
+    let out = console(&["status"]).await;
+    assert!(out.contains("1 active of 1"), "{out}");
+    for a in agents {
+        a.stop().await;
+    }
+    gw.stop().await;
+}

@@ -552,6 +552,11 @@ impl Ingest {
         gather
     }
 
+    /// The thresholds of every child's circuit breaker.
+    pub fn set_breaker_config(&mut self, cfg: BreakerConfig) {
+        self.coord().breaker_cfg = cfg;
+    }
+
     /// This gateway has a parent: deliveries from it verify under `key`,
     /// and commands are relayed if their issuer is one of `issuer_keys`
     /// (none: only those the parent issued itself).
@@ -886,6 +891,10 @@ impl Ingest {
             let mut coord = self.coord();
             let coord = &mut *coord;
             let now = coord.origin.elapsed();
+            // half-open breakers whose probes all went well close in time
+            for b in coord.breakers.values_mut() {
+                b.tick(now);
+            }
             let mut done = Vec::new();
             for (hash, a) in &mut coord.active {
                 let c = a.gather.command().clone();
