@@ -157,6 +157,10 @@ pub struct RunArgs {
     /// … the healthy time that closes it again, e.g. "30s".
     #[arg(long, env = "BATON_GATEWAY_BREAKER_HEALTHY_FOR")]
     breaker_healthy_for: Option<String>,
+    /// At the top: how long a child's command counts may wait for the
+    /// chains that bear them out, e.g. "60s".
+    #[arg(long, env = "BATON_GATEWAY_COMMAND_TRAIL_GRACE")]
+    command_trail_grace: Option<String>,
     /// Keys whose commands are relayed from the parent (comma-separated
     /// hex; default: only the parent's own commands).
     #[arg(long, env = "BATON_GATEWAY_ISSUER_KEYS", value_delimiter = ',')]
@@ -420,6 +424,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 breaker_open_for: a.breaker_open_for,
                 breaker_probes: a.breaker_probes,
                 breaker_healthy_for: a.breaker_healthy_for,
+                command_trail_grace: a.command_trail_grace,
                 issuer_keys: a.issuer_keys,
                 upstream_username: a.upstream_username,
                 upstream_password: a.upstream_password,

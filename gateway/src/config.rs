@@ -44,6 +44,9 @@ pub struct RawConfig {
     pub breaker_open_for: Option<String>,
     pub breaker_probes: Option<u32>,
     pub breaker_healthy_for: Option<String>,
+    /// At the top: the wait for chains before a child's counts that they do
+    /// not bear out raise `command_trail_mismatch`.
+    pub command_trail_grace: Option<String>,
     /// The parent gateway's broker (`mqtt://` or `mqtts://`): forward
     /// every chain held here to it (PROTOCOL §8).
     pub upstream: Option<String>,
@@ -115,6 +118,7 @@ impl RawConfig {
             breaker_open_for: over.breaker_open_for.or(self.breaker_open_for),
             breaker_probes: over.breaker_probes.or(self.breaker_probes),
             breaker_healthy_for: over.breaker_healthy_for.or(self.breaker_healthy_for),
+            command_trail_grace: over.command_trail_grace.or(self.command_trail_grace),
             upstream: over.upstream.or(self.upstream),
             upstream_key: over.upstream_key.or(self.upstream_key),
             issuer_keys: over.issuer_keys.or(self.issuer_keys),
@@ -342,6 +346,9 @@ pub struct Liveness {
     pub summary_chain_interval: Duration,
     /// Each child's circuit breaker for commands (PROTOCOL §9).
     pub breaker: baton_shared::breaker::BreakerConfig,
+    /// At the top: how long after a command is final a child gateway's
+    /// counts may wait for the chains that bear them out.
+    pub trail_grace: Duration,
 }
 
 impl Default for Liveness {
@@ -351,6 +358,7 @@ impl Default for Liveness {
             summary_interval: Duration::from_secs(10),
             summary_chain_interval: Duration::from_secs(300),
             breaker: baton_shared::breaker::BreakerConfig::default(),
+            trail_grace: Duration::from_secs(60),
         }
     }
 }
@@ -435,6 +443,11 @@ impl Liveness {
             summary_interval,
             summary_chain_interval,
             breaker,
+            trail_grace: duration(
+                "command_trail_grace",
+                raw.command_trail_grace.as_deref(),
+                d.trail_grace,
+            )?,
         })
     }
 }
@@ -656,6 +669,9 @@ breaker_failure_rate = 0.5
 breaker_open_for = "30s"
 breaker_probes = 3
 breaker_healthy_for = "30s"
+# At the top: a child gateway whose READY count the agents' chains do not
+# bear out this long after the command is final raises command_trail_mismatch.
+command_trail_grace = "60s"
 
 # Upstream: forward every chain held here (each agent's, unchanged, and this
 # gateway's own) to a parent gateway on another broker, which must enroll

@@ -139,6 +139,35 @@ impl Gather {
         })
     }
 
+    /// Whether `child` was sent this command and has not answered it
+    /// finally (an answer from it is still awaited).
+    pub fn awaits(&self, child: &AgentId) -> bool {
+        self.children.get(child).is_some_and(|c| {
+            matches!(c.plan, Plan::Send { .. })
+                && match &c.answer {
+                    None => true,
+                    Some((_, _, Answered::Agent(a))) => !a.state.is_final(),
+                    Some((_, _, Answered::Gateway(g))) => g.phase != Some(Phase::Final),
+                }
+        })
+    }
+
+    /// How many gateway children this command was planned for.
+    pub fn gateway_children(&self) -> usize {
+        self.children
+            .values()
+            .filter(|c| matches!(c.kind, Kind::Gateway { .. }))
+            .count()
+    }
+
+    /// Every gateway child that answered, with its latest counts.
+    pub fn gateway_answers(&self) -> impl Iterator<Item = (&AgentId, &Counts)> {
+        self.children.iter().filter_map(|(id, c)| match &c.answer {
+            Some((_, _, Answered::Gateway(g))) => Some((id, g.as_ref())),
+            _ => None,
+        })
+    }
+
     /// Children sent to that have not answered at all.
     pub fn silent(&self) -> impl Iterator<Item = &AgentId> {
         self.children

@@ -311,7 +311,9 @@ async fn a_command_from_the_top_reaches_two_clusters_on_time() {
         &root.join("top"),
         &[],
         Via::Embedded(local(free_port())),
-        Role::new("top-gw", "s1").arg("--summary-chain-interval", "1s"),
+        Role::new("top-gw", "s1")
+            .arg("--summary-chain-interval", "1s")
+            .arg("--command-trail-grace", "1s"),
     );
     let mut clusters = Vec::new();
     let mut agents = Vec::new();
@@ -418,6 +420,16 @@ async fn a_command_from_the_top_reaches_two_clusters_on_time() {
             a.id
         );
     }
+    // honest counts: the trail check finds every READY in the chains
+    stage(top.http, &hash, "final", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let alerts: Vec<_> = chain_events(top.http, "top-gw")
+        .into_iter()
+        .filter(|(e, d)| {
+            e == "alert" && field(d, "kind").as_str() == Some("command_trail_mismatch")
+        })
+        .collect();
+    assert!(alerts.is_empty(), "{alerts:?}");
     for a in agents {
         a.stop().await;
     }
@@ -717,4 +729,144 @@ async fn the_console_commands_work_against_a_running_gateway() {
         a.stop().await;
     }
     gw.stop().await;
+}
+
+/// The trail check at the top: a child gateway that reports READY agents
+/// whose chains hold no such answers is named in a
+/// `command_trail_mismatch` alert once the grace has passed. (The test
+/// plays the lying child, with the child's own key.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_top_names_a_child_whose_counts_the_chains_do_not_bear_out() {
+    use baton_shared::command::{Answer, Command, State};
+    use baton_shared::gather::{Gather, Kind as ChildKind};
+    use baton_shared::schedule::{Lead, Plan};
+    use baton_shared::wire::CommandDelivery;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = "127.0.0.1:0".parse().unwrap();
+    let top = Gateway::start_config(
+        &dir.path().join("top"),
+        &[],
+        baton_gateway::config::Broker::Embedded { listen },
+        |c| {
+            c.security.broker_auth = false;
+            c.liveness.trail_grace = Duration::from_secs(1);
+        },
+    )
+    .await;
+    let addr = top.bound.http;
+    let child_key = SecretKey::from_seed(&[9; 32]);
+    let body = format!(
+        "{{\"agent\":\"c9-gw\",\"public_key\":\"{}\",\"child_cluster\":\"c9\"}}",
+        child_key.public().to_hex()
+    );
+    let (status, answer) = http::post(addr, "/api/v1/enroll", body.as_bytes()).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let mut raw = baton_tests::raw::Raw::connect(top.mqtt(), "liar", "", None)
+        .await
+        .unwrap();
+    raw.subscribe(&topic::agent("c9", "c9-gw", Kind::Cmd)).await;
+
+    let issued = issue(
+        addr,
+        r#"{"verb":"observe","in":"500ms","window":"100ms","ttl":"1s"}"#,
+    );
+    let hash = field(&issued, "hash").as_str().unwrap().to_owned();
+    // the delivery reaches the child at T − its lead
+    let delivery = loop {
+        match tokio::time::timeout(Duration::from_secs(10), raw.incoming.recv()).await {
+            Ok(Some(rumqttc::Packet::Publish(p))) => {
+                break CommandDelivery::decode(&p.payload).unwrap();
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no delivery to the child: {other:?}"),
+        }
+    };
+    let c = Command::from_canonical(&delivery.content).unwrap();
+    assert_eq!(c.hash.to_hex(), hash);
+
+    // the lie: three READY agents that exist nowhere
+    let mut g = Gather::new(c.clone());
+    for n in 1..=3 {
+        let a = id(&format!("ghost-{n}"));
+        let lead = Lead::of(
+            &baton_shared::schedule::Measured {
+                rtt_ms: 0.0,
+                processing_ms: 0.0,
+                queue_depth: 0,
+                drift: 0.0,
+                subtree_lead_ms: None,
+            },
+            0.0,
+        );
+        g.planned(
+            a.clone(),
+            ChildKind::Agent,
+            Plan::Send {
+                send_at_ms: c.target_ms,
+                lead,
+                predicted_ready_ms: c.target_ms,
+            },
+        );
+        let answer = Answer {
+            hash: c.hash,
+            state: State::Ready,
+            received_ms: c.target_ms,
+            ready_ms: Some(c.target_ms),
+            processing_ms: Some(0),
+            conflict: None,
+            result: None,
+        };
+        g.agent_answer(&a, baton_shared::Seq(1), Hash::ZERO, answer)
+            .unwrap();
+    }
+    let data = g.result_data(baton_shared::command::Phase::Final).remove(0);
+    let mut content = baton_shared::json::Object::new();
+    content.insert("agent", Value::from("c9-gw"));
+    content.insert("data", data);
+    content.insert("event", Value::from("command_result"));
+    content.insert("seq", Value::from(50u64));
+    content.insert(
+        "ts",
+        Value::from(baton_shared::entry::format_timestamp(
+            baton_runtime::unix_ms(),
+        )),
+    );
+    content.insert("v", Value::from(1u64));
+    let mut e = Entry::seal(
+        baton_shared::canonical::to_vec(&Value::Object(content)),
+        Hash::ZERO,
+    );
+    e.sig = Some(child_key.sign_checkpoint(&id("c9-gw"), baton_shared::Seq(50), &e.hash));
+    let reply = CommandReply {
+        agent: id("c9-gw"),
+        entry: e,
+    };
+    raw.publish(
+        &topic::agent("c9", "c9-gw", Kind::CmdReply),
+        false,
+        reply.encode(),
+    )
+    .await;
+    // counted (it verifies under the child's key) …
+    assert!(
+        eventually(Duration::from_secs(10), || n(
+            &command_view(addr, &hash),
+            "ready"
+        ) == 3)
+        .await,
+        "the child's signed result was not counted"
+    );
+    // … and, once final and past the grace, named as unsupported
+    let mut own = Vec::new();
+    let alerted = eventually(Duration::from_secs(20), || {
+        own = chain_events(addr, "gw-e2e");
+        own.iter().any(|(e, d)| {
+            e == "alert"
+                && field(d, "kind").as_str() == Some("command_trail_mismatch")
+                && field(d, "child").as_str() == Some("c9-gw")
+        })
+    })
+    .await;
+    assert!(alerted, "no command_trail_mismatch alert: {own:?}");
+    top.stop().await;
 }

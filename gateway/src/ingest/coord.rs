@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use baton_shared::breaker::{Breaker, BreakerConfig, is_failure};
-use baton_shared::command::{self, Command, Draft, Phase, Verb};
+use baton_shared::command::{self, Command, Draft, Phase, State, Verb};
 use baton_shared::crypto::chain_hash;
 use baton_shared::gather::{Gather, Kind as ChildKind};
 use baton_shared::json::{self, Mode as JsonMode, Object, Value};
@@ -46,6 +46,21 @@ pub struct Scheduled {
     pub at_ms: i64,
     pub topic: String,
     pub payload: Vec<u8>,
+}
+
+/// One command's trail at the top: what each child gateway reported, and
+/// the final answers found in the chains behind it.
+#[derive(Debug, Default)]
+struct Trail {
+    /// When the top's final phase was recorded (the check is due).
+    due_ms: Option<i64>,
+    reported: BTreeMap<AgentId, u64>,
+    /// agent → (the child gateway it is behind, its final state)
+    found: HashMap<AgentId, (AgentId, State)>,
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A child gateway as a command reaches it.
@@ -95,6 +110,10 @@ pub struct Coordination {
     up_replies: Vec<Entry>,
     /// Deliveries refused, by reason.
     refused: BTreeMap<&'static str, u64>,
+    /// At the top: each command's trail check, and how long a child's
+    /// counts may wait for the chains that bear them out.
+    trails: HashMap<Hash, Trail>,
+    trail_grace_ms: i64,
 }
 
 impl Default for Coordination {
@@ -111,6 +130,8 @@ impl Default for Coordination {
             parent: None,
             up_replies: Vec::new(),
             refused: BTreeMap::new(),
+            trails: HashMap::new(),
+            trail_grace_ms: 60_000,
         }
     }
 }
@@ -400,6 +421,9 @@ impl Ingest {
         info!(hash = %c.hash, id = %c.id, verb = c.verb.as_str(), selected = issued.selected, sent = issued.sent, "command taken");
         let mut coord = self.coord();
         coord.staged.push(c.hash);
+        if coord.parent.is_none() && gather.gateway_children() > 0 {
+            coord.trails.insert(c.hash, Trail::default());
+        }
         coord.active.insert(
             c.hash,
             Active {
@@ -552,9 +576,12 @@ impl Ingest {
         gather
     }
 
-    /// The thresholds of every child's circuit breaker.
-    pub fn set_breaker_config(&mut self, cfg: BreakerConfig) {
-        self.coord().breaker_cfg = cfg;
+    /// The thresholds of every child's circuit breaker, and the trail
+    /// check's grace.
+    pub fn set_coordination_config(&mut self, breaker: BreakerConfig, trail_grace: Duration) {
+        let mut coord = self.coord();
+        coord.breaker_cfg = breaker;
+        coord.trail_grace_ms = i64::try_from(trail_grace.as_millis()).unwrap_or(i64::MAX);
     }
 
     /// This gateway has a parent: deliveries from it verify under `key`,
@@ -849,33 +876,110 @@ impl Ingest {
     /// cannot hide an answer): read only for agents a command in hand
     /// waits on.
     pub fn gather_from_chains(&mut self, committed: &[Committed]) {
-        let waiting: Vec<&Committed> = {
+        let (waiting, trailed): (Vec<&Committed>, Vec<(&Committed, AgentId)>) = {
             let coord = self.coord();
-            if coord.active.is_empty() {
+            if coord.active.is_empty() && coord.trails.is_empty() {
                 return;
             }
-            committed
+            let waiting = committed
                 .iter()
-                .filter(|c| {
-                    coord
-                        .active
-                        .values()
-                        .any(|a| a.gather.unanswered().any(|(id, _)| *id == c.agent))
+                .filter(|c| coord.active.values().any(|a| a.gather.awaits(&c.agent)))
+                .collect();
+            // the top follows every answer behind its child gateways, to
+            // check their counts against the chains (the trail check)
+            let top = coord.parent.is_none();
+            let trailed = committed
+                .iter()
+                .filter(|_| top)
+                .filter_map(|c| {
+                    let (_, via) = self.routes.get(&c.agent)?;
+                    (*via != c.agent).then(|| (c, via.clone()))
                 })
-                .collect()
+                .collect();
+            (waiting, trailed)
         };
         for c in waiting {
-            let n = usize::try_from(c.last.0 - c.first.0 + 1).unwrap_or(usize::MAX);
-            match self.store.range(&c.agent, c.first, n) {
-                Ok(entries) => {
-                    for (seq, e) in entries {
-                        self.take_answer(&c.agent, seq, &e);
-                    }
+            for (seq, e) in self.committed_entries(c) {
+                self.take_answer(&c.agent, seq, &e);
+            }
+        }
+        for (c, via) in trailed {
+            for (_, e) in self.committed_entries(c) {
+                // most entries are not answers: skip them unparsed
+                if !contains(&e.content, br#""event":"command_ack""#) {
+                    continue;
                 }
-                Err(e) => {
-                    warn!(agent = %c.agent, error = %e, "reading committed entries for command answers")
+                let Some((_, _, data)) = entry_data(&e) else {
+                    continue;
+                };
+                let Ok(a) = command::Answer::from_data(&data) else {
+                    continue;
+                };
+                let mut coord = self.coord();
+                if let Some(t) = coord.trails.get_mut(&a.hash)
+                    && a.state.is_final()
+                {
+                    t.found.insert(c.agent.clone(), (via.clone(), a.state));
                 }
             }
+        }
+    }
+
+    fn committed_entries(&self, c: &Committed) -> Vec<(Seq, Entry)> {
+        let n = usize::try_from(c.last.0 - c.first.0 + 1).unwrap_or(usize::MAX);
+        self.store.range(&c.agent, c.first, n).unwrap_or_else(|e| {
+            warn!(agent = %c.agent, error = %e, "reading committed entries for command answers");
+            Vec::new()
+        })
+    }
+
+    /// The trail check (PROTOCOL §9): once a command is final at the top,
+    /// each child gateway's READY count must be matched by READY answers
+    /// in the chains of the agents behind it; chains may still be on their
+    /// way, so a shortfall is alerted only after the grace
+    /// ([`Ingest::set_coordination_config`]).
+    fn check_trails(&mut self, now_ms: i64) {
+        let mut alerts = Vec::new();
+        {
+            let mut coord = self.coord();
+            let grace = coord.trail_grace_ms;
+            coord.trails.retain(|hash, t| {
+                let Some(due) = t.due_ms else {
+                    return true;
+                };
+                let short: Vec<(AgentId, u64, u64)> = t
+                    .reported
+                    .iter()
+                    .filter_map(|(child, reported)| {
+                        let found = t
+                            .found
+                            .values()
+                            .filter(|(via, s)| via == child && *s == State::Ready)
+                            .count() as u64;
+                        (found < *reported).then(|| (child.clone(), *reported, found))
+                    })
+                    .collect();
+                if short.is_empty() {
+                    return false;
+                }
+                if now_ms < due + grace {
+                    return true;
+                }
+                for (child, reported, found) in short {
+                    alerts.push((*hash, child, reported, found));
+                }
+                false
+            });
+        }
+        let me = self.cfg.gateway.clone();
+        for (hash, child, reported, found) in alerts {
+            let detail = format!(
+                "command {hash}: {child} reported {reported} READY; the chains behind it hold {found}"
+            );
+            warn!(%child, %hash, reported, found, "command trail mismatch");
+            let data =
+                crate::own_chain::child_alert_data("command_trail_mismatch", &me, &child, &detail);
+            self.stage_own(baton_runtime::unix_ms(), OwnEvent::Alert, data);
         }
     }
 
@@ -949,6 +1053,14 @@ impl Ingest {
                             .map(|d| (*hash, up, d)),
                     );
                     done.push(*hash);
+                    if let Some(t) = coord.trails.get_mut(hash) {
+                        t.due_ms = Some(now_ms);
+                        t.reported = a
+                            .gather
+                            .gateway_answers()
+                            .map(|(child, counts)| (child.clone(), counts.tally.ready))
+                            .collect();
+                    }
                 }
             }
             for h in done {
@@ -958,6 +1070,7 @@ impl Ingest {
                 }
             }
         }
+        self.check_trails(now_ms);
         let cluster = self.cfg.cluster.clone();
         for (c, origin_sig, child, lead) in resend {
             let payload = self.delivery(&c, &origin_sig, &child, now_ms, &lead);
