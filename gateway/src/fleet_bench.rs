@@ -46,7 +46,7 @@ pub struct FleetRow {
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const CLUSTER: &str = "fleet";
 
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // fields after the command name (which may hold spaces) in parentheses
     let rest = stat.rsplit_once(") ").context("parsing /proc stat")?.1;
@@ -57,14 +57,14 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// USER_HZ: 100 on every Linux architecture Baton runs on.
-const TICKS_PER_S: f64 = 100.0;
+pub(crate) const TICKS_PER_S: f64 = 100.0;
 
-fn http_json(addr: SocketAddr, path: &str) -> anyhow::Result<Value> {
+pub(crate) fn http_json(addr: SocketAddr, path: &str) -> anyhow::Result<Value> {
     let body = crate::cli::http_get(&format!("http://{addr}"), path)?;
     parse(body.as_bytes(), Mode::Verify).map_err(|e| anyhow::anyhow!("{path}: {e}"))
 }
 
-fn field(v: &Value, key: &str) -> Option<Value> {
+pub(crate) fn field(v: &Value, key: &str) -> Option<Value> {
     v.as_object().and_then(|o| o.get(key)).cloned()
 }
 
@@ -77,7 +77,7 @@ struct Sim {
     last_beat: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
-fn heartbeat(agent: &AgentId, sent_ms: i64) -> Heartbeat {
+pub(crate) fn heartbeat(agent: &AgentId, sent_ms: i64) -> Heartbeat {
     Heartbeat {
         agent: agent.clone(),
         sent_ms,
@@ -117,7 +117,7 @@ fn heartbeat(agent: &AgentId, sent_ms: i64) -> Heartbeat {
 }
 
 /// The key of simulated agent `i` (enrolled by key file before the run).
-fn sim_key(i: usize) -> SecretKey {
+pub(crate) fn sim_key(i: usize) -> SecretKey {
     let mut seed = [7u8; 32];
     seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
     SecretKey::from_seed(&seed)

@@ -13,6 +13,8 @@ pub mod command;
 pub mod config;
 pub mod console;
 #[cfg(feature = "tools")]
+pub mod coord_bench;
+#[cfg(feature = "tools")]
 pub mod demo;
 pub mod dispatch;
 pub mod export;

@@ -64,6 +64,17 @@ pub enum Tool {
         #[arg(long, default_value_t = 262_144)]
         entries: u64,
     },
+    /// Commands on time: a top and cluster gateways, simulated agents of
+    /// classes A–F; the KPIs of arrival-time scheduling beside a naive
+    /// broadcast (see BENCHMARKS.md).
+    BenchCoord {
+        /// Fleet sizes to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        agents: Vec<usize>,
+        /// Commands per size (each way).
+        #[arg(long, default_value_t = 5)]
+        commands: usize,
+    },
 }
 
 /// Runs one tool to its end; the benchmarks' tables go to `out`.
@@ -135,6 +146,12 @@ pub fn run(tool: Tool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
                 &exe,
             ))?;
             write!(out, "{}", crate::tier_bench::table(&rows))?;
+        }
+        Tool::BenchCoord { agents, commands } => {
+            let exe = std::env::current_exe().context("locating this binary")?;
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let rows = rt.block_on(crate::coord_bench::run(&exe, &agents, commands))?;
+            write!(out, "{}", crate::coord_bench::table(&rows))?;
         }
     }
     Ok(())
