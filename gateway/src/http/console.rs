@@ -103,6 +103,7 @@ pub fn read_order(body: &[u8], now_ms: i64) -> Result<Order, String> {
         weight,
         select: o.get("select").cloned(),
         quorum: o.get("quorum").cloned(),
+        read_ms: now_ms,
     })
 }
 

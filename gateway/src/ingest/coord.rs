@@ -150,6 +150,10 @@ pub struct Order {
     pub weight: f64,
     pub select: Option<Value>,
     pub quorum: Option<Value>,
+    /// When the gateway read the order, ms: the command's `issued`. An
+    /// order for "now" has T = this instant, and the command must not be
+    /// issued after its own T because the order waited in a queue.
+    pub read_ms: i64,
 }
 
 /// What taking a command planned.
@@ -371,7 +375,7 @@ impl Ingest {
         let draft = Draft {
             issuer: me.clone(),
             id,
-            issued_ms: now_ms,
+            issued_ms: order.read_ms.min(now_ms),
             target_ms: order.target_ms,
             window_ms: order.window_ms,
             expires_ms: order.expires_ms,

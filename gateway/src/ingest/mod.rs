@@ -1198,10 +1198,8 @@ impl Ingest {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_log_limiter_limits_and_stays_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("g.redb")).unwrap());
+    fn open_ingest(dir: &std::path::Path, metrics: &Arc<Metrics>) -> Ingest {
+        let store = Arc::new(Store::open(&dir.join("g.redb")).unwrap());
         let cfg = IngestConfig {
             gateway: AgentId::new("gw").unwrap(),
             cluster: ClusterId::new("c").unwrap(),
@@ -1210,15 +1208,46 @@ mod tests {
             thresholds: baton_shared::liveness::Thresholds::default(),
             first_use: crate::config::FirstUseLimits::default(),
         };
-        let metrics = Arc::new(Metrics::default());
-        let mut i = Ingest::open(
+        Ingest::open(
             cfg,
             SecretKey::from_seed(&[1; 32]),
             store,
-            Arc::clone(&metrics),
+            Arc::clone(metrics),
             0,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Regression: an order for "now" waited a few ms in the operator
+    /// queue and was then refused as "target before issued".
+    #[test]
+    fn an_order_for_now_that_waited_in_the_queue_is_issued() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let mut i = open_ingest(dir.path(), &metrics);
+        let read_ms = 1_800_000_000_000;
+        let order = coord::Order {
+            id: None,
+            verb: baton_shared::command::Verb::Observe,
+            payload: baton_shared::json::Value::Null,
+            target_ms: read_ms,
+            window_ms: 0,
+            expires_ms: read_ms + 1000,
+            priority: 1,
+            weight: 0.0,
+            select: None,
+            quorum: None,
+            read_ms,
+        };
+        let issued = i.issue(read_ms + 7, order, "operator/test").unwrap();
+        assert_eq!(issued.target_ms, read_ms);
+    }
+
+    #[test]
+    fn the_log_limiter_limits_and_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let mut i = open_ingest(dir.path(), &metrics);
         let t0 = Duration::from_secs(1);
         assert!(i.log_due(t0, "pi-1", "too_large"));
         assert!(!i.log_due(t0 + Duration::from_secs(59), "pi-1", "too_large"));
