@@ -40,17 +40,35 @@ impl Listeners {
     /// Binds what `config` asks for: `http_listen`, and `mqtt_listen` for
     /// the embedded broker.
     pub fn bind(config: &Config) -> anyhow::Result<Listeners> {
-        let http = std::net::TcpListener::bind(config.http_listen)
+        let http = listen(config.http_listen)
             .with_context(|| format!("binding http_listen {}", config.http_listen))?;
         let mqtt = match &config.broker {
-            Broker::Embedded { listen } => Some(
-                std::net::TcpListener::bind(listen)
-                    .with_context(|| format!("binding mqtt_listen {listen}"))?,
-            ),
+            Broker::Embedded { listen: at } => {
+                Some(listen(*at).with_context(|| format!("binding mqtt_listen {at}"))?)
+            }
             Broker::External { .. } => None,
         };
         Ok(Listeners { mqtt, http })
     }
+}
+
+/// Connections the kernel completes and queues for a listener before the
+/// gateway accepts them. `std`'s 128 is too few for a fleet reconnecting
+/// after a restart: a full queue drops handshakes, and each dropped client
+/// waits out TCP's retransmit backoff (1 s, 2 s, 4 s …) before it is even
+/// seen. The kernel caps this at `net.core.somaxconn` (4096 by default).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`] and, as `std`
+/// does, `SO_REUSEADDR` (a restarted gateway can bind while old
+/// connections sit in TIME_WAIT).
+pub fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Addresses the gateway ended up serving on (port 0 resolved).
@@ -731,4 +749,26 @@ pub async fn run(
         .await?
         .map_err(|_| anyhow::anyhow!("the ingest thread panicked"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: bound by `std`, the listeners queued 128 connections,
+    /// so a burst of reconnects (or the 1,000 idle clients of the
+    /// `bounded` test) waited out SYN retransmits before being seen.
+    #[test]
+    fn a_listener_queues_a_burst_of_connections_before_any_accept() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        for n in 0..600 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                Ok(s) => queued.push(s),
+                Err(e) => panic!("connection {n} not queued: {e}"),
+            }
+        }
+        drop(listener);
+    }
 }

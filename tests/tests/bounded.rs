@@ -69,7 +69,8 @@ async fn a_thousand_idle_http_connections_exhaust_nothing() {
     // and HTTP serves again, having counted what it refused
     let (status, body) = http::get(addr, "/healthz").unwrap();
     assert_eq!((status, body.as_str()), (200, "ok\n"));
-    assert!(http::metric(addr, "baton_http_connections_refused_total") >= 900.0);
+    let refused = http::metric(addr, "baton_http_connections_refused_total");
+    assert!(refused >= 900.0, "{refused} refused");
     a.stop().await;
     gw.stop().await;
 }
