@@ -27,6 +27,10 @@ pub const CONFLICTS_LISTED: usize = 100;
 /// At most this many children per `command_result` entry (further entries
 /// continue the list).
 pub const CHILDREN_PER_ENTRY: usize = 500;
+/// At most this many bytes of canonical `command_result` data per entry:
+/// the entry around it and the `cmd/reply` envelope fit in the rest of
+/// [`MAX_CMD_BYTES`](crate::wire::MAX_CMD_BYTES).
+pub const MAX_RESULT_DATA_BYTES: usize = 30 * 1024;
 
 /// How urgent a conflict is, 0–3: `hash_mismatch` and
 /// `data_contradiction` (someone holds another truth) are 3 and go up at
@@ -319,29 +323,37 @@ impl Gather {
 
     /// The `command_result` data for `phase`: the counts, the decision and
     /// every direct child, in entries of at most [`CHILDREN_PER_ENTRY`]
-    /// children (the first carries the counts; all carry them, so each
-    /// entry reads on its own).
+    /// children and [`MAX_RESULT_DATA_BYTES`] bytes, so each travels on
+    /// `cmd/reply` (every entry carries the counts and reads on its own).
     pub fn result_data(&self, phase: Phase) -> Vec<Value> {
         let mut counts = self.counts();
         if phase == Phase::Final {
             counts.tally = counts.tally.finalised();
         }
         let decision = counts.tally.decide(&self.command.quorum, phase);
-        let children: Vec<Value> = self
-            .children
-            .iter()
-            .map(|(id, c)| child_value(id, c))
-            .collect();
-        let pages: Vec<&[Value]> = if children.is_empty() {
-            vec![&[]]
-        } else {
-            children.chunks(CHILDREN_PER_ENTRY).collect()
-        };
+        let head = counts_object(&self.command.hash, phase, &counts, decision);
+        // the head with `"children":[]`: each child then adds its bytes and a comma
+        let head_bytes = crate::canonical::to_vec(&Value::Object(head.clone())).len() + 14;
+        let mut pages: Vec<Vec<Value>> = vec![Vec::new()];
+        let mut bytes = head_bytes;
+        for (id, c) in &self.children {
+            let v = child_value(id, c);
+            let len = crate::canonical::to_vec(&v).len() + 1;
+            let page = pages.last_mut().expect("one page at least");
+            if !page.is_empty()
+                && (page.len() == CHILDREN_PER_ENTRY || bytes + len > MAX_RESULT_DATA_BYTES)
+            {
+                pages.push(Vec::new());
+                bytes = head_bytes;
+            }
+            pages.last_mut().expect("one page at least").push(v);
+            bytes += len;
+        }
         pages
             .into_iter()
             .map(|page| {
-                let mut d = counts_object(&self.command.hash, phase, &counts, decision);
-                d.insert("children", Value::Array(page.to_vec()));
+                let mut d = head.clone();
+                d.insert("children", Value::Array(page));
                 Value::Object(d)
             })
             .collect()
@@ -648,6 +660,44 @@ mod tests {
         );
     }
 
+    /// A `command_result` travels on `cmd/reply` (≤ 32 KiB, PROTOCOL §7):
+    /// a page of the longest ids, each with an answer, beside the longest
+    /// conflict list, must still fit. 500 children of `ready` answers took
+    /// ~62 KB, so the parent refused a 500-agent cluster's answer.
+    #[test]
+    fn a_page_of_the_longest_children_fits_a_reply() {
+        let c = command();
+        let mut g = Gather::new(c.clone());
+        let long = |i: usize| id(&format!("{i:0>64}"));
+        for i in 0..1_201 {
+            g.planned(long(i), Kind::Agent, sent());
+            let mut a = ready(&c, 1_001_990);
+            if i % 3 == 0 {
+                a.state = State::Conflict;
+                a.ready_ms = None;
+                a.conflict = Some((ConflictKind::CapabilityMismatch, "x".repeat(200)));
+            }
+            g.agent_answer(&long(i), Seq(u64::MAX / 2), Hash([1; 32]), a)
+                .unwrap();
+        }
+        let pages = g.result_data(Phase::Final);
+        let listed: usize = pages
+            .iter()
+            .map(|p| match p.as_object().unwrap().get("children") {
+                Some(Value::Array(a)) => a.len(),
+                _ => panic!("a page without children"),
+            })
+            .sum();
+        assert_eq!(listed, 1_201, "every child listed once");
+        for p in &pages {
+            let bytes = crate::canonical::to_vec(p).len();
+            assert!(
+                bytes <= MAX_RESULT_DATA_BYTES,
+                "a page of {bytes} bytes (at most {MAX_RESULT_DATA_BYTES})"
+            );
+        }
+    }
+
     #[test]
     fn children_are_listed_in_pages_in_byte_order() {
         let c = command();
@@ -656,10 +706,14 @@ mod tests {
             g.planned(id(&format!("a-{i:05}")), Kind::Agent, sent());
         }
         let pages = g.result_data(Phase::Window);
-        assert_eq!(pages.len(), 3);
-        let first = pages[0].as_object().unwrap().get("children").unwrap();
-        let Value::Array(first) = first else { panic!() };
-        assert_eq!(first.len(), CHILDREN_PER_ENTRY);
+        assert!(pages.len() >= 3, "{} pages", pages.len());
+        let listed = |p: &Value| match p.as_object().unwrap().get("children") {
+            Some(Value::Array(a)) => a.clone(),
+            _ => panic!("a page without children"),
+        };
+        assert!(pages.iter().all(|p| listed(p).len() <= CHILDREN_PER_ENTRY));
+        let first: Vec<Value> = pages.iter().flat_map(listed).collect();
+        assert_eq!(first.len(), 1_201);
         let name = |v: &Value| {
             v.as_object()
                 .unwrap()
