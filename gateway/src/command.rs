@@ -161,6 +161,10 @@ pub struct RunArgs {
     /// chains that bear them out, e.g. "60s".
     #[arg(long, env = "BATON_GATEWAY_COMMAND_TRAIL_GRACE")]
     command_trail_grace: Option<String>,
+    /// The least time between two deliveries of one command, e.g. "500us":
+    /// a burst is sent early enough to drain by each one's time.
+    #[arg(long, env = "BATON_GATEWAY_COMMAND_SEND_SPACING")]
+    command_send_spacing: Option<String>,
     /// Keys whose commands are relayed from the parent (comma-separated
     /// hex; default: only the parent's own commands).
     #[arg(long, env = "BATON_GATEWAY_ISSUER_KEYS", value_delimiter = ',')]
@@ -425,6 +429,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 breaker_probes: a.breaker_probes,
                 breaker_healthy_for: a.breaker_healthy_for,
                 command_trail_grace: a.command_trail_grace,
+                command_send_spacing: a.command_send_spacing,
                 issuer_keys: a.issuer_keys,
                 upstream_username: a.upstream_username,
                 upstream_password: a.upstream_password,

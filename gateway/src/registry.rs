@@ -104,6 +104,9 @@ pub struct Registry {
     /// Child clusters' latest summaries (from their forwarded chains):
     /// cluster → (summary, its `at_ms`, the child gateway).
     children: BTreeMap<String, ChildSummary>,
+    /// The least time between two deliveries of one command (ms): a
+    /// command to all of its agents takes this long per agent to leave.
+    send_spacing_ms: f64,
 }
 
 /// One agent as coordination sees it ([`Registry::coordinated`]).
@@ -144,7 +147,14 @@ impl Registry {
             thresholds,
             cluster: String::new(),
             children: BTreeMap::new(),
+            send_spacing_ms: crate::config::DEFAULT_SEND_SPACING.as_secs_f64() * 1000.0,
         }
+    }
+
+    /// How far apart this gateway sends one command's deliveries
+    /// (`command_send_spacing`): part of the lead it reports up.
+    pub fn set_send_spacing(&mut self, spacing: std::time::Duration) {
+        self.send_spacing_ms = spacing.as_secs_f64() * 1000.0;
     }
 
     /// Names this gateway's own cluster (in roll-ups).
@@ -300,7 +310,8 @@ impl Registry {
 
     /// The summary of this gateway's own agents only, with the lead a
     /// parent schedules them with: the p95 of their leads (for a command
-    /// of weight 0) plus this gateway's relaying time.
+    /// of weight 0), plus this gateway's relaying time, plus the time its
+    /// burst to all of them takes to leave (one send spacing per agent).
     pub fn own_summary(&self) -> Summary {
         let mut s = Summary::of(self.agents.iter().map(|(id, l)| Member {
             id: id.as_str(),
@@ -317,7 +328,9 @@ impl Registry {
         leads.sort_by(f64::total_cmp);
         if !leads.is_empty() {
             let rank = (leads.len() * 95).div_ceil(100).max(1);
-            s.subtree_lead_ms = Some(leads[rank - 1] + RELAY_MS);
+            #[allow(clippy::cast_precision_loss)]
+            let burst = leads.len() as f64 * self.send_spacing_ms;
+            s.subtree_lead_ms = Some(leads[rank - 1] + RELAY_MS + burst);
         }
         s
     }
@@ -494,6 +507,29 @@ mod tests {
         r.heartbeat(S(1), now, hb(&a, now - 86_400_000, None));
         assert_eq!(r.plausible_state(&state(now - 86_400_000), now), Ok(()));
         assert!(r.plausible_state(&state(now), now).is_err());
+    }
+
+    /// A parent schedules a cluster with the lead its summary reports:
+    /// that includes the time this gateway's own burst takes to leave.
+    #[test]
+    fn the_subtree_lead_holds_the_burst_to_every_agent() {
+        let mut r = Registry::new(Thresholds::default());
+        let lead = |r: &Registry| r.own_summary().subtree_lead_ms.unwrap();
+        for i in 0..100 {
+            let a = AgentId::new(format!("pi-{i}")).unwrap();
+            r.enroll(&a, 0, false);
+            for t in 0..5 {
+                r.heartbeat(S(t), i64::try_from(t).unwrap() * 1000, hb(&a, 0, None));
+            }
+        }
+        r.evaluate(S(4), 4000);
+        r.set_send_spacing(Duration::ZERO);
+        let alone = lead(&r);
+        // one agent's lead (1 ms one way, 1 ms processing, the 2 ms
+        // margin floor) and the relay
+        assert!((alone - (4.0 + RELAY_MS)).abs() < 1.0, "{alone}");
+        r.set_send_spacing(Duration::from_millis(1));
+        assert!((lead(&r) - (alone + 100.0)).abs() < 1e-9, "{}", lead(&r));
     }
 
     #[test]

@@ -427,7 +427,11 @@ pub async fn run(
     let time_server = ingest.time_server();
     let parent_clock = ingest.parent_clock();
     let coordination = ingest.coordination();
-    ingest.set_coordination_config(config.liveness.breaker, config.liveness.trail_grace);
+    ingest.set_coordination_config(
+        config.liveness.breaker,
+        config.liveness.trail_grace,
+        config.liveness.send_spacing,
+    );
     if let Some(up) = &config.upstream {
         ingest.set_parent(up.key, up.issuer_keys.clone());
     }

@@ -217,6 +217,46 @@ pub fn plan(c: &Command, now_ms: i64, m: &Measured, cond: Condition, mode: Mode)
     }
 }
 
+/// Spreads a burst: the sender itself is a queue (signing, its client, the
+/// broker's fan-out each take time per delivery), so deliveries due at the
+/// same instant leave one after another and the last of them arrives late.
+/// Taken latest first, each send is moved to at least `spacing_ms` before
+/// the next — never later than planned, never before `now_ms` — so the
+/// queue drains by the time each is due; a send moved earlier is predicted
+/// ready as much earlier (the queue it was spread for is gone). Skips are
+/// left as they are.
+pub fn pace(plans: &mut [Plan], spacing_ms: f64, now_ms: i64) {
+    if !(spacing_ms.is_finite() && spacing_ms > 0.0) {
+        return;
+    }
+    let mut sends: Vec<usize> = (0..plans.len())
+        .filter(|i| matches!(plans[*i], Plan::Send { .. }))
+        .collect();
+    let at = |p: &Plan| match p {
+        Plan::Send { send_at_ms, .. } => *send_at_ms,
+        Plan::Skip { .. } => i64::MIN,
+    };
+    sends.sort_by_key(|i| std::cmp::Reverse(at(&plans[*i])));
+    let mut cursor = f64::INFINITY;
+    for i in sends {
+        if let Plan::Send {
+            send_at_ms,
+            predicted_ready_ms,
+            ..
+        } = &mut plans[i]
+        {
+            #[allow(clippy::cast_precision_loss)]
+            let due = (*send_at_ms as f64).min(cursor - spacing_ms);
+            cursor = due;
+            #[allow(clippy::cast_possible_truncation)]
+            let whole = due.floor().max(-9.0e15) as i64;
+            let paced = whole.max(now_ms).min(*send_at_ms);
+            *predicted_ready_ms -= *send_at_ms - paced;
+            *send_at_ms = paced;
+        }
+    }
+}
+
 /// When to send again to a child that has not answered: its lead plus one
 /// round trip after the last send, while that is before T + `window_ms`.
 pub fn resend_at(c: &Command, sent_ms: i64, lead: &Lead) -> Option<i64> {
@@ -362,5 +402,51 @@ mod tests {
         let at = resend_at(&c, c.issued_ms, &lead).unwrap();
         assert_eq!(at, c.issued_ms + lead.total_ms() + 100);
         assert_eq!(resend_at(&c, c.deadline_ms() - 10, &lead), None);
+    }
+
+    #[test]
+    fn a_burst_is_spread_backwards_from_its_latest_send() {
+        let lead = Lead::of(&Measured::default(), 0.0);
+        let send = |at| Plan::Send {
+            send_at_ms: at,
+            lead,
+            predicted_ready_ms: at + 10,
+        };
+        let skip = Plan::Skip {
+            reason: SkipReason::Late,
+            lead,
+        };
+        // three due at 1 000, one at 900, a skip
+        let mut plans = [send(1_000), send(1_000), skip, send(900), send(1_000)];
+        pace(&mut plans, 0.5, 998);
+        let at: Vec<i64> = plans
+            .iter()
+            .map(|p| match p {
+                Plan::Send { send_at_ms, .. } => *send_at_ms,
+                Plan::Skip { .. } => -1,
+            })
+            .collect();
+        // 1000, 999.5, 999 → 1000, 999, 999; 900 stays (already early);
+        // the skip is untouched
+        assert_eq!(at, [1_000, 999, -1, 900, 999]);
+        // never before now
+        let mut plans = [send(1_000), send(1_000), send(1_000), send(1_000)];
+        pace(&mut plans, 1.0, 998);
+        assert_eq!(plans, [send(1_000), send(999), send(998), send(998)]);
+        let mut plans = [send(1_000), send(1_000), send(1_000)];
+        pace(&mut plans, 2.0, 0);
+        let mut at: Vec<i64> = plans
+            .iter()
+            .map(|p| match p {
+                Plan::Send { send_at_ms, .. } => *send_at_ms,
+                Plan::Skip { .. } => -1,
+            })
+            .collect();
+        at.sort_unstable();
+        assert_eq!(at, [996, 998, 1_000]);
+        // no spacing: nothing moves
+        let mut plans = [send(1_000), send(1_000)];
+        pace(&mut plans, 0.0, 0);
+        assert_eq!(plans, [send(1_000), send(1_000)]);
     }
 }

@@ -97,6 +97,9 @@ pub struct Coordination {
     finished: VecDeque<Active>,
     breakers: HashMap<AgentId, Breaker>,
     breaker_cfg: BreakerConfig,
+    /// The least time between two deliveries of one command
+    /// (`command_send_spacing`, [`schedule::pace`]).
+    send_spacing_ms: f64,
     origin: Instant,
     deliveries: Vec<Scheduled>,
     /// Commands recorded in the group being committed.
@@ -123,6 +126,7 @@ impl Default for Coordination {
             finished: VecDeque::new(),
             breakers: HashMap::new(),
             breaker_cfg: BreakerConfig::default(),
+            send_spacing_ms: crate::config::DEFAULT_SEND_SPACING.as_secs_f64() * 1000.0,
             origin: Instant::now(),
             deliveries: Vec::new(),
             staged: Vec::new(),
@@ -485,6 +489,7 @@ impl Ingest {
         let mut coord = self.coord();
         let now = coord.origin.elapsed();
         let cfg = coord.breaker_cfg;
+        let mut planned = Vec::with_capacity(gateways.len() + matches.len());
         for g in gateways {
             let measured = Measured {
                 rtt_ms: 0.0,
@@ -516,23 +521,15 @@ impl Ingest {
                 };
                 schedule::plan(c, now_ms, &measured, cond, mode)
             };
-            if let Plan::Send {
-                send_at_ms, lead, ..
-            } = plan
-            {
-                coord.deliveries.push(Scheduled {
-                    at_ms: send_at_ms,
-                    topic: topic::agent(&g.cluster, &g.gateway, Kind::Cmd),
-                    payload: self.delivery(c, origin_sig, &g.gateway, send_at_ms, &lead),
-                });
-            }
-            gather.planned(
+            let to = topic::agent(&g.cluster, &g.gateway, Kind::Cmd);
+            planned.push((
                 g.gateway,
                 ChildKind::Gateway {
                     matching: g.matching,
                 },
                 plan,
-            );
+                to,
+            ));
         }
         for a in matches {
             let measured = a.measured.unwrap_or(Measured {
@@ -565,27 +562,46 @@ impl Ingest {
                 };
                 schedule::plan(c, now_ms, &measured, cond, mode)
             };
+            let to = topic::agent(&cluster, &a.agent, Kind::Cmd);
+            planned.push((a.agent, ChildKind::Agent, plan, to));
+        }
+        if !resumed {
+            let mut plans: Vec<Plan> = planned.iter().map(|p| p.2).collect();
+            schedule::pace(&mut plans, coord.send_spacing_ms, now_ms);
+            for (p, paced) in planned.iter_mut().zip(plans) {
+                p.2 = paced;
+            }
+        }
+        for (child, kind, plan, to) in planned {
             if let Plan::Send {
                 send_at_ms, lead, ..
             } = plan
             {
                 coord.deliveries.push(Scheduled {
                     at_ms: send_at_ms,
-                    topic: topic::agent(&cluster, &a.agent, Kind::Cmd),
-                    payload: self.delivery(c, origin_sig, &a.agent, send_at_ms, &lead),
+                    topic: to,
+                    payload: self.delivery(c, origin_sig, &child, send_at_ms, &lead),
                 });
             }
-            gather.planned(a.agent, ChildKind::Agent, plan);
+            gather.planned(child, kind, plan);
         }
         gather
     }
 
-    /// The thresholds of every child's circuit breaker, and the trail
-    /// check's grace.
-    pub fn set_coordination_config(&mut self, breaker: BreakerConfig, trail_grace: Duration) {
+    /// The thresholds of every child's circuit breaker, the trail check's
+    /// grace, and how far apart one command's deliveries leave.
+    pub fn set_coordination_config(
+        &mut self,
+        breaker: BreakerConfig,
+        trail_grace: Duration,
+        send_spacing: Duration,
+    ) {
         let mut coord = self.coord();
         coord.breaker_cfg = breaker;
+        coord.send_spacing_ms = send_spacing.as_secs_f64() * 1000.0;
         coord.trail_grace_ms = i64::try_from(trail_grace.as_millis()).unwrap_or(i64::MAX);
+        drop(coord);
+        self.registry().set_send_spacing(send_spacing);
     }
 
     /// This gateway has a parent: deliveries from it verify under `key`,
