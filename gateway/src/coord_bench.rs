@@ -47,7 +47,11 @@ const CLASSES: [(&str, f64, f64); 6] = [
 const JITTER: f64 = 0.1;
 const CLOCK_ERROR_MS: f64 = 2.0;
 const WINDOW_MS: i64 = 50;
-const LEAD_IN_MS: i64 = 500;
+/// T − issue: enough for the slowest class through two tiers, plus a
+/// cluster's whole burst at the default send spacing (0.5 ms a delivery).
+fn lead_in_ms(per_cluster: usize) -> i64 {
+    500 + i64::try_from(per_cluster / 2).unwrap_or(i64::MAX)
+}
 const NAIVE_TOPIC: &str = "bench/naive";
 
 /// One row: one fleet size, one way of sending.
@@ -68,6 +72,8 @@ pub struct CoordRow {
     /// Issue → the last on-time answer entering the tree (its agent's
     /// publish), p95 over commands.
     pub cascade_p95_ms: f64,
+    /// T − issue for the scheduled way (in the cascade).
+    pub lead_in_ms: i64,
     /// CPU (% of one core, over the commands) and RSS of the top and of
     /// one cluster gateway.
     pub top_cpu_pct: f64,
@@ -367,6 +373,7 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
     let url = format!("http://{}", tree.top.http);
     let token = std::fs::read_to_string(tree.dirs[0].join("operator.token"))?;
     let mut rows = Vec::new();
+    let lead_in = lead_in_ms(n.div_ceil(clusters));
 
     // scheduled, through the tiers
     let before: Vec<(u64, f64)> = pids.iter().map(|p| cpu_rss(*p)).collect::<Result<_, _>>()?;
@@ -376,7 +383,7 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
     let mut cascades: Vec<f64> = Vec::new();
     for k in 0..commands {
         let body = format!(
-            r#"{{"verb":"record","payload":{{"n":{k}}},"in":"{LEAD_IN_MS}ms","window":"{WINDOW_MS}ms","ttl":"1s","priority":2}}"#
+            r#"{{"verb":"record","payload":{{"n":{k}}},"in":"{lead_in}ms","window":"{WINDOW_MS}ms","ttl":"1s","priority":2}}"#
         );
         let issued_ms = baton_runtime::unix_ms();
         let answer = crate::cli::http_post(&url, "/api/v1/command", &body, token.trim())?;
@@ -385,7 +392,7 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
         let hash = field(&issued, "hash")
             .and_then(|h| h.as_str().map(str::to_owned))
             .context("no hash in the issue answer")?;
-        let target = issued_ms + LEAD_IN_MS;
+        let target = issued_ms + lead_in;
         // the top's window phase (T + window + 2 × 2 s)
         let view = loop {
             let v = http_json(tree.top.http, &format!("/api/v1/commands/{hash}"))?;
@@ -409,7 +416,10 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
             proceed += 1;
         }
         for g in &tree.clusters {
-            let v = http_json(g.http, &format!("/api/v1/commands/{hash}"))?;
+            // a cluster the top skipped never heard of the command
+            let Ok(v) = http_json(g.http, &format!("/api/v1/commands/{hash}")) else {
+                continue;
+            };
             if let Some(Value::Array(agents)) = field(&v, "agents") {
                 errors.extend(
                     agents
@@ -449,6 +459,7 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
         success_rate: success,
         conflict_rate: conflict,
         cascade_p95_ms: quantile(cascade, 0.95),
+        lead_in_ms: lead_in,
         top_cpu_pct: cpu(0),
         top_rss_mb: after[0].1,
         cluster_cpu_pct: cpu(1),
@@ -553,12 +564,12 @@ pub async fn run(exe: &Path, sizes: &[usize], commands: usize) -> anyhow::Result
 pub fn table(rows: &[CoordRow]) -> String {
     use std::fmt::Write as _;
     let mut out = String::from(
-        "agents clusters way        cmds  hit-rate  err p50/p90/p99 ms   success conflict cascade-p95  top cpu%/MiB   cluster cpu%/MiB\n",
+        "agents clusters way        cmds  hit-rate  err p50/p90/p99 ms   success conflict cascade-p95 (T-issue)  top cpu%/MiB   cluster cpu%/MiB\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{:>6} {:>8} {:<10} {:>4}  {:>7.1}%  {:>5.1}/{:>5.1}/{:>5.1}     {:>6} {:>7.2}% {:>9.0} ms  {:>5.1}/{:>6.0}   {:>5.1}/{:>6.0}",
+            "{:>6} {:>8} {:<10} {:>4}  {:>7.1}%  {:>5.1}/{:>5.1}/{:>5.1}     {:>6} {:>7.2}% {:>9.0} ms {:>9}  {:>5.1}/{:>6.0}   {:>5.1}/{:>6.0}",
             r.agents,
             r.clusters,
             r.way,
@@ -574,6 +585,11 @@ pub fn table(rows: &[CoordRow]) -> String {
             },
             r.conflict_rate * 100.0,
             r.cascade_p95_ms,
+            if r.way == "naive" {
+                "(0)".to_owned()
+            } else {
+                format!("({} ms)", r.lead_in_ms)
+            },
             r.top_cpu_pct,
             r.top_rss_mb,
             r.cluster_cpu_pct,
