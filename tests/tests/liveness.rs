@@ -281,7 +281,13 @@ async fn a_paused_agent_is_suspected_by_phi_and_recovers_when_resumed() {
         reason.as_deref().unwrap_or("").starts_with("silent, phi"),
         "{reason:?}"
     );
-    assert!(has_state_entry(http, "pi-s", "offline"));
+    // the state is visible at once; its chain entry at the next commit
+    assert!(
+        eventually(Duration::from_secs(5), || has_state_entry(
+            http, "pi-s", "offline"
+        ))
+        .await
+    );
     assert!(
         Command::new("kill")
             .args(["-CONT", &pid])
