@@ -372,8 +372,23 @@ impl Ingest {
         let me = self.cfg.gateway.clone();
         let id = match order.id {
             Some(id) => id,
+            // made from the time: two orders in one millisecond get -2, -3, …
             None => {
-                CommandId::new(format!("c-{now_ms}")).map_err(|e| IssueError::Id(e.to_string()))?
+                let made = |n: usize| {
+                    let id = if n == 1 {
+                        format!("c-{now_ms}")
+                    } else {
+                        format!("c-{now_ms}-{n}")
+                    };
+                    CommandId::new(id).map_err(|e| IssueError::Id(e.to_string()))
+                };
+                let mut n = 1;
+                let coord = self.coord();
+                while coord.find_id(&me, &made(n)?).is_some() {
+                    n += 1;
+                }
+                drop(coord);
+                made(n)?
             }
         };
         let draft = Draft {

@@ -1239,8 +1239,18 @@ mod tests {
             quorum: None,
             read_ms,
         };
-        let issued = i.issue(read_ms + 7, order, "operator/test").unwrap();
+        let issued = i
+            .issue(read_ms + 7, order.clone(), "operator/test")
+            .unwrap();
         assert_eq!(issued.target_ms, read_ms);
+        // Regression (CI): a second, different order in the same
+        // millisecond was refused, its default id already used.
+        let other = coord::Order {
+            priority: 2,
+            ..order
+        };
+        let second = i.issue(read_ms + 7, other, "operator/test").unwrap();
+        assert_ne!(second.hash, issued.hash);
     }
 
     #[test]
