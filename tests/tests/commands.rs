@@ -233,6 +233,125 @@ async fn an_operators_command_reaches_every_agent_on_time_and_every_answer_is_in
     gw.stop().await;
 }
 
+/// T is honoured by measurement: one agent sits behind a link that
+/// delays every byte 150 ms each way. The gateway learns its round trip
+/// from its heartbeats, sends to it that much earlier than to its
+/// neighbour on a plain link, and both are READY by T. A command whose T
+/// is nearer than the slow link allows is sent to the near agent and
+/// skipped `late` for the far one, with the lead it would have needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_link_is_sent_to_earlier_and_skipped_when_t_is_too_near() {
+    use baton_tests::proxy::Proxy;
+    const ONE_WAY: Duration = Duration::from_millis(150);
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["pi-near", "pi-far"];
+    let gw = Gateway::start(
+        &dir.path().join("gw"),
+        &keys(dir.path(), &names),
+        None,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    let addr = gw.bound.http;
+    let far_link = Proxy::start_delayed(gw.mqtt(), ONE_WAY).await;
+    let mut agents = Vec::new();
+    for (name, broker) in [("pi-near", gw.mqtt()), ("pi-far", far_link.addr)] {
+        let extra = baton_agent::RawConfig {
+            heartbeat: Some("200ms".into()),
+            ..Default::default()
+        };
+        let a = Agent::start_with(
+            name,
+            &dir.path().join(name),
+            Some(broker),
+            Some(gw.key),
+            extra,
+        )
+        .await;
+        agents.push(a);
+    }
+    // receipts give the round trips the heartbeats report
+    for a in &agents {
+        a.append(1, 5).await;
+    }
+    let rtt = |name: &str| {
+        http::agent_field(addr, name, "rtt_ms")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0)
+    };
+    for name in names {
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                http::agent_state(addr, name) == "active" && synced(&dir.path().join(name))
+            })
+            .await,
+            "{name} never active and synced"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || rtt("pi-far") >= 280.0).await,
+        "the far agent's round trip never showed the slow link: {} ms",
+        rtt("pi-far")
+    );
+
+    // T 1.5 s ahead: both reachable; the far one is sent to earlier
+    let issued = issue(
+        addr,
+        r#"{"verb":"record","payload":{"reading":"slow-link"},"in":"1500ms","window":"100ms","ttl":"3s"}"#,
+    );
+    assert_eq!(n(&issued, "sent"), 2, "{issued:?}");
+    let hash = field(&issued, "hash").as_str().unwrap().to_owned();
+    let v = stage(addr, &hash, "window", Duration::from_secs(20)).await;
+    let Value::Array(rows) = field(&v, "agents") else {
+        panic!("no agents in {v:?}")
+    };
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| field(r, "agent").as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {v:?}"))
+    };
+    let num = |r: &Value, k: &str| field(r, k).as_f64().unwrap_or(f64::NAN);
+    let (near, far) = (row("pi-near"), row("pi-far"));
+    let one_way = ONE_WAY.as_secs_f64() * 1000.0;
+    assert!(num(far, "lead_ms") >= one_way, "{far:?}");
+    assert!(num(near, "lead_ms") < one_way, "{near:?}");
+    assert!(
+        num(far, "send_at_ms") <= num(near, "send_at_ms") - one_way / 2.0,
+        "the far agent was not sent to earlier: {far:?} {near:?}"
+    );
+    for r in [near, far] {
+        assert_eq!(field(r, "state").as_exact_u64(), Some(1), "{r:?}");
+        assert_eq!(field(r, "on_time"), &Value::Bool(true), "{r:?}");
+    }
+    assert_eq!(field(&v, "decision").as_str(), Some("PROCEED"), "{v:?}");
+
+    // T 60 ms ahead: the near agent's lead fits, the far one's cannot
+    let near_t = issue(
+        addr,
+        r#"{"verb":"record","payload":{"reading":"too-near"},"in":"60ms","window":"100ms","ttl":"2s"}"#,
+    );
+    assert_eq!(
+        (n(&near_t, "sent"), n(field(&near_t, "skipped"), "late")),
+        (1, 1),
+        "{near_t:?}"
+    );
+    let hash = field(&near_t, "hash").as_str().unwrap().to_owned();
+    let v = stage(addr, &hash, "window", Duration::from_secs(20)).await;
+    let Value::Array(rows) = field(&v, "agents") else {
+        panic!("no agents in {v:?}")
+    };
+    let far = rows
+        .iter()
+        .find(|r| field(r, "agent").as_str() == Some("pi-far"))
+        .unwrap();
+    assert_eq!(field(far, "skipped").as_str(), Some("late"), "{far:?}");
+    assert!(num(far, "lead_needed_ms") >= one_way, "{far:?}");
+    for a in agents {
+        a.stop().await;
+    }
+    gw.stop().await;
+}
+
 /// A forged answer (signed by a key that is not the agent's) is counted
 /// and changes no tally; the agent's own answer still counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
