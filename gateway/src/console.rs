@@ -1,6 +1,6 @@
 //! The operator's console on the command line (PROTOCOL §9): commands
 //! named after what an operator does — `status`, `broadcast`, `ask`,
-//! `delegate`, `freeze`, `thaw`, `heal`, `commands`, `command` — each a
+//! `delegate`, `freeze`, `thaw`, `heal`, `rerun`, `commands`, `command` — each a
 //! request to a running gateway's HTTP API with the operator token, human
 //! text by default and the gateway's JSON with `--json`.
 // The doc comments below are the CLI's --help text (clap).
@@ -159,6 +159,28 @@ pub enum Console {
         #[command(flatten)]
         gw: Gateway,
     },
+    /// Issue a finished command again for only the agents it did not
+    /// reach (CONFLICT, TRANSIT, unanswered or skipped): its verb,
+    /// payload, priority and filters, a new T, a new id.
+    Rerun {
+        /// The finished command's hash or id.
+        command: String,
+        /// T as a timestamp (the top's time).
+        #[arg(long, conflicts_with = "in_")]
+        at: Option<String>,
+        /// T as a delay from now (default 2s).
+        #[arg(long = "in", id = "in_")]
+        in_: Option<String>,
+        /// Tolerance after T (default: the original's).
+        #[arg(long)]
+        window: Option<String>,
+        /// How long after T + window it stays answerable (default: the
+        /// original's).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        gw: Gateway,
+    },
     /// Every command in hand and recently finished, newest first.
     Commands {
         #[command(flatten)]
@@ -248,7 +270,13 @@ impl Gateway {
 
     /// Issues an order; prints what was planned; returns the hash.
     fn issue(&self, body: &str) -> anyhow::Result<String> {
-        let answer = self.post("/api/v1/command", body)?;
+        self.issue_at("/api/v1/command", body)
+    }
+
+    /// Posts an order to `path` (an issue or a re-run) and prints what
+    /// was planned; returns the new command's hash.
+    fn issue_at(&self, path: &str, body: &str) -> anyhow::Result<String> {
+        let answer = self.post(path, body)?;
         let v = parse(&answer)?;
         if self.json {
             println!("{}", answer.trim());
@@ -507,6 +535,23 @@ pub fn run(c: Console) -> anyhow::Result<()> {
             o.insert("agents", Value::Array(list));
             let body = String::from_utf8(baton_shared::canonical::to_vec(&Value::Object(o)))?;
             println!("{}", gw.post("/api/v1/heal", &body)?.trim());
+        }
+        Console::Rerun {
+            command,
+            at,
+            in_,
+            window,
+            ttl,
+            gw,
+        } => {
+            let mut o = Object::new();
+            for (k, v) in [("at", at), ("in", in_), ("window", window), ("ttl", ttl)] {
+                if let Some(v) = v {
+                    o.insert(k, Value::from(v.as_str()));
+                }
+            }
+            let body = String::from_utf8(baton_shared::canonical::to_vec(&Value::Object(o)))?;
+            gw.issue_at(&format!("/api/v1/commands/{command}/rerun"), &body)?;
         }
         Console::Commands { gw } => {
             let body = gw.get("/api/v1/commands")?;

@@ -21,7 +21,7 @@ use baton_shared::{AgentId, ClusterId, Seq};
 use serde::Deserialize;
 
 use crate::auth::OperatorToken;
-use crate::ingest::{Committed, LoadError};
+use crate::ingest::{Committed, IssueError, LoadError, RerunError};
 use crate::metrics::{Gauge, Metrics};
 use crate::operator::{Actor, Command, CommandError, Done, Inbound};
 use crate::store::Store;
@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/resolve", post(resolve))
         .route("/api/v1/command", post(console::issue))
         .route("/api/v1/heal", post(console::heal))
+        .route("/api/v1/commands/{key}/rerun", post(console::rerun))
         .route_layer(middleware::from_fn_with_state(state.clone(), operator_only));
     let mut reads = Router::new()
         .route("/metrics", get(metrics))
@@ -531,9 +532,19 @@ fn command_status(e: &CommandError) -> StatusCode {
         | CommandError::Store(_)
         | CommandError::NotStored { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         CommandError::Load(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        CommandError::Issue(crate::ingest::IssueError::IdReused(_)) => StatusCode::CONFLICT,
-        CommandError::Issue(crate::ingest::IssueError::TooMany) => StatusCode::SERVICE_UNAVAILABLE,
+        CommandError::Issue(IssueError::IdReused(_)) => StatusCode::CONFLICT,
+        CommandError::Issue(IssueError::TooMany) => StatusCode::SERVICE_UNAVAILABLE,
         CommandError::Issue(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        CommandError::Rerun(e) => match e {
+            RerunError::Unknown(_) => StatusCode::NOT_FOUND,
+            RerunError::InHand(_) | RerunError::Nothing(_) | RerunError::NotYet { .. } => {
+                StatusCode::CONFLICT
+            }
+            RerunError::Store { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            RerunError::Issue(IssueError::IdReused(_)) => StatusCode::CONFLICT,
+            RerunError::Issue(IssueError::TooMany) => StatusCode::SERVICE_UNAVAILABLE,
+            RerunError::Issue(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        },
     }
 }
 

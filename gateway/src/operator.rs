@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use baton_runtime::unix_ms;
 use baton_shared::json::{Object, Value};
-use baton_shared::{AgentId, ClusterId, Entry, Seq};
+use baton_shared::{AgentId, ClusterId, Entry, Hash, Seq};
 
-use crate::ingest::{Ingest, IssueError, Issued, LoadError, Order, UnenrollError};
+use crate::ingest::{
+    Ingest, IssueError, Issued, LoadError, Order, Rerun, RerunError, UnenrollError,
+};
 use crate::store::{AgentRecord, EnrolledBy, StoreError};
 
 /// What the ingest thread is handed.
@@ -57,6 +59,15 @@ impl Actor {
             credential,
         }
     }
+
+    /// Where a command it issues came from, as its `command` entry names
+    /// it: `operator/CHANNEL[/CREDENTIAL]`.
+    fn from(&self) -> String {
+        match &self.credential {
+            Some(c) => format!("operator/{}/{c}", self.channel),
+            None => format!("operator/{}", self.channel),
+        }
+    }
 }
 
 /// Where a command's outcome goes.
@@ -96,6 +107,11 @@ pub enum Command {
     Heal {
         children: Vec<AgentId>,
     },
+    /// Issue a finished command again for only the agents it did not
+    /// reach.
+    Rerun {
+        rerun: Rerun,
+    },
 }
 
 impl Command {
@@ -109,6 +125,7 @@ impl Command {
             Command::Resolve { .. } => "resolve",
             Command::Issue { .. } => "command",
             Command::Heal { .. } => "heal",
+            Command::Rerun { .. } => "rerun",
         }
     }
 }
@@ -137,6 +154,11 @@ pub enum Done {
     Issued(Issued),
     Healed {
         closed: usize,
+    },
+    /// A re-run of command `of`, issued as a new command.
+    Rerun {
+        issued: Issued,
+        of: Hash,
     },
 }
 
@@ -173,6 +195,11 @@ impl std::fmt::Display for Done {
                 i.sent
             ),
             Done::Healed { closed } => write!(f, "{closed} breakers closed"),
+            Done::Rerun { issued, of } => write!(
+                f,
+                "command {of} re-run as {} ({}): {} selected, {} sent",
+                issued.id, issued.hash, issued.selected, issued.sent
+            ),
         }
     }
 }
@@ -192,6 +219,8 @@ pub enum CommandError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Issue(#[from] IssueError),
+    #[error(transparent)]
+    Rerun(#[from] RerunError),
     #[error("reading the store: {0}")]
     Store(#[from] StoreError),
     /// The group commit that carried the command failed.
@@ -226,6 +255,9 @@ pub fn run_command(
     | Done::Resolved { agent, .. } = &done
     {
         d.insert("agent", Value::from(agent.as_str()));
+    }
+    if let Done::Rerun { of, .. } = &done {
+        d.insert("rerun_of", Value::from(of.to_hex()));
     }
     d.insert("outcome", Value::from(done.to_string()));
     ingest.stage_operator(unix_ms(), Value::Object(d));
@@ -288,13 +320,13 @@ fn carry_out(
             Ok(Done::Resolved { agent, halted_at })
         }
         Command::Issue { order } => {
-            // the `command` entry names the operator channel it came from
-            let from = match &by.credential {
-                Some(c) => format!("operator/{}/{c}", by.channel),
-                None => format!("operator/{}", by.channel),
-            };
             let now_ms = ingest.parent_clock().now_ms();
-            Ok(Done::Issued(ingest.issue(now_ms, *order, &from)?))
+            Ok(Done::Issued(ingest.issue(now_ms, *order, &by.from())?))
+        }
+        Command::Rerun { rerun } => {
+            let now_ms = ingest.parent_clock().now_ms();
+            let (issued, of) = ingest.rerun(now_ms, rerun, &by.from())?;
+            Ok(Done::Rerun { issued, of })
         }
         Command::Heal { children } => {
             let closed = ingest

@@ -187,6 +187,14 @@ impl Gather {
             .is_some_and(|c| matches!(c.kind, Kind::Gateway { .. }))
     }
 
+    /// Every child gateway: its plan (a skip, or when it was sent).
+    pub fn gateways(&self) -> impl Iterator<Item = (&AgentId, &Plan)> {
+        self.children
+            .iter()
+            .filter(|(_, c)| matches!(c.kind, Kind::Gateway { .. }))
+            .map(|(id, c)| (id, &c.plan))
+    }
+
     /// Every agent child: its plan, and its latest answer if any (for a
     /// console's per-agent view).
     pub fn agents(&self) -> impl Iterator<Item = (&AgentId, &Plan, Option<&Answer>)> {
@@ -358,6 +366,43 @@ impl Gather {
             })
             .collect()
     }
+}
+
+/// What one child's line in a `command_result` page says it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// An agent answered READY.
+    Ready,
+    /// A child gateway answered with its own results (its page lists the
+    /// children below it).
+    Answered,
+    /// Anything else: skipped (the reason), `unanswered`, `transit` or
+    /// `conflict`.
+    NotReady(String),
+}
+
+/// The children a `command_result` page lists, with their outcomes, as
+/// [`Gather::result_data`] writes them; `None` if `data` is not such a
+/// page. Lines that do not parse are left out.
+pub fn page_outcomes(data: &Value) -> Option<Vec<(AgentId, Outcome)>> {
+    let Value::Array(children) = data.as_object()?.get("children")? else {
+        return None;
+    };
+    Some(
+        children
+            .iter()
+            .filter_map(|c| {
+                let o = c.as_object()?;
+                let id = AgentId::new(o.get("id")?.as_str()?).ok()?;
+                let outcome = match o.get("outcome")?.as_str()? {
+                    "ready" => Outcome::Ready,
+                    "answered" => Outcome::Answered,
+                    other => Outcome::NotReady(other.to_owned()),
+                };
+                Some((id, outcome))
+            })
+            .collect(),
+    )
 }
 
 fn child_value(id: &AgentId, c: &Child) -> Value {
@@ -696,6 +741,53 @@ mod tests {
                 "a page of {bytes} bytes (at most {MAX_RESULT_DATA_BYTES})"
             );
         }
+    }
+
+    #[test]
+    fn a_page_reads_back_as_each_childs_outcome() {
+        let c = command();
+        let mut g = Gather::new(c.clone());
+        for name in ["a-ready", "a-conflict", "a-silent"] {
+            g.planned(id(name), Kind::Agent, sent());
+        }
+        g.planned(id("gw-child"), Kind::Gateway { matching: 3 }, sent());
+        g.planned(
+            id("a-late"),
+            Kind::Agent,
+            Plan::Skip {
+                reason: SkipReason::Late,
+                lead: *sent().lead(),
+            },
+        );
+        g.agent_answer(&id("a-ready"), Seq(4), Hash([1; 32]), ready(&c, 1_001_990))
+            .unwrap();
+        let mut no = ready(&c, 1_001_990);
+        no.state = State::Conflict;
+        no.ready_ms = None;
+        no.conflict = Some((ConflictKind::CapabilityMismatch, "no camera".into()));
+        g.agent_answer(&id("a-conflict"), Seq(4), Hash([1; 32]), no)
+            .unwrap();
+        let mut counts = g.counts();
+        counts.phase = Some(Phase::Window);
+        g.gateway_result(&id("gw-child"), Seq(9), Hash([2; 32]), counts)
+            .unwrap();
+        let pages = g.result_data(Phase::Final);
+        let read: BTreeMap<AgentId, Outcome> = pages
+            .iter()
+            .flat_map(|p| page_outcomes(p).unwrap())
+            .collect();
+        let not = |s: &str| Outcome::NotReady(s.to_owned());
+        assert_eq!(
+            read.into_iter().collect::<Vec<_>>(),
+            [
+                (id("a-conflict"), not("conflict")),
+                (id("a-late"), not("late")),
+                (id("a-ready"), Outcome::Ready),
+                (id("a-silent"), not("unanswered")),
+                (id("gw-child"), Outcome::Answered),
+            ]
+        );
+        assert_eq!(page_outcomes(&Value::from("not a page")), None);
     }
 
     #[test]

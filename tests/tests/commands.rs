@@ -420,11 +420,17 @@ async fn a_forged_answer_changes_nothing_but_a_counter() {
 /// gateway answers the top with its `command_result`, and the top's tally
 /// counts every agent. The top holds each agent's `command` and
 /// `command_ack` (forwarded chains), and each cluster gateway's relay.
+/// Only c1's agents serve `act`: an `act` to all four ends in two
+/// conflicts, and its re-run from the top goes to c2's two agents only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_from_the_top_reaches_two_clusters_on_time() {
     use baton_tests::daemons::{GatewayProc, Role, Via, free_port, gateway_key};
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
+    let act = root.join("act.sh");
+    std::fs::write(&act, "#!/bin/sh\ncat >/dev/null\necho '{}'\n").unwrap();
+    std::fs::set_permissions(&act, std::fs::Permissions::from_mode(0o755)).unwrap();
     let local = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
     let top = GatewayProc::start_as(
         &root.join("top"),
@@ -465,6 +471,7 @@ async fn a_command_from_the_top_reaches_two_clusters_on_time() {
                 heartbeat: Some("200ms".into()),
                 // obey the top's commands, relayed by the cluster gateway
                 issuer_keys: Some(vec![top.key.to_hex()]),
+                handlers: (c == "c1").then(|| [("act".to_owned(), act.clone())].into()),
                 ..Default::default()
             };
             let a = Agent::start_with(n, &root.join(n), Some(gw.via.broker()), Some(gw.key), extra)
@@ -549,6 +556,49 @@ async fn a_command_from_the_top_reaches_two_clusters_on_time() {
         })
         .collect();
     assert!(alerts.is_empty(), "{alerts:?}");
+
+    // `act` to all four: c2's agents have no handler for it
+    let acted = issue(
+        top.http,
+        r#"{"verb":"act","payload":{},"in":"1500ms","window":"300ms","ttl":"1s"}"#,
+    );
+    let act_hash = field(&acted, "hash").as_str().unwrap().to_owned();
+    let rerun_path = format!("/api/v1/commands/{act_hash}/rerun");
+    let (status, answer) = http::post(top.http, &rerun_path, b"").unwrap();
+    assert_eq!(status, 409, "a command in hand is not re-run: {answer}");
+    let v = stage(top.http, &act_hash, "final", Duration::from_secs(30)).await;
+    assert_eq!((n(&v, "ready"), n(&v, "conflict")), (2, 2), "{v:?}");
+    // re-run from the top once the clusters' final results are here
+    let mut rerun = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let (status, answer) =
+                http::post(top.http, &rerun_path, br#"{"in":"1500ms"}"#).unwrap();
+            assert!(status == 200 || status == 409, "{status} {answer}");
+            if status == 200 {
+                rerun = json::parse(answer.as_bytes(), Mode::Verify).unwrap();
+            }
+            status == 200
+        })
+        .await,
+        "the re-run was never accepted"
+    );
+    assert_eq!(field(&rerun, "rerun_of").as_str(), Some(act_hash.as_str()));
+    assert_eq!(n(&rerun, "selected"), 2, "{rerun:?}");
+    let again = field(&rerun, "hash").as_str().unwrap().to_owned();
+    assert_ne!(again, act_hash);
+    let v = command_view(top.http, &again);
+    let content = field(&v, "content");
+    assert_eq!(
+        field(field(content, "select"), "agents"),
+        &Value::Array(vec!["c2-pi-1".into(), "c2-pi-2".into()]),
+        "{v:?}"
+    );
+    assert_eq!(field(content, "verb").as_str(), Some("act"));
+    // c2's gateway took it for its two agents; c1's never heard of it
+    let c2 = stage(clusters[1].http, &again, "window", Duration::from_secs(20)).await;
+    assert_eq!(n(&c2, "selected"), 2, "{c2:?}");
+    assert_eq!(command_view_if_known(clusters[0].http, &again), Value::Null);
     for a in agents {
         a.stop().await;
     }
@@ -844,6 +894,22 @@ async fn the_console_commands_work_against_a_running_gateway() {
     assert_eq!(n(&v, "on_time"), 1);
     let out = console(&["status"]).await;
     assert!(out.contains("1 active of 1"), "{out}");
+    // a question nobody here serves: a conflict, re-run once final
+    let out = console(&[
+        "ask",
+        "are you there?",
+        "--in",
+        "500ms",
+        "--ttl",
+        "500ms",
+        "--id",
+        "q-1",
+    ])
+    .await;
+    assert!(out.contains("capability_mismatch"), "{out}");
+    stage(gw.bound.http, "q-1", "final", Duration::from_secs(20)).await;
+    let out = console(&["rerun", "q-1", "--in", "1s"]).await;
+    assert!(out.contains("1 selected, 1 sent"), "{out}");
     for a in agents {
         a.stop().await;
     }

@@ -13,7 +13,7 @@ use baton_shared::json::{self, Mode, Object, Value};
 use baton_shared::{AgentId, CommandId};
 
 use super::{AppState, command, error, json_response};
-use crate::ingest::Order;
+use crate::ingest::{Issued, Order, Rerun};
 use crate::operator::{Actor, Command, Done};
 
 /// How long a command lives past T + window when the order does not say.
@@ -39,33 +39,9 @@ pub fn read_order(body: &[u8], now_ms: i64) -> Result<Order, String> {
         .as_str()
         .and_then(Verb::parse)
         .ok_or("verb: not one of observe, orient, decide, act, record, sync, freeze, thaw")?;
-    let duration = |k: &str| -> Result<Option<i64>, String> {
-        match o.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .and_then(|s| humantime::parse_duration(s).ok())
-                .and_then(|d| i64::try_from(d.as_millis()).ok())
-                .map(Some)
-                .ok_or_else(|| format!("{k}: a duration like \"2s\" or \"50ms\"")),
-        }
-    };
-    let time = |k: &str| -> Result<Option<i64>, String> {
-        match o.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .and_then(parse_timestamp)
-                .map(Some)
-                .ok_or_else(|| format!("{k}: a timestamp like 2026-12-04T10:00:00.000Z")),
-        }
-    };
-    let target_ms = match (time("at")?, duration("in")?) {
-        (Some(_), Some(_)) => return Err("at and in: give one".into()),
-        (Some(t), None) => t,
-        (None, Some(d)) => now_ms + d,
-        (None, None) => now_ms,
-    };
+    let duration = |k: &str| duration_field(o, k);
+    let time = |k: &str| time_field(o, k);
+    let target_ms = target(o, now_ms, now_ms)?;
     let window_ms = duration("window")?.unwrap_or(0);
     let expires_ms = match (time("expires")?, duration("ttl")?) {
         (Some(_), Some(_)) => return Err("expires and ttl: give one".into()),
@@ -107,6 +83,110 @@ pub fn read_order(body: &[u8], now_ms: i64) -> Result<Order, String> {
     })
 }
 
+/// The duration at key `k` ("2s", "50ms"), ms.
+fn duration_field(o: &Object, k: &str) -> Result<Option<i64>, String> {
+    match o.get(k) {
+        None => Ok(None),
+        Some(v) => v
+            .as_str()
+            .and_then(|s| humantime::parse_duration(s).ok())
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .map(Some)
+            .ok_or_else(|| format!("{k}: a duration like \"2s\" or \"50ms\"")),
+    }
+}
+
+/// The timestamp at key `k`, ms.
+fn time_field(o: &Object, k: &str) -> Result<Option<i64>, String> {
+    match o.get(k) {
+        None => Ok(None),
+        Some(v) => v
+            .as_str()
+            .and_then(parse_timestamp)
+            .map(Some)
+            .ok_or_else(|| format!("{k}: a timestamp like 2026-12-04T10:00:00.000Z")),
+    }
+}
+
+/// T from `at` or `in` (from `now_ms`), or `default_ms`.
+fn target(o: &Object, now_ms: i64, default_ms: i64) -> Result<i64, String> {
+    match (time_field(o, "at")?, duration_field(o, "in")?) {
+        (Some(_), Some(_)) => Err("at and in: give one".into()),
+        (Some(t), None) => Ok(t),
+        (None, Some(d)) => Ok(now_ms + d),
+        (None, None) => Ok(default_ms),
+    }
+}
+
+/// T of a re-run when its order does not say: this long from now.
+const RERUN_IN_MS: i64 = 2_000;
+
+/// Reads a re-run's timing: `{"at"? | "in"? (default 2s), "window"?,
+/// "ttl"?}` (an empty body takes the defaults; window and ttl default to
+/// the original command's).
+pub fn read_rerun(key: &str, body: &[u8], now_ms: i64) -> Result<Rerun, String> {
+    let v = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Object::new())
+    } else {
+        json::parse(body, Mode::Verify).map_err(|e| format!("body: {e}"))?
+    };
+    let o = v.as_object().ok_or("body is not a JSON object")?;
+    const KEYS: [&str; 4] = ["at", "in", "window", "ttl"];
+    if let Some((k, _)) = o.iter().find(|(k, _)| !KEYS.contains(&&**k)) {
+        return Err(format!("{k}: unknown field"));
+    }
+    Ok(Rerun {
+        key: key.to_owned(),
+        target_ms: target(o, now_ms, now_ms + RERUN_IN_MS)?,
+        window_ms: duration_field(o, "window")?.and_then(|w| u64::try_from(w).ok()),
+        ttl_ms: duration_field(o, "ttl")?,
+        read_ms: now_ms,
+    })
+}
+
+/// The answer to an issued command: what was planned.
+fn issued_answer(i: &Issued) -> Object {
+    let mut o = Object::new();
+    o.insert("hash", Value::from(i.hash.to_hex()));
+    o.insert("id", Value::from(i.id.as_str()));
+    o.insert(
+        "target",
+        Value::from(baton_shared::entry::format_timestamp(i.target_ms)),
+    );
+    o.insert("selected", Value::from(i.selected));
+    o.insert("sent", Value::from(i.sent));
+    let mut skipped = Object::new();
+    for (r, n) in &i.skipped {
+        skipped.insert(r, Value::from(*n));
+    }
+    o.insert("skipped", Value::Object(skipped));
+    o
+}
+
+/// `POST /api/v1/commands/{hash or id}/rerun`: issue a finished command
+/// again for only the agents it did not reach (CONFLICT, TRANSIT,
+/// unanswered, skipped); answered like an issue, with `rerun_of`.
+pub async fn rerun(
+    State(s): State<AppState>,
+    Extension(by): Extension<Actor>,
+    Path(key): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let rerun = match read_rerun(&key, &body, s.clock.now_ms()) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match command(&s, Command::Rerun { rerun }, by).await {
+        Ok(Done::Rerun { issued, of }) => {
+            let mut o = issued_answer(&issued);
+            o.insert("rerun_of", Value::from(of.to_hex()));
+            json_response(StatusCode::OK, &Value::Object(o))
+        }
+        Ok(other) => error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        Err(r) => r,
+    }
+}
+
 /// `POST /api/v1/command`: issue a command (operator credential).
 /// Answered once its `command` entry is durable, with what was planned.
 pub async fn issue(
@@ -127,23 +207,7 @@ pub async fn issue(
     )
     .await
     {
-        Ok(Done::Issued(i)) => {
-            let mut o = Object::new();
-            o.insert("hash", Value::from(i.hash.to_hex()));
-            o.insert("id", Value::from(i.id.as_str()));
-            o.insert(
-                "target",
-                Value::from(baton_shared::entry::format_timestamp(i.target_ms)),
-            );
-            o.insert("selected", Value::from(i.selected));
-            o.insert("sent", Value::from(i.sent));
-            let mut skipped = Object::new();
-            for (r, n) in &i.skipped {
-                skipped.insert(r, Value::from(*n));
-            }
-            o.insert("skipped", Value::Object(skipped));
-            json_response(StatusCode::OK, &Value::Object(o))
-        }
+        Ok(Done::Issued(i)) => json_response(StatusCode::OK, &Value::Object(issued_answer(&i))),
         Ok(other) => error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         Err(r) => r,
     }
@@ -243,4 +307,38 @@ pub async fn status(State(s): State<AppState>) -> Response {
         Value::from(baton_shared::entry::format_timestamp(now)),
     );
     json_response(StatusCode::OK, &Value::Object(o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rerun_reads_its_timing_and_names_a_wrong_field() {
+        let now = 1_000_000;
+        let r = read_rerun("c-1", b"", now).unwrap();
+        assert_eq!(
+            (
+                r.key.as_str(),
+                r.target_ms,
+                r.window_ms,
+                r.ttl_ms,
+                r.read_ms
+            ),
+            ("c-1", now + RERUN_IN_MS, None, None, now)
+        );
+        let r = read_rerun("c-1", br#"{"in":"5s","window":"80ms","ttl":"1m"}"#, now).unwrap();
+        assert_eq!(
+            (r.target_ms, r.window_ms, r.ttl_ms),
+            (now + 5_000, Some(80), Some(60_000))
+        );
+        let err = |body: &[u8]| read_rerun("c-1", body, now).unwrap_err();
+        assert_eq!(err(br#"{"verb":"act"}"#), "verb: unknown field");
+        assert_eq!(
+            err(br#"{"in":"1s","at":"2026-12-04T10:00:00.000Z"}"#),
+            "at and in: give one"
+        );
+        assert!(err(br#"{"in":"soon"}"#).starts_with("in: a duration"));
+        assert_eq!(err(b"[]"), "body is not a JSON object");
+    }
 }

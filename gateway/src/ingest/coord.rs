@@ -59,7 +59,7 @@ struct Trail {
     found: HashMap<AgentId, (AgentId, State)>,
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
+pub(super) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
@@ -205,6 +205,24 @@ impl Coordination {
             .map(|a| summary(a, true))
     }
 
+    /// A command by hash (hex) or id: `Ok` with its gather once its final
+    /// phase is recorded, `Err(true)` while it is in hand, `Err(false)`
+    /// when unknown.
+    pub(super) fn finished(&self, key: &str) -> Result<&Gather, bool> {
+        let is = |a: &&Active| {
+            let c = a.gather.command();
+            c.hash.to_hex() == key || c.id.as_str() == key
+        };
+        if self.active.values().any(|a| is(&a)) {
+            return Err(true);
+        }
+        self.finished
+            .iter()
+            .find(is)
+            .map(|a| &a.gather)
+            .ok_or(false)
+    }
+
     /// Every child breaker that is not closed: child → position.
     pub fn breakers(&mut self) -> Vec<(AgentId, &'static str)> {
         let now = self.origin.elapsed();
@@ -342,7 +360,7 @@ fn agent_rows(g: &Gather) -> Vec<Value> {
 }
 
 /// A command's entry content data, read back from the gateway's chain.
-fn entry_data(e: &Entry) -> Option<(String, i64, Value)> {
+pub(super) fn entry_data(e: &Entry) -> Option<(String, i64, Value)> {
     let v = json::parse(&e.content, JsonMode::Verify).ok()?;
     let o = v.as_object()?;
     let event = o.get("event")?.as_str()?.to_owned();

@@ -37,11 +37,13 @@ mod child;
 mod coord;
 mod enroll;
 mod load;
+mod rerun;
 
 use child::child_filters;
 pub use coord::{Coordination, IssueError, Issued, MAX_ACTIVE, Order, Scheduled};
 pub use enroll::{UnenrollError, open_window, window_until};
 pub use load::LoadError;
+pub use rerun::{Rerun, RerunError};
 
 /// Beyond this many remembered (agent, kind) log times, expired ones go.
 const LOG_LIMITER_ENTRIES: usize = 4096;
