@@ -395,6 +395,13 @@ pub fn run(c: Console) -> anyhow::Result<()> {
             );
             println!("clusters  {}", num(&v, "clusters"));
             println!("mode      {}", text(&v, "mode"));
+            if let Some(f @ Value::Object(_)) = field(&v, "frozen") {
+                println!(
+                    "frozen    by {} until {} (relays only thaw and observe)",
+                    text(f, "by"),
+                    text(f, "until")
+                );
+            }
             let z = field(&v, "impedance_mean_ms").and_then(Value::as_f64);
             println!(
                 "impedance {}",

@@ -414,23 +414,20 @@ async fn a_forged_answer_changes_nothing_but_a_counter() {
     gw.stop().await;
 }
 
-/// The top (a parent gateway process) and two cluster gateway processes
-/// with two agents each: a command the top's operator issues reaches all
-/// four agents through their cluster gateways, on time; each cluster
-/// gateway answers the top with its `command_result`, and the top's tally
-/// counts every agent. The top holds each agent's `command` and
-/// `command_ack` (forwarded chains), and each cluster gateway's relay.
-/// Only c1's agents serve `act`: an `act` to all four ends in two
-/// conflicts, and its re-run from the top goes to c2's two agents only.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_from_the_top_reaches_two_clusters_on_time() {
+/// A top gateway process and one cluster gateway process per name in
+/// `clusters` (`{c}-gw`), each with two agents `{c}-pi-1`, `{c}-pi-2` that
+/// obey the top's commands (with `handlers(c)`); returns once every agent
+/// is active and synced at its gateway and the top sees them all active.
+async fn top_and_clusters(
+    root: &Path,
+    clusters: &[&str],
+    handlers: impl Fn(&str) -> Option<std::collections::BTreeMap<String, std::path::PathBuf>>,
+) -> (
+    baton_tests::daemons::GatewayProc,
+    Vec<baton_tests::daemons::GatewayProc>,
+    Vec<Agent>,
+) {
     use baton_tests::daemons::{GatewayProc, Role, Via, free_port, gateway_key};
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let act = root.join("act.sh");
-    std::fs::write(&act, "#!/bin/sh\ncat >/dev/null\necho '{}'\n").unwrap();
-    std::fs::set_permissions(&act, std::fs::Permissions::from_mode(0o755)).unwrap();
     let local = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
     let top = GatewayProc::start_as(
         &root.join("top"),
@@ -440,9 +437,9 @@ async fn a_command_from_the_top_reaches_two_clusters_on_time() {
             .arg("--summary-chain-interval", "1s")
             .arg("--command-trail-grace", "1s"),
     );
-    let mut clusters = Vec::new();
+    let mut gateways = Vec::new();
     let mut agents = Vec::new();
-    for c in ["c1", "c2"] {
+    for c in clusters {
         let gdir = root.join(format!("{c}-gw"));
         let gw_id = format!("{c}-gw");
         let body = format!(
@@ -467,24 +464,24 @@ async fn a_command_from_the_top_reaches_two_clusters_on_time() {
         );
         for n in &names {
             let extra = baton_agent::RawConfig {
-                cluster: Some(c.into()),
+                cluster: Some((*c).into()),
                 heartbeat: Some("200ms".into()),
                 // obey the top's commands, relayed by the cluster gateway
                 issuer_keys: Some(vec![top.key.to_hex()]),
-                handlers: (c == "c1").then(|| [("act".to_owned(), act.clone())].into()),
+                handlers: handlers(c),
                 ..Default::default()
             };
             let a = Agent::start_with(n, &root.join(n), Some(gw.via.broker()), Some(gw.key), extra)
                 .await;
             agents.push(a);
         }
-        clusters.push(gw);
+        gateways.push(gw);
     }
     // every agent active and synced at its gateway, and the top has each
     // cluster's summary (the subtree lead it schedules with)
     for a in &agents {
         let c = &a.id.as_str()[..2];
-        let gw = clusters.iter().find(|g| g.role.cluster == c).unwrap();
+        let gw = gateways.iter().find(|g| g.role.cluster == c).unwrap();
         assert!(
             eventually(Duration::from_secs(30), || {
                 http::agent_state(gw.http, a.id.as_str()) == "active" && synced(&a.dir)
@@ -494,15 +491,39 @@ async fn a_command_from_the_top_reaches_two_clusters_on_time() {
             a.id
         );
     }
+    let all = agents.len() as u64;
     assert!(
         eventually(Duration::from_secs(30), || {
             let v = http::json(top.http, "/api/v1/cluster");
-            n(&v, "agents") == 4 && n(&v, "active") == 4
+            n(&v, "agents") == all && n(&v, "active") == all
         })
         .await,
-        "the top never saw the four agents active"
+        "the top never saw its {all} agents active"
     );
+    (top, gateways, agents)
+}
 
+/// The top (a parent gateway process) and two cluster gateway processes
+/// with two agents each: a command the top's operator issues reaches all
+/// four agents through their cluster gateways, on time; each cluster
+/// gateway answers the top with its `command_result`, and the top's tally
+/// counts every agent. The top holds each agent's `command` and
+/// `command_ack` (forwarded chains), and each cluster gateway's relay.
+/// Only c1's agents serve `act`: an `act` to all four ends in two
+/// conflicts, and its re-run from the top goes to c2's two agents only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_from_the_top_reaches_two_clusters_on_time() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let act = root.join("act.sh");
+    std::fs::write(&act, "#!/bin/sh\ncat >/dev/null\necho '{}'\n").unwrap();
+    std::fs::set_permissions(&act, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (top, clusters, agents) = top_and_clusters(root, &["c1", "c2"], |c| {
+        // only c1's agents serve `act`
+        (c == "c1").then(|| [("act".to_owned(), act.clone())].into())
+    })
+    .await;
     let issued = issue(
         top.http,
         r#"{"verb":"record","payload":{"reading":"marker-two-clusters"},"in":"2s","window":"300ms","ttl":"3s"}"#,
@@ -599,6 +620,97 @@ async fn a_command_from_the_top_reaches_two_clusters_on_time() {
     let c2 = stage(clusters[1].http, &again, "window", Duration::from_secs(20)).await;
     assert_eq!(n(&c2, "selected"), 2, "{c2:?}");
     assert_eq!(command_view_if_known(clusters[0].http, &again), Value::Null);
+    for a in agents {
+        a.stop().await;
+    }
+    drop(clusters);
+    drop(top);
+}
+
+/// A gateway frozen as a whole (PROTOCOL §9: a `freeze` whose
+/// `select.agents` names it) relays nothing but `thaw` and `observe`: a
+/// `record` from the top reaches c1's agents and is skipped `frozen` for
+/// c2's; an `observe` still reaches c2's; the freeze holds across a
+/// SIGKILL and restart of c2's gateway (rebuilt from its chain); after the
+/// thaw c2's agents are reached again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_frozen_as_a_whole_relays_only_thaw_and_observe() {
+    let dir = tempfile::tempdir().unwrap();
+    let (top, mut clusters, agents) = top_and_clusters(dir.path(), &["c1", "c2"], |_| None).await;
+    let frozen = |http: SocketAddr| field(&http::json(http, "/api/v1/status"), "frozen").clone();
+    let freeze = issue(
+        top.http,
+        r#"{"verb":"freeze","payload":{},"in":"300ms","ttl":"10m","select":{"agents":["c2-gw"]}}"#,
+    );
+    assert_eq!(n(&freeze, "sent"), 1, "{freeze:?}");
+    let freeze_hash = field(&freeze, "hash").as_str().unwrap().to_owned();
+    assert!(
+        eventually(Duration::from_secs(20), || frozen(clusters[1].http)
+            != Value::Null)
+        .await,
+        "c2's gateway never froze"
+    );
+    assert_eq!(
+        field(&frozen(clusters[1].http), "by").as_str(),
+        Some(freeze_hash.as_str())
+    );
+    assert_eq!(frozen(clusters[0].http), Value::Null, "c1 was not named");
+
+    // a record to all: c1's agents take it, c2's gateway holds it
+    let https: Vec<SocketAddr> = clusters.iter().map(|g| g.http).collect();
+    let at_cluster = |i: usize, hash: String| {
+        let http = https[i];
+        async move { stage(http, &hash, "window", Duration::from_secs(20)).await }
+    };
+    let record = r#"{"verb":"record","payload":{"reading":"while-frozen"},"in":"1500ms","window":"300ms","ttl":"1s"}"#;
+    let hash = field(&issue(top.http, record), "hash")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let c1 = at_cluster(0, hash.clone()).await;
+    assert_eq!((n(&c1, "sent"), n(&c1, "on_time")), (2, 2), "{c1:?}");
+    let c2 = at_cluster(1, hash.clone()).await;
+    assert_eq!(
+        (n(&c2, "sent"), n(field(&c2, "skipped"), "frozen")),
+        (0, 2),
+        "{c2:?}"
+    );
+    // an observe still reaches them
+    let observe = r#"{"verb":"observe","in":"1500ms","window":"300ms","ttl":"1s"}"#;
+    let hash = field(&issue(top.http, observe), "hash")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let c2 = at_cluster(1, hash).await;
+    assert_eq!((n(&c2, "sent"), n(&c2, "ready")), (2, 2), "{c2:?}");
+
+    // killed and restarted: still frozen (rebuilt from its chain)
+    clusters[1].kill();
+    clusters[1].restart();
+    assert!(
+        eventually(Duration::from_secs(20), || frozen(clusters[1].http)
+            != Value::Null)
+        .await,
+        "the freeze did not survive the restart"
+    );
+
+    // the thaw that names the freeze lifts it
+    let thaw = format!(
+        r#"{{"verb":"thaw","payload":{{"freeze":"{freeze_hash}"}},"in":"1s","select":{{"agents":["c2-gw"]}}}}"#
+    );
+    assert_eq!(n(&issue(top.http, &thaw), "sent"), 1);
+    assert!(
+        eventually(Duration::from_secs(20), || frozen(clusters[1].http)
+            == Value::Null)
+        .await,
+        "the thaw did not lift the freeze"
+    );
+    let hash = field(&issue(top.http, record), "hash")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let c2 = at_cluster(1, hash).await;
+    assert_eq!((n(&c2, "sent"), n(&c2, "on_time")), (2, 2), "{c2:?}");
     for a in agents {
         a.stop().await;
     }

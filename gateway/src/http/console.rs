@@ -291,6 +291,20 @@ pub async fn status(State(s): State<AppState>) -> Response {
         .collect();
     o.insert("breakers_not_closed", Value::Array(open));
     o.insert("commands_in_hand", Value::from(coord.in_hand() as u64));
+    // frozen as a whole (a freeze naming this gateway): only thaw and
+    // observe are relayed
+    let frozen = coord
+        .frozen(s.clock.now_ms())
+        .map_or(Value::Null, |(hash, until)| {
+            let mut f = Object::new();
+            f.insert("by", Value::from(hash.to_hex()));
+            f.insert(
+                "until",
+                Value::from(baton_shared::entry::format_timestamp(until)),
+            );
+            Value::Object(f)
+        });
+    o.insert("frozen", frozen);
     let list = coord.list();
     drop(coord);
     let conflicts: u64 = list

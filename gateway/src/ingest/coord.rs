@@ -117,6 +117,9 @@ pub struct Coordination {
     /// counts may wait for the chains that bear them out.
     trails: HashMap<Hash, Trail>,
     trail_grace_ms: i64,
+    /// This gateway frozen as a whole (a `freeze` whose `select.agents`
+    /// names it): the freeze's hash and its `expires`.
+    frozen: Option<(Hash, i64)>,
 }
 
 impl Default for Coordination {
@@ -136,6 +139,7 @@ impl Default for Coordination {
             refused: BTreeMap::new(),
             trails: HashMap::new(),
             trail_grace_ms: 60_000,
+            frozen: None,
         }
     }
 }
@@ -221,6 +225,29 @@ impl Coordination {
             .find(is)
             .map(|a| &a.gather)
             .ok_or(false)
+    }
+
+    /// The freeze that holds this gateway as a whole at `now_ms`, and
+    /// until when.
+    pub fn frozen(&self, now_ms: i64) -> Option<(Hash, i64)> {
+        self.frozen.filter(|(_, until)| now_ms < *until)
+    }
+
+    /// A command this gateway took: a `freeze` naming it in
+    /// `select.agents` freezes it; a `thaw` naming the freeze that holds
+    /// it lifts it (PROTOCOL §9).
+    fn freeze_or_thaw(&mut self, me: &AgentId, c: &Command) {
+        match c.verb {
+            Verb::Freeze if c.select.agents.as_ref().is_some_and(|l| l.contains(me)) => {
+                info!(hash = %c.hash, until = c.expires_ms, "this gateway is frozen: it relays only thaw and observe");
+                self.frozen = Some((c.hash, c.expires_ms));
+            }
+            Verb::Thaw if self.frozen.is_some_and(|(f, _)| Some(f) == c.thaws) => {
+                info!(hash = %c.hash, "this gateway is thawed");
+                self.frozen = None;
+            }
+            _ => {}
+        }
     }
 
     /// Every child breaker that is not closed: child → position.
@@ -445,6 +472,8 @@ impl Ingest {
     ) -> Issued {
         let data = command::command_data(&c, &origin_sig, from, &sender_sig, now_ms);
         self.stage_own(baton_runtime::unix_ms(), OwnEvent::Command, data);
+        let me = self.cfg.gateway.clone();
+        self.coord().freeze_or_thaw(&me, &c);
         let gather = self.plan_children(now_ms, &c, &origin_sig, false);
         let counts = gather.counts();
         let issued = Issued {
@@ -521,6 +550,13 @@ impl Ingest {
         let gateways = self.gateway_children(c);
         let mut coord = self.coord();
         let now = coord.origin.elapsed();
+        // frozen as a whole: only thaw and observe are relayed
+        let frozen = coord.frozen(now_ms).is_some();
+        let held = frozen && !c.verb.passes_freeze();
+        let frozen_skip = |lead: Lead| Plan::Skip {
+            reason: schedule::SkipReason::Frozen,
+            lead,
+        };
         let cfg = coord.breaker_cfg;
         let mut planned = Vec::with_capacity(gateways.len() + matches.len());
         for g in gateways {
@@ -540,16 +576,20 @@ impl Ingest {
                     continue;
                 }
                 let lead = Lead::of(&measured, c.weight);
-                Plan::Send {
-                    send_at_ms: now_ms,
-                    lead,
-                    predicted_ready_ms: c.target_ms - lead.margin_whole_ms(),
+                if held {
+                    frozen_skip(lead)
+                } else {
+                    Plan::Send {
+                        send_at_ms: now_ms,
+                        lead,
+                        predicted_ready_ms: c.target_ms - lead.margin_whole_ms(),
+                    }
                 }
             } else {
                 let cond = Condition {
                     offline: false,
                     quarantined: false,
-                    frozen: false,
+                    frozen,
                     breaker_open: !breaker.try_send(now),
                 };
                 schedule::plan(c, now_ms, &measured, cond, mode)
@@ -577,10 +617,14 @@ impl Ingest {
                 if now_ms >= c.expires_ms {
                     continue;
                 }
-                Plan::Send {
-                    send_at_ms: now_ms,
-                    lead,
-                    predicted_ready_ms: c.target_ms - lead.margin_whole_ms(),
+                if held {
+                    frozen_skip(lead)
+                } else {
+                    Plan::Send {
+                        send_at_ms: now_ms,
+                        lead,
+                        predicted_ready_ms: c.target_ms - lead.margin_whole_ms(),
+                    }
                 }
             } else {
                 let breaker = coord
@@ -590,7 +634,7 @@ impl Ingest {
                 let cond = Condition {
                     offline: a.state == AgentState::Offline,
                     quarantined: a.state == AgentState::Quarantined,
-                    frozen: false,
+                    frozen,
                     breaker_open: !breaker.try_send(now),
                 };
                 schedule::plan(c, now_ms, &measured, cond, mode)
@@ -824,6 +868,10 @@ impl Ingest {
         let staged = std::mem::take(&mut coord.staged);
         for h in staged {
             coord.active.remove(&h);
+            // a freeze that never became durable holds nothing
+            if coord.frozen.is_some_and(|(f, _)| f == h) {
+                coord.frozen = None;
+            }
         }
         coord.deliveries.clear();
     }
@@ -1216,6 +1264,10 @@ impl Ingest {
                 break;
             }
             to = from - 1;
+        }
+        // the frozen state first, from every freeze and thaw in order
+        for (c, ..) in commands.iter().rev() {
+            self.coord().freeze_or_thaw(&me, c);
         }
         for (c, origin_sig, from, recorded_ms) in commands.into_iter().rev() {
             let (window, fin) = phases.get(&c.hash).copied().unwrap_or_default();
