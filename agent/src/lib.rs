@@ -270,7 +270,9 @@ pub async fn run(
         min_free_bytes: config.free_floor,
         free_bytes: free_bytes.clone(),
     };
-    let clock = Arc::new(clock::ClockState::new(clock::boot_id(Path::new("/"))));
+    let clock = Arc::new(clock::ClockState::new(baton_runtime::time::boot_id(
+        Path::new("/"),
+    )));
     let writer = Writer::start(
         ledger.clone(),
         config.id.clone(),

@@ -3,7 +3,7 @@
 //! agent's. Each entry is signed as it is made (the chain is slow), and is
 //! committed in the same transaction as the ingest writes it describes.
 
-use baton_shared::entry::{self, AppendError, Entry, Seq, Stamp, a_now};
+use baton_shared::entry::{self, AppendError, ClockInfo, Entry, Seq, Stamp, a_now};
 use baton_shared::intake::Head;
 use baton_shared::json::{Object, Value};
 use baton_shared::{AgentId, EventName, PublicKey, SecretKey};
@@ -46,12 +46,24 @@ impl OwnChain {
         event: OwnEvent,
         data: Value,
     ) -> Result<Write, AppendError> {
+        self.append_clocked(unix_ms, event, data, None)
+    }
+
+    /// As [`OwnChain::append`], with the entry's `clock` (PROTOCOL §9: an
+    /// entry carrying times in the top's time also carries `clock`).
+    pub fn append_clocked(
+        &mut self,
+        unix_ms: i64,
+        event: OwnEvent,
+        data: Value,
+        clock: Option<&ClockInfo>,
+    ) -> Result<Write, AppendError> {
         let seq = self.head.seq.next();
         let stamp = Stamp {
             agent: &self.id,
             seq,
             unix_ms,
-            clock: None,
+            clock,
         };
         let name = EventName::new(event.as_str()).map_err(AppendError::Event)?;
         let content = entry::build_content(&stamp, &name, None, &data)?;

@@ -437,7 +437,7 @@ impl State {
                         "the parent's time: this gateway answers its agents in it"
                     );
                 }
-                self.cfg.clock.set(best.offset_ms);
+                self.cfg.clock.set(best.offset_ms, best.rtt_ms);
             }
         }
     }

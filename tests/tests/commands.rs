@@ -567,6 +567,31 @@ async fn a_command_from_the_top_reaches_two_clusters_on_time() {
             a.id
         );
     }
+    // each gateway's command entry carries `clock` in the top's time: the
+    // top's own (offset 0), a cluster's offset to the top, both synced
+    for (http, gw) in [
+        (top.http, "top-gw"),
+        (clusters[0].http, "c1-gw"),
+        (clusters[1].http, "c2-gw"),
+    ] {
+        let text = String::from_utf8(http::gateway_chain(http, gw)).unwrap();
+        let entry = text
+            .lines()
+            .map(|l| json::parse(l.as_bytes(), Mode::Verify).unwrap())
+            .find(|e| field(e, "event").as_str() == Some("command"))
+            .unwrap_or_else(|| panic!("{gw} holds no command entry"));
+        let clock = field(&entry, "clock");
+        assert_eq!(
+            field(clock, "synced"),
+            &Value::Bool(true),
+            "{gw}: {entry:?}"
+        );
+        if gw == "top-gw" {
+            assert_eq!(n(clock, "offset_ms"), 0, "{entry:?}");
+        }
+        assert!(field(clock, "mono_ms").as_f64().is_some(), "{entry:?}");
+    }
+
     // honest counts: the trail check finds every READY in the chains
     stage(top.http, &hash, "final", Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;

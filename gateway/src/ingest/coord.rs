@@ -227,6 +227,11 @@ impl Coordination {
             .ok_or(false)
     }
 
+    /// Whether this gateway has a parent (the top has none).
+    pub fn has_parent(&self) -> bool {
+        self.parent.is_some()
+    }
+
     /// The freeze that holds this gateway as a whole at `now_ms`, and
     /// until when.
     pub fn frozen(&self, now_ms: i64) -> Option<(Hash, i64)> {
@@ -396,6 +401,13 @@ pub(super) fn entry_data(e: &Entry) -> Option<(String, i64, Value)> {
 }
 
 impl Ingest {
+    /// The `clock` of this gateway's command entries: its offset to its
+    /// parent (the top's time), or its own clock at the top.
+    pub(super) fn own_clock(&self) -> baton_shared::entry::ClockInfo {
+        let has_parent = self.coord().has_parent();
+        self.parent_clock.info(has_parent)
+    }
+
     /// The coordination state (the console reads it).
     pub fn coordination(&self) -> Arc<Mutex<Coordination>> {
         Arc::clone(&self.coord)

@@ -139,19 +139,36 @@ pub const CLONE_WINDOW_MS: i64 = 10 * 60 * 1000;
 /// offset to the parent that the forwarder's clock exchange measured, so
 /// that every tier answers in the top's time. Without a parent (or before
 /// a sample) the gateway's own clock is the time.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ParentClock {
     /// Parent − own, ms.
     offset_ms: std::sync::atomic::AtomicI64,
+    /// The round trip of the sample the offset came from, ms.
+    rtt_ms: std::sync::atomic::AtomicI64,
     /// Whether a sample was taken, and when (ms since `origin`).
     sampled: Mutex<Option<std::time::Instant>>,
+    /// The kernel's boot id (an entry's `clock.boot`).
+    boot: String,
+}
+
+impl Default for ParentClock {
+    fn default() -> Self {
+        ParentClock {
+            offset_ms: std::sync::atomic::AtomicI64::new(0),
+            rtt_ms: std::sync::atomic::AtomicI64::new(0),
+            sampled: Mutex::new(None),
+            boot: baton_runtime::time::boot_id(std::path::Path::new("/")),
+        }
+    }
 }
 
 impl ParentClock {
     /// A sample of the offset to the parent (from the forwarder).
-    pub fn set(&self, offset_ms: i64) {
+    pub fn set(&self, offset_ms: i64, rtt_ms: i64) {
         self.offset_ms
             .store(offset_ms, std::sync::atomic::Ordering::Relaxed);
+        self.rtt_ms
+            .store(rtt_ms, std::sync::atomic::Ordering::Relaxed);
         *self
             .sampled
             .lock()
@@ -175,6 +192,28 @@ impl ParentClock {
     /// The top's time now, as this gateway knows it.
     pub fn now_ms(&self) -> i64 {
         baton_runtime::unix_ms() + self.offset_ms()
+    }
+
+    /// The `clock` of an entry stamped now: the offset to the parent and
+    /// its round trip; without a parent the gateway's own clock is the
+    /// top's time (offset 0, synced).
+    pub fn info(&self, has_parent: bool) -> baton_shared::entry::ClockInfo {
+        let (offset_ms, rtt_ms, synced) = if has_parent {
+            (
+                self.offset_ms(),
+                self.rtt_ms.load(std::sync::atomic::Ordering::Relaxed),
+                self.synced(),
+            )
+        } else {
+            (0, 0, true)
+        };
+        baton_shared::entry::ClockInfo {
+            offset_ms,
+            rtt_ms,
+            synced,
+            boot: self.boot.clone(),
+            mono_ms: baton_runtime::time::boottime_ms(),
+        }
     }
 }
 
@@ -1064,7 +1103,13 @@ impl Ingest {
         event: OwnEvent,
         data: baton_shared::json::Value,
     ) -> Option<baton_shared::Entry> {
-        match self.own.append(unix_ms, event, data) {
+        // entries with times in the top's time carry `clock` (§9)
+        let clock =
+            matches!(event, OwnEvent::Command | OwnEvent::CommandResult).then(|| self.own_clock());
+        match self
+            .own
+            .append_clocked(unix_ms, event, data, clock.as_ref())
+        {
             Ok(w) => {
                 let entry = match &w {
                     Write::Entries { entries, .. } => entries.first().cloned(),
