@@ -97,6 +97,7 @@ pub struct RunArgs {
     #[arg(long = "capability", value_name = "NAME")]
     capabilities: Vec<String>,
     /// An executable serving a verb, VERB=PATH (orient, decide, act); repeat for more.
+    /// A program serving the verb over the socket ({"serve": [VERB]}) goes first.
     #[arg(long = "handler", value_name = "VERB=PATH", value_parser = parse_handler)]
     handlers: Vec<(String, PathBuf)>,
 }

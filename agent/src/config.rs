@@ -402,7 +402,8 @@ heartbeat_summary = "5m"
 # is the result), then when the clock reaches T with BATON_PHASE=act. The
 # payload is on stdin; BATON_COMMAND_HASH, BATON_COMMAND_ID, BATON_ISSUER,
 # BATON_VERB, BATON_TARGET_MS (top's time) and BATON_TARGET_LOCAL_MS (this
-# device's clock) in the environment.
+# device's clock) in the environment. A program that serves a verb over
+# the socket instead (first line {"serve": ["act"]}) goes first.
 # [handlers]
 # act = "/usr/lib/baton/act"
 "#;

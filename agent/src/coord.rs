@@ -25,6 +25,9 @@
 //!   payload is on stdin; the command's hash, id, issuer, verb and T (in
 //!   the top's time and in this device's clock) are in the environment. A
 //!   verb with no handler: −1 `capability_mismatch`.
+//! - A local program may serve `orient`, `decide` and `act` over the
+//!   agent's socket instead (`crate::serve`); a subscribed program goes
+//!   before a configured executable.
 //! - Handlers run concurrently: a slow one never delays another command.
 //!
 //! Everything runs on one task fed by the link (so a handler's wait never
@@ -340,6 +343,36 @@ impl Coordinator {
                 format!("no handler serves capability {cap}"),
             ));
         }
+        if matches!(c.verb, Verb::Orient | Verb::Decide | Verb::Act) {
+            let (now, _) = corrected_now(&self.clock);
+            let until_t = u64::try_from(c.target_ms - now).unwrap_or(0);
+            let a = crate::serve::Assignment {
+                command: c.clone(),
+                received_ms,
+                target_local_ms: c.target_ms - (now - baton_runtime::unix_ms()),
+                wake_at: tokio::time::Instant::now() + Duration::from_millis(until_t),
+                answers: self.done_tx.clone(),
+            };
+            if self.shared.subscribers.assign(a) {
+                // no final answer by T + window: temporal_paradox (a final
+                // answer given first stands; see `answer`)
+                let (done, clock) = (self.done_tx.clone(), Arc::clone(&self.clock));
+                let (hash, deadline) = (c.hash, c.deadline_ms());
+                tokio::spawn(async move {
+                    let (now, _) = corrected_now(&clock);
+                    let left = u64::try_from(deadline - now).unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(left)).await;
+                    let a = Answer::conflict(
+                        hash,
+                        received_ms,
+                        ConflictKind::TemporalParadox,
+                        "the program serving it over the socket gave no final answer by T + window",
+                    );
+                    let _ = done.send((hash, a)).await;
+                });
+                return Handled::Later;
+            }
+        }
         if let Some(exe) = self.obeys.handlers.get(&c.verb) {
             let run = Executable {
                 path: exe.clone(),
@@ -506,6 +539,10 @@ impl Coordinator {
         let Some(record) = self.known.get(&hash).cloned() else {
             return;
         };
+        // one final answer, and at most one TRANSIT before it
+        if record.answer_final || (!a.state.is_final() && record.answer.is_some()) {
+            return;
+        }
         let final_answer = a.state.is_final();
         let record = CommandRecord {
             answer_final: final_answer,

@@ -16,6 +16,7 @@ pub mod device;
 pub mod health;
 pub mod ledger;
 pub mod link;
+pub mod serve;
 pub mod socket;
 pub mod status;
 pub mod writer;

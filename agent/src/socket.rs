@@ -185,6 +185,56 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
     })
 }
 
+/// Whether the connection's first line is a handler's `serve` request
+/// (crate::serve): if so it is read and served here, and `true` returned.
+async fn handler_session(
+    reader: &mut Option<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    write: &mut Option<tokio::net::unix::OwnedWriteHalf>,
+    writer: &Writer,
+    shared: &Shared,
+) -> bool {
+    let Some(r) = reader.as_mut() else {
+        return false;
+    };
+    let Ok(Ok(buf)) = tokio::time::timeout(LINE_TIMEOUT, r.fill_buf()).await else {
+        return false;
+    };
+    let start = buf.iter().position(|b| !b.is_ascii_whitespace());
+    if !start.is_some_and(|i| buf[i..].starts_with(b"{\"serve\"")) {
+        return false;
+    }
+    let mut line = Vec::new();
+    let mut limited = r.take(MAX_LINE as u64);
+    if !matches!(
+        tokio::time::timeout(LINE_TIMEOUT, limited.read_until(b'\n', &mut line)).await,
+        Ok(Ok(_))
+    ) {
+        return true;
+    }
+    let (Some(r), Some(mut w)) = (reader.take(), write.take()) else {
+        return true;
+    };
+    match crate::serve::serve_request(&line) {
+        Some(Ok(verbs)) => {
+            let refused = || {
+                writer.stats.refused.fetch_add(1, Ordering::Relaxed);
+            };
+            crate::serve::session(r, w, verbs, &shared.subscribers, refused).await;
+        }
+        Some(Err(e)) => {
+            writer.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = w.write_all(error_line(&e).as_bytes()).await;
+        }
+        None => {
+            writer.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = w
+                .write_all(error_line("serve: not a JSON object {\"serve\": [verbs]}").as_bytes())
+                .await;
+        }
+    }
+    true
+}
+
 async fn connection(
     stream: UnixStream,
     writer: Writer,
@@ -192,6 +242,14 @@ async fn connection(
     parses: Arc<tokio::sync::Semaphore>,
 ) {
     let (read, write) = stream.into_split();
+    // a program that serves commands says so on its first line
+    let (mut read, mut write) = (Some(BufReader::new(read)), Some(write));
+    if handler_session(&mut read, &mut write, &writer, &shared).await {
+        return;
+    }
+    let (Some(mut reader), Some(write)) = (read, write) else {
+        return;
+    };
     let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE / MAX_BATCH + 1);
     let answer_shared = shared.clone();
     let answers = tokio::spawn(async move {
@@ -224,7 +282,6 @@ async fn connection(
         }
         let _ = out.flush().await;
     });
-    let mut reader = BufReader::new(read);
     let mut line = Vec::with_capacity(1024);
     'conn: loop {
         // A long line's buffer is not kept for the connection's life.

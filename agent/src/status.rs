@@ -25,6 +25,8 @@ pub struct Shared {
     clock_replies_refused: std::sync::atomic::AtomicU64,
     /// Command deliveries refused, by reason (PROTOCOL §9 bad input).
     commands_refused: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Programs serving verbs over the socket.
+    pub subscribers: crate::serve::Subscribers,
 }
 
 #[derive(Debug, Default)]

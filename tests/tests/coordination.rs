@@ -468,6 +468,163 @@ async fn a_command_a_restart_interrupted_is_answered_handler_failed_once() {
     gw.stop().await;
 }
 
+/// `act` served by a program subscribed over the agent's socket, before
+/// the configured executable: it is handed the command, answers TRANSIT
+/// then READY with its result, and is woken at T by the device's clock; a
+/// bad answer line is refused with an error and changes nothing; when the
+/// program goes away holding a command, that command is answered
+/// `handler_failed`, and the executable serves `act` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_subscribed_on_the_socket_serves_act_and_is_woken_at_t() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let (gdir, adir) = (dir.path().join("gw"), dir.path().join("pi-s"));
+    let key = agent_key(&adir);
+    let script = dir.path().join("act.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncat >/dev/null\necho '{\"from\":\"exe\"}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let gw = Gateway::start_open(&gdir, &[(id("pi-s"), key)]).await;
+    let extra = baton_agent::RawConfig {
+        handlers: Some([("act".to_owned(), script.clone())].into_iter().collect()),
+        ..Default::default()
+    };
+    let a = Agent::start_with("pi-s", &adir, Some(gw.mqtt()), Some(gw.key), extra).await;
+    let mut s = Sender::new(gw.mqtt(), &gdir, "pi-s", key).await;
+    synced(&mut s).await;
+
+    // the program subscribes
+    let stream = tokio::net::UnixStream::connect(&a.ready.socket)
+        .await
+        .unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    let mut next_line = async || -> Value {
+        let l = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("a line from the agent within 10 s")
+            .unwrap()
+            .expect("the agent closed the connection");
+        json::parse(l.as_bytes(), Mode::Verify).unwrap()
+    };
+    w.write_all(b"{\"serve\":[\"act\"]}\n").await.unwrap();
+    let serving = next_line().await;
+    assert_eq!(
+        serving.as_object().unwrap().get("serving"),
+        Some(&Value::Array(vec![Value::from("act")]))
+    );
+
+    let mut d = s.draft(Verb::Act, 1_000);
+    d.payload = Value::from("capture");
+    let hash = d.build().unwrap().hash;
+    let delivery = s.delivery(&d);
+    s.publish(&delivery).await;
+    let handed = next_line().await;
+    let c = handed
+        .as_object()
+        .unwrap()
+        .get("command")
+        .unwrap()
+        .as_object()
+        .unwrap();
+    assert_eq!(
+        c.get("hash").unwrap().as_str(),
+        Some(hash.to_hex().as_str())
+    );
+    assert_eq!(c.get("payload"), Some(&Value::from("capture")));
+    let target_local = c.get("target_local_ms").unwrap().as_f64().unwrap();
+    // a wrong line first: refused, nothing changes
+    w.write_all(b"{\"hash\":\"00\",\"state\":1}\n")
+        .await
+        .unwrap();
+    let refused = next_line().await;
+    assert!(
+        refused
+            .as_object()
+            .unwrap()
+            .get("error")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .starts_with("hash:"),
+        "{refused:?}"
+    );
+    let answer = |state: i8, extra: &str| {
+        format!(
+            "{{\"hash\":\"{}\",\"state\":{state}{extra}}}\n",
+            hash.to_hex()
+        )
+    };
+    w.write_all(answer(0, "").as_bytes()).await.unwrap();
+    w.write_all(answer(1, ",\"result\":{\"served\":\"socket\"}").as_bytes())
+        .await
+        .unwrap();
+    let (_, ready) = s.answer_resending(&hash, Some(&delivery)).await;
+    assert_eq!(ready.state, State::Ready, "{ready:?}");
+    assert_eq!(
+        ready
+            .result
+            .as_ref()
+            .and_then(|r| r.as_object()?.get("served").cloned()),
+        Some(Value::from("socket"))
+    );
+    // woken at T, by the device's clock
+    let wake = next_line().await;
+    #[allow(clippy::cast_precision_loss)]
+    let woken_at = now() as f64;
+    assert_eq!(
+        wake.as_object().unwrap().get("wake").unwrap().as_str(),
+        Some(hash.to_hex().as_str())
+    );
+    assert!(
+        woken_at >= target_local - 5.0,
+        "woken {} ms before T",
+        target_local - woken_at
+    );
+
+    // handed a command, the program goes away: handler_failed
+    let mut d2 = s.draft(Verb::Act, 5_000);
+    d2.payload = Value::from("abandoned");
+    let hash2 = d2.build().unwrap().hash;
+    let delivery2 = s.delivery(&d2);
+    s.publish(&delivery2).await;
+    let handed = next_line().await;
+    assert!(format!("{handed:?}").contains(&hash2.to_hex()));
+    drop(w);
+    drop(lines);
+    let (_, failed) = s.answer_resending(&hash2, Some(&delivery2)).await;
+    assert_eq!(
+        conflict_kind(&failed),
+        ConflictKind::HandlerFailed,
+        "{failed:?}"
+    );
+    // the executable serves act again
+    let d3 = s.draft(Verb::Act, 800);
+    let (_, exe) = s.ask(&d3).await;
+    assert_eq!(
+        exe.result
+            .as_ref()
+            .and_then(|r| r.as_object()?.get("from").cloned()),
+        Some(Value::from("exe")),
+        "{exe:?}"
+    );
+    a.stop().await;
+    // one TRANSIT, then one final answer, in the chain
+    let acks: Vec<State> = exported(&adir)
+        .iter()
+        .filter(|e| event(e) == "command_ack")
+        .map(|e| Answer::from_data(e.as_object().unwrap().get("data").unwrap()).unwrap())
+        .filter(|x| x.hash == hash)
+        .map(|x| x.state)
+        .collect();
+    assert_eq!(acks, [State::Transit, State::Ready]);
+    gw.stop().await;
+}
+
 /// `act` served by a configured executable: prepared at receipt (its
 /// stdout the result), run again at T; its exit status 11 is
 /// `data_contradiction`; one not prepared by T + window is killed and
