@@ -48,9 +48,12 @@ const JITTER: f64 = 0.1;
 const CLOCK_ERROR_MS: f64 = 2.0;
 const WINDOW_MS: i64 = 50;
 /// T − issue: enough for the slowest class through two tiers, plus a
-/// cluster's whole burst at the default send spacing (0.5 ms a delivery).
+/// cluster's whole burst at the default send spacing
+/// (`config::DEFAULT_SEND_SPACING` a delivery).
 fn lead_in_ms(per_cluster: usize) -> i64 {
-    500 + i64::try_from(per_cluster / 2).unwrap_or(i64::MAX)
+    let burst = crate::config::DEFAULT_SEND_SPACING
+        .saturating_mul(u32::try_from(per_cluster).unwrap_or(u32::MAX));
+    500 + i64::try_from(burst.as_millis()).unwrap_or(i64::MAX)
 }
 const NAIVE_TOPIC: &str = "bench/naive";
 

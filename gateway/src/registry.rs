@@ -157,6 +157,11 @@ impl Registry {
         self.send_spacing_ms = spacing.as_secs_f64() * 1000.0;
     }
 
+    /// The least time between two deliveries of one command, ms.
+    pub fn send_spacing_ms(&self) -> f64 {
+        self.send_spacing_ms
+    }
+
     /// Names this gateway's own cluster (in roll-ups).
     pub fn with_cluster(mut self, cluster: &str) -> Registry {
         cluster.clone_into(&mut self.cluster);

@@ -97,9 +97,6 @@ pub struct Coordination {
     finished: VecDeque<Active>,
     breakers: HashMap<AgentId, Breaker>,
     breaker_cfg: BreakerConfig,
-    /// The least time between two deliveries of one command
-    /// (`command_send_spacing`, [`schedule::pace`]).
-    send_spacing_ms: f64,
     origin: Instant,
     deliveries: Vec<Scheduled>,
     /// Commands recorded in the group being committed.
@@ -129,7 +126,6 @@ impl Default for Coordination {
             finished: VecDeque::new(),
             breakers: HashMap::new(),
             breaker_cfg: BreakerConfig::default(),
-            send_spacing_ms: crate::config::DEFAULT_SEND_SPACING.as_secs_f64() * 1000.0,
             origin: Instant::now(),
             deliveries: Vec::new(),
             staged: Vec::new(),
@@ -538,9 +534,11 @@ impl Ingest {
         resumed: bool,
     ) -> Gather {
         let mut gather = Gather::new(c.clone());
-        let (mut matches, mode) = {
+        // (the spacing of one command's sends, [`schedule::pace`], is the
+        // registry's: the subtree lead it reports holds the same burst)
+        let (mut matches, mode, spacing_ms) = {
             let r = self.registry();
-            (r.coordinated(), r.own_summary().mode)
+            (r.coordinated(), r.own_summary().mode, r.send_spacing_ms())
         };
         let cluster = self.cfg.cluster.clone();
         matches.retain(|a| {
@@ -656,7 +654,7 @@ impl Ingest {
         }
         if !resumed {
             let mut plans: Vec<Plan> = planned.iter().map(|p| p.2).collect();
-            schedule::pace(&mut plans, coord.send_spacing_ms, now_ms);
+            schedule::pace(&mut plans, spacing_ms, now_ms);
             for (p, paced) in planned.iter_mut().zip(plans) {
                 p.2 = paced;
             }
@@ -687,7 +685,6 @@ impl Ingest {
     ) {
         let mut coord = self.coord();
         coord.breaker_cfg = breaker;
-        coord.send_spacing_ms = send_spacing.as_secs_f64() * 1000.0;
         coord.trail_grace_ms = i64::try_from(trail_grace.as_millis()).unwrap_or(i64::MAX);
         drop(coord);
         self.registry().set_send_spacing(send_spacing);
