@@ -77,6 +77,11 @@ pub struct CoordRow {
     pub cascade_p95_ms: f64,
     /// T − issue for the scheduled way (in the cascade).
     pub lead_in_ms: i64,
+    /// A delivery's arrival at its agent − its planned send, p50 and p99
+    /// (scheduled way): how late the cluster's timer and the broker made
+    /// it, before the agent's own link and work.
+    pub late_p50_ms: f64,
+    pub late_p99_ms: f64,
     /// CPU (% of one core, over the commands) and RSS of the top and of
     /// one cluster gateway.
     pub top_cpu_pct: f64,
@@ -106,8 +111,10 @@ impl Rng {
 }
 
 /// What the simulated agents saw: per command (hash, or the naive
-/// broadcast's number), each agent's (ready wall ms, answer publish wall ms).
-type Seen = Arc<Mutex<BTreeMap<String, Vec<(i64, i64)>>>>;
+/// broadcast's number), each agent's (ready wall ms, answer publish wall
+/// ms, arrival − the delivery's planned send in ms: how late the
+/// gateway's send and the broker made it; 0 for the naive way).
+type Seen = Arc<Mutex<BTreeMap<String, Vec<(i64, i64, i64)>>>>;
 
 fn cluster_of(i: usize, clusters: usize) -> String {
     format!("c{}", i % clusters)
@@ -184,6 +191,7 @@ fn start_sim(
                 key.clone(),
             );
             let reply_t = reply_t.clone();
+            let arrived = baton_runtime::unix_ms();
             seq += 1;
             let my_seq = seq;
             tokio::spawn(async move {
@@ -196,12 +204,13 @@ fn start_sim(
                     let mut s = seen
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    s.entry(id).or_default().push((ready, ready));
+                    s.entry(id).or_default().push((ready, ready, 0));
                     return;
                 }
                 let Ok(d) = CommandDelivery::decode(&p.payload) else {
                     return;
                 };
+                let late = arrived - d.sent_ms;
                 let Ok(c) = Command::from_canonical(&d.content) else {
                     return;
                 };
@@ -237,7 +246,9 @@ fn start_sim(
                 let mut s = seen
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                s.entry(c.hash.to_hex()).or_default().push((ready, sent));
+                s.entry(c.hash.to_hex())
+                    .or_default()
+                    .push((ready, sent, late));
             });
         }
     }))
@@ -384,6 +395,7 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
     let (mut selected, mut on_time, mut conflicts, mut proceed) = (0.0, 0.0, 0.0, 0);
     let mut errors: Vec<f64> = Vec::new();
     let mut cascades: Vec<f64> = Vec::new();
+    let mut lates: Vec<f64> = Vec::new();
     for k in 0..commands {
         let body = format!(
             r#"{{"verb":"record","payload":{{"n":{k}}},"in":"{lead_in}ms","window":"{WINDOW_MS}ms","ttl":"1s","priority":2}}"#
@@ -436,10 +448,12 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(answers) = s.get(&hash) {
+            #[allow(clippy::cast_precision_loss)]
+            lates.extend(answers.iter().map(|(.., late)| *late as f64));
             let last = answers
                 .iter()
-                .filter(|(ready, _)| *ready <= target + WINDOW_MS)
-                .map(|(_, sent)| *sent)
+                .filter(|(ready, ..)| *ready <= target + WINDOW_MS)
+                .map(|(_, sent, _)| *sent)
                 .max()
                 .unwrap_or(issued_ms);
             cascades.push((last - issued_ms) as f64);
@@ -450,7 +464,8 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
     let cpu = |i: usize| (after[i].0 - before[i].0) as f64 / TICKS_PER_S / secs * 100.0;
     errors.sort_by(f64::total_cmp);
     cascades.sort_by(f64::total_cmp);
-    let row = |way, hit, e: &[f64], success, conflict, cascade: &[f64]| CoordRow {
+    lates.sort_by(f64::total_cmp);
+    let row = |way, hit, e: &[f64], success, conflict, cascade: &[f64], late: &[f64]| CoordRow {
         agents: n,
         clusters,
         way,
@@ -463,6 +478,8 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
         conflict_rate: conflict,
         cascade_p95_ms: quantile(cascade, 0.95),
         lead_in_ms: lead_in,
+        late_p50_ms: quantile(late, 0.5),
+        late_p99_ms: quantile(late, 0.99),
         top_cpu_pct: cpu(0),
         top_rss_mb: after[0].1,
         cluster_cpu_pct: cpu(1),
@@ -475,6 +492,7 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
         f64::from(proceed) / commands as f64,
         conflicts / selected.max(1.0),
         &cascades,
+        &lates,
     ));
 
     // naive: one plain broadcast per cluster, every agent acts on arrival
@@ -513,7 +531,7 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut ready: Vec<i64> = s
             .get(&id)
-            .map(|v| v.iter().map(|(r, _)| *r).collect())
+            .map(|v| v.iter().map(|(r, ..)| *r).collect())
             .unwrap_or_default();
         ready.sort_unstable();
         // the best any window of WINDOW_MS could catch (generous to naive)
@@ -536,7 +554,15 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
     errors.sort_by(f64::total_cmp);
     cascades.sort_by(f64::total_cmp);
     let now: Vec<(u64, f64)> = pids.iter().map(|p| cpu_rss(*p)).collect::<Result<_, _>>()?;
-    let mut naive = row("naive", hits / total.max(1.0), &errors, 0.0, 0.0, &cascades);
+    let mut naive = row(
+        "naive",
+        hits / total.max(1.0),
+        &errors,
+        0.0,
+        0.0,
+        &cascades,
+        &[],
+    );
     naive.success_rate = f64::NAN;
     naive.top_cpu_pct = f64::NAN;
     naive.cluster_cpu_pct = f64::NAN;
@@ -567,12 +593,12 @@ pub async fn run(exe: &Path, sizes: &[usize], commands: usize) -> anyhow::Result
 pub fn table(rows: &[CoordRow]) -> String {
     use std::fmt::Write as _;
     let mut out = String::from(
-        "agents clusters way        cmds  hit-rate  err p50/p90/p99 ms   success conflict cascade-p95 (T-issue)  top cpu%/MiB   cluster cpu%/MiB\n",
+        "agents clusters way        cmds  hit-rate  err p50/p90/p99 ms   success conflict cascade-p95 (T-issue)  late p50/p99 ms  top cpu%/MiB   cluster cpu%/MiB\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{:>6} {:>8} {:<10} {:>4}  {:>7.1}%  {:>5.1}/{:>5.1}/{:>5.1}     {:>6} {:>7.2}% {:>9.0} ms {:>9}  {:>5.1}/{:>6.0}   {:>5.1}/{:>6.0}",
+            "{:>6} {:>8} {:<10} {:>4}  {:>7.1}%  {:>5.1}/{:>5.1}/{:>5.1}     {:>6} {:>7.2}% {:>9.0} ms {:>9}  {:>6.0}/{:>6.0}    {:>5.1}/{:>6.0}   {:>5.1}/{:>6.0}",
             r.agents,
             r.clusters,
             r.way,
@@ -593,6 +619,8 @@ pub fn table(rows: &[CoordRow]) -> String {
             } else {
                 format!("({} ms)", r.lead_in_ms)
             },
+            r.late_p50_ms,
+            r.late_p99_ms,
             r.top_cpu_pct,
             r.top_rss_mb,
             r.cluster_cpu_pct,
