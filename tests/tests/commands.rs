@@ -517,7 +517,11 @@ async fn a_command_from_the_top_reaches_two_clusters_on_time() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let act = root.join("act.sh");
-    std::fs::write(&act, "#!/bin/sh\ncat >/dev/null\necho '{}'\n").unwrap();
+    std::fs::write(
+        &act,
+        "#!/bin/sh\ncase \"$(cat)\" in *contradict*) echo 'two truths' >&2; exit 11;; esac\necho '{}'\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&act, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (top, clusters, agents) = top_and_clusters(root, &["c1", "c2"], |c| {
         // only c1's agents serve `act`
@@ -645,6 +649,56 @@ async fn a_command_from_the_top_reaches_two_clusters_on_time() {
     let c2 = stage(clusters[1].http, &again, "window", Duration::from_secs(20)).await;
     assert_eq!(n(&c2, "selected"), 2, "{c2:?}");
     assert_eq!(command_view_if_known(clusters[0].http, &again), Value::Null);
+
+    // a conflict of priority 3 (data_contradiction) goes up at once: c1
+    // records its results ahead of its window phase (due T + window +
+    // 2 s) and the top alerts its operator
+    let urgent = issue(
+        top.http,
+        r#"{"verb":"act","payload":{"x":"contradict"},"in":"1s","window":"100ms","ttl":"1s","select":{"clusters":["c1"]}}"#,
+    );
+    let urgent_hash = field(&urgent, "hash").as_str().unwrap().to_owned();
+    let target =
+        baton_shared::entry::parse_timestamp(field(&urgent, "target").as_str().unwrap()).unwrap();
+    let mut early = None;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let text = String::from_utf8(http::gateway_chain(clusters[0].http, "c1-gw")).unwrap();
+            early = text
+                .lines()
+                .map(|l| json::parse(l.as_bytes(), Mode::Verify).unwrap())
+                .filter(|e| {
+                    field(e, "event").as_str() == Some("command_result")
+                        && field(field(e, "data"), "hash").as_str() == Some(urgent_hash.as_str())
+                })
+                .map(|e| {
+                    baton_shared::entry::parse_timestamp(field(&e, "ts").as_str().unwrap()).unwrap()
+                })
+                .min();
+            early.is_some()
+        })
+        .await,
+        "c1 never recorded a result for the contradicted command"
+    );
+    let early = early.unwrap();
+    assert!(
+        early < target + 100 + 2_000,
+        "c1's first result came {} ms after T, not ahead of its window phase",
+        early - target
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            chain_events(top.http, "top-gw").iter().any(|(e, d)| {
+                e == "alert"
+                    && field(d, "kind").as_str() == Some("command_conflict")
+                    && field(d, "detail")
+                        .as_str()
+                        .is_some_and(|t| t.contains(&urgent_hash))
+            })
+        })
+        .await,
+        "the top never alerted the conflict of priority 3"
+    );
     for a in agents {
         a.stop().await;
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use baton_shared::breaker::{Breaker, BreakerConfig, is_failure};
 use baton_shared::command::{self, Command, Draft, Phase, State, Verb};
 use baton_shared::crypto::chain_hash;
-use baton_shared::gather::{Gather, Kind as ChildKind};
+use baton_shared::gather::{Gather, Kind as ChildKind, conflict_priority};
 use baton_shared::json::{self, Mode as JsonMode, Object, Value};
 use baton_shared::liveness::AgentState;
 use baton_shared::schedule::{self, Condition, Lead, Measured, Plan};
@@ -87,6 +87,11 @@ struct Active {
     up: bool,
     /// The latest `command_result` entry (answers a repeated delivery).
     last_result: Option<Entry>,
+    /// A conflict of priority 3 may have arrived: checked at the next
+    /// tick, before the window phase (`gather::conflict_priority`).
+    urgent: bool,
+    /// Conflicts of priority 3 already sent up (or alerted) at once.
+    urgent_sent: usize,
 }
 
 /// The gateway's commands in hand, and its children's breakers. Shared
@@ -515,6 +520,8 @@ impl Ingest {
                 // an operator's own command answers nobody above
                 up: !from.starts_with("operator/"),
                 last_result: None,
+                urgent: false,
+                urgent_sent: 0,
             },
         );
         drop(coord);
@@ -945,10 +952,21 @@ impl Ingest {
                 return;
             };
             let first = active.gather.silent().any(|c| c == agent);
-            if active
+            // a child's result before its window phase is due carries a
+            // conflict that went up at once: it goes on up at once too
+            let early = counts.phase == Some(Phase::Window)
+                && counts
+                    .conflicts
+                    .iter()
+                    .any(|(_, k)| conflict_priority(*k) >= 3);
+            let accepted = active
                 .gather
                 .gateway_result(agent, seq, e.hash, counts)
-                .is_ok()
+                .is_ok();
+            if accepted && early && !active.window_recorded {
+                active.urgent = true;
+            }
+            if accepted
                 && first
                 && let Some(b) = coord.breakers.get_mut(agent)
             {
@@ -969,12 +987,14 @@ impl Ingest {
         let Some(active) = coord.active.get_mut(&answer.hash) else {
             return;
         };
-        if active
+        let accepted = active
             .gather
             .agent_answer(agent, seq, e.hash, answer)
-            .is_ok()
-            && state.is_final()
-        {
+            .is_ok();
+        if accepted && kind.is_some_and(|k| conflict_priority(k) >= 3) {
+            active.urgent = true;
+        }
+        if accepted && state.is_final() {
             let failed = is_failure(Some((state, kind)));
             if let Some(b) = coord.breakers.get_mut(agent) {
                 b.record(now, failed);
@@ -1101,6 +1121,7 @@ impl Ingest {
         self.coord().height = height;
         let mut results: Vec<(Hash, bool, Value)> = Vec::new();
         let mut resend: Vec<(Command, Sig, AgentId, Lead)> = Vec::new();
+        let mut urgent: Vec<(Hash, Vec<(AgentId, command::ConflictKind)>)> = Vec::new();
         {
             let mut coord = self.coord();
             let coord = &mut *coord;
@@ -1136,6 +1157,27 @@ impl Ingest {
                 for (child, lead) in again {
                     a.sent.insert(child.clone(), (now_ms, lead));
                     resend.push((c.clone(), a.origin_sig, child, lead));
+                }
+                // a conflict of priority 3: its results go up at once (a
+                // window-phase entry ahead of time; the parent counts the
+                // latest); at the top it is an alert to the operator
+                if a.urgent && !a.window_recorded {
+                    a.urgent = false;
+                    let conflicts = a.gather.counts().conflicts;
+                    let n = conflicts
+                        .iter()
+                        .filter(|(_, k)| conflict_priority(*k) >= 3)
+                        .count();
+                    if n > a.urgent_sent {
+                        a.urgent_sent = n;
+                        if a.up {
+                            info!(hash = %c.hash, "a conflict of priority 3: results go up at once");
+                            let pages = a.gather.result_data(Phase::Window);
+                            results.extend(pages.into_iter().map(|d| (*hash, true, d)));
+                        } else {
+                            urgent.push((c.hash, conflicts));
+                        }
+                    }
                 }
                 if !a.window_recorded && now_ms >= Phase::Window.due_ms(&c, height) {
                     a.window_recorded = true;
@@ -1181,6 +1223,21 @@ impl Ingest {
             }
         }
         self.check_trails(now_ms);
+        let me = self.cfg.gateway.clone();
+        for (hash, conflicts) in urgent {
+            let urgent: Vec<String> = conflicts
+                .iter()
+                .filter(|(_, k)| conflict_priority(*k) >= 3)
+                .map(|(agent, k)| format!("{agent} {}", k.as_str()))
+                .collect();
+            let detail = format!(
+                "command {hash}: conflicts of priority 3: {}",
+                urgent.join(", ")
+            );
+            warn!(%hash, "{detail}");
+            let data = crate::own_chain::alert_data("command_conflict", &me, &detail);
+            self.stage_own(baton_runtime::unix_ms(), OwnEvent::Alert, data);
+        }
         let cluster = self.cfg.cluster.clone();
         for (c, origin_sig, child, lead) in resend {
             let payload = self.delivery(&c, &origin_sig, &child, now_ms, &lead);
@@ -1298,6 +1355,8 @@ impl Ingest {
                     final_recorded: false,
                     up,
                     last_result: None,
+                    urgent: false,
+                    urgent_sent: 0,
                 },
             );
         }
