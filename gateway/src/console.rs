@@ -151,7 +151,9 @@ pub enum Console {
         #[command(flatten)]
         gw: Gateway,
     },
-    /// Close the breakers of these children at once.
+    /// Close the breakers of these children at once, and send them again,
+    /// at the next tick, every command in hand they have not answered
+    /// (while before its T + window).
     Heal {
         /// Child ids (agents or child gateways).
         #[arg(required = true)]

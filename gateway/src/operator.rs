@@ -103,7 +103,8 @@ pub enum Command {
     Issue {
         order: Box<Order>,
     },
-    /// Close the breakers of these children at once.
+    /// Close the breakers of these children at once; resend what they
+    /// have not answered.
     Heal {
         children: Vec<AgentId>,
     },
@@ -154,6 +155,8 @@ pub enum Done {
     Issued(Issued),
     Healed {
         closed: usize,
+        /// Commands in hand sent again at once to a healed child.
+        resent: usize,
     },
     /// A re-run of command `of`, issued as a new command.
     Rerun {
@@ -194,7 +197,10 @@ impl std::fmt::Display for Done {
                 i.selected,
                 i.sent
             ),
-            Done::Healed { closed } => write!(f, "{closed} breakers closed"),
+            Done::Healed { closed, resent } => write!(
+                f,
+                "{closed} breakers closed, {resent} unanswered deliveries sent again"
+            ),
             Done::Rerun { issued, of } => write!(
                 f,
                 "command {of} re-run as {} ({}): {} selected, {} sent",
@@ -329,12 +335,12 @@ fn carry_out(
             Ok(Done::Rerun { issued, of })
         }
         Command::Heal { children } => {
-            let closed = ingest
+            let (closed, resent) = ingest
                 .coordination()
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .heal(&children);
-            Ok(Done::Healed { closed })
+            Ok(Done::Healed { closed, resent })
         }
     }
 }

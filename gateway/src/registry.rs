@@ -459,12 +459,13 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use baton_shared::Seq;
     use baton_shared::wire::{ClockEstimate, ImpedanceSample, SystemMetrics};
 
-    fn hb(agent: &AgentId, sent_ms: i64, clock: Option<ClockEstimate>) -> Heartbeat {
+    /// A heartbeat from `agent` (the ingest tests use it too).
+    pub(crate) fn hb(agent: &AgentId, sent_ms: i64, clock: Option<ClockEstimate>) -> Heartbeat {
         Heartbeat {
             agent: agent.clone(),
             sent_ms,

@@ -214,7 +214,8 @@ pub async fn issue(
 }
 
 /// `POST /api/v1/heal` `{"agents": [ID…]}`: close these children's
-/// breakers at once.
+/// breakers at once and send them again, at the next tick, every command
+/// in hand they have not answered (before its T + window).
 pub async fn heal(
     State(s): State<AppState>,
     Extension(by): Extension<Actor>,

@@ -48,6 +48,9 @@ pub struct Scheduled {
     pub payload: Vec<u8>,
 }
 
+/// "Sent" long ago: a healed child's resend falls due at the next tick.
+const HEAL_NOW: i64 = i64::MIN / 4;
+
 /// One command's trail at the top: what each child gateway reported, and
 /// the final answers found in the chains behind it.
 #[derive(Debug, Default)]
@@ -269,16 +272,35 @@ impl Coordination {
         out
     }
 
-    /// Closes the breakers of `children` (an operator's `heal`).
-    pub fn heal(&mut self, children: &[AgentId]) -> usize {
-        let mut n = 0;
+    /// An operator's `heal`: closes the breakers of `children`, and every
+    /// command in hand that was sent to one of them (an agent) and has no
+    /// final answer from it is sent to it again at the next tick, while
+    /// before T + window (rather than after its lead plus a round trip).
+    /// Returns (breakers closed, resends due).
+    pub fn heal(&mut self, children: &[AgentId]) -> (usize, usize) {
+        let mut closed = 0;
         for c in children {
             if let Some(b) = self.breakers.get_mut(c) {
                 b.reset();
-                n += 1;
+                closed += 1;
             }
         }
-        n
+        let mut resent = 0;
+        for a in self.active.values_mut() {
+            let due: Vec<(AgentId, Lead)> = a
+                .gather
+                .unanswered()
+                .filter(|(id, _)| children.contains(id) && !a.gather.is_gateway(id))
+                .map(|(id, plan)| (id.clone(), *plan.lead()))
+                .collect();
+            for (child, lead) in due {
+                if schedule::resend_at(a.gather.command(), HEAL_NOW, &lead).is_some() {
+                    a.sent.insert(child, (HEAL_NOW, lead));
+                    resent += 1;
+                }
+            }
+        }
+        (closed, resent)
     }
 
     pub fn in_hand(&self) -> usize {

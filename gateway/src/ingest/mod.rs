@@ -1300,6 +1300,53 @@ mod tests {
         assert_ne!(second.hash, issued.hash);
     }
 
+    /// `heal`: a child that has not answered is sent the command again at
+    /// the next tick, not after its lead plus a round trip.
+    #[test]
+    fn heal_sends_again_at_once_to_a_child_that_has_not_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let mut i = open_ingest(dir.path(), &metrics);
+        let agent = AgentId::new("pi-h").unwrap();
+        let now_ms = baton_runtime::unix_ms();
+        // a slow link (RTT 2 s): its own resend would wait ~3 s
+        let mut hb = crate::registry::tests::hb(&agent, now_ms, None);
+        hb.impedance.latency_p50_ms = 2000.0;
+        i.registry().enroll(&agent, now_ms, false);
+        assert!(i.registry().heartbeat(Duration::from_secs(1), now_ms, hb));
+        i.registry().evaluate(Duration::from_secs(1), now_ms);
+        let order = coord::Order {
+            id: None,
+            verb: baton_shared::command::Verb::Observe,
+            payload: baton_shared::json::Value::Null,
+            target_ms: now_ms + 5_000,
+            window_ms: 1_000,
+            expires_ms: now_ms + 10_000,
+            priority: 1,
+            weight: 0.0,
+            select: None,
+            quorum: None,
+            read_ms: now_ms,
+        };
+        let issued = i.issue(now_ms, order, "operator/test").unwrap();
+        assert_eq!(issued.sent, 1, "{issued:?}");
+        let first = i.take_deliveries();
+        assert_eq!(first.len(), 1);
+        let sent_at = first[0].at_ms;
+        i.stage_coordination(sent_at + 10);
+        assert!(i.take_deliveries().is_empty(), "resent before it was due");
+        let (_, resent) = i
+            .coordination()
+            .lock()
+            .unwrap()
+            .heal(std::slice::from_ref(&agent));
+        assert_eq!(resent, 1);
+        i.stage_coordination(sent_at + 20);
+        let again = i.take_deliveries();
+        assert_eq!(again.len(), 1, "not sent again at once");
+        assert_eq!(again[0].topic, first[0].topic);
+    }
+
     #[test]
     fn the_log_limiter_limits_and_stays_bounded() {
         let dir = tempfile::tempdir().unwrap();
