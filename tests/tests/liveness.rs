@@ -19,6 +19,30 @@ use baton_tests::http::{agent_field, agent_state as state, json};
 use baton_tests::watch::Watcher;
 use baton_tests::{eventually, http};
 
+/// An agent process, SIGKILLed when dropped (that ends a SIGSTOPped one
+/// too), so a failed assertion leaves nothing behind.
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the agent binary; `env` adds variables (libfaketime).
 fn spawn_agent(
     id: &str,
@@ -26,7 +50,7 @@ fn spawn_agent(
     mqtt: SocketAddr,
     heartbeat: &str,
     env: &[(&str, String)],
-) -> Child {
+) -> Proc {
     let mut cmd = Command::new(baton_tests::bins::agent());
     cmd.args([
         "run",
@@ -46,7 +70,7 @@ fn spawn_agent(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().unwrap()
+    Proc(cmd.spawn().unwrap())
 }
 
 fn cluster_num(addr: SocketAddr, path: &[&str]) -> f64 {
