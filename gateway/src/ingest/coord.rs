@@ -592,9 +592,25 @@ impl Ingest {
         // frozen as a whole: only thaw and observe are relayed
         let frozen = coord.frozen(now_ms).is_some();
         let held = frozen && !c.verb.passes_freeze();
-        let frozen_skip = |lead: Lead| Plan::Skip {
-            reason: schedule::SkipReason::Frozen,
-            lead,
+        // after a restart every match is sent again at once (or, frozen as
+        // a whole, skipped); `None` once the command has expired
+        let resumed_plan = |measured: &Measured| -> Option<Plan> {
+            if now_ms >= c.expires_ms {
+                return None;
+            }
+            let lead = Lead::of(measured, c.weight);
+            Some(if held {
+                Plan::Skip {
+                    reason: schedule::SkipReason::Frozen,
+                    lead,
+                }
+            } else {
+                Plan::Send {
+                    send_at_ms: now_ms,
+                    lead,
+                    predicted_ready_ms: c.target_ms - lead.margin_whole_ms(),
+                }
+            })
         };
         let cfg = coord.breaker_cfg;
         let mut planned = Vec::with_capacity(gateways.len() + matches.len());
@@ -611,19 +627,10 @@ impl Ingest {
                 .entry(g.gateway.clone())
                 .or_insert_with(|| Breaker::new(cfg));
             let plan = if resumed {
-                if now_ms >= c.expires_ms {
+                let Some(plan) = resumed_plan(&measured) else {
                     continue;
-                }
-                let lead = Lead::of(&measured, c.weight);
-                if held {
-                    frozen_skip(lead)
-                } else {
-                    Plan::Send {
-                        send_at_ms: now_ms,
-                        lead,
-                        predicted_ready_ms: c.target_ms - lead.margin_whole_ms(),
-                    }
-                }
+                };
+                plan
             } else {
                 let cond = Condition {
                     offline: false,
@@ -652,19 +659,10 @@ impl Ingest {
                 subtree_lead_ms: None,
             });
             let plan = if resumed {
-                let lead = Lead::of(&measured, c.weight);
-                if now_ms >= c.expires_ms {
+                let Some(plan) = resumed_plan(&measured) else {
                     continue;
-                }
-                if held {
-                    frozen_skip(lead)
-                } else {
-                    Plan::Send {
-                        send_at_ms: now_ms,
-                        lead,
-                        predicted_ready_ms: c.target_ms - lead.margin_whole_ms(),
-                    }
-                }
+                };
+                plan
             } else {
                 let breaker = coord
                     .breakers
