@@ -532,19 +532,21 @@ fn command_status(e: &CommandError) -> StatusCode {
         | CommandError::Store(_)
         | CommandError::NotStored { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         CommandError::Load(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        CommandError::Issue(IssueError::IdReused(_)) => StatusCode::CONFLICT,
-        CommandError::Issue(IssueError::TooMany) => StatusCode::SERVICE_UNAVAILABLE,
-        CommandError::Issue(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        CommandError::Rerun(e) => match e {
-            RerunError::Unknown(_) => StatusCode::NOT_FOUND,
-            RerunError::InHand(_) | RerunError::Nothing(_) | RerunError::NotYet { .. } => {
-                StatusCode::CONFLICT
-            }
-            RerunError::Store { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            RerunError::Issue(IssueError::IdReused(_)) => StatusCode::CONFLICT,
-            RerunError::Issue(IssueError::TooMany) => StatusCode::SERVICE_UNAVAILABLE,
-            RerunError::Issue(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        },
+        CommandError::Issue(e) | CommandError::Rerun(RerunError::Issue(e)) => issue_status(e),
+        CommandError::Rerun(RerunError::Unknown(_)) => StatusCode::NOT_FOUND,
+        CommandError::Rerun(
+            RerunError::InHand(_) | RerunError::Nothing(_) | RerunError::NotYet { .. },
+        ) => StatusCode::CONFLICT,
+        CommandError::Rerun(RerunError::Store { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The status a refused order is answered with (an issue or a re-run).
+fn issue_status(e: &IssueError) -> StatusCode {
+    match e {
+        IssueError::IdReused(_) => StatusCode::CONFLICT,
+        IssueError::TooMany => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }
 
