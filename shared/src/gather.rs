@@ -46,6 +46,11 @@ pub fn conflict_priority(kind: ConflictKind) -> u8 {
     }
 }
 
+/// Whether a conflict of `kind` goes up at once (priority 3).
+pub fn goes_up_at_once(kind: ConflictKind) -> bool {
+    conflict_priority(kind) >= 3
+}
+
 /// A direct child.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {

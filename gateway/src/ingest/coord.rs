@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use baton_shared::breaker::{Breaker, BreakerConfig, is_failure};
 use baton_shared::command::{self, Command, Draft, Phase, State, Verb};
 use baton_shared::crypto::chain_hash;
-use baton_shared::gather::{Gather, Kind as ChildKind, conflict_priority};
+use baton_shared::gather::{Gather, Kind as ChildKind, goes_up_at_once};
 use baton_shared::json::{self, Mode as JsonMode, Object, Value};
 use baton_shared::liveness::AgentState;
 use baton_shared::schedule::{self, Condition, Lead, Measured, Plan};
@@ -975,10 +975,7 @@ impl Ingest {
             // a child's result before its window phase is due carries a
             // conflict that went up at once: it goes on up at once too
             let early = counts.phase == Some(Phase::Window)
-                && counts
-                    .conflicts
-                    .iter()
-                    .any(|(_, k)| conflict_priority(*k) >= 3);
+                && counts.conflicts.iter().any(|(_, k)| goes_up_at_once(*k));
             let accepted = active
                 .gather
                 .gateway_result(agent, seq, e.hash, counts)
@@ -1011,7 +1008,7 @@ impl Ingest {
             .gather
             .agent_answer(agent, seq, e.hash, answer)
             .is_ok();
-        if accepted && kind.is_some_and(|k| conflict_priority(k) >= 3) {
+        if accepted && kind.is_some_and(goes_up_at_once) {
             active.urgent = true;
         }
         if accepted && state.is_final() {
@@ -1183,13 +1180,10 @@ impl Ingest {
                 // latest); at the top it is an alert to the operator
                 if a.urgent && !a.window_recorded {
                     a.urgent = false;
-                    let conflicts = a.gather.counts().conflicts;
-                    let n = conflicts
-                        .iter()
-                        .filter(|(_, k)| conflict_priority(*k) >= 3)
-                        .count();
-                    if n > a.urgent_sent {
-                        a.urgent_sent = n;
+                    let mut conflicts = a.gather.counts().conflicts;
+                    conflicts.retain(|(_, k)| goes_up_at_once(*k));
+                    if conflicts.len() > a.urgent_sent {
+                        a.urgent_sent = conflicts.len();
                         if a.up {
                             info!(hash = %c.hash, "a conflict of priority 3: results go up at once");
                             let pages = a.gather.result_data(Phase::Window);
@@ -1247,7 +1241,6 @@ impl Ingest {
         for (hash, conflicts) in urgent {
             let urgent: Vec<String> = conflicts
                 .iter()
-                .filter(|(_, k)| conflict_priority(*k) >= 3)
                 .map(|(agent, k)| format!("{agent} {}", k.as_str()))
                 .collect();
             let detail = format!(
