@@ -117,6 +117,12 @@ fn corrected_now(clock: &ClockState) -> (i64, bool) {
     }
 }
 
+/// `top_ms` (the top's time) on this device's clock.
+fn local_ms(clock: &ClockState, top_ms: i64) -> i64 {
+    let (now, _) = corrected_now(clock);
+    top_ms - (now - baton_runtime::unix_ms())
+}
+
 impl Coordinator {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -349,7 +355,7 @@ impl Coordinator {
             let a = crate::serve::Assignment {
                 command: c.clone(),
                 received_ms,
-                target_local_ms: c.target_ms - (now - baton_runtime::unix_ms()),
+                target_local_ms: local_ms(&self.clock, c.target_ms),
                 wake_at: tokio::time::Instant::now() + Duration::from_millis(until_t),
                 answers: self.done_tx.clone(),
             };
@@ -610,8 +616,7 @@ const EXIT_DATA_CONTRADICTION: i32 = 11;
 impl Executable {
     fn spawn(&self, phase: &str) -> std::io::Result<tokio::process::Child> {
         let c = &self.command;
-        let (now, _) = corrected_now(&self.clock);
-        let local_target = c.target_ms - (now - baton_runtime::unix_ms());
+        let local_target = local_ms(&self.clock, c.target_ms);
         tokio::process::Command::new(&self.path)
             .env("BATON_PHASE", phase)
             .env("BATON_COMMAND_HASH", c.hash.to_hex())

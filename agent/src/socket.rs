@@ -185,54 +185,53 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
     })
 }
 
-/// Whether the connection's first line is a handler's `serve` request
-/// (crate::serve): if so it is read and served here, and `true` returned.
-async fn handler_session(
-    reader: &mut Option<BufReader<tokio::net::unix::OwnedReadHalf>>,
-    write: &mut Option<tokio::net::unix::OwnedWriteHalf>,
-    writer: &Writer,
-    shared: &Shared,
-) -> bool {
-    let Some(r) = reader.as_mut() else {
-        return false;
-    };
+/// What a connection's first line is.
+enum First {
+    /// An append request (or nothing yet): the append API serves it.
+    Append,
+    /// A handler's `serve` request (`crate::serve`), read whole.
+    Serve(Vec<u8>),
+    /// A `serve` request left unfinished or unreadable: the connection ends.
+    Gone,
+}
+
+/// Looks at the first line without taking an append request from it.
+async fn first_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> First {
     let Ok(Ok(buf)) = tokio::time::timeout(LINE_TIMEOUT, r.fill_buf()).await else {
-        return false;
+        return First::Append;
     };
     let start = buf.iter().position(|b| !b.is_ascii_whitespace());
     if !start.is_some_and(|i| buf[i..].starts_with(b"{\"serve\"")) {
-        return false;
+        return First::Append;
     }
     let mut line = Vec::new();
     let mut limited = r.take(MAX_LINE as u64);
-    if !matches!(
-        tokio::time::timeout(LINE_TIMEOUT, limited.read_until(b'\n', &mut line)).await,
-        Ok(Ok(_))
-    ) {
-        return true;
+    match tokio::time::timeout(LINE_TIMEOUT, limited.read_until(b'\n', &mut line)).await {
+        Ok(Ok(_)) => First::Serve(line),
+        _ => First::Gone,
     }
-    let (Some(r), Some(mut w)) = (reader.take(), write.take()) else {
-        return true;
+}
+
+/// Serves a handler that asked with `line`, or tells it what was wrong.
+async fn handler_session(
+    line: &[u8],
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    writer: &Writer,
+    shared: &Shared,
+) {
+    let refused = || {
+        writer.stats.refused.fetch_add(1, Ordering::Relaxed);
     };
-    match crate::serve::serve_request(&line) {
+    let e = match crate::serve::serve_request(line) {
         Some(Ok(verbs)) => {
-            let refused = || {
-                writer.stats.refused.fetch_add(1, Ordering::Relaxed);
-            };
-            crate::serve::session(r, w, verbs, &shared.subscribers, refused).await;
+            return crate::serve::session(reader, write, verbs, &shared.subscribers, refused).await;
         }
-        Some(Err(e)) => {
-            writer.stats.refused.fetch_add(1, Ordering::Relaxed);
-            let _ = w.write_all(error_line(&e).as_bytes()).await;
-        }
-        None => {
-            writer.stats.refused.fetch_add(1, Ordering::Relaxed);
-            let _ = w
-                .write_all(error_line("serve: not a JSON object {\"serve\": [verbs]}").as_bytes())
-                .await;
-        }
-    }
-    true
+        Some(Err(e)) => e,
+        None => "serve: not a JSON object {\"serve\": [verbs]}".to_owned(),
+    };
+    refused();
+    let _ = write.write_all(error_line(&e).as_bytes()).await;
 }
 
 async fn connection(
@@ -242,14 +241,15 @@ async fn connection(
     parses: Arc<tokio::sync::Semaphore>,
 ) {
     let (read, write) = stream.into_split();
+    let mut reader = BufReader::new(read);
     // a program that serves commands says so on its first line
-    let (mut read, mut write) = (Some(BufReader::new(read)), Some(write));
-    if handler_session(&mut read, &mut write, &writer, &shared).await {
-        return;
+    match first_line(&mut reader).await {
+        First::Append => {}
+        First::Serve(line) => {
+            return handler_session(&line, reader, write, &writer, &shared).await;
+        }
+        First::Gone => return,
     }
-    let (Some(mut reader), Some(write)) = (read, write) else {
-        return;
-    };
     let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE / MAX_BATCH + 1);
     let answer_shared = shared.clone();
     let answers = tokio::spawn(async move {
