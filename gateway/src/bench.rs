@@ -356,7 +356,7 @@ pub(crate) fn start_mosquitto(agents: usize) -> anyhow::Result<Option<(ChildGuar
     Ok(Some((guard, addr)))
 }
 
-fn mosquitto_binary() -> Option<PathBuf> {
+pub(crate) fn mosquitto_binary() -> Option<PathBuf> {
     [
         "/usr/sbin/mosquitto",
         "/usr/bin/mosquitto",

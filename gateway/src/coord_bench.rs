@@ -1,22 +1,26 @@
 //! `baton-gateway bench-coord`: commands that arrive on time, measured
 //! through two tiers and side by side with a naive broadcast.
 //!
-//! A top gateway process and K cluster gateway processes (each its own
-//! embedded broker, forwarding to the top) and N simulated agents split
-//! over the clusters — each a real MQTT connection to its cluster's broker
-//! with its own key, heartbeating a profile of its class (the seed's
-//! classes A–F: RTT 2–80 ms, processing 1–40 ms, 10% jitter) and answering
+//! A top gateway process and K cluster gateway processes (each on its own
+//! broker, embedded or a Mosquitto, forwarding to the top) and N simulated
+//! agents split over the clusters — each a real MQTT connection to its
+//! cluster's broker with its own key, heartbeating a profile of its class
+//! (the seed's classes A–F: RTT 2–80 ms, processing 1–40 ms, 10% jitter)
+//! and answering
 //! commands as an agent does: a delivery is taken after an injected one-way
 //! delay, prepared after an injected processing time, and answered with a
 //! signed `command_ack` entry on `cmd/reply` whose `ready_ms` carries a
 //! clock error of ±2 ms (what is left after the clock exchange).
 //!
-//! Scheduled: the top's operator issues `record` commands with T = now +
-//! 500 ms and a 50 ms window; the top sends to each cluster at T − its
+//! Scheduled: the top's operator issues `record` commands with T as early
+//! as the tree's leads allow (the largest subtree lead a cluster reports,
+//! plus 50 ms) and a 50 ms window; the top sends to each cluster at T − its
 //! subtree lead, each cluster to each agent at T − its lead. Naive: the
 //! same agents get one plain MQTT broadcast per cluster and act on
 //! arrival, as a fleet without arrival-time scheduling would. The KPIs of
-//! both come from the same run.
+//! both come from the same run, and so does what each tier's CPU spends
+//! on one agent-command beyond its idle cost, which bounds the earliest T
+//! a whole fleet on one box can meet.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -47,15 +51,24 @@ const CLASSES: [(&str, f64, f64); 6] = [
 const JITTER: f64 = 0.1;
 const CLOCK_ERROR_MS: f64 = 2.0;
 const WINDOW_MS: i64 = 50;
-/// T − issue: enough for the slowest class through two tiers, plus a
-/// cluster's whole burst at the default send spacing
-/// (`config::DEFAULT_SEND_SPACING` a delivery).
-fn lead_in_ms(per_cluster: usize) -> i64 {
-    let burst = crate::config::DEFAULT_SEND_SPACING
-        .saturating_mul(u32::try_from(per_cluster).unwrap_or(u32::MAX));
-    500 + i64::try_from(burst.as_millis()).unwrap_or(i64::MAX)
-}
+/// T − issue beyond the largest subtree lead the clusters report: the
+/// top's own hop to a cluster and the operator's HTTP request.
+const LEAD_SLACK_MS: f64 = 50.0;
 const NAIVE_TOPIC: &str = "bench/naive";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct CoordArgs {
+    /// Fleet sizes.
+    pub sizes: Vec<usize>,
+    /// Commands per size, each way.
+    pub commands: usize,
+    /// Each size also with every cluster on its own Mosquitto (skipped,
+    /// with a word, when Mosquitto is not installed).
+    pub mosquitto: bool,
+    /// The clusters' `command_send_spacing`, if not the default.
+    pub spacing: Option<String>,
+}
 
 /// One row: one fleet size, one way of sending.
 #[derive(Debug, Clone)]
@@ -82,11 +95,14 @@ pub struct CoordRow {
     /// it, before the agent's own link and work.
     pub late_p50_ms: f64,
     pub late_p99_ms: f64,
-    /// CPU (% of one core, over the commands) and RSS of the top and of
-    /// one cluster gateway.
-    pub top_cpu_pct: f64,
+    /// The clusters' broker: `embedded` or `mosquitto`.
+    pub broker: &'static str,
+    /// CPU time per agent-command (µs) beyond what each tier spends with
+    /// no command: the top, all clusters, their Mosquittos, the simulated
+    /// agents (scheduled way only).
+    pub cost_us: [f64; 4],
+    /// RSS (MiB) of the top and of one cluster gateway.
     pub top_rss_mb: f64,
-    pub cluster_cpu_pct: f64,
     pub cluster_rss_mb: f64,
 }
 
@@ -274,10 +290,18 @@ fn num(v: &Value, k: &str) -> f64 {
 struct Tree {
     top: GatewayChild,
     clusters: Vec<GatewayChild>,
+    /// The clusters' Mosquittos, when they run on Mosquitto.
+    brokers: Vec<crate::bench::ChildGuard>,
     dirs: Vec<std::path::PathBuf>,
 }
 
-fn start_tree(exe: &Path, n: usize, clusters: usize) -> anyhow::Result<Tree> {
+fn start_tree(
+    exe: &Path,
+    n: usize,
+    clusters: usize,
+    spacing: Option<&str>,
+    mosquitto: bool,
+) -> anyhow::Result<Tree> {
     let top_dir = tempfile_dir()?;
     let top_key = baton_runtime::keys::generate(&top_dir.join("gateway.key"))?;
     std::fs::create_dir_all(top_dir.join("agents"))?;
@@ -286,6 +310,7 @@ fn start_tree(exe: &Path, n: usize, clusters: usize) -> anyhow::Result<Tree> {
     let token = std::fs::read_to_string(top_dir.join("operator.token"))?;
     let mut dirs = vec![top_dir];
     let mut children = Vec::new();
+    let mut brokers = Vec::new();
     for c in 0..clusters {
         let name = format!("c{c}");
         let dir = tempfile_dir()?;
@@ -317,11 +342,22 @@ fn start_tree(exe: &Path, n: usize, clusters: usize) -> anyhow::Result<Tree> {
             "--broker-auth".into(),
             "none".into(),
         ]);
+        if let Some(s) = spacing {
+            extra.extend(["--command-send-spacing".into(), s.to_owned()]);
+        }
+        let external = if mosquitto {
+            let (guard, addr) = crate::bench::start_mosquitto(n / clusters + 1)?
+                .context("mosquitto is not installed")?;
+            brokers.push(guard);
+            Some(addr)
+        } else {
+            None
+        };
         children.push(spawn_gateway(
             exe,
             &dir,
             &name,
-            None,
+            external,
             n / clusters + 1,
             &extra,
         )?);
@@ -330,20 +366,85 @@ fn start_tree(exe: &Path, n: usize, clusters: usize) -> anyhow::Result<Tree> {
     Ok(Tree {
         top,
         clusters: children,
+        brokers,
         dirs,
     })
 }
 
-fn cpu_rss(pid: u32) -> anyhow::Result<(u64, f64)> {
+/// The subtree lead (ms) each child of the top reports.
+fn subtree_leads(top: SocketAddr) -> anyhow::Result<Vec<f64>> {
+    let c = http_json(top, "/api/v1/cluster")?;
+    Ok(match field(&c, "children") {
+        Some(Value::Object(ch)) => ch
+            .iter()
+            .filter_map(|(_, s)| field(s, "subtree_lead_ms")?.as_f64())
+            .collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// How long each tier's cost with no command is sampled.
+const IDLE_SAMPLE: Duration = Duration::from_secs(5);
+
+/// The processes of each tier: the top, the cluster gateways, their
+/// Mosquittos (none with embedded brokers: those are inside the
+/// clusters), and the simulated agents (this process).
+struct Tiers {
+    top: u32,
+    clusters: Vec<u32>,
+    brokers: Vec<u32>,
+}
+
+impl Tiers {
+    fn of(tree: &Tree) -> Tiers {
+        Tiers {
+            top: tree.top.child.0.id(),
+            clusters: tree.clusters.iter().map(|g| g.child.0.id()).collect(),
+            brokers: tree.brokers.iter().map(|b| b.0.id()).collect(),
+        }
+    }
+
+    /// CPU ticks so far: top, clusters, brokers, agents.
+    fn ticks(&self) -> anyhow::Result<[u64; 4]> {
+        let sum =
+            |pids: &[u32]| -> anyhow::Result<u64> { pids.iter().map(|p| cpu_ticks(*p)).sum() };
+        Ok([
+            cpu_ticks(self.top)?,
+            sum(&self.clusters)?,
+            sum(&self.brokers)?,
+            cpu_ticks(std::process::id())?,
+        ])
+    }
+
+    /// Cores used by each tier between two readings.
     #[allow(clippy::cast_precision_loss)]
-    let rss = baton_runtime::proc::rss_kb(pid, "VmRSS:") as f64 / 1024.0;
-    Ok((cpu_ticks(pid)?, rss))
+    fn rate(from: [u64; 4], to: [u64; 4], over: Duration) -> [f64; 4] {
+        std::array::from_fn(|k| {
+            to[k].saturating_sub(from[k]) as f64 / TICKS_PER_S / over.as_secs_f64()
+        })
+    }
+
+    /// RSS (MiB) of the top and of one cluster gateway.
+    #[allow(clippy::cast_precision_loss)]
+    fn rss(&self) -> (f64, f64) {
+        let mib = |pid| baton_runtime::proc::rss_kb(pid, "VmRSS:") as f64 / 1024.0;
+        (
+            mib(self.top),
+            self.clusters.first().map_or(0.0, |c| mib(*c)),
+        )
+    }
 }
 
 #[allow(clippy::too_many_lines, clippy::cast_precision_loss)]
-async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<CoordRow>> {
+async fn one_size(
+    exe: &Path,
+    n: usize,
+    args: &CoordArgs,
+    mosquitto: bool,
+) -> anyhow::Result<Vec<CoordRow>> {
+    let commands = args.commands;
     let clusters = n.div_ceil(2500).max(2);
-    let tree = start_tree(exe, n, clusters)?;
+    let tree = start_tree(exe, n, clusters, args.spacing.as_deref(), mosquitto)?;
     let seen: Seen = Arc::default();
     let mut sims = Vec::with_capacity(n);
     for i in 0..n {
@@ -362,14 +463,7 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let c = http_json(tree.top.http, "/api/v1/cluster")?;
-        let leads = match field(&c, "children") {
-            Some(Value::Object(ch)) => ch
-                .iter()
-                .filter(|(_, s)| field(s, "subtree_lead_ms").is_some())
-                .count(),
-            _ => 0,
-        };
-        if num(&c, "active") >= n as f64 && leads == clusters {
+        if num(&c, "active") >= n as f64 && subtree_leads(tree.top.http)?.len() == clusters {
             break;
         }
         if Instant::now() > deadline {
@@ -380,17 +474,28 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let pids: Vec<u32> = std::iter::once(&tree.top)
-        .chain(&tree.clusters)
-        .map(|g| g.child.0.id())
-        .collect();
     let url = format!("http://{}", tree.top.http);
     let token = std::fs::read_to_string(tree.dirs[0].join("operator.token"))?;
     let mut rows = Vec::new();
-    let lead_in = lead_in_ms(n.div_ceil(clusters));
+    // two summary intervals: every cluster's lead counts all its agents
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // T as early as the tree's leads allow: the slowest cluster's subtree
+    // lead (its agents' p95 lead and its burst), plus the top's hop
+    let lead_in = subtree_leads(tree.top.http)?
+        .into_iter()
+        .fold(0.0, f64::max);
+    #[allow(clippy::cast_possible_truncation)]
+    let lead_in = (lead_in + LEAD_SLACK_MS).ceil() as i64;
+
+    // what each tier spends with no command (heartbeats, summaries), so
+    // that only the commands' own work is charged to them
+    let tiers = Tiers::of(&tree);
+    let idle_from = (tiers.ticks()?, Instant::now());
+    tokio::time::sleep(IDLE_SAMPLE).await;
+    let idle_rate = Tiers::rate(idle_from.0, tiers.ticks()?, idle_from.1.elapsed());
 
     // scheduled, through the tiers
-    let before: Vec<(u64, f64)> = pids.iter().map(|p| cpu_rss(*p)).collect::<Result<_, _>>()?;
+    let before = tiers.ticks()?;
     let t0 = Instant::now();
     let (mut selected, mut on_time, mut conflicts, mut proceed) = (0.0, 0.0, 0.0, 0);
     let mut errors: Vec<f64> = Vec::new();
@@ -459,9 +564,11 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
             cascades.push((last - issued_ms) as f64);
         }
     }
-    let secs = t0.elapsed().as_secs_f64();
-    let after: Vec<(u64, f64)> = pids.iter().map(|p| cpu_rss(*p)).collect::<Result<_, _>>()?;
-    let cpu = |i: usize| (after[i].0 - before[i].0) as f64 / TICKS_PER_S / secs * 100.0;
+    let spent = Tiers::rate(before, tiers.ticks()?, t0.elapsed());
+    let cost_us: [f64; 4] = std::array::from_fn(|k| {
+        (spent[k] - idle_rate[k]).max(0.0) * t0.elapsed().as_secs_f64() / selected.max(1.0) * 1e6
+    });
+    let rss = tiers.rss();
     errors.sort_by(f64::total_cmp);
     cascades.sort_by(f64::total_cmp);
     lates.sort_by(f64::total_cmp);
@@ -480,10 +587,10 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
         lead_in_ms: lead_in,
         late_p50_ms: quantile(late, 0.5),
         late_p99_ms: quantile(late, 0.99),
-        top_cpu_pct: cpu(0),
-        top_rss_mb: after[0].1,
-        cluster_cpu_pct: cpu(1),
-        cluster_rss_mb: after[1].1,
+        broker: if mosquitto { "mosquitto" } else { "embedded" },
+        cost_us,
+        top_rss_mb: rss.0,
+        cluster_rss_mb: rss.1,
     };
     rows.push(row(
         "scheduled",
@@ -553,7 +660,7 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
     }
     errors.sort_by(f64::total_cmp);
     cascades.sort_by(f64::total_cmp);
-    let now: Vec<(u64, f64)> = pids.iter().map(|p| cpu_rss(*p)).collect::<Result<_, _>>()?;
+    let rss = tiers.rss();
     let mut naive = row(
         "naive",
         hits / total.max(1.0),
@@ -564,15 +671,15 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
         &[],
     );
     naive.success_rate = f64::NAN;
-    naive.top_cpu_pct = f64::NAN;
-    naive.cluster_cpu_pct = f64::NAN;
-    naive.top_rss_mb = now[0].1;
-    naive.cluster_rss_mb = now[1].1;
+    naive.cost_us = [f64::NAN; 4];
+    naive.top_rss_mb = rss.0;
+    naive.cluster_rss_mb = rss.1;
     rows.push(naive);
     for s in sims {
         s.abort();
     }
     drop(tree.clusters);
+    drop(tree.brokers);
     drop(tree.top);
     for d in tree.dirs {
         let _ = std::fs::remove_dir_all(d);
@@ -581,10 +688,20 @@ async fn one_size(exe: &Path, n: usize, commands: usize) -> anyhow::Result<Vec<C
 }
 
 /// Runs every fleet size.
-pub async fn run(exe: &Path, sizes: &[usize], commands: usize) -> anyhow::Result<Vec<CoordRow>> {
+pub async fn run(exe: &Path, args: &CoordArgs) -> anyhow::Result<Vec<CoordRow>> {
+    let mut brokers = vec![false];
+    if args.mosquitto {
+        if crate::bench::mosquitto_binary().is_some() {
+            brokers.push(true);
+        } else {
+            eprintln!("mosquitto is not installed: embedded brokers only");
+        }
+    }
     let mut rows = Vec::new();
-    for &n in sizes {
-        rows.extend(one_size(exe, n, commands).await?);
+    for &n in &args.sizes {
+        for &mosquitto in &brokers {
+            rows.extend(one_size(exe, n, args, mosquitto).await?);
+        }
     }
     Ok(rows)
 }
@@ -593,14 +710,15 @@ pub async fn run(exe: &Path, sizes: &[usize], commands: usize) -> anyhow::Result
 pub fn table(rows: &[CoordRow]) -> String {
     use std::fmt::Write as _;
     let mut out = String::from(
-        "agents clusters way        cmds  hit-rate  err p50/p90/p99 ms   success conflict cascade-p95 (T-issue)  late p50/p99 ms  top cpu%/MiB   cluster cpu%/MiB\n",
+        "agents clusters broker    way        cmds  hit-rate  err p50/p90/p99 ms   success conflict cascade-p95 (T-issue)  late p50/p99 ms  CPU µs per agent-command: top/clusters/broker/agents  RSS MiB top/cluster\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{:>6} {:>8} {:<10} {:>4}  {:>7.1}%  {:>5.1}/{:>5.1}/{:>5.1}     {:>6} {:>7.2}% {:>9.0} ms {:>9}  {:>6.0}/{:>6.0}    {:>5.1}/{:>6.0}   {:>5.1}/{:>6.0}",
+            "{:>6} {:>8} {:<9} {:<10} {:>4}  {:>7.1}%  {:>5.1}/{:>5.1}/{:>5.1}     {:>6} {:>7.2}% {:>9.0} ms {:>9}  {:>6.0}/{:>6.0}    {:>5.0}/{:>5.0}/{:>5.0}/{:>5.0}                              {:>4.0}/{:>4.0}",
             r.agents,
             r.clusters,
+            r.broker,
             r.way,
             r.commands,
             r.hit_rate * 100.0,
@@ -621,9 +739,11 @@ pub fn table(rows: &[CoordRow]) -> String {
             },
             r.late_p50_ms,
             r.late_p99_ms,
-            r.top_cpu_pct,
+            r.cost_us[0],
+            r.cost_us[1],
+            r.cost_us[2],
+            r.cost_us[3],
             r.top_rss_mb,
-            r.cluster_cpu_pct,
             r.cluster_rss_mb,
         );
     }

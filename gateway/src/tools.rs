@@ -74,6 +74,13 @@ pub enum Tool {
         /// Commands per size (each way).
         #[arg(long, default_value_t = 5)]
         commands: usize,
+        /// Only the clusters' embedded brokers (by default each size also
+        /// runs with every cluster on its own Mosquitto, when installed).
+        #[arg(long)]
+        no_mosquitto: bool,
+        /// The clusters' `command_send_spacing` (default: the gateway's).
+        #[arg(long)]
+        spacing: Option<String>,
     },
 }
 
@@ -147,10 +154,23 @@ pub fn run(tool: Tool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
             ))?;
             write!(out, "{}", crate::tier_bench::table(&rows))?;
         }
-        Tool::BenchCoord { agents, commands } => {
+        Tool::BenchCoord {
+            agents,
+            commands,
+            no_mosquitto,
+            spacing,
+        } => {
             let exe = std::env::current_exe().context("locating this binary")?;
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            let rows = rt.block_on(crate::coord_bench::run(&exe, &agents, commands))?;
+            let rows = rt.block_on(crate::coord_bench::run(
+                &exe,
+                &crate::coord_bench::CoordArgs {
+                    sizes: agents,
+                    commands,
+                    mosquitto: !no_mosquitto,
+                    spacing,
+                },
+            ))?;
             write!(out, "{}", crate::coord_bench::table(&rows))?;
         }
     }
