@@ -414,13 +414,20 @@ fn agent_rows(g: &Gather) -> Vec<Value> {
         .collect()
 }
 
-/// A command's entry content data, read back from the gateway's chain.
+/// A command's entry read back from the gateway's chain: its event, its
+/// time in the top's time (`ts` plus the `clock` offset it carries; §9)
+/// and its data.
 pub(super) fn entry_data(e: &Entry) -> Option<(String, i64, Value)> {
     let v = json::parse(&e.content, JsonMode::Verify).ok()?;
     let o = v.as_object()?;
     let event = o.get("event")?.as_str()?.to_owned();
     let ts = baton_shared::entry::parse_timestamp(o.get("ts")?.as_str()?)?;
-    Some((event, ts, o.get("data")?.clone()))
+    #[allow(clippy::cast_possible_truncation)]
+    let offset = o
+        .get("clock")
+        .and_then(|c| c.as_object()?.get("offset_ms")?.as_f64())
+        .map_or(0, |ms| ms as i64);
+    Some((event, ts + offset, o.get("data")?.clone()))
 }
 
 impl Ingest {
@@ -1291,7 +1298,10 @@ impl Ingest {
         let head = self.own.head().seq;
         let oldest_ms = now_ms - command::MAX_LIFETIME_MS - 3_600_000;
         let mut commands: Vec<(Command, Sig, String, i64)> = Vec::new();
-        let mut phases: HashMap<Hash, (bool, bool)> = HashMap::new();
+        // per command: the latest window-phase result (top's time; an
+        // early one, sent up for a priority-3 conflict, precedes the
+        // phase's due time) and whether its final phase was recorded
+        let mut phases: HashMap<Hash, (Option<i64>, bool)> = HashMap::new();
         let mut to = head.0;
         'scan: while to >= 1 {
             let from = to.saturating_sub(999).max(1);
@@ -1331,7 +1341,7 @@ impl Ingest {
                         };
                         let p = phases.entry(h).or_default();
                         match phase.as_str() {
-                            "window" => p.0 = true,
+                            "window" => p.0 = p.0.max(Some(ts)),
                             "final" => p.1 = true,
                             _ => {}
                         }
@@ -1348,11 +1358,15 @@ impl Ingest {
         for (c, ..) in commands.iter().rev() {
             self.coord().freeze_or_thaw(&me, c);
         }
+        let height = self.height();
         for (c, origin_sig, from, recorded_ms) in commands.into_iter().rev() {
-            let (window, fin) = phases.get(&c.hash).copied().unwrap_or_default();
+            let (window_at, fin) = phases.get(&c.hash).copied().unwrap_or_default();
             if fin {
                 continue;
             }
+            // only a result recorded at its due time is the window phase
+            // itself; after an early one it is still to be recorded
+            let window = window_at.is_some_and(|at| at >= Phase::Window.due_ms(&c, height));
             info!(hash = %c.hash, id = %c.id, "resuming a command a restart interrupted");
             let gather = self.plan_children(now_ms, &c, &origin_sig, true);
             let up = !from.starts_with("operator/");
