@@ -127,7 +127,8 @@ pub struct RunArgs {
     /// How often the cluster summary is published, e.g. "10s".
     #[arg(long, env = "BATON_GATEWAY_SUMMARY_INTERVAL")]
     summary_interval: Option<String>,
-    /// How often the summary is written to the gateway's chain, e.g. "5m".
+    /// How often the summary is written to the gateway's chain, e.g. "5m"
+    /// (with a parent, also within one summary interval of a change).
     #[arg(long, env = "BATON_GATEWAY_SUMMARY_CHAIN_INTERVAL")]
     summary_chain_interval: Option<String>,
     /// The parent gateway's broker, e.g. mqtt://sector.local:1883: forward

@@ -432,6 +432,7 @@ pub async fn run(
         config.liveness.trail_grace,
         config.liveness.send_spacing,
     );
+    ingest.set_summary_refresh(config.liveness.summary_interval);
     if let Some(up) = &config.upstream {
         ingest.set_parent(up.key, up.issuer_keys.clone());
     }

@@ -289,7 +289,29 @@ impl Summary {
         }
         Value::Object(o)
     }
+
+    /// Whether a parent that last saw `before` now sees a different
+    /// subtree: the mode, the count in any state, the clusters rolled up,
+    /// or the subtree lead (gained, lost, or moved by more than
+    /// [`LEAD_CHANGE`] and 5 ms) — what a parent gates, counts and
+    /// schedules by. Impedance figures alone do not count: they move with
+    /// every heartbeat.
+    pub fn differs_for_parent(&self, before: &Summary) -> bool {
+        let lead_moved = match (self.subtree_lead_ms, before.subtree_lead_ms) {
+            (Some(a), Some(b)) => (a - b).abs() > (LEAD_CHANGE * b.abs()).max(5.0),
+            (a, b) => a.is_some() != b.is_some(),
+        };
+        self.mode != before.mode
+            || self.agents != before.agents
+            || self.by_state != before.by_state
+            || self.clusters != before.clusters
+            || lead_moved
+    }
 }
+
+/// A change of the subtree lead, as a share of the last one a parent saw,
+/// that a parent should hear of before the next periodic summary.
+pub const LEAD_CHANGE: f64 = 0.25;
 
 #[cfg(test)]
 mod tests {
@@ -301,6 +323,33 @@ mod tests {
             state,
             impedance_ms: z,
         }
+    }
+
+    #[test]
+    fn a_parent_hears_of_what_it_acts_on_not_of_impedance_noise() {
+        let at = |active: usize, lead: Option<f64>, z: f64| {
+            let mut members: Vec<Member<'_>> = (0..active)
+                .map(|_| m("a", AgentState::Active, Some(z)))
+                .collect();
+            members.extend((active..4).map(|_| m("b", AgentState::Offline, None)));
+            let mut s = Summary::of(members);
+            s.subtree_lead_ms = lead;
+            s
+        };
+        let before = at(4, Some(100.0), 10.0);
+        // impedance alone, and a lead within 25%: nothing to say
+        assert!(!at(4, Some(100.0), 14.0).differs_for_parent(&before));
+        assert!(!at(4, Some(124.0), 10.0).differs_for_parent(&before));
+        // counts and mode, a lead moved by more than 25%, gained or lost
+        assert!(at(3, Some(100.0), 10.0).differs_for_parent(&before));
+        assert!(at(0, Some(100.0), 10.0).differs_for_parent(&before));
+        assert!(at(4, Some(126.0), 10.0).differs_for_parent(&before));
+        assert!(at(4, Some(74.0), 10.0).differs_for_parent(&before));
+        assert!(at(4, None, 10.0).differs_for_parent(&before));
+        assert!(at(4, Some(100.0), 10.0).differs_for_parent(&at(4, None, 10.0)));
+        // a small lead moves by at least 5 ms before it counts
+        assert!(!at(4, Some(6.0), 10.0).differs_for_parent(&at(4, Some(2.0), 10.0)));
+        assert!(at(4, Some(8.0), 10.0).differs_for_parent(&at(4, Some(2.0), 10.0)));
     }
 
     #[test]

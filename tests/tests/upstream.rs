@@ -680,3 +680,87 @@ async fn a_cluster_gateway_with_a_wrong_clock_answers_in_its_parents_time() {
     );
     a.stop().await;
 }
+
+/// A parent's view of a child follows the child's changes, not its
+/// `summary_chain_interval` (5 min by default). Regression: a sector
+/// showed a child as `EMERGENCY` from the summary it recorded at start,
+/// before its agents connected, while the child was `FULL` seconds later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parents_view_of_a_child_follows_its_changes_not_its_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let sector = sector_gateway(root, Role::new("sector-gw", "s1"));
+    let gdir = root.join("c1-gw");
+    enroll_child(sector.http, "c1-gw", gateway_key(&gdir), "c1");
+    let ids = ["c1-pi-1", "c1-pi-2"];
+    let trusted: Vec<(AgentId, PublicKey)> = ids
+        .iter()
+        .map(|id| (AgentId::new(*id).unwrap(), agent_key(&root.join(id))))
+        .collect();
+    // the default summary_chain_interval (300 s); summaries every second
+    let gw = GatewayProc::start_as(
+        &gdir,
+        &trusted,
+        Via::Embedded(local(free_port())),
+        Role::new("c1-gw", "c1")
+            .upstream(sector.via.broker(), sector.key)
+            .arg("--summary-interval", "1s"),
+    );
+    let c1 = |http: SocketAddr| {
+        get_json(http, "/api/v1/cluster").and_then(|v| {
+            v.as_object()?
+                .get("children")?
+                .as_object()?
+                .get("c1")
+                .cloned()
+        })
+    };
+    let count = |v: &Value, k: &str| v.as_object().and_then(|o| o.get(k)?.as_exact_u64());
+    // the start-up summary: two agents enrolled, none connected
+    let mut first = None;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            first = c1(sector.http);
+            first.is_some()
+        })
+        .await,
+        "the sector never heard of c1"
+    );
+    let first = first.unwrap();
+    assert_eq!(count(&first, "active"), Some(0), "{first:?}");
+    let mut agents = Vec::new();
+    for id in ids {
+        let extra = baton_agent::RawConfig {
+            cluster: Some("c1".into()),
+            ..Default::default()
+        };
+        agents.push(
+            Agent::start_with(
+                id,
+                &root.join(id),
+                Some(gw.via.broker()),
+                Some(gw.key),
+                extra,
+            )
+            .await,
+        );
+    }
+    let mut seen = None;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            seen = c1(sector.http);
+            seen.as_ref().and_then(|v| count(v, "active")) == Some(2)
+        })
+        .await,
+        "the sector still sees c1 as at start: {seen:?}"
+    );
+    let seen = seen.unwrap();
+    assert_eq!(
+        seen.as_object().and_then(|o| o.get("mode")?.as_str()),
+        Some("FULL"),
+        "{seen:?}"
+    );
+    for a in agents {
+        a.stop().await;
+    }
+}

@@ -443,7 +443,7 @@ impl Ingest {
         Arc::clone(&self.coord)
     }
 
-    fn coord(&self) -> MutexGuard<'_, Coordination> {
+    pub(super) fn coord(&self) -> MutexGuard<'_, Coordination> {
         self.coord
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -117,6 +117,11 @@ pub struct Ingest {
     children: BTreeMap<ClusterId, AgentId>,
     /// The offset to the parent's clock (tiered time).
     parent_clock: Arc<ParentClock>,
+    /// The last `cluster_summary` put in the chain and when (unix ms): a
+    /// gateway with a parent records another as soon as what its parent
+    /// acts on changed, at most once per `summary_refresh`.
+    last_chained: Option<(baton_shared::summary::Summary, i64)>,
+    summary_refresh: Duration,
     /// Enrollments staged and not yet committed (a record is looked up
     /// here before the store).
     staged_records: HashMap<AgentId, AgentRecord>,
@@ -307,6 +312,8 @@ impl Ingest {
             routes: HashMap::new(),
             children: BTreeMap::new(),
             parent_clock: Arc::new(ParentClock::default()),
+            last_chained: None,
+            summary_refresh: crate::config::Liveness::default().summary_interval,
             staged_records: HashMap::new(),
             new_subscriptions: Vec::new(),
             recoveries: HashMap::new(),
@@ -825,6 +832,7 @@ impl Ingest {
             info!(agent = %c.agent, from = %c.from, to = %c.to, reason = %c.reason, "agent state");
             self.stage_own(unix_ms, OwnEvent::AgentState, c.to_value());
         }
+        self.refresh_summary(unix_ms);
         let top_ms = self.parent_clock.now_ms();
         self.stage_coordination(top_ms);
     }
@@ -834,6 +842,32 @@ impl Ingest {
         let summary = self.registry().summary();
         let data = summary.to_value(self.cfg.cluster.as_str(), unix_ms);
         self.stage_own(unix_ms, OwnEvent::ClusterSummary, data);
+        self.last_chained = Some((summary, unix_ms));
+    }
+
+    /// The least time between two `cluster_summary` entries recorded
+    /// because the subtree changed (`summary_interval`).
+    pub fn set_summary_refresh(&mut self, every: Duration) {
+        self.summary_refresh = every;
+    }
+
+    /// A parent rolls its children up from their chained summaries, which
+    /// come every `summary_chain_interval` (5 min by default): when what
+    /// it acts on — mode, counts, clusters, subtree lead — changed since
+    /// the last one, a gateway with a parent records the summary now (at
+    /// most once per `summary_interval`), so its parent's view does not
+    /// stay at a start-up summary for minutes.
+    fn refresh_summary(&mut self, unix_ms: i64) {
+        let Some((before, at_ms)) = &self.last_chained else {
+            return;
+        };
+        let due = i64::try_from(self.summary_refresh.as_millis()).unwrap_or(i64::MAX);
+        if unix_ms - at_ms < due || !self.coord().has_parent() {
+            return;
+        }
+        if self.registry().summary().differs_for_parent(before) {
+            self.stage_summary(unix_ms);
+        }
     }
 
     fn entries(
