@@ -926,3 +926,100 @@ fn a_state_from_the_future_is_dropped_and_the_real_will_still_counts() {
     assert_eq!(st, Some(baton_shared::liveness::AgentState::Offline));
     assert_eq!(f.metrics.bad_input_count(BadInput::Implausible), 1);
 }
+
+/// A re-run keeps the original's `sample` (PROTOCOL §9: at most this many
+/// per cluster, applied by cluster gateways). A child gateway skipped as
+/// a whole stands in the re-run for every agent behind it; without the
+/// sample its cluster would command all of them, more than the original
+/// would have. Agents named from a cluster's outcomes were within its
+/// sample already, so keeping it drops none of them.
+#[test]
+fn a_rerun_keeps_the_originals_sample() {
+    use baton_gateway::ingest::{Order, Rerun};
+    let mut f = fixture();
+    let ledgers: Vec<MemLedger> = (1..=3u8)
+        .map(|n| agent_ledger(&format!("pi-{n}"), n, 0))
+        .collect();
+    let vouches: Vec<(&str, baton_shared::PublicKey)> = ledgers
+        .iter()
+        .map(|l| (l.agent().as_str(), l.key().public()))
+        .collect();
+    let child = child_chain("c1-gw", 0x31, &vouches);
+    enroll_child(&mut f, &child, "c1");
+    assert!(send_on(&mut f, "c1", &child, 1, child.head().0).is_empty());
+    f.ingest.commit().unwrap();
+    let select = |text: &str| {
+        Some(baton_shared::json::parse(text.as_bytes(), baton_shared::json::Mode::Verify).unwrap())
+    };
+    // T now: no lead to c1's gateway can be met, it is skipped as a whole
+    let order = Order {
+        id: None,
+        verb: baton_shared::command::Verb::Record,
+        payload: Value::Null,
+        target_ms: NOW_MS,
+        window_ms: 0,
+        expires_ms: NOW_MS + 1_000,
+        priority: 1,
+        weight: 0.0,
+        select: select(r#"{"sample":1}"#),
+        quorum: None,
+        read_ms: NOW_MS,
+    };
+    let issued = f.ingest.issue(NOW_MS, order, "operator/test").unwrap();
+    assert_eq!(issued.sent, 0, "{issued:?}");
+    // its final phase is recorded: the command can be re-run
+    f.ingest.stage_coordination(NOW_MS + 60_000);
+    f.ingest.commit().unwrap();
+    let rerun = Rerun {
+        key: issued.hash.to_hex(),
+        target_ms: NOW_MS + 70_000,
+        window_ms: None,
+        ttl_ms: None,
+        read_ms: NOW_MS + 60_000,
+    };
+    let (again, of) = f
+        .ingest
+        .rerun(NOW_MS + 60_000, rerun, "operator/test")
+        .unwrap();
+    assert_eq!(of, issued.hash);
+    let view = f
+        .ingest
+        .coordination()
+        .lock()
+        .unwrap()
+        .show(&again.hash.to_hex())
+        .unwrap();
+    let sel = view
+        .as_object()
+        .and_then(|v| v.get("content")?.as_object()?.get("select")?.as_object())
+        .cloned()
+        .unwrap();
+    let named: Vec<&str> = sel
+        .get("agents")
+        .and_then(|v| match v {
+            Value::Array(a) => Some(a),
+            _ => None,
+        })
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(named, ["pi-1", "pi-2", "pi-3"], "{sel:?}");
+    assert_eq!(
+        sel.get("sample").and_then(Value::as_exact_u64),
+        Some(1),
+        "the re-run lost the sample: {sel:?}"
+    );
+    // and it reaches c1's gateway, which samples them again
+    f.ingest.commit().unwrap();
+    let to: Vec<String> = f
+        .ingest
+        .take_deliveries()
+        .into_iter()
+        .map(|d| d.topic)
+        .collect();
+    assert!(
+        to.iter().any(|t| t.contains("/c1-gw/")),
+        "no delivery to c1-gw: {to:?}"
+    );
+}

@@ -9,7 +9,10 @@
 //! a child gateway skipped as a whole stands for every agent routed
 //! through it. The re-run is a new command (its own id and hash): the
 //! original's verb, payload, priority, weight, quorum and filters, with
-//! `select.agents` naming exactly those agents (and no `sample`).
+//! `select.agents` naming exactly those agents. The original's `sample`
+//! is kept: the agents named from a cluster's outcomes are within it, and
+//! a child gateway skipped as a whole, named by all its agents, is
+//! sampled again by its cluster as the original would have been.
 
 use std::collections::BTreeSet;
 
@@ -117,7 +120,6 @@ impl Ingest {
             Some(Value::Object(o)) => o.clone(),
             _ => Object::new(),
         };
-        select.remove("sample");
         select.insert(
             "agents",
             Value::Array(agents.iter().map(|a| Value::from(a.as_str())).collect()),
