@@ -129,6 +129,12 @@ fn labeled<const N: usize>(
 /// Upper bounds of the commit latency histogram, in seconds.
 const COMMIT_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0];
 
+/// Upper bounds of the entry age histogram (seconds from an entry's `ts`
+/// to its commit here): how far behind its agents this tier is.
+const AGE_BUCKETS: [f64; 11] = [
+    0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+];
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub entries_accepted: AtomicU64,
@@ -165,11 +171,73 @@ pub struct Metrics {
     pub http_accept_errors: AtomicU64,
     /// HTTP connections open now.
     pub http_connections_open: AtomicU64,
+    /// Heartbeats taken (plausible, from known agents).
+    pub heartbeats: AtomicU64,
     rejected: RejectCounts,
     bad_input: BadInputCounts,
-    commit_buckets: [AtomicU64; 10],
-    commit_count: AtomicU64,
-    commit_micros: AtomicU64,
+    commit: Histogram<10>,
+    entry_age: Histogram<11>,
+}
+
+/// A Prometheus histogram of seconds with fixed upper bounds.
+#[derive(Debug)]
+struct Histogram<const N: usize> {
+    bounds: [f64; N],
+    buckets: [AtomicU64; N],
+    count: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: [f64; N]) -> Self {
+        Histogram {
+            bounds,
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            micros: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (bucket, bound) in self.buckets.iter().zip(self.bounds) {
+            if secs <= bound {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.micros
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bucket, bound) in self.buckets.iter().zip(self.bounds) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Relaxed)
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        #[allow(clippy::cast_precision_loss)]
+        let sum = self.micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+impl Default for Histogram<10> {
+    fn default() -> Self {
+        Histogram::new(COMMIT_BUCKETS)
+    }
+}
+
+impl Default for Histogram<11> {
+    fn default() -> Self {
+        Histogram::new(AGE_BUCKETS)
+    }
 }
 
 impl Metrics {
@@ -190,15 +258,13 @@ impl Metrics {
     }
 
     pub fn commit_took(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.commit_buckets[i].fetch_add(1, Relaxed);
-            }
-        }
-        self.commit_count.fetch_add(1, Relaxed);
-        self.commit_micros
-            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.commit.observe(d);
+    }
+
+    /// The age of the newest entry of a committed run: commit time − its
+    /// `ts` (the agent's clock; a negative age counts as 0).
+    pub fn entry_age(&self, d: Duration) {
+        self.entry_age.observe(d);
     }
 
     /// Prometheus text exposition. `gauges` are appended as given.
@@ -255,6 +321,12 @@ impl Metrics {
             "baton_resend_nacks_total",
             "Resend nacks sent for out-of-order batches.",
             &self.resend_nacks,
+        );
+        counter(
+            &mut out,
+            "baton_heartbeats_total",
+            "Heartbeats taken.",
+            &self.heartbeats,
         );
         counter(
             &mut out,
@@ -340,26 +412,16 @@ impl Metrics {
             "kind",
             BadInput::ALL.map(|k| (k.as_str(), self.bad_input.of(k).load(Relaxed))),
         );
-        let _ = writeln!(
-            out,
-            "# HELP baton_commit_duration_seconds Durable group commit latency.\n# TYPE baton_commit_duration_seconds histogram"
+        self.commit.render(
+            &mut out,
+            "baton_commit_duration_seconds",
+            "Durable group commit latency.",
         );
-        for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "baton_commit_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                self.commit_buckets[i].load(Relaxed)
-            );
-        }
-        let count = self.commit_count.load(Relaxed);
-        let _ = writeln!(
-            out,
-            "baton_commit_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        self.entry_age.render(
+            &mut out,
+            "baton_entry_age_seconds",
+            "Age of the newest entry of each committed run (commit − its ts): how far behind its agents this tier is.",
         );
-        #[allow(clippy::cast_precision_loss)]
-        let sum = self.commit_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "baton_commit_duration_seconds_sum {sum}");
-        let _ = writeln!(out, "baton_commit_duration_seconds_count {count}");
         for Gauge {
             name,
             help,
@@ -389,6 +451,7 @@ mod tests {
         m.rejected(RejectReason::BadSignature);
         m.bad_input(BadInput::TooLarge);
         m.commit_took(Duration::from_millis(3));
+        m.entry_age(Duration::from_millis(1500));
         let text = m.render(&[Gauge {
             name: "baton_agents",
             help: "Agents by state.",
@@ -398,6 +461,9 @@ mod tests {
         assert!(text.contains("baton_bad_input_total{kind=\"too_large\"} 1"));
         assert!(text.contains("baton_commit_duration_seconds_bucket{le=\"0.002\"} 0"));
         assert!(text.contains("baton_commit_duration_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("baton_entry_age_seconds_bucket{le=\"1\"} 0"));
+        assert!(text.contains("baton_entry_age_seconds_bucket{le=\"2\"} 1"));
+        assert!(text.contains("baton_entry_age_seconds_count 1"));
         assert!(text.contains("baton_agents{state=\"active\"} 2"));
     }
 }

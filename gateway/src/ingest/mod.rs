@@ -674,7 +674,11 @@ impl Ingest {
                 let top_ms = unix_ms + self.parent_clock.offset_ms();
                 if let Err(why) = Registry::plausible_heartbeat(&hb) {
                     self.bad(now, agent.as_str(), BadInput::Implausible, why);
-                } else if !self.registry().heartbeat(now, top_ms, hb) {
+                } else if self.registry().heartbeat(now, top_ms, hb) {
+                    self.metrics
+                        .heartbeats
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else {
                     self.bad(now, agent.as_str(), BadInput::UnknownAgent, "heartbeat");
                 }
                 Ok(Vec::new())
@@ -1224,6 +1228,7 @@ impl Ingest {
             .entries_accepted
             .fetch_add(entries, std::sync::atomic::Ordering::Relaxed);
         let mut committed = Vec::new();
+        let committed_ms = baton_runtime::unix_ms();
         for w in &staged {
             if let Write::Entries {
                 agent,
@@ -1232,6 +1237,10 @@ impl Ingest {
             } = w
                 && *agent != self.cfg.gateway
             {
+                if let Some(ts) = entries.last().and_then(|e| entry_ts_ms(&e.content)) {
+                    let age = u64::try_from(committed_ms - ts).unwrap_or(0);
+                    self.metrics.entry_age(Duration::from_millis(age));
+                }
                 committed.push(Committed {
                     agent: agent.clone(),
                     first: *first,
@@ -1275,8 +1284,30 @@ impl Ingest {
     }
 }
 
+/// An entry's `ts` in unix ms, read from its canonical content without
+/// parsing the rest: keys are sorted, only `v` follows `ts`, so the last
+/// `"ts":"` is the entry's own (one in `data` comes before it).
+fn entry_ts_ms(content: &[u8]) -> Option<i64> {
+    const KEY: &[u8] = b"\"ts\":\"";
+    let at = content.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
+    let rest = &content[at..];
+    let end = rest.iter().position(|b| *b == b'"')?;
+    baton_shared::entry::parse_timestamp(std::str::from_utf8(&rest[..end]).ok()?)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_entrys_own_ts_is_read_not_one_in_its_data() {
+        let content = br#"{"agent":"pi-1","data":{"ts":"2020-01-01T00:00:00.000Z"},"event":"e","seq":2,"ts":"2026-12-05T03:00:00.250Z","v":1}"#;
+        assert_eq!(
+            super::entry_ts_ms(content),
+            baton_shared::entry::parse_timestamp("2026-12-05T03:00:00.250Z")
+        );
+        assert!(super::entry_ts_ms(content).is_some());
+        assert_eq!(super::entry_ts_ms(br#"{"seq":1}"#), None);
+    }
+
     use super::*;
 
     fn open_ingest(dir: &std::path::Path, metrics: &Arc<Metrics>) -> Ingest {
