@@ -40,7 +40,7 @@ use crate::bench::{GatewayChild, spawn_gateway, tempfile_dir};
 use crate::fleet_bench::{TICKS_PER_S, cpu_ticks, field, heartbeat, http_json, sim_key};
 
 /// The seed's device classes: (name, RTT p50 ms, processing p50 ms).
-const CLASSES: [(&str, f64, f64); 6] = [
+pub(crate) const CLASSES: [(&str, f64, f64); 6] = [
     ("A", 2.0, 1.0),
     ("B", 5.0, 2.0),
     ("C", 10.0, 5.0),
@@ -48,7 +48,7 @@ const CLASSES: [(&str, f64, f64); 6] = [
     ("E", 40.0, 20.0),
     ("F", 80.0, 40.0),
 ];
-const JITTER: f64 = 0.1;
+pub(crate) const JITTER: f64 = 0.1;
 const CLOCK_ERROR_MS: f64 = 2.0;
 const WINDOW_MS: i64 = 50;
 /// T − issue beyond the largest subtree lead the clusters report: the
@@ -107,10 +107,10 @@ pub struct CoordRow {
 }
 
 /// Cheap deterministic randomness (SplitMix64).
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -121,7 +121,7 @@ impl Rng {
     }
 
     /// `x` ± `spread` (uniform).
-    fn around(&mut self, x: f64, spread: f64) -> f64 {
+    pub(crate) fn around(&mut self, x: f64, spread: f64) -> f64 {
         (x * (1.0 + spread * (2.0 * self.unit() - 1.0))).max(0.0)
     }
 }
@@ -270,7 +270,7 @@ fn start_sim(
     }))
 }
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -283,7 +283,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
-fn num(v: &Value, k: &str) -> f64 {
+pub(crate) fn num(v: &Value, k: &str) -> f64 {
     field(v, k).and_then(|x| x.as_f64()).unwrap_or(0.0)
 }
 

@@ -20,6 +20,10 @@ pub mod dispatch;
 pub mod export;
 #[cfg(feature = "tools")]
 pub mod fleet_bench;
+#[cfg(feature = "tools")]
+pub mod fleet_run;
+#[cfg(feature = "tools")]
+pub mod fleet_sim;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

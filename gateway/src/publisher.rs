@@ -84,49 +84,12 @@ pub async fn publish(
     let mut to_append = feed.map_or(0, |f| f.entries);
     let every = feed.map_or(Duration::from_secs(3600), |f| f.every);
     let agent = ledger.agent().clone();
-    // Logs in as the agent it plays, as a real agent does.
-    let login = Credentials::Signed {
-        key: Box::new(ledger.key().clone()),
-        offer_key: true,
-        counter: mqtt::LoginCounter::in_memory(),
-    };
-    let opts = mqtt::options(
-        agent.as_str(),
-        &broker.ip().to_string(),
-        broker.port(),
-        None,
-        &login,
-        None,
-    )?;
-    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-    eventloop.set_network_options(mqtt::network_options());
-    // The event loop is polled by this one future, never cancelled
-    // mid-connect (rumqttc's poll is not cancel-safe then), as in the agent.
-    let (pumped_tx, mut pumped) = tokio::sync::mpsc::channel(64);
-    let pump = async move {
-        loop {
-            let event = eventloop.poll().await;
-            let lost = event.is_err();
-            if pumped_tx.send(event).await.is_err() {
-                return;
-            }
-            if lost {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                login.apply(&mut eventloop.mqtt_options, None);
-            }
-        }
-    };
-    tokio::pin!(pump);
-
+    let mut link = Link::connect(broker, &ledger)?;
     let mut cfg = UplinkConfig::new(agent.clone(), ledger.key().public(), Some(gateway_key), 42);
     cfg.resend_timeout = options.resend_timeout;
     cfg.window = options.window;
     cfg.limits.max_entries = options.max_batch_entries;
     let mut uplink = Uplink::new(cfg, ledger.best.clone());
-    let (ack, nack) = (
-        topic::agent(cluster, &agent, Kind::Ack),
-        topic::agent(cluster, &agent, Kind::Nack),
-    );
     let origin = tokio::time::Instant::now();
     let deadline = origin + limit;
     let mut alerts = Vec::new();
@@ -145,7 +108,7 @@ pub async fn publish(
         }
         let receipted = uplink.best().map_or(Seq::ZERO, |r| r.seq);
         if receipted == ledger.head() && to_append == 0 {
-            let _ = client.try_disconnect();
+            drop(link);
             return Ok(Published {
                 ledger,
                 alerts,
@@ -166,37 +129,133 @@ pub async fn publish(
             wake = wake.min(next_append);
         }
         tokio::select! {
-            () = &mut pump => {}
-            Some(event) = pumped.recv() => {
-                let now = origin.elapsed();
-                match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        client.try_subscribe(&ack, QoS::AtLeastOnce)?;
-                        client.try_subscribe(&nack, QoS::AtLeastOnce)?;
-                        uplink.connected(now);
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if p.topic == ack {
-                            if let Ok(r) = Receipt::decode(&p.payload) {
-                                uplink.handle_receipt(now, &r, &ledger);
-                            }
-                        } else if p.topic == nack
-                            && let Ok(n) = Nack::decode(&p.payload)
-                        {
-                            uplink.handle_nack(now, &n);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => uplink.disconnected(now),
-                }
+            Some(event) = link.events.recv() => {
+                // (subscribed to receipts and nacks only)
+                let _ = link.take(origin.elapsed(), event, cluster, &mut uplink, &ledger)?;
             }
             () = tokio::time::sleep_until(wake) => {}
         }
-        let now = origin.elapsed();
-        while let Some(out) = uplink.poll(now, &ledger) {
+        link.drain(
+            origin.elapsed(),
+            cluster,
+            &mut uplink,
+            &mut ledger,
+            &mut alerts,
+        )?;
+    }
+}
+
+/// An agent's MQTT connection: its client and the events of its event
+/// loop, which a task of its own polls (never cancelled mid-connect:
+/// rumqttc's poll is not cancel-safe then), as in the agent.
+pub(crate) struct Link {
+    pub(crate) client: AsyncClient,
+    pub(crate) events: tokio::sync::mpsc::Receiver<Result<Event, rumqttc::ConnectionError>>,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = self.client.try_disconnect();
+        self.pump.abort();
+    }
+}
+
+impl Link {
+    /// Connects as `ledger`'s agent, logging in with its key as a real
+    /// agent does.
+    pub(crate) fn connect(broker: SocketAddr, ledger: &MemLedger) -> anyhow::Result<Link> {
+        let login = Credentials::Signed {
+            key: Box::new(ledger.key().clone()),
+            offer_key: true,
+            counter: mqtt::LoginCounter::in_memory(),
+        };
+        let opts = mqtt::options(
+            ledger.agent().as_str(),
+            &broker.ip().to_string(),
+            broker.port(),
+            None,
+            &login,
+            None,
+        )?;
+        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+        eventloop.set_network_options(mqtt::network_options());
+        let (tx, events) = tokio::sync::mpsc::channel(64);
+        let pump = tokio::spawn(async move {
+            loop {
+                let event = eventloop.poll().await;
+                let lost = event.is_err();
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+                if lost {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    login.apply(&mut eventloop.mqtt_options, None);
+                }
+            }
+        });
+        Ok(Link {
+            client,
+            events,
+            pump,
+        })
+    }
+
+    /// Takes one event: subscribes to receipts and nacks on connect and
+    /// hands them to the uplink; returns any other publish to the caller.
+    pub(crate) fn take(
+        &self,
+        now: Duration,
+        event: Result<Event, rumqttc::ConnectionError>,
+        cluster: &str,
+        uplink: &mut Uplink,
+        ledger: &MemLedger,
+    ) -> anyhow::Result<Option<rumqttc::Publish>> {
+        let agent = ledger.agent();
+        let (ack, nack) = (
+            topic::agent(cluster, agent, Kind::Ack),
+            topic::agent(cluster, agent, Kind::Nack),
+        );
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                self.client.try_subscribe(&ack, QoS::AtLeastOnce)?;
+                self.client.try_subscribe(&nack, QoS::AtLeastOnce)?;
+                uplink.connected(now);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if p.topic == ack {
+                    if let Ok(r) = Receipt::decode(&p.payload) {
+                        uplink.handle_receipt(now, &r, ledger);
+                    }
+                } else if p.topic == nack {
+                    if let Ok(n) = Nack::decode(&p.payload) {
+                        uplink.handle_nack(now, &n);
+                    }
+                } else {
+                    return Ok(Some(p));
+                }
+            }
+            Ok(_) => {}
+            Err(_) => uplink.disconnected(now),
+        }
+        Ok(None)
+    }
+
+    /// Carries out what the uplink asks for now: hellos, batches,
+    /// checkpoints, receipts kept, adoptions; its alerts into `alerts`.
+    pub(crate) fn drain(
+        &self,
+        now: Duration,
+        cluster: &str,
+        uplink: &mut Uplink,
+        ledger: &mut MemLedger,
+        alerts: &mut Vec<Alert>,
+    ) -> anyhow::Result<()> {
+        let agent = ledger.agent().clone();
+        while let Some(out) = uplink.poll(now, ledger) {
             match out {
                 Output::Hello(h) => {
-                    let _ = client.try_publish(
+                    let _ = self.client.try_publish(
                         topic::agent(cluster, &agent, Kind::Hello),
                         QoS::AtLeastOnce,
                         false,
@@ -205,7 +264,7 @@ pub async fn publish(
                 }
                 Output::Batch { from, to, proof } => {
                     let b = ledger.batch(from, to, proof).encode();
-                    let _ = client.try_publish(
+                    let _ = self.client.try_publish(
                         topic::agent(cluster, &agent, Kind::Entries),
                         QoS::AtLeastOnce,
                         false,
@@ -222,5 +281,6 @@ pub async fn publish(
                 Output::Alert(a) => alerts.push(a),
             }
         }
+        Ok(())
     }
 }

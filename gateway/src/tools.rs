@@ -82,6 +82,61 @@ pub enum Tool {
         #[arg(long)]
         spacing: Option<String>,
     },
+    /// A whole fleet on this box: a top, sectors, cluster gateways (each
+    /// on its own Mosquitto) and simulated agents; prints what each tier
+    /// stored, the lag to the top, a command to all, CPU and RSS per
+    /// process kind (see README "Simulating a fleet").
+    Simulate {
+        #[arg(long, default_value_t = 3000)]
+        agents: usize,
+        #[arg(long, default_value_t = 3)]
+        clusters: usize,
+        /// Sector gateways between the clusters and the top (0: none).
+        #[arg(long, default_value_t = 1)]
+        sectors: usize,
+        /// Entries each agent appends per second.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// The measuring window, once every agent is active at the top.
+        #[arg(long, default_value = "60s")]
+        window: String,
+        /// The clusters on their embedded brokers instead of Mosquitto.
+        #[arg(long)]
+        embedded: bool,
+        /// Simulated agents per process (each holds one connection, one
+        /// file descriptor, per agent).
+        #[arg(long, default_value_t = 7500)]
+        per_process: usize,
+        /// Exit non-zero unless every agent was active at the top, the
+        /// command reached every agent on time and the top holds every
+        /// chain to its head.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Simulated agents for `simulate` (one process of many): agent i
+    /// joins the i-th cluster modulo their number; they append until
+    /// stdin closes (or --run-for), then print one JSON line each.
+    #[command(hide = true)]
+    SimAgents {
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        /// A cluster as NAME=BROKER_ADDR=GATEWAY_KEY_HEX (repeatable).
+        #[arg(long = "cluster", required = true)]
+        clusters: Vec<String>,
+        /// A key whose commands the agents obey (repeatable).
+        #[arg(long = "issuer-key")]
+        issuer_keys: Vec<String>,
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Stop appending after this long, e.g. "60s" (else at stdin's end).
+        #[arg(long)]
+        run_for: Option<String>,
+        /// After the stop, how long to wait for the last receipts.
+        #[arg(long, default_value = "120s")]
+        drain: String,
+    },
 }
 
 /// Runs one tool to its end; the benchmarks' tables go to `out`.
@@ -172,6 +227,92 @@ pub fn run(tool: Tool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
                 },
             ))?;
             write!(out, "{}", crate::coord_bench::table(&rows))?;
+        }
+        Tool::Simulate {
+            agents,
+            clusters,
+            sectors,
+            rate,
+            window,
+            embedded,
+            per_process,
+            check,
+        } => {
+            let exe = std::env::current_exe().context("locating this binary")?;
+            let window = humantime::parse_duration(&window)
+                .with_context(|| format!("--window {window:?}"))?;
+            let args = crate::fleet_run::FleetArgs {
+                agents,
+                clusters,
+                sectors,
+                rate,
+                window,
+                embedded,
+                per_process: per_process.max(1),
+                check,
+            };
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let report = rt.block_on(crate::fleet_run::run(&exe, &args))?;
+            write!(out, "{}", crate::fleet_run::table(&report))?;
+            for p in &report.problems {
+                writeln!(out, "problem: {p}")?;
+            }
+            if check && !report.problems.is_empty() {
+                anyhow::bail!("simulate --check: {} problem(s)", report.problems.len());
+            }
+        }
+        Tool::SimAgents {
+            first,
+            count,
+            clusters,
+            issuer_keys,
+            rate,
+            run_for,
+            drain,
+        } => {
+            let clusters = clusters
+                .iter()
+                .map(|c| crate::fleet_run::parse_cluster(c))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let issuer_keys = issuer_keys
+                .iter()
+                .map(|k| {
+                    baton_shared::PublicKey::trusted_hex(k)
+                        .map_err(|e| anyhow::anyhow!("--issuer-key {k:?}: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let run_for = run_for
+                .map(|d| humantime::parse_duration(&d).with_context(|| format!("--run-for {d:?}")))
+                .transpose()?;
+            let drain =
+                humantime::parse_duration(&drain).with_context(|| format!("--drain {drain:?}"))?;
+            let (tx, stop) = tokio::sync::watch::channel(false);
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let ends = rt.block_on(async move {
+                if let Some(d) = run_for {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(d).await;
+                        let _ = tx.send(true);
+                    });
+                } else {
+                    // the runner closes stdin to stop them
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+                        let _ = tx.send(true);
+                    });
+                }
+                crate::fleet_sim::run(crate::fleet_sim::SimArgs {
+                    first,
+                    count,
+                    clusters,
+                    issuer_keys,
+                    rate,
+                    stop,
+                    drain,
+                })
+                .await
+            })?;
+            crate::fleet_run::print_ends(&ends)?;
         }
     }
     Ok(())
