@@ -15,10 +15,13 @@
 //!
 //! The MQTT event loop is polled by its own task and nothing else (as in
 //! `server.rs`); this task reacts to its events, to commits (the ingest's
-//! broadcast), and to the uplinks' timers.
+//! broadcast), and to the uplinks' timers. Work is per chain: an event
+//! polls only the chain it names, a timer only the chain it belongs to,
+//! so a top holding tens of thousands of chains does not walk all of them
+//! for every receipt.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,8 +46,12 @@ use baton_shared::wire::{TimeReply, TimeRequest};
 
 /// How often dirty cursors are written (one transaction for all chains).
 pub const CURSOR_EVERY: Duration = Duration::from_millis(250);
-/// How often the chain list is re-read (new enrollments).
-const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How often the gateway's own chain's head is read (its entries are not
+/// in the ingest's commit broadcast).
+const OWN_HEAD_EVERY: Duration = Duration::from_secs(1);
+/// How often every chain and head is read again: a safety net only —
+/// chains join with their first commit, heads move with every commit.
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// Alerts kept for `/api/v1/upstream`.
 const ALERTS_KEPT: usize = 32;
 /// The same kind of alert for the same chain at most this often.
@@ -269,6 +276,9 @@ pub fn spawn(
         status: Arc::clone(&status),
         origin: Instant::now(),
         dirty_cursors: BTreeMap::new(),
+        pending: BTreeSet::new(),
+        timers: BTreeSet::new(),
+        due: HashMap::new(),
         connected: false,
         alerted: BTreeMap::new(),
         exchange: ParentExchange {
@@ -303,6 +313,12 @@ struct State {
     status: Arc<Mutex<UpstreamStatus>>,
     origin: Instant,
     chains: BTreeMap<AgentId, Chain>,
+    /// Chains with something new (a commit, a receipt, a timer, a
+    /// connect): polled by the next `drive`, and their status published.
+    pending: BTreeSet<AgentId>,
+    /// Every chain's next timer, in order, and by chain.
+    timers: BTreeSet<(Duration, AgentId)>,
+    due: HashMap<AgentId, Duration>,
     /// Best receipts not yet written.
     dirty_cursors: BTreeMap<AgentId, Receipt>,
     connected: bool,
@@ -319,6 +335,7 @@ impl State {
     ) {
         self.refresh();
         let mut refresh = tokio::time::interval(REFRESH_EVERY);
+        let mut own_head = tokio::time::interval(OWN_HEAD_EVERY);
         let mut cursors = tokio::time::interval(CURSOR_EVERY);
         let replies = self.cfg.commands.as_ref().map(|l| Arc::clone(&l.replies));
         let mut replies = match &replies {
@@ -346,21 +363,23 @@ impl State {
                     Some(ev) => self.event(ev),
                 },
                 c = committed.recv() => match c {
-                    Ok(c) => {
-                        if let Some(chain) = self.chains.get_mut(&c.agent) {
-                            chain.head = chain.head.max(c.last);
-                        } else {
-                            self.refresh();
-                        }
-                    }
+                    Ok(c) => self.moved(&c.agent, c.last),
                     // Missed some: read every head again.
                     Err(broadcast::error::RecvError::Lagged(_)) => self.refresh(),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = refresh.tick() => self.refresh(),
+                _ = own_head.tick() => {
+                    let own = self.cfg.gateway.clone();
+                    match self.store.head(&own) {
+                        Ok(h) => self.moved(&own, h.seq),
+                        Err(e) => warn!(error = %e, "upstream: reading the own chain's head failed"),
+                    }
+                }
                 _ = cursors.tick() => self.write_cursors(),
                 () = tokio::time::sleep(wake) => {}
             }
+            self.timers_due();
             self.drive();
             self.clock_exchange();
             self.publish_status();
@@ -375,14 +394,45 @@ impl State {
     /// most a second away.
     fn next_wake(&self) -> Duration {
         let now = self.now();
-        self.chains
-            .values()
-            .filter_map(|c| c.uplink.poll_timeout())
+        self.timers
+            .first()
+            .map(|(at, _)| *at)
+            .into_iter()
             .chain(self.exchange.next_at)
             .map(|at| at.saturating_sub(now))
             .min()
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(1))
+    }
+
+    /// Chains whose timer is due become pending.
+    fn timers_due(&mut self) {
+        let now = self.now();
+        while let Some((at, _)) = self.timers.first()
+            && *at <= now
+        {
+            if let Some((_, agent)) = self.timers.pop_first() {
+                self.due.remove(&agent);
+                self.pending.insert(agent);
+            }
+        }
+    }
+
+    /// A chain's head reached `head` (a commit): it has more to send. A
+    /// chain not forwarded yet joins.
+    fn moved(&mut self, agent: &AgentId, head: Seq) {
+        match self.chains.get_mut(agent) {
+            Some(chain) if head > chain.head => {
+                chain.head = head;
+                self.pending.insert(agent.clone());
+            }
+            Some(_) => {}
+            None => match self.store.agent(agent) {
+                Ok(Some(record)) => self.join(agent.clone(), &record, head),
+                Ok(None) => {}
+                Err(e) => warn!(%agent, error = %e, "upstream: reading a record failed"),
+            },
+        }
     }
 
     /// Sends a clock request to the parent when one is due.
@@ -460,63 +510,70 @@ impl State {
                     continue;
                 }
             };
-            if let Some(chain) = self.chains.get_mut(&id) {
-                chain.head = chain.head.max(head);
-                continue;
+            if self.chains.contains_key(&id) {
+                self.moved(&id, head);
+            } else {
+                self.join(id, &record, head);
             }
-            if head == Seq::ZERO {
-                continue;
-            }
-            let Some(key) = record.key() else { continue };
-            if id == self.cfg.gateway && key != self.own_key {
-                warn!("upstream: the stored self record names another key; not forwarding it");
-                continue;
-            }
-            let best = match self.store.meta(&cursor_key(&id)) {
-                Ok(Some(bytes)) => match Receipt::decode(&bytes) {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        warn!(agent = %id, error = %e, "upstream cursor does not decode; starting from the parent's answer");
-                        None
-                    }
-                },
-                Ok(None) => None,
-                Err(e) => {
-                    warn!(agent = %id, error = %e, "upstream: reading a cursor failed");
-                    continue;
-                }
-            };
-            let oldest = self.store.oldest(&id).ok().flatten().unwrap_or(Seq(1));
-            let mut seed = [0u8; 8];
-            // Nonces must not repeat across restarts; without OS entropy
-            // the clock still differs.
-            if getrandom::fill(&mut seed).is_err() {
-                seed = baton_runtime::unix_ms().to_le_bytes();
-            }
-            let mut ucfg = UplinkConfig::new(
-                id.clone(),
-                key,
-                Some(self.cfg.upstream.key),
-                u64::from_le_bytes(seed),
-            );
-            ucfg.software = format!("baton-gateway {}", env!("CARGO_PKG_VERSION"));
-            ucfg.resend_timeout = self.cfg.resend_timeout;
-            // A chain the parent does not know yet (its vouch is still on
-            // the way in this gateway's own chain) is retried soon.
-            ucfg.backoff_max = Duration::from_secs(5);
-            let mut uplink = Uplink::new(ucfg, best);
-            if self.connected {
-                uplink.connected(self.origin.elapsed());
-            }
-            self.chains.insert(
-                id,
-                Chain {
-                    uplink,
-                    head,
-                    oldest,
-                },
-            );
         }
+    }
+
+    /// Starts forwarding chain `id` (held through `head`) from its durable
+    /// cursor.
+    fn join(&mut self, id: AgentId, record: &crate::store::AgentRecord, head: Seq) {
+        if head == Seq::ZERO {
+            return;
+        }
+        let Some(key) = record.key() else { return };
+        if id == self.cfg.gateway && key != self.own_key {
+            warn!("upstream: the stored self record names another key; not forwarding it");
+            return;
+        }
+        let best = match self.store.meta(&cursor_key(&id)) {
+            Ok(Some(bytes)) => match Receipt::decode(&bytes) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(agent = %id, error = %e, "upstream cursor does not decode; starting from the parent's answer");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                warn!(agent = %id, error = %e, "upstream: reading a cursor failed");
+                return;
+            }
+        };
+        let oldest = self.store.oldest(&id).ok().flatten().unwrap_or(Seq(1));
+        let mut seed = [0u8; 8];
+        // Nonces must not repeat across restarts; without OS entropy
+        // the clock still differs.
+        if getrandom::fill(&mut seed).is_err() {
+            seed = baton_runtime::unix_ms().to_le_bytes();
+        }
+        let mut ucfg = UplinkConfig::new(
+            id.clone(),
+            key,
+            Some(self.cfg.upstream.key),
+            u64::from_le_bytes(seed),
+        );
+        ucfg.software = format!("baton-gateway {}", env!("CARGO_PKG_VERSION"));
+        ucfg.resend_timeout = self.cfg.resend_timeout;
+        // A chain the parent does not know yet (its vouch is still on
+        // the way in this gateway's own chain) is retried soon.
+        ucfg.backoff_max = Duration::from_secs(5);
+        let mut uplink = Uplink::new(ucfg, best);
+        if self.connected {
+            uplink.connected(self.origin.elapsed());
+        }
+        self.pending.insert(id.clone());
+        self.chains.insert(
+            id,
+            Chain {
+                uplink,
+                head,
+                oldest,
+            },
+        );
     }
 
     fn event(&mut self, ev: Pumped) {
@@ -537,6 +594,7 @@ impl State {
                 for chain in self.chains.values_mut() {
                     chain.uplink.connected(now);
                 }
+                self.pending.extend(self.chains.keys().cloned());
                 let reply = topic::agent(&self.cfg.cluster, &self.cfg.gateway, Kind::TimeReply);
                 if let Err(e) = self.client.try_subscribe(&reply, QoS::AtMostOnce) {
                     warn!(filter = %reply, error = %e, "upstream subscribe failed");
@@ -555,6 +613,7 @@ impl State {
                 for chain in self.chains.values_mut() {
                     chain.uplink.disconnected(now);
                 }
+                self.pending.extend(self.chains.keys().cloned());
             }
             Pumped::Message { topic, payload } => self.message(now, &topic, &payload),
         }
@@ -587,6 +646,7 @@ impl State {
             return;
         };
         let ledger = StoreLedger::new(&self.store, &agent, chain.head, chain.oldest);
+        self.pending.insert(agent.clone());
         match t.kind {
             Some(Kind::Ack) => match Receipt::decode(payload) {
                 Ok(r) if r.agent == agent => {
@@ -609,13 +669,17 @@ impl State {
         }
     }
 
-    /// Carries out what every uplink asks for until none asks more.
+    /// Carries out what every pending uplink asks for until none asks
+    /// more, and sets its next timer.
     fn drive(&mut self) {
         let now = self.now();
         let cluster = &self.cfg.cluster;
         let topic = |agent: &AgentId, kind: Kind| topic::agent(cluster, agent, kind);
         let mut alerts = Vec::new();
-        for (agent, chain) in &mut self.chains {
+        for agent in &self.pending {
+            let Some(chain) = self.chains.get_mut(agent) else {
+                continue;
+            };
             let ledger = StoreLedger::new(&self.store, agent, chain.head, chain.oldest);
             while let Some(out) = chain.uplink.poll(now, &ledger) {
                 match out {
@@ -681,6 +745,16 @@ impl State {
                     }
                 }
             }
+            let next = chain.uplink.poll_timeout();
+            if self.due.get(agent).copied() != next {
+                if let Some(old) = self.due.remove(agent) {
+                    self.timers.remove(&(old, agent.clone()));
+                }
+                if let Some(at) = next {
+                    self.due.insert(agent.clone(), at);
+                    self.timers.insert((at, agent.clone()));
+                }
+            }
         }
         for (chain, kind, text) in alerts {
             self.alert(chain, kind, text);
@@ -725,13 +799,17 @@ impl State {
         }
     }
 
-    fn publish_status(&self) {
+    /// Publishes the state of the chains polled since the last time.
+    fn publish_status(&mut self) {
         let mut st = lock(&self.status);
         st.connected = self.connected;
         st.clock_synced = self.cfg.clock.synced();
         st.clock_offset_ms = (self.exchange.samples > 0).then(|| self.cfg.clock.offset_ms());
-        for (id, c) in &self.chains {
-            let s = st.chains.entry(id.clone()).or_default();
+        for id in std::mem::take(&mut self.pending) {
+            let Some(c) = self.chains.get(&id) else {
+                continue;
+            };
+            let s = st.chains.entry(id).or_default();
             s.held = c.head.0;
             s.receipted = c.uplink.acked().0;
             s.in_flight = c.uplink.in_flight();
