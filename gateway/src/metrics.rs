@@ -151,6 +151,9 @@ pub struct Metrics {
     pub upstream_batches: AtomicU64,
     pub upstream_receipted: AtomicU64,
     pub upstream_alerts: AtomicU64,
+    /// Upstream messages (hellos, batches) dropped on a full publish
+    /// queue; each is sent again when its chain's resend timer runs out.
+    pub upstream_dropped: AtomicU64,
     /// Entries of the gateway's own chain that could not be built (and
     /// so were not signed).
     pub own_entries_refused: AtomicU64,
@@ -315,6 +318,12 @@ impl Metrics {
             "baton_upstream_alerts_total",
             "Forwarder alerts (bad receipts, rejects, a parent ahead of this gateway).",
             &self.upstream_alerts,
+        );
+        counter(
+            &mut out,
+            "baton_upstream_dropped_total",
+            "Upstream hellos and batches dropped on a full publish queue (sent again after the resend timeout).",
+            &self.upstream_dropped,
         );
         counter(
             &mut out,

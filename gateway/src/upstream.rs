@@ -239,7 +239,10 @@ pub fn spawn(
     .context("upstream connection settings")?;
     let own_key = own_key.public();
     opts.set_inflight(1000);
-    let (client, mut eventloop) = AsyncClient::new(opts, 4096);
+    // Room for a hello of every chain at once (a connect hellos them
+    // all): a publish that finds the queue full is dropped and waits a
+    // whole resend timeout. The same depth as the ingest's client.
+    let (client, mut eventloop) = AsyncClient::new(opts, 65_536);
     eventloop.set_network_options(baton_runtime::mqtt::network_options());
     let status = Arc::new(Mutex::new(UpstreamStatus {
         parent: format!("{}:{}", up.host, up.port),
@@ -277,6 +280,7 @@ pub fn spawn(
         origin: Instant::now(),
         dirty_cursors: BTreeMap::new(),
         pending: BTreeSet::new(),
+        unvouched: BTreeSet::new(),
         timers: BTreeSet::new(),
         due: HashMap::new(),
         connected: false,
@@ -302,6 +306,9 @@ struct Chain {
     /// Highest durable seq held here (from the store, then from commits).
     head: Seq,
     oldest: Seq,
+    /// The gateway's own chain through this seq holds the chain's vouch
+    /// (its `enroll`): the chain waits until the parent has receipted it.
+    vouch_in: Seq,
 }
 
 struct State {
@@ -319,6 +326,11 @@ struct State {
     /// Every chain's next timer, in order, and by chain.
     timers: BTreeSet<(Duration, AgentId)>,
     due: HashMap<AgentId, Duration>,
+    /// Chains waiting for the parent to receipt the own chain through
+    /// their vouch: a chain the parent does not know yet would be refused
+    /// and hello again and again — at tens of thousands of chains, a storm
+    /// of hellos and refusals that buries the own chain's own traffic.
+    unvouched: BTreeSet<(Seq, AgentId)>,
     /// Best receipts not yet written.
     dirty_cursors: BTreeMap<AgentId, Receipt>,
     connected: bool,
@@ -403,6 +415,25 @@ impl State {
             .min()
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(1))
+    }
+
+    /// How far the parent holds the own chain (every vouch in it is known
+    /// there); with no own chain to forward, every vouch counts as known.
+    fn vouched_through(&self) -> Seq {
+        self.chains
+            .get(&self.cfg.gateway)
+            .map_or(Seq(u64::MAX), |c| c.uplink.acked())
+    }
+
+    /// Chains whose vouch the parent now holds go.
+    fn release_vouched(&mut self, through: Seq) {
+        while let Some((seq, _)) = self.unvouched.first()
+            && *seq <= through
+        {
+            if let Some((_, agent)) = self.unvouched.pop_first() {
+                self.pending.insert(agent);
+            }
+        }
     }
 
     /// Chains whose timer is due become pending.
@@ -544,6 +575,18 @@ impl State {
             }
         };
         let oldest = self.store.oldest(&id).ok().flatten().unwrap_or(Seq(1));
+        // the own chain as stored now holds every vouch made so far
+        let vouch_in = if id == self.cfg.gateway {
+            Seq::ZERO
+        } else {
+            match self.store.head(&self.cfg.gateway) {
+                Ok(h) => h.seq,
+                Err(e) => {
+                    warn!(error = %e, "upstream: reading the own chain's head failed");
+                    return;
+                }
+            }
+        };
         let mut seed = [0u8; 8];
         // Nonces must not repeat across restarts; without OS entropy
         // the clock still differs.
@@ -572,6 +615,7 @@ impl State {
                 uplink,
                 head,
                 oldest,
+                vouch_in,
             },
         );
     }
@@ -656,6 +700,9 @@ impl State {
                     self.metrics
                         .upstream_receipted
                         .fetch_add(after.0.saturating_sub(before.0), Ordering::Relaxed);
+                    if agent == self.cfg.gateway {
+                        self.release_vouched(after);
+                    }
                 }
                 _ => {
                     warn!(%agent, "upstream: a receipt that does not decode or names another chain")
@@ -676,20 +723,37 @@ impl State {
         let cluster = &self.cfg.cluster;
         let topic = |agent: &AgentId, kind: Kind| topic::agent(cluster, agent, kind);
         let mut alerts = Vec::new();
-        for agent in &self.pending {
+        let mut dropped = 0;
+        // the gateway's own chain first: it carries the vouches the parent
+        // needs before it takes the other chains
+        let own = self.pending.get(&self.cfg.gateway);
+        let rest = self.pending.iter().filter(|a| **a != self.cfg.gateway);
+        let vouched = self.vouched_through();
+        for agent in own.into_iter().chain(rest) {
             let Some(chain) = self.chains.get_mut(agent) else {
                 continue;
             };
+            if chain.vouch_in > vouched {
+                self.unvouched.insert((chain.vouch_in, agent.clone()));
+                continue;
+            }
             let ledger = StoreLedger::new(&self.store, agent, chain.head, chain.oldest);
             while let Some(out) = chain.uplink.poll(now, &ledger) {
                 match out {
                     Output::Hello(h) => {
-                        let _ = self.client.try_publish(
-                            topic(agent, Kind::Hello),
-                            QoS::AtLeastOnce,
-                            false,
-                            h.encode(),
-                        );
+                        // a full queue drops it; the resend timer asks again
+                        if self
+                            .client
+                            .try_publish(
+                                topic(agent, Kind::Hello),
+                                QoS::AtLeastOnce,
+                                false,
+                                h.encode(),
+                            )
+                            .is_err()
+                        {
+                            dropped += 1;
+                        }
                     }
                     Output::Batch { from, to, proof } => match ledger.entries(from, to) {
                         Ok(entries) => {
@@ -700,12 +764,18 @@ impl State {
                             };
                             self.metrics.upstream_batches.fetch_add(1, Ordering::Relaxed);
                             // A full queue drops it; the resend timer asks again.
-                            let _ = self.client.try_publish(
-                                topic(agent, Kind::Entries),
-                                QoS::AtLeastOnce,
-                                false,
-                                batch.encode(),
-                            );
+                            if self
+                                .client
+                                .try_publish(
+                                    topic(agent, Kind::Entries),
+                                    QoS::AtLeastOnce,
+                                    false,
+                                    batch.encode(),
+                                )
+                                .is_err()
+                            {
+                                dropped += 1;
+                            }
                         }
                         Err(e) => alerts.push((
                             agent.clone(),
@@ -755,6 +825,11 @@ impl State {
                     self.timers.insert((at, agent.clone()));
                 }
             }
+        }
+        if dropped > 0 {
+            self.metrics
+                .upstream_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
         }
         for (chain, kind, text) in alerts {
             self.alert(chain, kind, text);

@@ -16,7 +16,7 @@ use baton_shared::json::{self, Mode, Value};
 use baton_shared::verify::verify_text;
 use baton_shared::{AgentId, PublicKey};
 use baton_tests::daemons::{Agent, GatewayProc, Role, Via, agent_key, free_port, gateway_key};
-use baton_tests::http::{gateway_chain, get, lines, post};
+use baton_tests::http::{gateway_chain, get, lines, metric, post};
 use baton_tests::proxy::Proxy;
 use baton_tests::{agent_chain, eventually};
 
@@ -763,4 +763,57 @@ async fn a_parents_view_of_a_child_follows_its_changes_not_its_interval() {
     for a in agents {
         a.stop().await;
     }
+}
+
+/// Regression (issue 17): at a reconnect every chain of a child said hello
+/// at once, the child's own chain among them; a chain whose vouch (its
+/// `enroll` in the child's own chain) the parent did not hold yet was
+/// refused as unknown and said hello again and again — at 15,000 chains a
+/// storm of hellos and refusals that starved the own chain itself. A
+/// chain now waits until the parent has receipted the own chain through
+/// its vouch: an agent enrolled while the link was cut reaches the parent
+/// with no refusal at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_enrolled_while_cut_off_waits_for_its_vouch_and_is_never_refused() {
+    let mut t = three_tiers(Via::Embedded(local(free_port()))).await;
+    t.append_all(0, 5).await;
+    assert!(t.top_holds_all(Duration::from_secs(90)).await);
+    t.proxies[0].cut();
+    // a new agent at c1 while c1 cannot reach the sector
+    let id = "c1-pi-new";
+    let adir = t.root.join(id);
+    let key = agent_key(&adir);
+    let body = format!("{{\"agent\":\"{id}\",\"public_key\":\"{}\"}}", key.to_hex());
+    let (status, answer) = post(t.clusters[0].http, "/api/v1/enroll", body.as_bytes()).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let extra = baton_agent::RawConfig {
+        cluster: Some("c1".into()),
+        ..Default::default()
+    };
+    let a = Agent::start_with(
+        id,
+        &adir,
+        Some(t.clusters[0].via.broker()),
+        Some(t.clusters[0].key),
+        extra,
+    )
+    .await;
+    assert_eq!(a.append(0, 20).await.len(), 20);
+    assert!(eventually(Duration::from_secs(60), || a.receipted() == a.head()).await);
+    let refused = "baton_bad_input_total{kind=\"unknown_agent\"}";
+    let before = metric(t.sector.http, refused);
+    t.proxies[0].heal();
+    assert!(
+        eventually(Duration::from_secs(90), || held(t.sector.http, id)
+            == a.head())
+        .await,
+        "the sector holds the new agent's chain"
+    );
+    assert_eq!(
+        metric(t.sector.http, refused),
+        before,
+        "no chain was refused as unknown at the reconnect"
+    );
+    t.agents.push((a, adir, key, 0));
+    t.assert_top_equals_agents().await;
 }
