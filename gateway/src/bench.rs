@@ -315,7 +315,9 @@ pub(crate) fn spawn_gateway(
             a
         }
     };
-    let child = ChildGuard(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    // its log beside its store, for reading when a run goes wrong
+    let log = std::fs::File::create(dir.join("gateway.log"))?;
+    let child = ChildGuard(cmd.stdout(Stdio::null()).stderr(log).spawn()?);
     wait_serving(http)?;
     wait_listening(broker)?;
     Ok(GatewayChild {

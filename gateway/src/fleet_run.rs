@@ -1,6 +1,6 @@
 //! `baton-gateway simulate`: a whole fleet on this box — a top, sectors,
-//! cluster gateways (each on its own Mosquitto, the production broker, or
-//! on its embedded one) and simulated agents (`sim-agents` processes,
+//! cluster gateways (every gateway on its own Mosquitto, the production
+//! broker, or all on their embedded ones) and simulated agents (`sim-agents` processes,
 //! [`crate::fleet_sim`]) — for a shape given on the command line; it waits
 //! until every agent is active at the top, measures for a fixed time,
 //! sends one command to every agent, lets one agent die, stops the
@@ -49,7 +49,7 @@ pub struct FleetArgs {
     pub rate: f64,
     /// The measuring window, once every agent is active at the top.
     pub window: Duration,
-    /// Clusters on their embedded brokers instead of Mosquitto.
+    /// Every gateway on its embedded broker instead of its own Mosquitto.
     pub embedded: bool,
     /// Simulated agents per `sim-agents` process (each connection is a
     /// file descriptor: at most 20,000 a process here).
@@ -170,8 +170,8 @@ fn start_node(exe: &Path, root: &Path, spec: &Spec<'_>) -> anyhow::Result<Node> 
         ]);
     }
     let (broker, external) = if mosquitto {
-        let (guard, addr) =
-            start_mosquitto(agents.len())?.context("mosquitto is not installed (or --embedded)")?;
+        let (guard, addr) = start_mosquitto(agents.len().max(children))?
+            .context("mosquitto is not installed (or --embedded)")?;
         (Some(guard), Some(addr))
     } else {
         (None, None)
@@ -371,7 +371,7 @@ pub async fn run(exe: &Path, a: &FleetArgs) -> anyhow::Result<FleetReport> {
             name: "top",
             parent: None,
             agents: &[],
-            mosquitto: false,
+            mosquitto: !a.embedded,
             children: top_children,
             flags: &[],
         },
@@ -385,7 +385,7 @@ pub async fn run(exe: &Path, a: &FleetArgs) -> anyhow::Result<FleetReport> {
                 name: &format!("s{s}"),
                 parent: Some(&top),
                 agents: &[],
-                mosquitto: false,
+                mosquitto: !a.embedded,
                 children: a.clusters.div_ceil(a.sectors),
                 flags: &[],
             },
@@ -472,6 +472,8 @@ pub async fn run(exe: &Path, a: &FleetArgs) -> anyhow::Result<FleetReport> {
         "mosquitto",
         clusters
             .iter()
+            .chain(&sectors)
+            .chain(std::iter::once(&top))
             .filter_map(|c| c.broker.as_ref().map(|b| b.0.id()))
             .collect(),
     ));

@@ -189,6 +189,15 @@ async fn agent(i: usize, cluster: &SimCluster, args: &SimArgs) -> anyhow::Result
                 *taken = Taken::Answered(e);
             }
         }
+        // what the uplink asks for now: appends just made go out at once,
+        // not with the next event
+        link.drain(
+            origin.elapsed(),
+            &cluster.name,
+            &mut uplink,
+            &mut ledger,
+            &mut alerts,
+        )?;
         let receipted = uplink.best().map_or(Seq::ZERO, |r| r.seq);
         ledger.prune_through(receipted);
         let answering = commands.values().any(|(t, _)| matches!(t, Taken::Due(_)));
@@ -249,13 +258,6 @@ async fn agent(i: usize, cluster: &SimCluster, args: &SimArgs) -> anyhow::Result
             }
             () = tokio::time::sleep_until(wake) => {}
         }
-        link.drain(
-            origin.elapsed(),
-            &cluster.name,
-            &mut uplink,
-            &mut ledger,
-            &mut alerts,
-        )?;
     }
 }
 

@@ -100,7 +100,7 @@ pub enum Tool {
         /// The measuring window, once every agent is active at the top.
         #[arg(long, default_value = "60s")]
         window: String,
-        /// The clusters on their embedded brokers instead of Mosquitto.
+        /// Every gateway on its embedded broker instead of its own Mosquitto.
         #[arg(long)]
         embedded: bool,
         /// Simulated agents per process (each holds one connection, one
