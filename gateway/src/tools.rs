@@ -241,6 +241,16 @@ pub fn run(tool: Tool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
             let exe = std::env::current_exe().context("locating this binary")?;
             let window = humantime::parse_duration(&window)
                 .with_context(|| format!("--window {window:?}"))?;
+            // inherited by every process started: a sim-agents process
+            // holds a connection per agent, a cluster's Mosquitto one per
+            // agent of the cluster
+            let fds = baton_runtime::proc::raise_fd_limit();
+            let widest = (per_process.max(1)).max(agents.div_ceil(clusters.max(1))) as u64;
+            anyhow::ensure!(
+                widest + 64 <= fds,
+                "{widest} connections in one process (--per-process, or --agents / --clusters) \
+                 but a process may open only {fds} files here (`ulimit -n`): lower them"
+            );
             let args = crate::fleet_run::FleetArgs {
                 agents,
                 clusters,
@@ -287,6 +297,8 @@ pub fn run(tool: Tool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
             let drain =
                 humantime::parse_duration(&drain).with_context(|| format!("--drain {drain:?}"))?;
             let (tx, stop) = tokio::sync::watch::channel(false);
+            // a connection per simulated agent
+            baton_runtime::proc::raise_fd_limit();
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
             let ends = rt.block_on(async move {
                 if let Some(d) = run_for {
