@@ -534,7 +534,15 @@ pub async fn run(exe: &Path, a: &FleetArgs) -> anyhow::Result<FleetReport> {
     eprintln!("simulate: window done; a command to every agent");
     command_all(&top, &clusters, n, &mut report).await?;
 
-    // one agent dies: its process SIGKILLed
+    // one agent dies: its process SIGKILLed. Counted from every agent
+    // active again (the command's burst may have left one late), so the
+    // one fewer is the one killed.
+    let settled = until(Duration::from_secs(120), "every agent active again", || {
+        let got = num(&http_json(top.gw.http, "/api/v1/status")?, "active");
+        Ok((got < n as f64).then(|| format!("{got} of {n} active")))
+    })
+    .await;
+    seconds(settled, &mut report.problems);
     drop(sims.remove(0));
     let offline = until(
         Duration::from_secs(300),
@@ -709,7 +717,10 @@ async fn command_all(
         errors.clear();
         let mut answered = 0.0;
         for g in clusters {
-            let v = http_json(g.gw.http, &format!("/api/v1/commands/{hash}"))?;
+            // a cluster the command never reached has none in hand
+            let Ok(v) = http_json(g.gw.http, &format!("/api/v1/commands/{hash}")) else {
+                continue;
+            };
             answered += num(&v, "ready") + num(&v, "conflict");
             if let Some(Value::Array(agents)) = field(&v, "agents") {
                 errors.extend(
