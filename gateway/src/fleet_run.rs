@@ -54,6 +54,8 @@ pub struct FleetArgs {
     /// Simulated agents per `sim-agents` process (each connection is a
     /// file descriptor: at most 20,000 a process here).
     pub per_process: usize,
+    /// Each simulated agent's clock off within ± this.
+    pub clock_skew: Duration,
     /// Fail unless every check holds (the reduced run in CI).
     pub check: bool,
 }
@@ -206,12 +208,14 @@ fn start_sims(
     clusters: &[(String, SocketAddr, baton_shared::PublicKey)],
     top: &baton_shared::PublicKey,
     rate: f64,
+    clock_skew: Duration,
 ) -> anyhow::Result<Sims> {
     let mut cmd = Command::new(exe);
     cmd.arg("sim-agents")
         .args(["--first", &agents.start.to_string()])
         .args(["--count", &agents.len().to_string()])
         .args(["--rate", &rate.to_string()])
+        .args(["--clock-skew", &format!("{}ms", clock_skew.as_millis())])
         .args(["--issuer-key", &top.to_hex()]);
     for (name, addr, key) in clusters {
         cmd.arg("--cluster")
@@ -433,7 +437,14 @@ pub async fn run(exe: &Path, a: &FleetArgs) -> anyhow::Result<FleetReport> {
         .collect();
     // agent 0 alone in a process of its own: the one killed
     let started = Instant::now();
-    let mut sims = vec![start_sims(exe, 0..1, &targets, &top.key, a.rate)?];
+    let mut sims = vec![start_sims(
+        exe,
+        0..1,
+        &targets,
+        &top.key,
+        a.rate,
+        a.clock_skew,
+    )?];
     let mut first = 1;
     while first < n {
         let count = a.per_process.min(n - first);
@@ -443,6 +454,7 @@ pub async fn run(exe: &Path, a: &FleetArgs) -> anyhow::Result<FleetReport> {
             &targets,
             &top.key,
             a.rate,
+            a.clock_skew,
         )?);
         first += count;
     }

@@ -12,8 +12,13 @@
 //! after its class's one-way latency and processing (±10%) answered READY
 //! with a signed `command_ack` entry of its chain on `cmd/reply`. A
 //! delivery it holds already is answered again from its records, never
-//! run twice. Its corrected clock is taken as synced (the simulation runs
-//! on one box; the clock exchange itself is not simulated).
+//! run twice. Its clock is the box's off by an injected skew (uniform
+//! within ±`clock_skew`), corrected by the clock exchange with its gateway
+//! as an agent runs it (PROTOCOL §7: a signed reply checked under the
+//! gateway's key, the lowest-RTT sample of two minutes); it stamps entries,
+//! commands and answers in that corrected time (a `MemLedger` entry has no
+//! `clock` field to carry the offset) and reports the offset in its
+//! heartbeats.
 //!
 //! Told to stop, an agent stops appending, waits (at most `drain`) until
 //! its gateway's receipts cover its head, and the process prints one JSON
@@ -23,12 +28,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use baton_shared::clock::ClockFilter;
 use baton_shared::command::{self, Answer, State};
 use baton_shared::json::Value;
 use baton_shared::memory::MemLedger;
 use baton_shared::topic::{self, Kind};
 use baton_shared::uplink::{Ledger, Uplink, UplinkConfig};
-use baton_shared::wire::{CommandDelivery, CommandReply, Message};
+use baton_shared::wire::{
+    ClockEstimate, CommandDelivery, CommandReply, Message, TimeReply, TimeRequest,
+};
 use baton_shared::{AgentId, Hash, PublicKey, Seq};
 use rumqttc::QoS;
 use tokio::time::Instant;
@@ -60,6 +68,72 @@ pub struct SimArgs {
     pub stop: tokio::sync::watch::Receiver<bool>,
     /// After the stop, how long an agent waits for its last receipt.
     pub drain: Duration,
+    /// Each agent's clock is off by a uniform amount within ± this.
+    pub clock_skew: Duration,
+}
+
+/// A simulated agent's clock: the box's, off by `skew_ms`, corrected by
+/// the exchange with its gateway.
+struct SimClock {
+    skew_ms: i64,
+    filter: ClockFilter,
+    ids: baton_shared::backoff::SplitMix64,
+    samples: u32,
+    next: Instant,
+}
+
+/// As the agent: a request a second until three samples are in, then one
+/// every ten seconds.
+const CLOCK_FIRST: u32 = 3;
+const CLOCK_EVERY: Duration = Duration::from_secs(10);
+
+impl SimClock {
+    fn local_ms(&self) -> i64 {
+        baton_runtime::unix_ms() + self.skew_ms
+    }
+
+    /// The gateway's time as this agent has it (its own before a sample).
+    fn corrected_ms(&self, now: Duration) -> i64 {
+        self.local_ms() + self.filter.best(now).map_or(0, |s| s.offset_ms)
+    }
+
+    fn estimate(&self, now: Duration) -> Option<ClockEstimate> {
+        self.filter.best(now).map(|s| ClockEstimate {
+            offset_ms: s.offset_ms,
+            rtt_ms: s.rtt_ms,
+            synced: true,
+        })
+    }
+
+    /// The next request; schedules the one after.
+    fn request(&mut self, now: Duration, agent: &AgentId) -> TimeRequest {
+        let id = self.ids.next_u64().to_le_bytes();
+        let t0 = self.local_ms();
+        self.filter.requested(now, id, t0);
+        self.next = Instant::now()
+            + if self.samples < CLOCK_FIRST {
+                Duration::from_secs(1)
+            } else {
+                CLOCK_EVERY
+            };
+        TimeRequest {
+            agent: agent.clone(),
+            id,
+            t0,
+        }
+    }
+
+    /// A reply: counted only under the gateway's key and for this agent.
+    fn reply(&mut self, now: Duration, payload: &[u8], agent: &AgentId, key: &PublicKey) {
+        let t3 = self.local_ms();
+        if let Ok(r) = TimeReply::decode(payload)
+            && r.agent == *agent
+            && r.verify(key)
+            && self.filter.replied(now, &r, t3).is_ok()
+        {
+            self.samples += 1;
+        }
+    }
 }
 
 /// How one simulated agent ended.
@@ -110,6 +184,7 @@ enum Taken {
 async fn agent(i: usize, cluster: &SimCluster, args: &SimArgs) -> anyhow::Result<SimEnd> {
     let agent = AgentId::new(sim_name(i))?;
     let mut ledger = MemLedger::genesis(agent.clone(), sim_key(i), baton_runtime::unix_ms(), 64)?;
+    // (genesis in the box's time: before the first clock sample)
     let mut link = Link::connect(cluster.broker, &ledger)?;
     let mut cfg = UplinkConfig::new(
         agent.clone(),
@@ -124,8 +199,18 @@ async fn agent(i: usize, cluster: &SimCluster, args: &SimArgs) -> anyhow::Result
     let cmd_t = topic::agent(&cluster.name, &agent, Kind::Cmd);
     let reply_t = topic::agent(&cluster.name, &agent, Kind::CmdReply);
     let hb_t = topic::agent(&cluster.name, &agent, Kind::Hb);
+    let time_t = topic::agent(&cluster.name, &agent, Kind::Time);
+    let time_reply_t = topic::agent(&cluster.name, &agent, Kind::TimeReply);
     let mut rng = Rng(i as u64 ^ 0x51u64);
     let origin = Instant::now();
+    #[allow(clippy::cast_possible_truncation)]
+    let mut clock = SimClock {
+        skew_ms: (args.clock_skew.as_secs_f64() * 1000.0 * (2.0 * rng.unit() - 1.0)).round() as i64,
+        filter: ClockFilter::new(Duration::from_secs(120)),
+        ids: baton_shared::backoff::SplitMix64::new(i as u64 ^ 0xc10c),
+        samples: 0,
+        next: origin,
+    };
     let mut stop = args.stop.clone();
     // far off until told to stop
     let mut stop_appending = origin + Duration::from_secs(365 * 24 * 3600);
@@ -143,13 +228,21 @@ async fn agent(i: usize, cluster: &SimCluster, args: &SimArgs) -> anyhow::Result
     let mut subscribed = false;
     loop {
         let now = Instant::now();
+        let mono = origin.elapsed();
         while now >= next_append && now < stop_appending {
             let n = ledger.head().0;
-            ledger.append(baton_runtime::unix_ms(), "info", None, Value::from(n))?;
+            ledger.append(clock.corrected_ms(mono), "info", None, Value::from(n))?;
             next_append += every;
         }
+        if subscribed && now >= clock.next {
+            let req = clock.request(mono, &agent);
+            let _ = link
+                .client
+                .try_publish(&time_t, QoS::AtMostOnce, false, req.encode());
+        }
         if now >= next_beat {
-            let mut hb = heartbeat(&agent, baton_runtime::unix_ms());
+            let mut hb = heartbeat(&agent, clock.corrected_ms(mono));
+            hb.clock = clock.estimate(mono);
             #[allow(clippy::cast_possible_truncation)]
             {
                 hb.impedance.latency_p50_ms = rtt as f32;
@@ -170,13 +263,9 @@ async fn agent(i: usize, cluster: &SimCluster, args: &SimArgs) -> anyhow::Result
             if let Taken::Due(at) = taken
                 && now >= *at
             {
-                answer.ready_ms = Some(baton_runtime::unix_ms());
-                ledger.append(
-                    baton_runtime::unix_ms(),
-                    "command_ack",
-                    None,
-                    answer.to_data(),
-                )?;
+                let at = clock.corrected_ms(mono);
+                answer.ready_ms = Some(at);
+                ledger.append(at, "command_ack", None, answer.to_data())?;
                 ledger.sign_head();
                 let e = newest(&ledger)?;
                 let reply = CommandReply {
@@ -212,7 +301,8 @@ async fn agent(i: usize, cluster: &SimCluster, args: &SimArgs) -> anyhow::Result
             .poll_timeout()
             .map_or(give_up, |t| origin + t)
             .min(give_up)
-            .min(next_beat);
+            .min(next_beat)
+            .min(clock.next);
         if next_append < stop_appending {
             wake = wake.min(next_append);
         }
@@ -229,7 +319,11 @@ async fn agent(i: usize, cluster: &SimCluster, args: &SimArgs) -> anyhow::Result
                 );
                 let other = link.take(origin.elapsed(), event, &cluster.name, &mut uplink, &ledger)?;
                 if connected || !subscribed {
-                    subscribed = link.client.try_subscribe(&cmd_t, QoS::AtLeastOnce).is_ok();
+                    subscribed = link.client.try_subscribe(&cmd_t, QoS::AtLeastOnce).is_ok()
+                        && link.client.try_subscribe(&time_reply_t, QoS::AtMostOnce).is_ok();
+                }
+                if let Some(p) = other.as_ref().filter(|p| p.topic == time_reply_t) {
+                    clock.reply(origin.elapsed(), &p.payload, &agent, &cluster.gateway_key);
                 }
                 if let Some(p) = other.filter(|p| p.topic == cmd_t) {
                     let delay = rng.around(rtt / 2.0, JITTER) + rng.around(processing, JITTER);
@@ -237,9 +331,12 @@ async fn agent(i: usize, cluster: &SimCluster, args: &SimArgs) -> anyhow::Result
                         &p.payload,
                         cluster,
                         args,
+                        (
+                            clock.corrected_ms(origin.elapsed()),
+                            Duration::from_secs_f64(delay / 1000.0),
+                        ),
                         &mut ledger,
                         &mut commands,
-                        Duration::from_secs_f64(delay / 1000.0),
                         |e| {
                             let reply = CommandReply { agent: agent.clone(), entry: e };
                             let _ = link.client.try_publish(
@@ -264,14 +361,15 @@ async fn agent(i: usize, cluster: &SimCluster, args: &SimArgs) -> anyhow::Result
 /// A delivery, as the agent takes it: refused (dropped) unless it checks
 /// out; known by hash → the recorded answer again; new → recorded as a
 /// `command` entry and admitted: a conflict answered at once, else READY
-/// due after `delay`.
+/// due after `delay`. `received` is (the delivery's arrival in the
+/// agent's corrected time, its delay to READY).
 fn take_delivery(
     payload: &[u8],
     cluster: &SimCluster,
     args: &SimArgs,
+    (received_ms, delay): (i64, Duration),
     ledger: &mut MemLedger,
     commands: &mut HashMap<Hash, (Taken, Answer)>,
-    delay: Duration,
     publish: impl Fn(baton_shared::Entry),
 ) -> anyhow::Result<()> {
     let Ok(d) = CommandDelivery::decode(payload) else {
@@ -291,7 +389,6 @@ fn take_delivery(
         }
         return Ok(());
     }
-    let received_ms = baton_runtime::unix_ms();
     let data = command::command_data(
         &c,
         &d.origin_sig,
@@ -329,4 +426,51 @@ fn newest(ledger: &MemLedger) -> anyhow::Result<baton_shared::Entry> {
         .range(head, head)
         .pop()
         .ok_or_else(|| anyhow::anyhow!("{}: entry {head} is not held", ledger.agent()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn clock(skew_ms: i64) -> SimClock {
+        SimClock {
+            skew_ms,
+            filter: ClockFilter::new(Duration::from_secs(120)),
+            ids: baton_shared::backoff::SplitMix64::new(7),
+            samples: 0,
+            next: Instant::now(),
+        }
+    }
+
+    /// The gateway's answer to `req`, taken at the box's true time.
+    fn answer(key: &baton_shared::SecretKey, req: &TimeRequest) -> Vec<u8> {
+        let gw = AgentId::new("gw-c0").unwrap();
+        let t = baton_runtime::unix_ms();
+        TimeReply::sign(key, &gw, req, t, t).encode()
+    }
+
+    #[test]
+    fn a_skewed_clock_is_corrected_by_its_gateways_signed_reply_only() {
+        let agent = AgentId::new("sim-1").unwrap();
+        let gateway = sim_key(1_000_001);
+        let forger = sim_key(1_000_002);
+        let mut c = clock(900);
+        let now = Duration::from_secs(1);
+        assert!((c.corrected_ms(now) - baton_runtime::unix_ms() - 900).abs() < 50);
+
+        // a reply under another key changes nothing
+        let req = c.request(now, &agent);
+        c.reply(now, &answer(&forger, &req), &agent, &gateway.public());
+        assert_eq!(c.samples, 0);
+        assert!(c.estimate(now).is_none());
+
+        // the gateway's own: the offset is the skew, the time corrected
+        let req = c.request(now, &agent);
+        c.reply(now, &answer(&gateway, &req), &agent, &gateway.public());
+        assert_eq!(c.samples, 1);
+        let e = c.estimate(now).unwrap();
+        assert!((e.offset_ms + 900).abs() < 50, "offset {}", e.offset_ms);
+        assert!((c.corrected_ms(now) - baton_runtime::unix_ms()).abs() < 50);
+    }
 }

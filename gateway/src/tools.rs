@@ -107,9 +107,13 @@ pub enum Tool {
         /// file descriptor, per agent).
         #[arg(long, default_value_t = 7500)]
         per_process: usize,
-        /// Exit non-zero unless every agent was active at the top, the
-        /// command reached every agent on time and the top holds every
-        /// chain to its head.
+        /// Each simulated agent's clock is off by a uniform amount within
+        /// ± this (its clock exchange with its gateway corrects it).
+        #[arg(long, default_value = "1s")]
+        clock_skew: String,
+        /// Exit non-zero unless every agent was active at the top, every
+        /// agent answered the command, the top holds every chain to its
+        /// head and its store verifies.
         #[arg(long)]
         check: bool,
     },
@@ -136,6 +140,9 @@ pub enum Tool {
         /// After the stop, how long to wait for the last receipts.
         #[arg(long, default_value = "120s")]
         drain: String,
+        /// Each agent's clock is off by a uniform amount within ± this.
+        #[arg(long, default_value = "1s")]
+        clock_skew: String,
     },
 }
 
@@ -236,6 +243,7 @@ pub fn run(tool: Tool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
             window,
             embedded,
             per_process,
+            clock_skew,
             check,
         } => {
             let exe = std::env::current_exe().context("locating this binary")?;
@@ -259,6 +267,8 @@ pub fn run(tool: Tool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
                 window,
                 embedded,
                 per_process: per_process.max(1),
+                clock_skew: humantime::parse_duration(&clock_skew)
+                    .with_context(|| format!("--clock-skew {clock_skew:?}"))?,
                 check,
             };
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
@@ -279,6 +289,7 @@ pub fn run(tool: Tool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
             rate,
             run_for,
             drain,
+            clock_skew,
         } => {
             let clusters = clusters
                 .iter()
@@ -321,6 +332,8 @@ pub fn run(tool: Tool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
                     rate,
                     stop,
                     drain,
+                    clock_skew: humantime::parse_duration(&clock_skew)
+                        .with_context(|| format!("--clock-skew {clock_skew:?}"))?,
                 })
                 .await
             })?;
