@@ -270,6 +270,19 @@ fn start_sim(
     }))
 }
 
+/// The absolute prediction errors (ms) of the agents in a cluster's view
+/// of a command (`/api/v1/commands/{hash}`).
+pub(crate) fn prediction_errors(view: &Value) -> Vec<f64> {
+    match field(view, "agents") {
+        Some(Value::Array(agents)) => agents
+            .iter()
+            .filter_map(|a| field(a, "prediction_error_ms")?.as_f64())
+            .map(f64::abs)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -540,14 +553,7 @@ async fn one_size(
             let Ok(v) = http_json(g.http, &format!("/api/v1/commands/{hash}")) else {
                 continue;
             };
-            if let Some(Value::Array(agents)) = field(&v, "agents") {
-                errors.extend(
-                    agents
-                        .iter()
-                        .filter_map(|a| field(a, "prediction_error_ms")?.as_f64())
-                        .map(f64::abs),
-                );
-            }
+            errors.extend(prediction_errors(&v));
         }
         let s = seen
             .lock()

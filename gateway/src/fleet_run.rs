@@ -34,7 +34,7 @@ use anyhow::{Context, bail};
 use baton_shared::json::Value;
 
 use crate::bench::{ChildGuard, GatewayChild, spawn_gateway, start_mosquitto, tempfile_dir};
-use crate::coord_bench::{num, quantile};
+use crate::coord_bench::{num, prediction_errors, quantile};
 use crate::fleet_bench::{TICKS_PER_S, cpu_ticks, field, http_json, sim_key};
 use crate::fleet_sim::{cluster_index, sim_name};
 
@@ -734,14 +734,7 @@ async fn command_all(
                 continue;
             };
             answered += num(&v, "ready") + num(&v, "conflict");
-            if let Some(Value::Array(agents)) = field(&v, "agents") {
-                errors.extend(
-                    agents
-                        .iter()
-                        .filter_map(|a| field(a, "prediction_error_ms")?.as_f64())
-                        .map(f64::abs),
-                );
-            }
+            errors.extend(prediction_errors(&v));
         }
         report.answered = answered;
         Ok((answered < report.selected).then(|| format!("{answered} of {}", report.selected)))
