@@ -44,7 +44,7 @@ fi
 # 5. The gateway's modules import one way: each may use only modules
 #    listed before it (ARCHITECTURE.md, "Layers"). `lib.rs` and `main.rs`
 #    stand above all of them.
-order=(metrics config auth store broker mosquitto own_chain rebuild registry ingest operator
+order=(metrics config auth store broker mosquitto own_chain rebuild registry fleet ingest operator
   export upstream dispatch http server cli publisher bench fleet_bench tier_bench coord_bench fleet_sim fleet_run demo tools console command)
 declare -A rank
 for i in "${!order[@]}"; do rank[${order[$i]}]=$i; done

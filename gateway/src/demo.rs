@@ -179,6 +179,9 @@ pub async fn run(
     }
     let http = bound.http;
     say(&format!(
+        "  console: http://{http}/   (the web console: fleet, agents, commands)"
+    ));
+    say(&format!(
         "  HTTP:    http://{http}/api/v1/agents  (also /api/v1/cluster, /metrics, /api/v1/agents/demo-1/entries, /api/v1/watch)"
     ));
     say(&format!(

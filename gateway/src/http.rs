@@ -27,6 +27,7 @@ use crate::operator::{Actor, Command, CommandError, Done, Inbound};
 use crate::store::Store;
 
 pub mod console;
+pub mod web;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -56,6 +57,8 @@ pub struct AppState {
     pub coordination: Arc<std::sync::Mutex<crate::ingest::Coordination>>,
     /// The top's time, as this gateway knows it.
     pub clock: Arc<crate::ingest::ParentClock>,
+    /// The fleet as this gateway's chains describe it (the web console).
+    pub fleet: Arc<std::sync::Mutex<crate::fleet::FleetView>>,
 }
 
 /// Exports and loads produced at once; more wait their turn.
@@ -96,13 +99,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/watch", get(watch))
         .route("/api/v1/status", get(console::status))
         .route("/api/v1/commands", get(console::list))
-        .route("/api/v1/commands/{key}", get(console::show));
+        .route("/api/v1/commands/{key}", get(console::show))
+        .route("/api/v1/fleet", get(web::fleet))
+        .route("/api/v1/fleet/agents", get(web::agents))
+        .route("/api/v1/agents/{id}/detail", get(web::detail))
+        .route("/api/v1/agents/{id}/verify", get(web::verify))
+        .route("/api/v1/console/events", get(web::events));
     if state.read_auth {
         reads = reads.route_layer(middleware::from_fn_with_state(state.clone(), reader_only));
     }
     Router::new()
         // health stays open: a supervisor probes it without a credential
         .route("/healthz", get(healthz))
+        // the page, its script and style: no data, open like health
+        .route("/", get(web::index))
+        .route("/console.js", get(web::script))
+        .route("/console.css", get(web::style))
         .merge(reads)
         .merge(writes)
         .fallback(not_found)

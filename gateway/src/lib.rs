@@ -18,6 +18,7 @@ pub mod coord_bench;
 pub mod demo;
 pub mod dispatch;
 pub mod export;
+pub mod fleet;
 #[cfg(feature = "tools")]
 pub mod fleet_bench;
 #[cfg(feature = "tools")]

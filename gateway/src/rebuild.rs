@@ -299,7 +299,7 @@ impl Trust {
 /// The trust an `enroll` entry's `by` restores here. Agents vouched for by
 /// a child come back when the child resends its chain; the gateway's own
 /// record is written with the chain.
-fn trusted_by(by: Option<&str>) -> Option<EnrolledBy> {
+pub(crate) fn trusted_by(by: Option<&str>) -> Option<EnrolledBy> {
     match by {
         // Entries from before `by` was recorded: operator enrollments.
         None | Some("operator") => Some(EnrolledBy::Operator),

@@ -38,7 +38,13 @@ struct Live {
     state: AgentState,
     reason: String,
     since_ms: i64,
+    /// The last [`HISTORY`] heartbeats' impedance: (unix ms, ms).
+    history: std::collections::VecDeque<(i64, f32)>,
 }
+
+/// Heartbeats of impedance history kept per agent (the console's chart):
+/// five minutes at the default 5 s, 480 bytes an agent.
+pub const HISTORY: usize = 60;
 
 impl Live {
     fn new(unix_ms: i64, quarantined: bool) -> Live {
@@ -54,6 +60,7 @@ impl Live {
             state: AgentState::Offline,
             reason: "no heartbeat since the gateway started".into(),
             since_ms: unix_ms,
+            history: std::collections::VecDeque::new(),
         }
     }
 
@@ -219,8 +226,31 @@ impl Registry {
             _ => unix_ms.saturating_sub(hb.sent_ms),
         });
         live.baseline.add(hb.impedance.impedance_ms());
+        if live.history.len() == HISTORY {
+            live.history.pop_front();
+        }
+        #[allow(clippy::cast_possible_truncation)]
+        live.history
+            .push_back((unix_ms, hb.impedance.impedance_ms() as f32));
         live.last = Some(hb);
         true
+    }
+
+    /// An agent's recent impedance, oldest first: `[[unix ms, ms], …]`.
+    pub fn impedance_history(&self, agent: &AgentId) -> Option<Value> {
+        let l = self.agents.get(agent)?;
+        #[allow(clippy::cast_precision_loss)]
+        let points = l
+            .history
+            .iter()
+            .map(|(t, z)| {
+                Value::Array(vec![
+                    Value::Number(*t as f64),
+                    Value::Number((f64::from(*z) * 10.0).round() / 10.0),
+                ])
+            })
+            .collect();
+        Some(Value::Array(points))
     }
 
     /// Whether a heartbeat is one an agent could send: its interval within

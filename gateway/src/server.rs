@@ -354,6 +354,7 @@ pub async fn run(
         enroll_key_files(&mut ingest, dir)?;
     }
     let registry = ingest.registry_handle();
+    let fleet = ingest.fleet_handle();
     // One clock for phi, shared by the ingest thread and HTTP.
     let origin = Instant::now();
 
@@ -712,6 +713,7 @@ pub async fn run(
         heavy: Arc::new(tokio::sync::Semaphore::new(http::HEAVY)),
         coordination,
         clock: Arc::clone(&parent_clock),
+        fleet,
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(http::serve(

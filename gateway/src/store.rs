@@ -46,6 +46,13 @@ const SET_ASIDE: TableDefinition<'static, (&str, u64, u64), &[u8]> =
 /// [`Damage`]. The gateway is in alert while any is here.
 const DAMAGE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("damage");
 
+/// The fleet view (derived from the gateway chains held): cluster → postcard
+/// [`ClusterNode`].
+const FLEET_CLUSTERS: TableDefinition<'static, &str, &[u8]> =
+    TableDefinition::new("fleet_clusters");
+/// The fleet view: agent → postcard [`AgentNode`].
+const FLEET_AGENTS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("fleet_agents");
+
 /// META keys: who this gateway is (for offline tools).
 pub const ID_KEY: &str = "gateway_id";
 pub const CLUSTER_KEY: &str = "cluster";
@@ -196,6 +203,16 @@ pub enum Write {
     Resolve {
         agent: AgentId,
     },
+    /// The fleet view's row of an agent (`None`: it left the view).
+    FleetAgent {
+        agent: AgentId,
+        node: Option<AgentNode>,
+    },
+    /// The fleet view's row of a cluster.
+    FleetCluster {
+        cluster: String,
+        node: ClusterNode,
+    },
 }
 
 fn corrupt(what: impl Into<String>) -> impl FnOnce(postcard::Error) -> StoreError {
@@ -249,6 +266,8 @@ impl Store {
             txn.open_table(VERIFIED)?;
             txn.open_table(SET_ASIDE)?;
             txn.open_table(DAMAGE)?;
+            txn.open_table(FLEET_CLUSTERS)?;
+            txn.open_table(FLEET_AGENTS)?;
         }
         txn.commit()?;
         Ok(())
@@ -294,6 +313,8 @@ impl Store {
             let mut halted = txn.open_table(HALTED)?;
             let mut evidence = txn.open_table(EVIDENCE)?;
             let mut gaps = txn.open_table(GAPS)?;
+            let mut fleet_clusters = txn.open_table(FLEET_CLUSTERS)?;
+            let mut fleet_agents = txn.open_table(FLEET_AGENTS)?;
             for w in writes {
                 match w {
                     Write::Entries {
@@ -339,6 +360,18 @@ impl Store {
                     }
                     Write::Resolve { agent } => {
                         halted.remove(agent.as_str())?;
+                    }
+                    Write::FleetAgent { agent, node: None } => {
+                        fleet_agents.remove(agent.as_str())?;
+                    }
+                    Write::FleetAgent {
+                        agent,
+                        node: Some(node),
+                    } => {
+                        fleet_agents.insert(agent.as_str(), encode(node).as_slice())?;
+                    }
+                    Write::FleetCluster { cluster, node } => {
+                        fleet_clusters.insert(cluster.as_str(), encode(node).as_slice())?;
                     }
                 }
             }
@@ -452,6 +485,30 @@ impl Store {
     }
 
     /// The stored entry at `seq`, if any.
+    /// The fleet view as kept: its clusters and its agents.
+    #[allow(clippy::type_complexity)]
+    pub fn fleet(&self) -> Result<(Vec<(String, ClusterNode)>, Vec<(AgentId, AgentNode)>)> {
+        let txn = self.begin_read()?;
+        let mut clusters = Vec::new();
+        for row in txn.open_table(FLEET_CLUSTERS)?.iter()? {
+            let (k, v) = row?;
+            let node = postcard::from_bytes(v.value())
+                .map_err(corrupt(format!("fleet row of cluster {}", k.value())))?;
+            clusters.push((k.value().to_owned(), node));
+        }
+        let mut agents = Vec::new();
+        for row in txn.open_table(FLEET_AGENTS)?.iter()? {
+            let (k, v) = row?;
+            let Ok(id) = AgentId::new(k.value()) else {
+                continue;
+            };
+            let node = postcard::from_bytes(v.value())
+                .map_err(corrupt(format!("fleet row of agent {}", k.value())))?;
+            agents.push((id, node));
+        }
+        Ok((clusters, agents))
+    }
+
     pub fn entry(&self, agent: &AgentId, seq: Seq) -> Result<Option<Entry>> {
         Ok(self
             .range(agent, seq, 1)?
@@ -515,6 +572,27 @@ impl Store {
     pub fn file_size(&self) -> u64 {
         std::fs::metadata(self.path()).map_or(0, |m| m.len())
     }
+}
+
+/// The fleet view's row of a cluster: its gateway, the cluster it reports
+/// to (none for this gateway's own, whose parent is not in its chains) and
+/// its latest `cluster_summary` (canonical JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    pub gateway: String,
+    pub parent: Option<String>,
+    pub summary: Option<Vec<u8>>,
+    pub at_ms: i64,
+}
+
+/// The fleet view's row of an agent: its cluster and its last recorded
+/// state change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentNode {
+    pub cluster: String,
+    pub state: Option<String>,
+    pub reason: String,
+    pub since_ms: i64,
 }
 
 /// A chain the start-up check found damaged: set aside from `from`, to be

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod bins;
+pub mod browser;
 pub mod daemons;
 pub mod http;
 pub mod mosquitto;

@@ -255,7 +255,76 @@ async fn forwards_everything_to_the_top(sector_via: Via) {
             .unwrap();
         assert!(chains.len() >= 3, "{chains:?}");
     }
+    // The console's fleet view at the top: both clusters under the
+    // sector, each agent in its own cluster with the state its own
+    // gateway recorded — and the same after the top restarts.
+    assert_fleet_view(&t).await;
+    t.sector.restart();
+    assert_fleet_view(&t).await;
     t.assert_top_equals_agents().await;
+}
+
+/// The top's `/api/v1/fleet` and `/api/v1/fleet/agents` describe the
+/// tiers as they are.
+async fn assert_fleet_view(t: &Tiers) {
+    let ok = eventually(Duration::from_secs(30), || {
+        let Some(f) = get_json(t.sector.http, "/api/v1/fleet") else {
+            return false;
+        };
+        let Some(Value::Array(clusters)) = f.as_object().unwrap().get("clusters") else {
+            return false;
+        };
+        ["c1", "c2"].iter().all(|c| {
+            clusters.iter().any(|n| {
+                let n = n.as_object().unwrap();
+                n.get("cluster").and_then(Value::as_str) == Some(c)
+                    && n.get("parent").and_then(Value::as_str) == Some("s1")
+                    && n.get("gateway").and_then(Value::as_str) == Some(&format!("{c}-gw"))
+                    && n.get("summary").and_then(Value::as_object).is_some()
+            })
+        })
+    })
+    .await;
+    assert!(ok, "{:?}", get(t.sector.http, "/api/v1/fleet").unwrap().1);
+    for c in ["c1", "c2"] {
+        let ok = eventually(Duration::from_secs(30), || {
+            let Some(page) = get_json(
+                t.sector.http,
+                &format!("/api/v1/fleet/agents?cluster={c}&sort=id"),
+            ) else {
+                return false;
+            };
+            let o = page.as_object().unwrap();
+            let Some(Value::Array(rows)) = o.get("rows") else {
+                return false;
+            };
+            let ids: Vec<_> = rows
+                .iter()
+                .map(|r| {
+                    let r = r.as_object().unwrap();
+                    (
+                        r.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
+                        r.get("state")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_owned(),
+                    )
+                })
+                .collect();
+            ids == [
+                (format!("{c}-pi-1"), "active".to_owned()),
+                (format!("{c}-pi-2"), "active".to_owned()),
+            ]
+        })
+        .await;
+        assert!(
+            ok,
+            "{:?}",
+            get(t.sector.http, &format!("/api/v1/fleet/agents?cluster={c}"))
+                .unwrap()
+                .1
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,8 @@ pub struct Ingest {
     last_logged: HashMap<(String, &'static str), Duration>,
     checkpointed: HashMap<AgentId, Seq>,
     registry: Arc<Mutex<Registry>>,
+    /// The fleet as the gateway chains held here describe it (the console).
+    fleet: Arc<Mutex<crate::fleet::FleetView>>,
     /// Chains forwarded by child gateways: agent → (the cluster its topics
     /// use, the child gateway that forwards it).
     routes: HashMap<AgentId, (ClusterId, AgentId)>,
@@ -309,6 +311,7 @@ impl Ingest {
             last_logged: HashMap::new(),
             checkpointed: HashMap::new(),
             registry,
+            fleet: Arc::new(Mutex::new(crate::fleet::FleetView::default())),
             routes: HashMap::new(),
             children: BTreeMap::new(),
             parent_clock: Arc::new(ParentClock::default()),
@@ -346,6 +349,7 @@ impl Ingest {
             }
         }
         ingest.new_subscriptions.clear();
+        *ingest.fleet() = ingest.stored_fleet()?;
         ingest.resume_commands(unix_ms)?;
         Ok(ingest)
     }
@@ -369,6 +373,30 @@ impl Ingest {
     /// The live registry (shared with the HTTP side).
     pub fn registry_handle(&self) -> Arc<Mutex<Registry>> {
         Arc::clone(&self.registry)
+    }
+
+    /// The fleet view the console reads.
+    pub fn fleet_handle(&self) -> Arc<Mutex<crate::fleet::FleetView>> {
+        Arc::clone(&self.fleet)
+    }
+
+    fn fleet(&self) -> MutexGuard<'_, crate::fleet::FleetView> {
+        self.fleet
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The fleet view as the store keeps it.
+    fn stored_fleet(&self) -> Result<crate::fleet::FleetView, StoreError> {
+        let (clusters, agents) = self.store.fleet()?;
+        let records = self.store.agents()?;
+        Ok(crate::fleet::FleetView::new(
+            &self.cfg.gateway,
+            &self.cfg.cluster,
+            clusters,
+            agents,
+            &records,
+        ))
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -1175,9 +1203,12 @@ impl Ingest {
         if self.staged.is_empty() {
             return Ok(CommitOutcome::default());
         }
-        let staged = std::mem::take(&mut self.staged);
+        let mut staged = std::mem::take(&mut self.staged);
         let entries = std::mem::take(&mut self.staged_entries);
         let enrolled = std::mem::take(&mut self.staged_records);
+        let learned = self.fleet().learn(&staged);
+        let fleet_rows = learned.len();
+        staged.extend(learned);
         let started = std::time::Instant::now();
         let result = self.store.commit(&staged);
         self.metrics.commit_took(started.elapsed());
@@ -1214,6 +1245,15 @@ impl Ingest {
                 }
                 Err(e) => {
                     warn!(error = %e, "reopening the store failed; the next commit tries again")
+                }
+            }
+            // what was learned from the lost group goes with it
+            if fleet_rows > 0 {
+                match self.stored_fleet() {
+                    Ok(f) => *self.fleet() = f,
+                    Err(e) => {
+                        warn!(error = %e, "reading the fleet view back after a failed commit")
+                    }
                 }
             }
             if let Ok(head) = self.store.head(&self.cfg.gateway) {

@@ -1,0 +1,459 @@
+//! The web console: one page, its script and its style, compiled into the
+//! binary (no CDN, no fetch from anywhere but this gateway: it works on an
+//! isolated LAN), and the reads it is built on — the fleet's tree, agents
+//! searched, filtered, sorted and paged on the server (30,000 agents stay
+//! one small page), one agent in detail, and a stream that says when to
+//! read again.
+//!
+//! The page holds no data of its own: every figure is one of these JSON
+//! reads, which scripts may use as they are. Writes (commands, re-runs)
+//! go through the operator's API like the CLI's.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use baton_shared::json::{self, Mode, Object, Value};
+use baton_shared::{AgentId, Seq};
+use serde::Deserialize;
+
+use super::{AppState, error, json_response, known_agent};
+
+const INDEX: &str = include_str!("web/index.html");
+const SCRIPT: &str = include_str!("web/console.js");
+const STYLE: &str = include_str!("web/console.css");
+
+/// Only this gateway's own script and style run or load; nothing is
+/// framed; no address leaks in a referrer.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                   img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+                   form-action 'none'; frame-ancestors 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX)
+}
+
+pub async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+pub async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+impl AppState {
+    pub(super) fn fleet(&self) -> std::sync::MutexGuard<'_, crate::fleet::FleetView> {
+        self.fleet
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Recent alerts shown on the fleet page: the last this many `alert`
+/// entries among the last [`ALERT_SCAN`] entries of the gateway's chain.
+const ALERTS_SHOWN: usize = 10;
+const ALERT_SCAN: u64 = 2_000;
+
+/// `GET /api/v1/fleet`: this gateway, its roll-up (live), every cluster it
+/// knows with its gateway, parent and latest summary, how many agents it
+/// knows in each, and its recent alerts.
+pub async fn fleet(State(s): State<AppState>) -> Response {
+    let s2 = s.clone();
+    let alerts = tokio::task::spawn_blocking(move || recent_alerts(&s2))
+        .await
+        .unwrap_or_default();
+    let now = baton_runtime::unix_ms();
+    let live = s.registry().summary().to_value(s.cluster.as_str(), now);
+    let f = s.fleet();
+    let mut per_cluster: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for n in f.agents().values() {
+        *per_cluster.entry(n.cluster.as_str()).or_default() += 1;
+    }
+    let clusters: Vec<Value> = f
+        .clusters()
+        .iter()
+        .map(|(c, n)| {
+            let mut o = Object::new();
+            o.insert("cluster", Value::from(c.as_str()));
+            o.insert("gateway", Value::from(n.gateway.as_str()));
+            o.insert(
+                "parent",
+                n.parent.as_deref().map_or(Value::Null, Value::from),
+            );
+            let summary = if *c == f.own_cluster() {
+                live.clone()
+            } else {
+                n.summary
+                    .as_deref()
+                    .and_then(|b| json::parse(b, Mode::Verify).ok())
+                    .unwrap_or(Value::Null)
+            };
+            o.insert("summary", summary);
+            o.insert(
+                "agents_known",
+                Value::from(per_cluster.get(c.as_str()).copied().unwrap_or(0)),
+            );
+            Value::Object(o)
+        })
+        .collect();
+    let mut o = Object::new();
+    o.insert("gateway", Value::from(s.gateway.as_str()));
+    o.insert("cluster", Value::from(s.cluster.as_str()));
+    o.insert("version", Value::from(f.version()));
+    o.insert("agents_known", Value::from(f.agents().len() as u64));
+    drop(f);
+    o.insert("summary", live);
+    o.insert("clusters", Value::Array(clusters));
+    o.insert("alerts", Value::Array(alerts));
+    json_response(StatusCode::OK, &Value::Object(o))
+}
+
+/// The last alerts in the gateway's own chain, newest first.
+fn recent_alerts(s: &AppState) -> Vec<Value> {
+    let Ok(head) = s.store.head(&s.gateway) else {
+        return Vec::new();
+    };
+    let from = Seq(head.seq.0.saturating_sub(ALERT_SCAN).max(1));
+    let mut out = Vec::new();
+    let mut next = from;
+    while next <= head.seq {
+        let Ok(rows) = s.store.range(&s.gateway, next, 256) else {
+            break;
+        };
+        let Some((last, _)) = rows.last() else {
+            break;
+        };
+        next = last.next();
+        for (seq, e) in rows {
+            if !e
+                .content
+                .windows(17)
+                .any(|w| w == b"\"event\":\"alert\"," || w == b"\"event\":\"alert\"}")
+            {
+                continue;
+            }
+            if let Ok(Value::Object(mut c)) = json::parse(&e.content, Mode::Verify) {
+                c.insert("seq", Value::from(seq.0));
+                out.push(Value::Object(c));
+            }
+        }
+    }
+    out.reverse();
+    out.truncate(ALERTS_SHOWN);
+    out
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AgentsQuery {
+    cluster: Option<String>,
+    q: Option<String>,
+    state: Option<String>,
+    sort: Option<String>,
+    order: Option<String>,
+    page: Option<usize>,
+    per: Option<usize>,
+}
+
+/// Rows a page holds at most.
+const MAX_PER_PAGE: usize = 500;
+
+/// The sort keys `GET /api/v1/fleet/agents` takes.
+const SORTS: [&str; 7] = [
+    "id",
+    "cluster",
+    "state",
+    "impedance",
+    "last_seen",
+    "backlog",
+    "clock_offset",
+];
+
+/// One agent as the list shows it.
+struct Row {
+    id: AgentId,
+    cluster: String,
+    state: String,
+    fields: Object,
+}
+
+impl Row {
+    fn num(&self, k: &str) -> Option<f64> {
+        self.fields.get(k).and_then(Value::as_f64)
+    }
+}
+
+/// `GET /api/v1/fleet/agents?cluster=&q=&state=&sort=&order=&page=&per=`:
+/// the agents this gateway knows (its own live, the rest as their
+/// gateways' chains last said), filtered by cluster, by a substring of
+/// the id and by state, sorted, one page of them: `{"total", "page",
+/// "per", "rows"}`. A bad parameter is a 400 naming it.
+pub async fn agents(State(s): State<AppState>, Query(q): Query<AgentsQuery>) -> Response {
+    match agents_page(&s, q) {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+fn agents_page(s: &AppState, q: AgentsQuery) -> Result<Value, String> {
+    let sort = q.sort.as_deref().unwrap_or("id");
+    if !SORTS.contains(&sort) {
+        return Err(format!("sort: one of {}", SORTS.join(", ")));
+    }
+    let descending = match q.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => return Err("order: asc or desc".into()),
+    };
+    let per = q.per.unwrap_or(50);
+    if per == 0 || per > MAX_PER_PAGE {
+        return Err(format!("per: 1–{MAX_PER_PAGE}"));
+    }
+    let page = q.page.unwrap_or(1);
+    if page == 0 {
+        return Err("page: from 1".into());
+    }
+    if let Some(st) = q.state.as_deref()
+        && !baton_shared::liveness::AgentState::ALL
+            .iter()
+            .any(|a| a.as_str() == st)
+    {
+        return Err(
+            "state: one of active, degraded, clock_skewed, suspect, offline, quarantined".into(),
+        );
+    }
+    let needle = q.q.as_deref().unwrap_or("").to_ascii_lowercase();
+    let now = s.origin.elapsed();
+    let mut rows: Vec<Row> = {
+        let f = s.fleet();
+        let reg = s.registry();
+        f.agents()
+            .iter()
+            .filter(|(id, n)| {
+                q.cluster.as_deref().is_none_or(|c| c == n.cluster)
+                    && (needle.is_empty() || id.as_str().contains(&needle))
+            })
+            .map(|(id, n)| {
+                let fields = reg.live_fields(id, now);
+                // live where this gateway hears the agent itself
+                let state = fields
+                    .get("state")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .or_else(|| n.state.clone())
+                    .unwrap_or_else(|| "unknown".into());
+                Row {
+                    id: id.clone(),
+                    cluster: n.cluster.clone(),
+                    state,
+                    fields: if fields.is_empty() {
+                        let mut o = Object::new();
+                        o.insert("state_reason", Value::from(n.reason.as_str()));
+                        #[allow(clippy::cast_precision_loss)]
+                        o.insert("state_since_ms", Value::Number(n.since_ms as f64));
+                        o
+                    } else {
+                        fields
+                    },
+                }
+            })
+            .filter(|r| q.state.as_deref().is_none_or(|st| st == r.state))
+            .collect()
+    };
+    rows.sort_by(|a, b| compare(sort, descending, a, b).then_with(|| a.id.cmp(&b.id)));
+    let total = rows.len();
+    let out: Vec<Value> = rows
+        .into_iter()
+        .skip((page - 1).saturating_mul(per))
+        .take(per)
+        .map(|r| {
+            let mut o = r.fields;
+            o.insert("id", Value::from(r.id.as_str()));
+            o.insert("cluster", Value::from(r.cluster));
+            o.insert("state", Value::from(r.state));
+            Value::Object(o)
+        })
+        .collect();
+    let mut o = Object::new();
+    o.insert("total", Value::from(total as u64));
+    o.insert("page", Value::from(page as u64));
+    o.insert("per", Value::from(per as u64));
+    o.insert("rows", Value::Array(out));
+    Ok(Value::Object(o))
+}
+
+/// Two rows by sort key `sort`, ascending or `descending`; unknown
+/// figures last whatever the order.
+fn compare(sort: &str, descending: bool, a: &Row, b: &Row) -> Ordering {
+    let dir = |o: Ordering| if descending { o.reverse() } else { o };
+    let by_num = |k: &str| match (a.num(k), b.num(k)) {
+        (Some(x), Some(y)) => dir(x.total_cmp(&y)),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    };
+    match sort {
+        "cluster" => dir(a.cluster.cmp(&b.cluster)),
+        "state" => dir(state_rank(&a.state).cmp(&state_rank(&b.state))),
+        "impedance" => by_num("impedance_ms"),
+        "last_seen" => by_num("last_seen_ms"),
+        "backlog" => by_num("backlog"),
+        "clock_offset" => by_num("clock_offset_ms"),
+        _ => dir(a.id.cmp(&b.id)),
+    }
+}
+
+/// Most severe first, as [`baton_shared::liveness::AgentState`] orders.
+fn state_rank(s: &str) -> usize {
+    use baton_shared::liveness::AgentState;
+    let mut all = AgentState::ALL;
+    all.sort();
+    all.iter()
+        .position(|a| a.as_str() == s)
+        .unwrap_or(all.len())
+}
+
+/// `GET /api/v1/agents/{id}/detail`: the registry row with the live
+/// fields, the fleet view's cluster and state, the recent impedance, and
+/// the stored chain's status — verified through its head on ingest, any
+/// fork halt, gaps, and whether a start-up check set it aside.
+pub async fn detail(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let agent = match known_agent(&s, id) {
+        Ok(a) => a,
+        Err((status, msg)) => return error(status, msg),
+    };
+    let s2 = s.clone();
+    let a2 = agent.clone();
+    let stored = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let record = s2.store.agent(&a2)?;
+        let gaps = s2.store.gaps(&a2)?;
+        let damaged = s2.store.damage()?.into_iter().any(|(d, _)| d == a2);
+        Ok((record, gaps, damaged))
+    })
+    .await;
+    let (record, gaps, damaged) = match stored {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let Some(record) = record else {
+        return error(StatusCode::NOT_FOUND, format!("unknown agent {agent}"));
+    };
+    let mut o = super::full_row(&s, &agent, &record);
+    if let Some(n) = s.fleet().agent(&agent).cloned() {
+        o.insert("cluster", Value::from(n.cluster));
+        if !o.contains_key("state") {
+            o.insert("state", n.state.map_or(Value::Null, Value::from));
+            o.insert("state_reason", Value::from(n.reason));
+            #[allow(clippy::cast_precision_loss)]
+            o.insert("state_since_ms", Value::Number(n.since_ms as f64));
+        }
+    }
+    o.insert(
+        "impedance_history",
+        s.registry()
+            .impedance_history(&agent)
+            .unwrap_or(Value::Array(Vec::new())),
+    );
+    let mut chain = Object::new();
+    let head = o.get("head_seq").cloned().unwrap_or(Value::Null);
+    chain.insert("verified_through", head);
+    chain.insert(
+        "gaps",
+        Value::Array(
+            gaps.iter()
+                .map(|(f, t)| Value::Array(vec![Value::from(f.0), Value::from(t.0)]))
+                .collect(),
+        ),
+    );
+    chain.insert("set_aside", Value::Bool(damaged));
+    o.insert("chain", Value::Object(chain));
+    json_response(StatusCode::OK, &Value::Object(o))
+}
+
+/// `GET /api/v1/agents/{id}/verify`: checks the stored chain, entry by
+/// entry (hashes, links, signatures under the key trusted here) from where
+/// the last check left its mark to the head, one heavy turn at a time.
+pub async fn verify(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let agent = match known_agent(&s, id) {
+        Ok(a) => a,
+        Err((status, msg)) => return error(status, msg),
+    };
+    let Ok(_turn) = Arc::clone(&s.heavy).acquire_owned().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
+    let store = Arc::clone(&s.store);
+    let checked = tokio::task::spawn_blocking(move || -> anyhow::Result<Value> {
+        let key = store.agent(&agent)?.and_then(|r| r.key());
+        let mut o = Object::new();
+        match store.check_chain(&agent, key.as_ref())? {
+            crate::store::ChainCheck::Verified { from, head } => {
+                o.insert("ok", Value::Bool(true));
+                o.insert("checked_from", Value::from(from.0));
+                o.insert("head", Value::from(head.0));
+            }
+            crate::store::ChainCheck::Damaged { at, problem } => {
+                o.insert("ok", Value::Bool(false));
+                o.insert("at", Value::from(at.0));
+                o.insert("problem", Value::from(problem));
+            }
+        }
+        Ok(Value::Object(o))
+    })
+    .await;
+    match checked {
+        Ok(Ok(v)) => json_response(StatusCode::OK, &v),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `GET /api/v1/console/events`: server-sent events for the page. Each
+/// second, if anything it shows may have moved (an entry committed, a
+/// heartbeat heard, the fleet view changed), one `changed` event
+/// carrying the fleet view's version; the page then reads what it shows
+/// again. Bounded: at most one event a second per client, whatever the
+/// load.
+pub async fn events(State(s): State<AppState>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use std::sync::atomic::Ordering::Relaxed;
+    let digest = move |s: &AppState| {
+        (
+            s.fleet().version(),
+            s.metrics.commits.load(Relaxed),
+            s.metrics.heartbeats.load(Relaxed),
+        )
+    };
+    let stream = futures_util::stream::unfold(
+        (s, None::<(u64, u64, u64)>),
+        move |(s, mut sent)| async move {
+            loop {
+                let now = digest(&s);
+                if sent != Some(now) {
+                    sent = Some(now);
+                    let ev = Event::default().event("changed").data(now.0.to_string());
+                    return Some((Ok::<_, std::convert::Infallible>(ev), (s, sent)));
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
