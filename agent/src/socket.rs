@@ -309,6 +309,7 @@ async fn connection(
                 Line::Eof if slots.is_empty() => break 'conn,
                 Line::Eof | Line::Blank => {}
                 Line::Request(req) => {
+                    shared.note_append(&req);
                     reqs.push(req);
                     slots.push(None);
                 }

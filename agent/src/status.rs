@@ -42,6 +42,10 @@ struct Inner {
     /// current hello arrives (the cause is over).
     uplink_alert: Option<String>,
     last_heartbeat_ms: Option<i64>,
+    /// The context of the last append taken (the session a program works in).
+    session_id: Option<String>,
+    /// The task id of the last `task_start` or `task_result` taken.
+    last_task_id: Option<String>,
     /// The last heartbeat's figures.
     last_heartbeat: Option<Value>,
     impedance: Impedance,
@@ -223,6 +227,38 @@ impl Shared {
         self.with(|i| i.state(rebuilding, head, uplink, unix_ms))
     }
 
+    /// An append request the socket took: its context is the current
+    /// session; a `task_start` / `task_result` names the last task (its
+    /// data's `task_id`, `task` or `id`).
+    pub fn note_append(&self, req: &baton_shared::entry::AppendRequest) {
+        let task = matches!(req.event.as_str(), "task_start" | "task_result")
+            .then(|| {
+                let o = req.data.as_object()?;
+                ["task_id", "task", "id"]
+                    .iter()
+                    .find_map(|k| match o.get(k)? {
+                        Value::String(s) => Some(s.clone()),
+                        v @ Value::Number(_) => Some(
+                            String::from_utf8_lossy(&baton_shared::canonical::to_vec(v))
+                                .into_owned(),
+                        ),
+                        _ => None,
+                    })
+            })
+            .flatten();
+        if req.context.is_none() && task.is_none() {
+            return;
+        }
+        self.with(|i| {
+            if let Some(c) = &req.context {
+                c.clone_into(i.session_id.get_or_insert_with(String::new));
+            }
+            if task.is_some() {
+                i.last_task_id = task;
+            }
+        });
+    }
+
     /// The status document.
     pub fn document(&self, agent: &str, head: &Head, uplink: bool, unix_ms: i64) -> Value {
         let rebuilding = self.rebuilding.load(Ordering::Relaxed);
@@ -249,6 +285,14 @@ impl Shared {
                 }),
             );
             o.insert("backlog", Value::from(backlog));
+            o.insert(
+                "session_id",
+                i.session_id.as_deref().map_or(Value::Null, Value::from),
+            );
+            o.insert(
+                "last_task_id",
+                i.last_task_id.as_deref().map_or(Value::Null, Value::from),
+            );
             o.insert("connected", Value::Bool(i.connected));
             o.insert(
                 "alert",

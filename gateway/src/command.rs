@@ -13,8 +13,9 @@ use crate::cli;
 use crate::config::{Config, DEFAULT_CONFIG, RawConfig};
 use crate::operator::Command as Operation;
 use anyhow::Context;
-use baton_shared::{AgentId, ClusterId};
+use baton_shared::{AgentId, ClusterId, Seq};
 use clap::{Args, Parser, Subcommand};
+use std::io::Write as _;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -314,6 +315,52 @@ pub enum Command {
         /// Output file (a directory for daily; default stdout).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// From this seq (within the run taken).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Through this seq: the run that holds it.
+        #[arg(long)]
+        to: Option<u64>,
+        /// Point in time: the chain as it was when this entry (a seq, or an
+        /// entry's hash) was its head (a baton at it verifies).
+        #[arg(long)]
+        at: Option<String>,
+        /// baton: a label for what this baton carries.
+        #[arg(long)]
+        context: Option<String>,
+        /// baton: an operator's note (repeatable; not authenticated).
+        #[arg(long)]
+        note: Vec<String>,
+    },
+    /// A session report of an agent (markdown or HTML): per session
+    /// (context) its timeline, tasks with durations, errors, state changes,
+    /// commands answered and lessons; or, with --lessons, the lessons of a
+    /// cluster or the whole fleet, grouped.
+    Report {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The agent (not with --lessons).
+        #[arg(long, required_unless_present = "lessons")]
+        agent: Option<String>,
+        /// Only this session (an entry's context).
+        #[arg(long)]
+        context: Option<String>,
+        /// Only since: a duration back from now ("2h") or a timestamp.
+        #[arg(long)]
+        since: Option<String>,
+        /// The chain as it was when this entry (a seq, or an entry's hash)
+        /// was its head.
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long, default_value = "md", value_parser = ["md", "html"])]
+        format: String,
+        /// Every lesson of the fleet this gateway knows (or of --cluster),
+        /// grouped by what was learned.
+        #[arg(long, conflicts_with_all = ["agent", "context", "at"])]
+        lessons: bool,
+        /// With --lessons: only this cluster's agents.
+        #[arg(long, requires = "lessons")]
+        cluster: Option<String>,
     },
     /// Print the commented default configuration.
     PrintDefaultConfig,
@@ -604,66 +651,124 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Report {
+            dir,
+            agent,
+            context,
+            since,
+            at,
+            format,
+            lessons,
+            cluster,
+        } => {
+            let store = cli::open_store(&dir.data_dir)?;
+            let since_ms = since
+                .map(|s| crate::report::parse_since(&s, baton_runtime::unix_ms()))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--{e}"))?;
+            let id = store
+                .meta(cli::ID_KEY)?
+                .context("this data directory has no gateway id yet (run the gateway once)")?;
+            let gateway = AgentId::new(String::from_utf8_lossy(&id).into_owned())?;
+            let (title, md) = if lessons {
+                let agents = crate::report::agents_of(&store, cluster.as_deref())?;
+                let scope = cluster.map_or_else(
+                    || format!("the fleet as {gateway} knows it"),
+                    |c| format!("cluster {c}"),
+                );
+                let md = crate::report::lessons(&store, &agents, since_ms, &scope)?;
+                ("Lessons".to_owned(), md)
+            } else {
+                let agent = AgentId::new(agent.context("--agent is required")?)?;
+                let opts = crate::report::Options {
+                    context,
+                    since_ms,
+                    at: at
+                        .map(|a| crate::report::At::parse(&a))
+                        .transpose()
+                        .map_err(|e| anyhow::anyhow!("--{e}"))?,
+                };
+                let states_from = crate::report::state_gateway(&store, &agent)?;
+                let r =
+                    crate::report::report(&store, &gateway, &agent, states_from.as_ref(), &opts)?;
+                (format!("Session report: {agent}"), r.markdown())
+            };
+            if format == "html" {
+                print!("{}", crate::report::html_page(&title, &md));
+            } else {
+                print!("{md}");
+            }
+        }
         Command::Export {
             dir,
             agent,
             format,
             out,
+            from,
+            to,
+            at,
+            context,
+            note,
         } => {
             let store = cli::open_store(&dir.data_dir)?;
             let agent = AgentId::new(agent)?;
             if store.agent(&agent)?.is_none() {
                 anyhow::bail!("unknown agent {agent}");
             }
-            match format.as_str() {
-                "daily" => {
-                    let out = out.context("--format daily needs --out DIR")?;
-                    for path in crate::export::export_daily(&store, &agent, &out)? {
-                        println!("{}", path.display());
-                    }
-                }
-                "baton" => {
-                    let id = store.meta(cli::ID_KEY)?.context(
-                        "this data directory has no gateway id yet (run the gateway once)",
-                    )?;
-                    let gateway = AgentId::new(String::from_utf8_lossy(&id).into_owned())?;
-                    let key = baton_runtime::keys::load(&cli::key_path(&dir.data_dir, dir.key))?;
-                    match out {
-                        Some(p) => {
-                            let mut f = std::io::BufWriter::new(
-                                std::fs::File::create(&p)
-                                    .with_context(|| format!("creating {}", p.display()))?,
-                            );
-                            crate::export::export_baton(&store, &agent, &gateway, &key, &mut f)
-                                .with_context(|| format!("writing {}", p.display()))?;
-                        }
-                        None => {
-                            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-                            crate::export::export_baton(
-                                &store,
-                                &agent,
-                                &gateway,
-                                &key,
-                                &mut stdout,
-                            )?;
-                            std::io::Write::write_all(&mut stdout, b"\n")?;
-                            std::io::Write::flush(&mut stdout)?;
-                        }
-                    }
-                }
-                _ => match out {
-                    Some(p) => {
-                        let mut f = std::io::BufWriter::new(
-                            std::fs::File::create(&p)
-                                .with_context(|| format!("creating {}", p.display()))?,
-                        );
-                        crate::export::export_jsonl(&store, &agent, &mut f)?;
-                    }
-                    None => {
-                        crate::export::export_jsonl(&store, &agent, &mut std::io::stdout().lock())?;
-                    }
+            let at = at
+                .map(|a| crate::report::At::parse(&a).map_err(|e| anyhow::anyhow!("--{e}")))
+                .transpose()?
+                .map(|a| a.resolve(&store, &agent))
+                .transpose()?;
+            let range = crate::export::Range {
+                from: from.map(Seq),
+                to: match (to, at) {
+                    (Some(_), Some(_)) => anyhow::bail!("--to and --at: give one"),
+                    (t, a) => t.map(Seq).or(a),
                 },
+            };
+            let by = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+            let label = crate::export::Label {
+                context,
+                notes: note
+                    .into_iter()
+                    .map(|text| baton_shared::export::Note {
+                        ts: baton_shared::entry::format_timestamp(baton_runtime::unix_ms()),
+                        by: by.clone(),
+                        text,
+                    })
+                    .collect(),
+            };
+            if format == "daily" {
+                let out = out.context("--format daily needs --out DIR")?;
+                for path in crate::export::export_daily(&store, &agent, &out)? {
+                    println!("{}", path.display());
+                }
+                return Ok(ExitCode::SUCCESS);
             }
+            let mut sink: Box<dyn std::io::Write> = match &out {
+                Some(p) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p)
+                        .with_context(|| format!("creating {}", p.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            if format == "baton" {
+                let id = store
+                    .meta(cli::ID_KEY)?
+                    .context("this data directory has no gateway id yet (run the gateway once)")?;
+                let gateway = AgentId::new(String::from_utf8_lossy(&id).into_owned())?;
+                let key = baton_runtime::keys::load(&cli::key_path(&dir.data_dir, dir.key))?;
+                crate::export::export_baton(
+                    &store, &agent, &gateway, &key, range, label, &mut sink,
+                )?;
+                if out.is_none() {
+                    sink.write_all(b"\n")?;
+                }
+            } else {
+                crate::export::export_jsonl(&store, &agent, range, &mut sink)?;
+            }
+            sink.flush()?;
         }
         Command::PrintDefaultConfig => print!("{DEFAULT_CONFIG}"),
         #[cfg(feature = "tools")]

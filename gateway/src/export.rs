@@ -10,17 +10,36 @@ use baton_shared::{AgentId, Entry, Seq};
 
 use crate::store::Store;
 
-/// The first seq of the run that contains the head (runs are split by
-/// the holes this gateway recorded as gaps).
-fn head_run_start(store: &Store, agent: &AgentId) -> anyhow::Result<Seq> {
-    let head = store.head(agent)?.seq;
+/// The first seq of the run that contains `end` (runs are split by the
+/// holes this gateway recorded as gaps).
+fn run_start(store: &Store, agent: &AgentId, end: Seq) -> anyhow::Result<Seq> {
     Ok(store
         .gaps(agent)?
         .into_iter()
-        .filter(|(_, to)| *to < head)
+        .filter(|(_, to)| *to < end)
         .map(|(_, to)| to.next())
         .max()
         .unwrap_or(Seq(1)))
+}
+
+/// What part of a chain an export takes: the run that holds `to` (default
+/// the head), from `from` (default the run's start) — `to` is a point in
+/// time (`--at`): the chain as it was when that entry was its head.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Range {
+    pub from: Option<Seq>,
+    pub to: Option<Seq>,
+}
+
+impl Range {
+    /// The seqs this range covers in `agent`'s stored chain (empty when
+    /// `from > to`).
+    pub fn bounds(self, store: &Store, agent: &AgentId) -> anyhow::Result<(Seq, Seq)> {
+        let head = store.head(agent)?.seq;
+        let to = self.to.map_or(head, |t| t.min(head));
+        let start = run_start(store, agent, to)?;
+        Ok((self.from.map_or(start, |f| f.max(start)), to))
+    }
 }
 
 /// Calls `f` with every entry of the run that contains the head, in order,
@@ -29,10 +48,19 @@ fn head_run_start(store: &Store, agent: &AgentId) -> anyhow::Result<Seq> {
 pub fn for_each_in_head_run(
     store: &Store,
     agent: &AgentId,
+    f: impl FnMut(Seq, &Entry) -> anyhow::Result<()>,
+) -> anyhow::Result<usize> {
+    for_each_in(store, agent, Range::default(), f)
+}
+
+/// As [`for_each_in_head_run`], over `range`.
+pub fn for_each_in(
+    store: &Store,
+    agent: &AgentId,
+    range: Range,
     mut f: impl FnMut(Seq, &Entry) -> anyhow::Result<()>,
 ) -> anyhow::Result<usize> {
-    let head = store.head(agent)?.seq;
-    let mut from = head_run_start(store, agent)?;
+    let (mut from, head) = range.bounds(store, agent)?;
     let mut n = 0;
     while from <= head {
         let want = usize::try_from(head.0 - from.0 + 1).map_or(4096, |left| left.min(4096));
@@ -49,13 +77,14 @@ pub fn for_each_in_head_run(
     Ok(n)
 }
 
-/// Writes the run that contains the head as JSONL.
+/// Writes the run that contains the head (or `range`) as JSONL.
 pub fn export_jsonl(
     store: &Store,
     agent: &AgentId,
+    range: Range,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<usize> {
-    let n = for_each_in_head_run(store, agent, |_, e| {
+    let n = for_each_in(store, agent, range, |_, e| {
         writeln!(out, "{}", e.to_jsonl())?;
         Ok(())
     })?;
@@ -70,21 +99,40 @@ pub fn export_daily(store: &Store, agent: &AgentId, dir: &Path) -> anyhow::Resul
     daily.finish()
 }
 
-/// The head run as a baton document (PROTOCOL §5), with the agent's signed
-/// head and this gateway's receipt for it, written to `out` as it is read
-/// (constant memory, whatever the chain's length).
+/// What an exporter writes on a baton besides the chain: its `context`
+/// label and operator notes (PROTOCOL §5: not authenticated).
+#[derive(Debug, Clone, Default)]
+pub struct Label {
+    pub context: Option<String>,
+    pub notes: Vec<baton_shared::export::Note>,
+}
+
+/// The head run (or `range`) as a baton document (PROTOCOL §5), with the
+/// agent's signed head (its signature on the last entry taken, when it
+/// signed that one) and this gateway's receipt for that entry, written to
+/// `out` as it is read (constant memory, whatever the chain's length).
 pub fn export_baton(
     store: &Store,
     agent: &AgentId,
     gateway: &AgentId,
     key: &baton_shared::SecretKey,
+    range: Range,
+    label: Label,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<()> {
     use baton_shared::export::{BatonDoc, BatonReceipt, SignedPoint};
     let record = store
         .agent(agent)?
         .with_context(|| format!("unknown agent {agent}"))?;
-    let head = store.head(agent)?;
+    let (_, last) = range.bounds(store, agent)?;
+    let head = match store.entry(agent, last)? {
+        Some(e) => baton_shared::intake::Head {
+            seq: last,
+            hash: e.hash,
+            sig: e.sig,
+        },
+        None => store.head(agent)?,
+    };
     let signed_head = head.sig.map(|sig| SignedPoint {
         seq: head.seq,
         hash: head.hash,
@@ -101,17 +149,17 @@ pub fn export_baton(
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect(),
-        context: None,
+        context: label.context,
         exported_at: baton_shared::entry::format_timestamp(unix_ms()),
         entries: Vec::new(),
         head: signed_head,
         receipt,
-        notes: Vec::new(),
+        notes: label.notes,
     };
     doc.write_streaming(
         |event| {
             // Through the head read above: the receipt and head name it.
-            for_each_in_head_run(store, agent, |seq, e| {
+            for_each_in(store, agent, range, |seq, e| {
                 if seq <= head.seq {
                     event(e)?;
                 }

@@ -104,6 +104,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/fleet/agents", get(web::agents))
         .route("/api/v1/agents/{id}/detail", get(web::detail))
         .route("/api/v1/agents/{id}/verify", get(web::verify))
+        .route("/api/v1/agents/{id}/report", get(web::report))
+        .route("/api/v1/lessons", get(web::lessons))
         .route("/api/v1/console/events", get(web::events));
     if state.read_auth {
         reads = reads.route_layer(middleware::from_fn_with_state(state.clone(), reader_only));
@@ -180,9 +182,14 @@ pub async fn serve(
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(64 * 1024);
     tokio::pin!(shutdown);
+    // every connection's task: aborted after the grace period, so a client
+    // that never goes away (a watch stream) cannot hold the gateway's
+    // state, and with it its shutdown, forever
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let stream = tokio::select! {
             () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -206,7 +213,7 @@ pub async fn serve(
         let connection = graceful.watch(connection);
         let metrics = Arc::clone(&metrics);
         metrics.http_connections_open.fetch_add(1, Relaxed);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _ = connection.await;
             metrics.http_connections_open.fetch_sub(1, Relaxed);
             drop(slot);
@@ -214,6 +221,8 @@ pub async fn serve(
     }
     drop(listener);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), graceful.shutdown()).await;
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
 }
 
 /// How long a client may leave a response unread (its receive window full)
@@ -565,9 +574,17 @@ fn issue_status(e: &IssueError) -> StatusCode {
 #[derive(Debug, Deserialize)]
 struct ExportQuery {
     format: Option<String>,
+    from: Option<u64>,
+    to: Option<u64>,
+    at: Option<String>,
+    day: Option<String>,
+    context: Option<String>,
 }
 
-/// `format=baton` (default) or `jsonl`: the run holding the head.
+/// `format=baton` (default), `jsonl`, or `daily&day=YYYY-MM-DD` (that
+/// day's file of the daily set): the run holding the head, or `to` / `at`
+/// (a seq or an entry's hash: the chain as it was when that entry was its
+/// head), from `from`; a baton labelled with `context`.
 async fn export(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -577,25 +594,89 @@ async fn export(
         Ok(a) => a,
         Err((status, message)) => return error(status, message),
     };
+    let format = q.format.clone().unwrap_or_else(|| "baton".into());
+    if !["baton", "jsonl", "daily"].contains(&format.as_str()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("format {format:?}: use baton, jsonl or daily"),
+        );
+    }
+    let day = match (&*format, q.day.as_deref()) {
+        ("daily", Some(d))
+            if baton_shared::entry::parse_timestamp(&format!("{d}T00:00:00.000Z")).is_some() =>
+        {
+            Some(d.to_owned())
+        }
+        ("daily", _) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "day: YYYY-MM-DD (with format=daily)",
+            );
+        }
+        (_, Some(_)) => return error(StatusCode::BAD_REQUEST, "day: only with format=daily"),
+        _ => None,
+    };
+    let at = match q.at.as_deref().map(crate::report::At::parse).transpose() {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if q.to.is_some() && at.is_some() {
+        return error(StatusCode::BAD_REQUEST, "to and at: give one");
+    }
+    if q.from.is_some_and(|f| f == 0) || q.to.is_some_and(|t| t == 0) {
+        return error(StatusCode::BAD_REQUEST, "from, to: seqs from 1");
+    }
+    let to = match at {
+        Some(a) => {
+            let (store, agent) = (Arc::clone(&s.store), agent.clone());
+            match tokio::task::spawn_blocking(move || a.resolve(&store, &agent)).await {
+                Ok(Ok(seq)) => Some(seq),
+                Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        None => q.to.map(Seq),
+    };
+    let range = crate::export::Range {
+        from: q.from.map(Seq),
+        to,
+    };
     let store = Arc::clone(&s.store);
-    match q.format.as_deref().unwrap_or("baton") {
+    match format.as_str() {
         "baton" => {
             let (gateway, key) = (s.gateway.clone(), s.key.clone());
+            let label = crate::export::Label {
+                context: q.context,
+                notes: Vec::new(),
+            };
             streamed(&s, "application/json", move |out| {
-                crate::export::export_baton(&store, &agent, &gateway, &key, out)
+                crate::export::export_baton(&store, &agent, &gateway, &key, range, label, out)
             })
             .await
         }
-        "jsonl" => {
+        "daily" => {
+            let day = day.unwrap_or_default();
             streamed(&s, "application/x-ndjson", move |out| {
-                crate::export::export_jsonl(&store, &agent, out).map(|_| ())
+                // the day's file: the entries whose own `ts` falls on it
+                crate::export::for_each_in(&store, &agent, range, |seq, e| {
+                    if crate::report::Item::of(seq, &e.content)
+                        .is_some_and(|i| i.ts.starts_with(&format!("{day}T")))
+                    {
+                        std::io::Write::write_all(out, e.to_jsonl().as_bytes())?;
+                        std::io::Write::write_all(out, b"\n")?;
+                    }
+                    Ok(())
+                })
+                .map(|_| ())
             })
             .await
         }
-        other => error(
-            StatusCode::BAD_REQUEST,
-            format!("format {other:?}: use baton or jsonl"),
-        ),
+        _ => {
+            streamed(&s, "application/x-ndjson", move |out| {
+                crate::export::export_jsonl(&store, &agent, range, out).map(|_| ())
+            })
+            .await
+        }
     }
 }
 
@@ -775,47 +856,114 @@ async fn load(
 #[derive(Debug, Deserialize)]
 struct WatchQuery {
     agent: Option<String>,
+    /// Resume from this seq (with `agent`).
+    from: Option<u64>,
 }
 
-/// Server-sent events: one `entry` event (a JSONL line) per new durable
-/// entry, optionally of one agent.
-async fn watch(State(s): State<AppState>, Query(q): Query<WatchQuery>) -> Response {
+/// Entries replayed per read while a resumed watch catches up.
+const REPLAY_CHUNK: usize = 256;
+
+/// `Watch`: server-sent events, one `entry` event (a JSONL line, its id
+/// `<agent>:<seq>`) per new durable entry, optionally of one agent (404
+/// if unknown). With `agent`, a watch resumes: from `from=N`, or after the
+/// `Last-Event-ID` a reconnecting client sends — the entries stored since
+/// are sent first, then the live ones, each once. `lagged` says a slow
+/// client missed live entries (reconnect with `Last-Event-ID` to get them).
+async fn watch(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<WatchQuery>,
+) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
-    let filter = match q.agent.map(AgentId::new).transpose() {
+    let filter = match q.agent.map(|a| known_agent(&s, a)).transpose() {
         Ok(f) => f,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err((status, message)) => return error(status, message),
     };
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let resume = match (&filter, q.from, last_id) {
+        (None, Some(_), _) => return error(StatusCode::BAD_REQUEST, "from: only with agent"),
+        (_, Some(0), _) => return error(StatusCode::BAD_REQUEST, "from: a seq from 1"),
+        (Some(_), Some(f), _) => Some(Seq(f)),
+        (Some(a), None, Some(id)) => {
+            let seq = id
+                .strip_prefix(&format!("{a}:"))
+                .and_then(|n| n.parse::<u64>().ok());
+            match seq {
+                Some(n) => Some(Seq(n + 1)),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("Last-Event-ID: {id:?} is not {a}:<seq>"),
+                    );
+                }
+            }
+        }
+        _ => None,
+    };
+    // subscribe before reading what is stored: nothing falls between
     let rx = s.committed.subscribe();
     let store = Arc::clone(&s.store);
+    let line = |agent: &AgentId, seq: Seq, e: &baton_shared::Entry| {
+        Event::default()
+            .event("entry")
+            .id(format!("{agent}:{seq}"))
+            .data(e.to_jsonl())
+    };
     let stream = futures_util::stream::unfold(
         (
             rx,
             store,
             filter,
-            std::collections::VecDeque::<String>::new(),
+            std::collections::VecDeque::<Event>::new(),
+            resume,
         ),
-        |(mut rx, store, filter, mut queued)| async move {
+        move |(mut rx, store, filter, mut queued, mut next)| async move {
             loop {
-                if let Some(line) = queued.pop_front() {
-                    let ev = Event::default().event("entry").data(line);
+                if let Some(ev) = queued.pop_front() {
                     return Some((
                         Ok::<_, std::convert::Infallible>(ev),
-                        (rx, store, filter, queued),
+                        (rx, store, filter, queued, next),
                     ));
+                }
+                // catching up (a resumed watch): stored entries first
+                if let (Some(a), Some(n)) = (&filter, next) {
+                    let (store2, a2) = (Arc::clone(&store), a.clone());
+                    let rows =
+                        tokio::task::spawn_blocking(move || store2.range(&a2, n, REPLAY_CHUNK))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .unwrap_or_default();
+                    if let Some((last, _)) = rows.last() {
+                        next = Some(last.next());
+                        queued.extend(rows.iter().map(|(sq, e)| line(a, *sq, e)));
+                        continue;
+                    }
                 }
                 match rx.recv().await {
                     Ok(c) => {
                         if filter.as_ref().is_some_and(|f| *f != c.agent) {
                             continue;
                         }
-                        let n = usize::try_from(c.last.0 - c.first.0 + 1).unwrap_or(0);
-                        if let Ok(rows) = store.range(&c.agent, c.first, n) {
-                            queued.extend(rows.iter().map(|(_, e)| e.to_jsonl()));
+                        // what a resumed watch already sent is not sent again
+                        let first = next.map_or(c.first, |n| n.max(c.first));
+                        if first > c.last {
+                            continue;
+                        }
+                        let n = usize::try_from(c.last.0 - first.0 + 1).unwrap_or(0);
+                        if let Ok(rows) = store.range(&c.agent, first, n) {
+                            queued.extend(rows.iter().map(|(sq, e)| line(&c.agent, *sq, e)));
+                        }
+                        if filter.is_some() {
+                            next = Some(c.last.next());
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         let ev = Event::default().event("lagged").data(n.to_string());
-                        return Some((Ok(ev), (rx, store, filter, queued)));
+                        return Some((Ok(ev), (rx, store, filter, queued, next)));
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
@@ -1092,9 +1240,15 @@ fn registry_row(
 #[derive(Debug, Deserialize)]
 struct EntriesQuery {
     from: Option<u64>,
+    to: Option<u64>,
     limit: Option<usize>,
+    event: Option<String>,
+    context: Option<String>,
 }
 
+/// `Get`: JSONL of `agent`'s stored entries from `from` through `to`
+/// (default: the head), only those of `event` and of `context` when
+/// given, at most `limit` (default 1,000, at most 10,000).
 async fn entries(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -1104,24 +1258,60 @@ async fn entries(
         Ok(a) => a,
         Err((status, message)) => return error(status, message),
     };
-    let limit = q.limit.unwrap_or(1000).min(10_000);
+    if q.from == Some(0) {
+        return error(StatusCode::BAD_REQUEST, "from: a seq from 1");
+    }
+    if let (Some(f), Some(t)) = (q.from, q.to)
+        && t < f
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("to: {t} is before from {f}"),
+        );
+    }
+    if q.limit == Some(0) || q.limit.is_some_and(|l| l > 10_000) {
+        return error(StatusCode::BAD_REQUEST, "limit: 1–10000");
+    }
+    if let Some(e) = &q.event
+        && let Err(err) = baton_shared::EventName::new(e.as_str())
+    {
+        return error(StatusCode::BAD_REQUEST, format!("event: {err}"));
+    }
+    let limit = q.limit.unwrap_or(1000);
     let from = Seq(q.from.unwrap_or(1));
+    let to = Seq(q.to.unwrap_or(u64::MAX));
+    // canonical content names them exactly so: a byte test, then a parse
+    let event = q.event.map(|e| format!("\"event\":\"{e}\""));
+    let context = q.context;
     // Read 256 at a time into a streamed body: the response never holds
     // more than a chunk, whatever the limit and the entries' sizes.
     let store = Arc::clone(&s.store);
     streamed(&s, "application/x-ndjson", move |out| {
         let mut next = from;
         let mut left = limit;
-        while left > 0 {
-            let rows = store.range(&agent, next, left.min(256))?;
+        while left > 0 && next <= to {
+            let rows = store.range(&agent, next, 256)?;
             let Some((last, _)) = rows.last() else {
                 break;
             };
             next = last.next();
-            left -= rows.len();
-            for (_, e) in &rows {
+            for (seq, e) in &rows {
+                if *seq > to || left == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&e.content);
+                if event.as_ref().is_some_and(|ev| !text.contains(ev.as_str())) {
+                    continue;
+                }
+                if let Some(c) = &context
+                    && crate::report::Item::of(*seq, &e.content)
+                        .is_none_or(|i| i.context.as_deref() != Some(c.as_str()))
+                {
+                    continue;
+                }
                 std::io::Write::write_all(out, e.to_jsonl().as_bytes())?;
                 std::io::Write::write_all(out, b"\n")?;
+                left -= 1;
             }
         }
         Ok(())

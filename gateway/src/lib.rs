@@ -35,6 +35,7 @@ pub mod own_chain;
 pub mod publisher;
 pub mod rebuild;
 pub mod registry;
+pub mod report;
 pub mod server;
 #[cfg(feature = "tools")]
 pub mod tier_bench;

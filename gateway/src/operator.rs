@@ -249,6 +249,10 @@ pub fn run_command(
     by: &Actor,
 ) -> Result<Done, CommandError> {
     let action = cmd.action();
+    let loaded = match &cmd {
+        Command::Load { agent, first, .. } => Some((agent.clone(), *first)),
+        _ => None,
+    };
     let done = carry_out(ingest, now, cmd, by)?;
     let mut d = Object::new();
     d.insert("action", Value::from(action));
@@ -261,6 +265,10 @@ pub fn run_command(
     | Done::Resolved { agent, .. } = &done
     {
         d.insert("agent", Value::from(agent.as_str()));
+    }
+    if let Some((agent, first)) = loaded {
+        d.insert("agent", Value::from(agent.as_str()));
+        d.insert("first_seq", Value::from(first.0));
     }
     if let Done::Rerun { of, .. } = &done {
         d.insert("rerun_of", Value::from(of.to_hex()));

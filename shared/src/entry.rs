@@ -414,6 +414,53 @@ pub enum AppendError {
     RuntimeEvent(String),
     #[error("canonical content is {0} bytes (at most 65536)")]
     TooLarge(usize),
+    #[error("{event}: {problem}")]
+    Schema {
+        event: &'static str,
+        problem: String,
+    },
+}
+
+/// The fields a `lesson` entry's data must hold, each a non-empty string
+/// (what went wrong, why, what was done, what to do next time). The
+/// append API checks them; verifiers never look at `data`.
+pub const LESSON_FIELDS: [&str; 4] = ["trauma", "root_cause", "correction", "lesson"];
+
+/// Checks the data of well-known events whose shape the append API holds
+/// programs to: `lesson` (see [`LESSON_FIELDS`]; other keys are kept).
+pub fn check_schema(event: &EventName, data: &Value) -> Result<(), AppendError> {
+    if event.as_str() != "lesson" {
+        return Ok(());
+    }
+    let problem = |p: String| AppendError::Schema {
+        event: "lesson",
+        problem: p,
+    };
+    let Value::Object(o) = data else {
+        return Err(problem(format!(
+            "data must be an object with {}, found {}",
+            LESSON_FIELDS.join(", "),
+            data.kind()
+        )));
+    };
+    let missing: Vec<&str> = LESSON_FIELDS
+        .iter()
+        .copied()
+        .filter(|k| !matches!(o.get(k), Some(Value::String(s)) if !s.trim().is_empty()))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(problem(format!(
+            "data lacks {} (each a non-empty string; a lesson has {})",
+            missing
+                .iter()
+                .map(|k| format!("{k:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            LESSON_FIELDS.join(", ")
+        )))
+    }
 }
 
 impl AppendRequest {
@@ -447,6 +494,7 @@ impl AppendRequest {
         if event.is_runtime_only() {
             return Err(AppendError::RuntimeEvent(event.to_string()));
         }
+        check_schema(&event, &data)?;
         Ok(AppendRequest {
             event,
             context: context.filter(|c| !c.is_empty()),
@@ -622,6 +670,17 @@ mod tests {
 
     #[test]
     fn append_request_refuses_extra_keys_and_runtime_events() {
+        // a lesson says what is missing from it
+        let lesson =
+            br#"{"event":"lesson","data":{"trauma":"disk full","lesson":"watch df","extra":1}}"#;
+        let e = AppendRequest::parse(lesson).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "lesson: data lacks \"root_cause\", \"correction\" (each a non-empty string; a lesson has trauma, root_cause, correction, lesson)"
+        );
+        assert!(AppendRequest::parse(br#"{"event":"lesson","data":"x"}"#).is_err());
+        let whole = br#"{"event":"lesson","data":{"trauma":"t","root_cause":"r","correction":"c","lesson":"l","extra":1}}"#;
+        assert!(AppendRequest::parse(whole).is_ok());
         let ok = AppendRequest::parse(br#"{"event":"info","data":{"a":1}}"#).unwrap();
         assert_eq!(ok.event.as_str(), "info");
         assert_eq!(ok.context, None);

@@ -123,10 +123,21 @@ pub struct EventStream {
 
 impl EventStream {
     pub fn open(addr: SocketAddr, path: &str) -> std::io::Result<EventStream> {
+        EventStream::open_after(addr, path, None)
+    }
+
+    /// As [`EventStream::open`], resuming after `last_event_id` (the
+    /// `Last-Event-ID` header a reconnecting browser sends).
+    pub fn open_after(
+        addr: SocketAddr,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> std::io::Result<EventStream> {
         let mut s = TcpStream::connect(addr)?;
+        let resume = last_event_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n{resume}\r\n"
         )?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
         Ok(EventStream {

@@ -96,6 +96,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         b"{\"event\":\"Bad Name\"}",
         b"[1,2]",
         b"{\"event\":\"ok\",\"data\":9007199254740993}",
+        b"{\"event\":\"lesson\",\"data\":{\"trauma\":\"disk full\",\"lesson\":\"watch df\"}}",
     ]
     .iter()
     .map(|b| b.to_vec())
@@ -113,7 +114,13 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     }
     assert!(answers[1].as_ref().unwrap_err().contains("runtime"));
     assert!(answers[2].as_ref().unwrap_err().contains("extra"));
-    assert!(answers[9].as_ref().unwrap_err().contains("longer than"));
+    assert!(
+        answers[8]
+            .as_ref()
+            .unwrap_err()
+            .contains("\"root_cause\", \"correction\"")
+    );
+    assert!(answers[10].as_ref().unwrap_err().contains("longer than"));
     assert_eq!(agent.head(), before, "refused requests change nothing");
     // the connection still works after all that
     let ok = agent.append(0, 1).await;

@@ -250,3 +250,182 @@ async fn the_agent_list_is_searched_filtered_sorted_and_paged_by_the_gateway() {
     live.stop().await;
     gw.stop().await;
 }
+
+/// Appends raw append requests to `agent`; every one must be taken.
+async fn append_lines(agent: &Agent, lines: &[&str]) {
+    let answers = baton_agent::socket::client::send_lines(
+        &agent.ready.socket,
+        lines.iter().map(|l| l.as_bytes().to_vec()).collect(),
+    )
+    .await
+    .unwrap();
+    for a in &answers {
+        assert!(a.is_ok(), "{a:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_lessons_points_in_time_and_resumed_watches_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let adir = dir.path().join("pi-r");
+    let trusted = [(AgentId::new("pi-r").unwrap(), agent_key(&adir))];
+    let gw = Gateway::start(
+        &dir.path().join("gw"),
+        &trusted,
+        None,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    let addr = gw.bound.http;
+    let agent = Agent::start("pi-r", &adir, Some(gw.mqtt()), Some(gw.key)).await;
+    append_lines(
+        &agent,
+        &[
+            r#"{"event":"task_start","context":"shift-1","data":{"task_id":"calibrate"}}"#,
+            r#"{"event":"error","context":"shift-1","data":{"message":"lens <b>fogged</b> | twice"}}"#,
+            r#"{"event":"task_result","context":"shift-1","data":{"task_id":"calibrate","status":"ok"}}"#,
+            r#"{"event":"lesson","context":"shift-1","data":{"trauma":"fogged lens","root_cause":"condensation","correction":"heater on","lesson":"warm the lens first"}}"#,
+            r#"{"event":"info","context":"shift-2","data":{"message":"other session"}}"#,
+        ],
+    )
+    .await;
+    let head = agent.head();
+    assert!(
+        eventually(WAIT, || baton_tests::http::agent_field(
+            addr, "pi-r", "head_seq"
+        ) == Some(baton_shared::json::Value::from(head)))
+        .await
+    );
+
+    // status.json: the session the agent works in, and its last task
+    let status_has = |want: &[&str]| {
+        std::fs::read_to_string(adir.join("status.json"))
+            .is_ok_and(|t| want.iter().all(|w| t.contains(w)))
+    };
+    assert!(
+        eventually(WAIT, || status_has(&[
+            "\"session_id\":\"shift-2\"",
+            "\"last_task_id\":\"calibrate\""
+        ]))
+        .await,
+        "{:?}",
+        std::fs::read_to_string(adir.join("status.json"))
+    );
+
+    // the session report: tasks with durations, errors escaped, lessons
+    let (status, md) = http::get(addr, "/api/v1/agents/pi-r/report?context=shift-1").unwrap();
+    assert_eq!(status, 200, "{md}");
+    assert!(md.contains("## Session shift-1"), "{md}");
+    assert!(!md.contains("shift-2"), "{md}");
+    assert!(
+        md.contains("| calibrate |") && md.contains("| ok |"),
+        "{md}"
+    );
+    assert!(md.contains(r"lens \<b\>fogged\</b\> \| twice"), "{md}");
+    assert!(md.contains("**warm the lens first**"), "{md}");
+    let (status, html) = http::get(
+        addr,
+        "/api/v1/agents/pi-r/report?context=shift-1&format=html",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("<table>") && !html.contains("<b>fogged"),
+        "{html}"
+    );
+    // lessons across the fleet, grouped
+    let (_, lessons) = http::get(addr, "/api/v1/lessons").unwrap();
+    assert!(
+        lessons.contains("## warm the lens first (1 times, 1 agents)"),
+        "{lessons}"
+    );
+    // bad parameters are 400s naming the field
+    for (path, field) in [
+        ("/api/v1/agents/pi-r/report?format=pdf", "format:"),
+        ("/api/v1/agents/pi-r/report?since=yesterday-ish", "since:"),
+        ("/api/v1/agents/pi-r/report?at=99999", "at:"),
+        ("/api/v1/agents/pi-r/entries?limit=0", "limit:"),
+        ("/api/v1/agents/pi-r/entries?event=Bad", "event:"),
+        ("/api/v1/agents/pi-r/export?at=0", "at:"),
+        ("/api/v1/agents/pi-r/export?format=daily", "day:"),
+        ("/api/v1/agents/pi-r/export?to=3&at=2", "to and at"),
+        ("/api/v1/watch?from=2", "from:"),
+    ] {
+        let (status, body) = http::get(addr, path).unwrap();
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains(field), "{path}: {body}");
+    }
+    let (status, body) = http::get(addr, "/api/v1/watch?agent=nobody").unwrap();
+    assert_eq!(status, 404, "{body}");
+
+    // Get: by event and context
+    let (_, lines) = http::get(addr, "/api/v1/agents/pi-r/entries?event=task_start").unwrap();
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    let (_, lines) = http::get(addr, "/api/v1/agents/pi-r/entries?context=shift-1").unwrap();
+    assert_eq!(lines.lines().count(), 4, "{lines}");
+    let (_, lines) = http::get(addr, "/api/v1/agents/pi-r/entries?from=2&to=3").unwrap();
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+
+    // point in time: a baton at seq 3 holds 1..3 and verifies whole
+    let (status, baton) =
+        http::get(addr, "/api/v1/agents/pi-r/export?at=3&context=incident-7").unwrap();
+    assert_eq!(status, 200, "{baton}");
+    let b = baton_shared::export::load_baton(
+        baton.as_bytes(),
+        baton_shared::export::BatonTrust::Key(&trusted[0].1),
+    )
+    .unwrap();
+    assert_eq!((b.summary.first_seq.0, b.summary.head_seq.0), (1, 3));
+    assert!(b.authenticated && !b.truncated, "{:?}", b.summary);
+    assert!(baton.contains("\"context\":\"incident-7\""));
+    // the same point named by its hash
+    let third = http::get(addr, "/api/v1/agents/pi-r/entries?from=3&to=3")
+        .unwrap()
+        .1;
+    let hash = baton_shared::json::parse(third.trim().as_bytes(), baton_shared::json::Mode::Verify)
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .get("hash")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, by_hash) = http::get(
+        addr,
+        &format!("/api/v1/agents/pi-r/export?at={hash}&format=jsonl"),
+    )
+    .unwrap();
+    assert_eq!(by_hash.lines().count(), 3, "{by_hash}");
+    let (_, md) = http::get(addr, &format!("/api/v1/agents/pi-r/report?at={hash}")).unwrap();
+    assert!(
+        md.contains("taken as of seq 3") && !md.contains("warm the lens"),
+        "{md}"
+    );
+
+    // Watch resumes: from=, and after a Last-Event-ID, each entry once
+    let mut w = http::EventStream::open(addr, "/api/v1/watch?agent=pi-r&from=2").unwrap();
+    let first = w.next_data().unwrap();
+    assert!(first.contains("\"seq\":2"), "{first}");
+    let mut w = http::EventStream::open_after(
+        addr,
+        "/api/v1/watch?agent=pi-r",
+        Some(&format!("pi-r:{}", head - 1)),
+    )
+    .unwrap();
+    let last = w.next_data().unwrap();
+    assert!(last.contains(&format!("\"seq\":{head}")), "{last}");
+    agent.append_marked(0, 1).await;
+    let live = w.next_data().unwrap();
+    assert!(live.contains(&format!("\"seq\":{}", head + 1)), "{live}");
+
+    agent.stop().await;
+    // the watch streams are still open: the gateway stops all the same
+    // (it used to wait for them forever)
+    let stopped = tokio::time::timeout(Duration::from_secs(30), gw.stop()).await;
+    assert!(
+        stopped.is_ok(),
+        "the gateway did not stop while watch streams were open"
+    );
+    drop(w);
+}

@@ -457,3 +457,148 @@ pub async fn events(State(s): State<AppState>) -> Response {
         .keep_alive(KeepAlive::default())
         .into_response()
 }
+
+#[derive(Debug, Deserialize)]
+pub struct ReportQuery {
+    context: Option<String>,
+    since: Option<String>,
+    at: Option<String>,
+    format: Option<String>,
+    cluster: Option<String>,
+}
+
+/// A report's answer: markdown, or an HTML page that runs nothing.
+fn report_response(format: &str, title: &str, md: String) -> Response {
+    if format == "html" {
+        (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; style-src 'unsafe-inline'",
+                ),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            crate::report::html_page(title, &md),
+        )
+            .into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], md).into_response()
+    }
+}
+
+fn report_format(q: &ReportQuery) -> Result<&'static str, String> {
+    match q.format.as_deref() {
+        None | Some("md") => Ok("md"),
+        Some("html") => Ok("html"),
+        Some(_) => Err("format: md or html".into()),
+    }
+}
+
+/// `GET /api/v1/agents/{id}/report?context=&since=&at=&format=md|html`:
+/// the session report (see `crate::report`), one heavy turn at a time.
+pub async fn report(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<ReportQuery>,
+) -> Response {
+    let agent = match known_agent(&s, id) {
+        Ok(a) => a,
+        Err((status, msg)) => return error(status, msg),
+    };
+    let format = match report_format(&q) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let opts = match (|| -> Result<crate::report::Options, String> {
+        if q.cluster.is_some() {
+            return Err("cluster: only for /api/v1/lessons".into());
+        }
+        Ok(crate::report::Options {
+            context: q.context.clone(),
+            since_ms: q
+                .since
+                .as_deref()
+                .map(|v| crate::report::parse_since(v, baton_runtime::unix_ms()))
+                .transpose()?,
+            at: q.at.as_deref().map(crate::report::At::parse).transpose()?,
+        })
+    })() {
+        Ok(o) => o,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let Ok(_turn) = Arc::clone(&s.heavy).acquire_owned().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
+    let states_from = {
+        let f = s.fleet();
+        f.agent(&agent)
+            .and_then(|n| f.clusters().get(&n.cluster))
+            .and_then(|c| AgentId::new(c.gateway.as_str()).ok())
+    };
+    let (store, gateway) = (Arc::clone(&s.store), s.gateway.clone());
+    let title = format!("Session report: {agent}");
+    let built = tokio::task::spawn_blocking(move || {
+        crate::report::report(&store, &gateway, &agent, states_from.as_ref(), &opts)
+            .map(|r| r.markdown())
+    })
+    .await;
+    match built {
+        Ok(Ok(md)) => report_response(format, &title, md),
+        // `at` that names nothing here is the caller's mistake
+        Ok(Err(e)) if format!("{e}").starts_with("at:") => {
+            error(StatusCode::BAD_REQUEST, format!("{e:#}"))
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `GET /api/v1/lessons?cluster=&since=&format=md|html`: every lesson of
+/// the fleet this gateway knows (or of one cluster), grouped.
+pub async fn lessons(State(s): State<AppState>, Query(q): Query<ReportQuery>) -> Response {
+    let format = match report_format(&q) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if q.context.is_some() || q.at.is_some() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "context, at: only for one agent's report",
+        );
+    }
+    let since_ms = match q
+        .since
+        .as_deref()
+        .map(|v| crate::report::parse_since(v, baton_runtime::unix_ms()))
+        .transpose()
+    {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let mut agents: Vec<AgentId> = s
+        .fleet()
+        .agents()
+        .iter()
+        .filter(|(_, n)| q.cluster.as_deref().is_none_or(|c| n.cluster == c))
+        .map(|(a, _)| a.clone())
+        .collect();
+    agents.sort();
+    let scope = q.cluster.clone().map_or_else(
+        || format!("the fleet as {} knows it", s.gateway),
+        |c| format!("cluster {c}"),
+    );
+    let Ok(_turn) = Arc::clone(&s.heavy).acquire_owned().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
+    let store = Arc::clone(&s.store);
+    let built = tokio::task::spawn_blocking(move || {
+        crate::report::lessons(&store, &agents, since_ms, &scope)
+    })
+    .await;
+    match built {
+        Ok(Ok(md)) => report_response(format, "Lessons", md),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

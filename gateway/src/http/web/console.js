@@ -63,7 +63,8 @@ async function api(path, opts) {
   const r = await fetch(path, Object.assign({}, opts || {}, { headers: headers((opts || {}).headers) }));
   const text = await r.text();
   let body = null;
-  try { body = text && path.indexOf('/entries') < 0 ? JSON.parse(text) : text; } catch (_) { body = text; }
+  const isJson = (r.headers.get('content-type') || '').startsWith('application/json');
+  try { body = text && isJson ? JSON.parse(text) : text; } catch (_) { body = text; }
   if (!r.ok) {
     const why = body && body.error ? body.error : r.status + ' ' + r.statusText;
     throw new Error(why);
@@ -93,6 +94,7 @@ const views = {
   agent: agentView,
   commands: commandsView,
   command: commandView,
+  lessons: lessonsView,
 };
 
 let rendering = null;
@@ -323,11 +325,13 @@ function chart(points) {
     svg('text', { x: W - 80, y: H - 2 }, 'now'));
 }
 
-async function agentView(parts) {
+async function agentView(parts, params) {
   const id = parts[0];
   const enc = encodeURIComponent(id);
   const a = await api('/api/v1/agents/' + enc + '/detail');
-  const head = a.head_seq || 0;
+  // point in time: the chain as it was when entry `at` was its head
+  const at = Math.min(parseInt(params.get('at') || '0', 10) || 0, a.head_seq || 0);
+  const head = at || a.head_seq || 0;
   const from = Math.max(1, head - 19);
   const text = head ? await api('/api/v1/agents/' + enc + '/entries?from=' + from + '&limit=20') : '';
   const entries = String(text).split('\n').filter(Boolean).map((l) => { try { return JSON.parse(l); } catch (_) { return null; } }).filter(Boolean).reverse();
@@ -337,6 +341,12 @@ async function agentView(parts) {
   return h('div', {},
     h('p', {}, link('#/', 'Fleet'), a.cluster ? [' › ', link('#/cluster/' + encodeURIComponent(a.cluster), a.cluster)] : null, ' › ', id),
     h('h1', {}, 'Agent ' + id + ' ', badge(a.state)),
+    h('p', {},
+      h('a', { id: 'report-link', href: '/api/v1/agents/' + enc + '/report?format=html' + (at ? '&at=' + at : ''), target: '_blank', rel: 'noopener' }, 'Session report'),
+      ' · ',
+      keep('at-form', () => h('form', { class: 'inline', id: 'at-form', onsubmit: (e) => { e.preventDefault(); const v = $('at').value.trim(); location.hash = '#/agent/' + enc + (v ? '?at=' + encodeURIComponent(v) : ''); } },
+        h('label', { for: 'at' }, 'as of seq '), h('input', { id: 'at', size: 8, value: at || '' }), ' ', h('button', { type: 'submit' }, 'Show'))),
+      at ? h('span', { class: 'bad', id: 'at-note' }, ' Point in time: the chain as it was at seq ' + at + ' (head ' + a.head_seq + ').') : null),
     h('div', { class: 'grid' },
       h('div', { class: 'card' }, h('h2', {}, 'State'), h('dl', {},
         field('state', badge(a.state)),
@@ -372,7 +382,7 @@ async function agentView(parts) {
           e.target.disabled = false;
         } }, 'Verify now'), verifyOut)),
     ),
-    h('h2', {}, 'Recent entries'),
+    h('h2', {}, at ? 'Entries up to seq ' + at : 'Recent entries'),
     entries.length ? h('table', { class: 'entries', id: 'entries' },
       h('tr', {}, h('th', { class: 'num' }, 'seq'), h('th', {}, 'ts'), h('th', {}, 'event'), h('th', {}, 'data'), h('th', {}, 'context')),
       entries.map((e) => h('tr', {},
@@ -383,6 +393,16 @@ async function agentView(parts) {
 }
 
 // ---- commands ------------------------------------------------------------
+
+async function lessonsView(_parts, params) {
+  const q = params.get('cluster') ? '?cluster=' + encodeURIComponent(params.get('cluster')) : '';
+  const md = await api('/api/v1/lessons' + q);
+  return h('div', {},
+    h('h1', {}, 'Lessons'),
+    h('p', {}, h('a', { href: '/api/v1/lessons?format=html' + (q ? '&' + q.slice(1) : ''), target: '_blank', rel: 'noopener' }, 'As a page'),
+      h('span', { class: 'muted' }, ' · every lesson entry (trauma, root cause, correction, lesson) of the agents this gateway knows, grouped by what was learned')),
+    h('pre', { id: 'lessons', class: 'card' }, md));
+}
 
 async function commandsView() {
   const list = await api('/api/v1/commands');
