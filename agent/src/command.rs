@@ -152,6 +152,22 @@ pub enum Command {
         #[arg(long)]
         data: Option<String>,
     },
+    /// Roll the derived views back to an entry (a `pitr` entry, PROTOCOL
+    /// §2): reports and what local programs are told start again from it;
+    /// nothing is deleted. Only root or the agent's own user may.
+    Pitr {
+        #[command(flatten)]
+        socket: Socket,
+        /// The entry to go back to: its seq, or its hash.
+        #[arg(long)]
+        to: String,
+        /// Why (recorded in the chain).
+        #[arg(long)]
+        reason: String,
+        /// Who asks (recorded beside the connection's uid).
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// Append every line of a JSONL file ({"event", "context", "data"}, and
     /// an optional "ts" of the log's own, kept in data).
     Ingest {
@@ -274,6 +290,31 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 baton_runtime::service::shutdown_signal(),
                 None,
             ))?;
+        }
+        Command::Pitr {
+            socket,
+            to,
+            reason,
+            by,
+        } => {
+            let v =
+                runtime()?.block_on(client::pitr(&socket.socket, &to, &reason, by.as_deref()))?;
+            let o = v.as_object().context("an answer that is not an object")?;
+            if let Some(e) = o.get("error").and_then(baton_shared::json::Value::as_str) {
+                anyhow::bail!("rollback refused: {e}");
+            }
+            let p = o
+                .get("pitr")
+                .and_then(baton_shared::json::Value::as_object)
+                .context("an answer without pitr")?;
+            let f = |k: &str| {
+                p.get(k)
+                    .map(|v| {
+                        String::from_utf8_lossy(&baton_shared::canonical::to_vec(v)).into_owned()
+                    })
+                    .unwrap_or_default()
+            };
+            println!("{} {}", f("seq"), f("hash").trim_matches('"'));
         }
         Command::Append {
             socket,

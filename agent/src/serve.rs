@@ -17,6 +17,8 @@
 //! answer follows) or CONFLICT (`conflict` one of the §9 kinds, `detail` in
 //! words). A command answered READY is woken at T with `{"wake": hash}`.
 //! A bad line is answered `{"error": "…"}` and counted; it changes nothing.
+//! When an operator rolls the derived views back (`baton-agent pitr`),
+//! every serving program is told `{"pitr": {"seq", "hash", "by", "reason"}}`.
 //!
 //! Only `orient`, `decide` and `act` can be served (the others are built
 //! in). A served verb goes to its program before any configured
@@ -59,6 +61,9 @@ pub struct Assignment {
 pub struct Subscribers {
     serving: Mutex<HashMap<Verb, (u64, mpsc::Sender<Assignment>)>>,
     next: AtomicU64,
+    /// Notices for every subscribed program (a `pitr`: derived state goes
+    /// back to an entry).
+    notices: std::sync::OnceLock<tokio::sync::broadcast::Sender<Value>>,
 }
 
 impl Subscribers {
@@ -79,6 +84,16 @@ impl Subscribers {
 
     fn unsubscribe(&self, id: u64) {
         self.lock().retain(|_, (s, _)| *s != id);
+    }
+
+    fn notices(&self) -> &tokio::sync::broadcast::Sender<Value> {
+        self.notices
+            .get_or_init(|| tokio::sync::broadcast::channel(16).0)
+    }
+
+    /// Tells every subscribed program `notice` (one line each).
+    pub fn tell(&self, notice: &Value) {
+        let _ = self.notices().send(notice.clone());
     }
 
     /// Hands `a` to the program serving its verb; `false` when none does
@@ -226,6 +241,7 @@ pub async fn session<R, W>(
     W: AsyncWrite + Unpin,
 {
     let (tx, mut assigned) = mpsc::channel::<Assignment>(QUEUE);
+    let mut notices = subscribers.notices().subscribe();
     let id = subscribers.subscribe(&verbs, &tx);
     drop(tx);
     let names: Vec<Value> = verbs.iter().map(|v| Value::from(v.as_str())).collect();
@@ -262,6 +278,11 @@ pub async fn session<R, W>(
     while alive {
         let next_wake = wakes.peek().map(|w| w.0.0);
         tokio::select! {
+            n = notices.recv() => {
+                if let Ok(n) = n {
+                    alive = out.write_all(&line(n)).await.is_ok();
+                }
+            }
             a = assigned.recv() => {
                 let Some(a) = a else { break };
                 let c = &a.command;

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::status::Shared;
+use crate::writer::PitrTo;
 use crate::writer::{AppendRefused, AppendResult, Writer};
 
 /// Longest request line accepted (content is at most 64 KiB; escapes and
@@ -191,6 +192,8 @@ enum First {
     Append,
     /// A handler's `serve` request (`crate::serve`), read whole.
     Serve(Vec<u8>),
+    /// An operator's rollback (`{"pitr": …}`), read whole.
+    Pitr(Vec<u8>),
     /// A `serve` request left unfinished or unreadable: the connection ends.
     Gone,
 }
@@ -201,15 +204,124 @@ async fn first_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> First {
         return First::Append;
     };
     let start = buf.iter().position(|b| !b.is_ascii_whitespace());
-    if !start.is_some_and(|i| buf[i..].starts_with(b"{\"serve\"")) {
+    let pitr = start.is_some_and(|i| buf[i..].starts_with(b"{\"pitr\""));
+    if !pitr && !start.is_some_and(|i| buf[i..].starts_with(b"{\"serve\"")) {
         return First::Append;
     }
     let mut line = Vec::new();
     let mut limited = r.take(MAX_LINE as u64);
     match tokio::time::timeout(LINE_TIMEOUT, limited.read_until(b'\n', &mut line)).await {
+        Ok(Ok(_)) if pitr => First::Pitr(line),
         Ok(Ok(_)) => First::Serve(line),
         _ => First::Gone,
     }
+}
+
+/// Whether a program running as `peer` (the socket's peer credentials)
+/// may roll the derived views back: root, or the agent's own user — an
+/// operator on the device, not any program the socket's group lets in.
+pub fn may_roll_back(peer: Option<u32>, own: u32) -> bool {
+    matches!(peer, Some(0)) || peer == Some(own)
+}
+
+/// Reads a rollback request: `{"pitr": {"to": N | "HASH", "reason": "…",
+/// "by"?: "…"}}`; every error names the field.
+pub fn pitr_request(line: &[u8]) -> Result<(PitrTo, Option<String>, String), String> {
+    let v = baton_shared::json::parse(line, baton_shared::json::Mode::Verify)
+        .map_err(|e| format!("pitr: {e}"))?;
+    let o = v
+        .as_object()
+        .and_then(|o| o.get("pitr"))
+        .and_then(Value::as_object)
+        .ok_or("pitr: not {\"pitr\": {\"to\", \"reason\"}}")?;
+    if let Some((k, _)) = o
+        .iter()
+        .find(|(k, _)| !["to", "reason", "by"].contains(&&**k))
+    {
+        return Err(format!("pitr.{k}: unknown field (to, reason, by)"));
+    }
+    let to = match o.get("to") {
+        Some(Value::String(h)) => {
+            PitrTo::Hash(baton_shared::Hash::from_hex(h).map_err(|e| format!("pitr.to: {e}"))?)
+        }
+        Some(n) => PitrTo::Seq(baton_shared::Seq(
+            n.as_exact_u64()
+                .filter(|n| *n >= 1)
+                .ok_or("pitr.to: a seq (1, 2, …) or an entry's hash")?,
+        )),
+        None => return Err("pitr.to: missing".into()),
+    };
+    let reason = match o.get("reason") {
+        Some(Value::String(r)) if !r.trim().is_empty() => r.clone(),
+        _ => return Err("pitr.reason: a non-empty string (why the rollback)".into()),
+    };
+    let by = match o.get("by") {
+        None => None,
+        Some(Value::String(b)) => Some(b.clone()),
+        Some(_) => return Err("pitr.by: a string".into()),
+    };
+    Ok((to, by, reason))
+}
+
+/// An operator's rollback: checked, recorded as a `pitr` entry, answered
+/// `{"pitr": {"seq", "hash"}}`, and told to every program serving
+/// commands on the socket.
+async fn rollback(
+    line: &[u8],
+    peer: Option<u32>,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    writer: &Writer,
+    shared: &Shared,
+) {
+    let own = rustix::process::geteuid().as_raw();
+    let answer = if may_roll_back(peer, own) {
+        match pitr_request(line) {
+            Ok((to, by, reason)) => {
+                let who = format!(
+                    "local operator uid {}{}",
+                    peer.unwrap_or(u32::MAX),
+                    by.map(|b| format!(" ({b})")).unwrap_or_default()
+                );
+                match writer
+                    .pitr(baton_runtime::unix_ms(), to, who.clone(), reason.clone())
+                    .await
+                {
+                    Ok((seq, hash)) if seq.0 > 0 => {
+                        let mut o = baton_shared::json::Object::new();
+                        o.insert("seq", Value::from(seq.0));
+                        o.insert("hash", Value::from(hash.to_hex()));
+                        o.insert("by", Value::from(who));
+                        o.insert("reason", Value::from(reason));
+                        let mut a = baton_shared::json::Object::new();
+                        a.insert("pitr", Value::Object(o));
+                        let v = Value::Object(a);
+                        shared.subscribers.tell(&v);
+                        Ok(v)
+                    }
+                    Ok(_) => Err("ledger: the rollback was not recorded (see status.json)".into()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        Err(format!(
+            "pitr: only root or the agent's own user may roll back (this connection's uid: {})",
+            peer.map_or_else(|| "unknown".into(), |u| u.to_string())
+        ))
+    };
+    let text = match answer {
+        Ok(v) => {
+            let mut t = baton_shared::canonical::to_vec(&v);
+            t.push(b'\n');
+            String::from_utf8_lossy(&t).into_owned()
+        }
+        Err(e) => {
+            writer.stats.refused.fetch_add(1, Ordering::Relaxed);
+            error_line(&e)
+        }
+    };
+    let _ = write.write_all(text.as_bytes()).await;
 }
 
 /// Serves a handler that asked with `line`, or tells it what was wrong.
@@ -240,6 +352,7 @@ async fn connection(
     shared: Arc<Shared>,
     parses: Arc<tokio::sync::Semaphore>,
 ) {
+    let peer = stream.peer_cred().ok().map(|c| c.uid());
     let (read, write) = stream.into_split();
     let mut reader = BufReader::new(read);
     // a program that serves commands says so on its first line
@@ -248,6 +361,7 @@ async fn connection(
         First::Serve(line) => {
             return handler_session(&line, reader, write, &writer, &shared).await;
         }
+        First::Pitr(line) => return rollback(&line, peer, write, &writer, &shared).await,
         First::Gone => return,
     }
     let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE / MAX_BATCH + 1);
@@ -397,6 +511,42 @@ pub mod client {
             (Some(s), Some(h)) => Ok((s as u64, h.to_owned())),
             _ => Err(format!("unreadable answer {line:?}")),
         }
+    }
+
+    /// Asks the agent for a rollback (`pitr`): its answer line, parsed
+    /// (`{"pitr": {"seq", "hash", "by", "reason"}}` or `{"error"}`).
+    pub async fn pitr(
+        socket: &Path,
+        to: &str,
+        reason: &str,
+        by: Option<&str>,
+    ) -> std::io::Result<Value> {
+        let mut p = baton_shared::json::Object::new();
+        let target = match to.parse::<u64>() {
+            Ok(n) => Value::from(n),
+            Err(_) => Value::from(to),
+        };
+        p.insert("to", target);
+        p.insert("reason", Value::from(reason));
+        if let Some(b) = by {
+            p.insert("by", Value::from(b));
+        }
+        let mut o = baton_shared::json::Object::new();
+        o.insert("pitr", Value::Object(p));
+        let mut line = baton_shared::canonical::to_vec(&Value::Object(o));
+        line.push(b'\n');
+        let mut stream = UnixStream::connect(socket).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("connecting to {}: {e}", socket.display()))
+        })?;
+        stream.write_all(&line).await?;
+        let mut reader = BufReader::new(stream);
+        let mut answer = String::new();
+        reader.read_line(&mut answer).await?;
+        baton_shared::json::parse(
+            answer.trim_end().as_bytes(),
+            baton_shared::json::Mode::Verify,
+        )
+        .map_err(|e| std::io::Error::other(format!("unreadable answer {answer:?}: {e}")))
     }
 
     /// Sends every line and collects the answers in order (pipelined).

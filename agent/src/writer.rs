@@ -134,6 +134,15 @@ enum Op {
         record: Box<CommandRecord>,
         reply: oneshot::Sender<EntryResult>,
     },
+    /// A `pitr` entry (PROTOCOL §2): a rollback of the derived views to
+    /// an entry this ledger holds, checked against it in the group.
+    Pitr {
+        unix_ms: i64,
+        to: PitrTo,
+        by: String,
+        reason: String,
+        reply: oneshot::Sender<AppendResult>,
+    },
     SignHead(oneshot::Sender<Result<(), WriterError>>),
     StoreBest(Receipt, oneshot::Sender<Result<(), WriterError>>),
     Pin(PublicKey, oneshot::Sender<Result<(), WriterError>>),
@@ -149,6 +158,13 @@ enum Op {
     ReleaseStranded(Seq, oneshot::Sender<Result<u64, WriterError>>),
     /// Commit what is queued, then stop and close the file.
     Close,
+}
+
+/// Where a `pitr` goes back to: a seq, or an entry's hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PitrTo {
+    Seq(Seq),
+    Hash(Hash),
 }
 
 /// Counters the writer keeps.
@@ -317,6 +333,22 @@ impl Writer {
             unix_ms,
             event,
             data,
+            reply,
+        })
+        .await?;
+        rx.await.unwrap_or(Err(AppendRefused::Stopped))
+    }
+
+    /// Appends a `pitr` entry back to `to` (an entry this ledger holds,
+    /// committed, below the `pitr` itself), signed at once; answered with
+    /// its seq and hash, or why not.
+    pub async fn pitr(&self, unix_ms: i64, to: PitrTo, by: String, reason: String) -> AppendResult {
+        let (reply, rx) = oneshot::channel();
+        self.send_append(Op::Pitr {
+            unix_ms,
+            to,
+            by,
+            reason,
             reply,
         })
         .await?;
@@ -644,6 +676,37 @@ fn apply_group(
                 // Runtime entries are checkpoints: signed at once.
                 if appended { txn.sign_head() } else { Ok(()) }
             }
+            Op::Pitr {
+                unix_ms,
+                to,
+                by,
+                reason,
+                reply,
+            } => match pitr_target(ctx.ledger, to) {
+                Err(why) => {
+                    replies.push(Reply::Append(reply, Err(AppendRefused::Request(why))));
+                    Ok(())
+                }
+                Ok((seq, hash)) => {
+                    let mut t = baton_shared::json::Object::new();
+                    t.insert("seq", Value::from(seq.0));
+                    t.insert("hash", Value::from(hash.to_hex()));
+                    let mut d = baton_shared::json::Object::new();
+                    d.insert("to", Value::Object(t));
+                    d.insert("by", Value::from(by));
+                    d.insert("reason", Value::from(reason));
+                    let r = txn.append(
+                        unix_ms,
+                        Some(&clock),
+                        &runtime_event("pitr"),
+                        None,
+                        &Value::Object(d),
+                    );
+                    let appended = r.is_ok();
+                    answer_append(r, reply, replies)?;
+                    if appended { txn.sign_head() } else { Ok(()) }
+                }
+            },
             Op::Command {
                 unix_ms,
                 event,
@@ -740,7 +803,7 @@ fn count(
 /// filled in by `send_err`).
 fn unanswered(op: Op, replies: &mut Vec<Reply>) {
     match op {
-        Op::Runtime { reply, .. } => {
+        Op::Runtime { reply, .. } | Op::Pitr { reply, .. } => {
             replies.push(Reply::Append(reply, Ok((Seq::ZERO, Hash::ZERO))));
         }
         Op::AppendMany { reqs, reply, .. } => {
@@ -792,6 +855,45 @@ fn append_one(
 }
 
 /// Queues the answer to an append; a ledger failure fails the whole group.
+/// The committed entry a `pitr` names: its seq and hash, or why it
+/// names none this ledger holds.
+fn pitr_target(ledger: &Ledger, to: PitrTo) -> Result<(Seq, Hash), String> {
+    let head = ledger.head().map_err(|e| format!("ledger: {e}"))?;
+    let held = |s: Seq| -> Result<Option<Hash>, String> {
+        Ok(ledger
+            .entries(s, s)
+            .map_err(|e| format!("ledger: {e}"))?
+            .first()
+            .map(|e| e.hash))
+    };
+    match to {
+        PitrTo::Seq(s) if s.0 == 0 || s > head.seq => Err(format!(
+            "to: seq {s} is not an entry of this chain (head {})",
+            head.seq
+        )),
+        PitrTo::Seq(s) => held(s)?.map(|h| (s, h)).ok_or_else(|| {
+            format!(
+                "to: seq {s} is no longer held on this device (oldest held {}); receipted entries are at the gateway",
+                head.oldest
+            )
+        }),
+        PitrTo::Hash(h) => {
+            let mut found = None;
+            ledger
+                .for_each(head.oldest, head.seq, |s, e| {
+                    if e.hash == h {
+                        found = Some(s);
+                    }
+                    Ok(())
+                })
+                .map_err(|e| format!("ledger: {e}"))?;
+            found
+                .map(|s| (s, h))
+                .ok_or_else(|| format!("to: no entry held on this device has hash {h}"))
+        }
+    }
+}
+
 fn answer_append(
     r: Result<(Seq, Hash), AppendFailure>,
     reply: oneshot::Sender<AppendResult>,

@@ -429,3 +429,81 @@ async fn reports_lessons_points_in_time_and_resumed_watches_over_http() {
     );
     drop(w);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_rollback_is_recorded_told_to_local_programs_and_applied_by_reports() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    // who may: root or the agent's own user, nobody else on the socket
+    assert!(baton_agent::socket::may_roll_back(Some(0), 1000));
+    assert!(baton_agent::socket::may_roll_back(Some(1000), 1000));
+    assert!(!baton_agent::socket::may_roll_back(Some(1001), 1000));
+    assert!(!baton_agent::socket::may_roll_back(None, 1000));
+
+    let dir = tempfile::tempdir().unwrap();
+    let adir = dir.path().join("pi-p");
+    let trusted = [(AgentId::new("pi-p").unwrap(), agent_key(&adir))];
+    let gw = Gateway::start(
+        &dir.path().join("gw"),
+        &trusted,
+        None,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    let addr = gw.bound.http;
+    let agent = Agent::start("pi-p", &adir, Some(gw.mqtt()), Some(gw.key)).await;
+    agent.append_marked(0, 5).await; // seqs 2..6
+    let socket = agent.ready.socket.clone();
+
+    // a local program serving commands, to be told
+    let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    write.write_all(b"{\"serve\":[\"act\"]}\n").await.unwrap();
+    let mut program = tokio::io::BufReader::new(read).lines();
+    let hello = program.next_line().await.unwrap().unwrap();
+    assert!(hello.contains("serving"), "{hello}");
+
+    // refused, naming what is wrong; nothing written
+    let head = agent.head();
+    for (to, reason, field) in [("99", "x", "to: seq 99"), ("3", " ", "pitr.reason")] {
+        let v = baton_agent::socket::client::pitr(&socket, to, reason, None)
+            .await
+            .unwrap();
+        let text = String::from_utf8(baton_shared::canonical::to_vec(&v)).unwrap();
+        assert!(text.contains(field), "{text}");
+    }
+    assert_eq!(agent.head(), head);
+
+    // back to seq 3
+    let v = baton_agent::socket::client::pitr(&socket, "3", "bad calibration", Some("test-op"))
+        .await
+        .unwrap();
+    let text = String::from_utf8(baton_shared::canonical::to_vec(&v)).unwrap();
+    assert!(text.contains(&format!("\"seq\":{}", head + 1)), "{text}");
+    assert_eq!(agent.head(), head + 1);
+    let told = tokio::time::timeout(WAIT, program.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        told.contains("\"pitr\"") && told.contains("bad calibration"),
+        "{told}"
+    );
+
+    // the entry reaches the gateway; its report applies it
+    assert!(
+        eventually(WAIT, || http::agent_field(addr, "pi-p", "head_seq")
+            == Some(baton_shared::json::Value::from(head + 1)))
+        .await
+    );
+    let chain = String::from_utf8(http::gateway_chain(addr, "pi-p")).unwrap();
+    let last = chain.lines().last().unwrap();
+    assert!(
+        last.contains("\"event\":\"pitr\"") && last.contains("\"seq\":3}"),
+        "{last}"
+    );
+    let (_, md) = http::get(addr, "/api/v1/agents/pi-p/report").unwrap();
+    assert!(md.contains("reading 2") && md.contains("pitr 1"), "{md}");
+    agent.stop().await;
+    gw.stop().await;
+}
