@@ -213,6 +213,9 @@ pub struct RunArgs {
     /// How long an HTTP client may take to send a request's headers, e.g. "10s".
     #[arg(long, env = "BATON_GATEWAY_HTTP_HEADER_TIMEOUT")]
     http_header_timeout: Option<String>,
+    /// Keep every chain held as live daily files, DIR/<agent>/YYYY-MM-DD.jsonl.
+    #[arg(long, env = "BATON_GATEWAY_DAILY_DIR")]
+    daily_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -494,6 +497,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 enroll_rate: a.enroll_rate,
                 http_max_connections: a.http_max_connections,
                 http_header_timeout: a.http_header_timeout,
+                daily_dir: a.daily_dir,
             };
             let config = Config::validate(file.merge(flags))?;
             let listeners = crate::server::Listeners::bind(&config)?;

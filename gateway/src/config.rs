@@ -83,6 +83,8 @@ pub struct RawConfig {
     /// send a request's headers (or sit idle between requests).
     pub http_max_connections: Option<usize>,
     pub http_header_timeout: Option<String>,
+    /// Keep every chain as live daily files `<dir>/<agent>/YYYY-MM-DD.jsonl`.
+    pub daily_dir: Option<PathBuf>,
 }
 
 impl RawConfig {
@@ -141,6 +143,7 @@ impl RawConfig {
             enroll_rate: over.enroll_rate.or(self.enroll_rate),
             http_max_connections: over.http_max_connections.or(self.http_max_connections),
             http_header_timeout: over.http_header_timeout.or(self.http_header_timeout),
+            daily_dir: over.daily_dir.or(self.daily_dir),
         }
     }
 }
@@ -194,6 +197,8 @@ pub struct Config {
     pub liveness: Liveness,
     pub upstream: Option<Upstream>,
     pub security: Security,
+    /// Live daily files of every chain held (a derived view; none: off).
+    pub daily_dir: Option<PathBuf>,
 }
 
 /// Who may do what (README, Security).
@@ -610,6 +615,7 @@ impl Config {
                 Duration::from_secs(60),
             )?,
             max_agents: raw.max_agents.unwrap_or(1000),
+            daily_dir: raw.daily_dir,
         })
     }
 
@@ -652,6 +658,11 @@ http_listen = "127.0.0.1:8080"
 # requests on a kept-alive connection.
 http_max_connections = 256
 http_header_timeout = "10s"
+
+# Live daily files of every chain held here, <daily_dir>/<agent>/YYYY-MM-DD.jsonl
+# as `export --format daily` writes them: appended after each commit, off the
+# receipt path; delete the directory and restart to have it written again.
+# daily_dir = "/var/lib/baton-gateway/daily"
 
 # Delivery: rate limit of resend nacks (rule 5).
 resend_timeout = "10s"

@@ -116,6 +116,7 @@ pub async fn run(
         liveness: crate::config::Liveness::default(),
         upstream: None,
         security: crate::config::Security::defaults(&gw_dir),
+        daily_dir: Some(gw_dir.join("daily")),
     };
     {
         // Offline commands (`export --format baton`) read the id from the store.
@@ -170,6 +171,10 @@ pub async fn run(
     ));
     say(&format!("  data:    {}", base.display()));
     say(&format!("  gateway: {}", gw_dir.display()));
+    say(&format!(
+        "  daily:   {}   (every chain as <agent>/YYYY-MM-DD.jsonl, live)",
+        gw_dir.join("daily").display()
+    ));
     for a in &agents {
         say(&format!(
             "  agent:   {:<8} {}",

@@ -14,6 +14,7 @@ pub mod config;
 pub mod console;
 #[cfg(feature = "tools")]
 pub mod coord_bench;
+pub mod daily;
 #[cfg(feature = "tools")]
 pub mod demo;
 pub mod dispatch;

@@ -176,6 +176,9 @@ pub struct Metrics {
     pub http_connections_open: AtomicU64,
     /// Heartbeats taken (plausible, from known agents).
     pub heartbeats: AtomicU64,
+    /// `--daily-dir`: lines written, and writes that failed (each retried).
+    pub daily_lines: AtomicU64,
+    pub daily_errors: AtomicU64,
     rejected: RejectCounts,
     bad_input: BadInputCounts,
     commit: Histogram<10>,
@@ -330,6 +333,18 @@ impl Metrics {
             "baton_resend_nacks_total",
             "Resend nacks sent for out-of-order batches.",
             &self.resend_nacks,
+        );
+        counter(
+            &mut out,
+            "baton_daily_lines_total",
+            "Lines written to the live daily files (--daily-dir).",
+            &self.daily_lines,
+        );
+        counter(
+            &mut out,
+            "baton_daily_errors_total",
+            "Writes to the live daily files that failed (retried).",
+            &self.daily_errors,
         );
         counter(
             &mut out,

@@ -656,6 +656,17 @@ pub async fn run(
             }
         })?;
 
+    // Live daily files, after each commit (a derived view).
+    let daily = config.daily_dir.as_ref().map(|dir| {
+        crate::daily::DailyView::spawn(
+            dir.clone(),
+            config.id.clone(),
+            Arc::clone(&store),
+            committed_tx.subscribe(),
+            Arc::clone(&metrics),
+        )
+    });
+
     // Upstream: every chain held here, to the parent gateway.
     let forwarder = match &config.upstream {
         Some(up) => {
@@ -755,6 +766,9 @@ pub async fn run(
     tokio::task::spawn_blocking(move || ingest_thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the ingest thread panicked"))?;
+    if let Some(d) = daily {
+        d.stop().await;
+    }
     Ok(())
 }
 

@@ -507,3 +507,88 @@ async fn an_operators_rollback_is_recorded_told_to_local_programs_and_applied_by
     agent.stop().await;
     gw.stop().await;
 }
+
+/// Every `<agent>/*.jsonl` under `dir`, oldest day first, one after another.
+fn daily_text(dir: &std::path::Path, agent: &str) -> String {
+    let Ok(listing) = std::fs::read_dir(dir.join(agent)) else {
+        return String::new();
+    };
+    let mut files: Vec<_> = listing.map(|f| f.unwrap().path()).collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_daily_files_follow_the_chains_and_are_written_again_when_lost() {
+    use baton_tests::daemons::{GatewayProc, Role, Via, free_port};
+    let dir = tempfile::tempdir().unwrap();
+    let (gdir, adir, daily) = (
+        dir.path().join("gw"),
+        dir.path().join("pi-d"),
+        dir.path().join("daily"),
+    );
+    let trusted = [(AgentId::new("pi-d").unwrap(), agent_key(&adir))];
+    let mqtt: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut gw = GatewayProc::start_as(
+        &gdir,
+        &trusted,
+        Via::Embedded(mqtt),
+        Role::default().arg("--daily-dir", daily.to_str().unwrap()),
+    );
+    let agent = Agent::start("pi-d", &adir, Some(mqtt), Some(gw.key)).await;
+    agent.append(0, 300).await;
+    let head = agent.head();
+    // the files hold exactly the stored chain as it grows (read between
+    // two reads of the chain: the gateway's own grows meanwhile)
+    let addr = gw.http;
+    let follows = |agent: &str, lines: usize| {
+        let before = http::gateway_chain(addr, agent);
+        let files = daily_text(&daily, agent);
+        let after = http::gateway_chain(addr, agent);
+        http::lines(&before) >= lines
+            && files.as_bytes().starts_with(&before)
+            && after.starts_with(files.as_bytes())
+    };
+    let lines = usize::try_from(head).unwrap();
+    assert!(
+        eventually(WAIT, || follows("pi-d", lines)).await,
+        "{} lines",
+        http::lines(daily_text(&daily, "pi-d").as_bytes())
+    );
+    // the gateway's own chain too
+    assert!(eventually(WAIT, || follows("gw-proc", 1)).await);
+    assert!(http::metric(gw.http, "baton_daily_lines_total") >= 300.0);
+    gw.kill();
+
+    // lost: the agent's files deleted, the own chain's last line torn
+    std::fs::remove_dir_all(daily.join("pi-d")).unwrap();
+    let mut own: Vec<_> = std::fs::read_dir(daily.join("gw-proc"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    own.sort();
+    let newest = own.last().unwrap();
+    let len = std::fs::metadata(newest).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(newest)
+        .unwrap()
+        .set_len(len - 20)
+        .unwrap();
+    // and the agent goes on while the gateway is away
+    agent.append(300, 100).await;
+
+    gw.restart();
+    let lines = usize::try_from(agent.head()).unwrap();
+    assert!(
+        eventually(WAIT, || follows("pi-d", lines)).await,
+        "{} lines",
+        http::lines(daily_text(&daily, "pi-d").as_bytes())
+    );
+    assert!(eventually(WAIT, || follows("gw-proc", 1)).await);
+    assert_eq!(http::metric(gw.http, "baton_daily_errors_total"), 0.0);
+    agent.stop().await;
+}
