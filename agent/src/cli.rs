@@ -10,6 +10,7 @@ use baton_shared::export::{BatonDoc, BatonReceipt, SignedPoint};
 use baton_shared::{AgentId, Entry, Seq};
 
 use baton_runtime::daily::DailyWriter;
+use baton_runtime::progress::Progress;
 
 use crate::ledger::{Ledger, Opened};
 
@@ -33,10 +34,12 @@ pub fn open(data_dir: &Path) -> anyhow::Result<(AgentId, Opened)> {
 pub fn verify(data_dir: &Path, key: Option<PathBuf>, out: &mut impl Write) -> anyhow::Result<bool> {
     let (agent, o) = open(data_dir)?;
     let key = baton_runtime::keys::load(&key.unwrap_or_else(|| data_dir.join("agent.key")))?;
-    match o
+    let progress = Progress::new(&format!("verifying {agent}"), None);
+    let checked = o
         .ledger
-        .verify(&agent, &key.public(), &o.head, o.head.oldest)
-    {
+        .verify_showing(&agent, &key.public(), &o.head, o.head.oldest, &progress);
+    drop(progress);
+    match checked {
         Ok(n) => {
             writeln!(
                 out,
@@ -52,7 +55,8 @@ pub fn verify(data_dir: &Path, key: Option<PathBuf>, out: &mut impl Write) -> an
     }
 }
 
-/// Calls `f` with every held entry in `from..=to`.
+/// Calls `f` with every held entry in `from..=to`, showing progress on a
+/// terminal.
 fn each(
     o: &Opened,
     from: Option<u64>,
@@ -61,6 +65,7 @@ fn each(
 ) -> anyhow::Result<usize> {
     let from = Seq(from.unwrap_or(0)).max(o.head.oldest);
     let to = Seq(to.unwrap_or(u64::MAX)).min(o.head.seq);
+    let progress = Progress::new("exporting", Some((to.0 + 1).saturating_sub(from.0)));
     let mut n = 0;
     let mut failed = None;
     o.ledger.for_each(from, to, |_, e| {
@@ -70,6 +75,9 @@ fn each(
             failed = Some(err);
         }
         n += 1;
+        if n % 1024 == 0 {
+            progress.inc(1024);
+        }
         Ok(())
     })?;
     match failed {

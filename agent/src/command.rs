@@ -265,6 +265,9 @@ fn key_path(dir: &DataDir) -> PathBuf {
 
 /// One thread for sockets and timers (the ledger writer has its own): a
 /// small daemon's work, and fewer threads keep fewer malloc arenas.
+/// Lines of a file `ingest` sends at a time (one connection each).
+const INGEST_CHUNK: usize = 4096;
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -343,25 +346,47 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ingest { socket, file } => {
             let f = std::fs::File::open(&file)
                 .with_context(|| format!("opening {}", file.display()))?;
+            let size = f.metadata().map_or(0, |m| m.len());
+            let progress = baton_runtime::progress::Progress::bytes(
+                &format!("ingesting {}", file.display()),
+                size,
+            );
+            let rt = runtime()?;
+            let (mut appended, mut rejected) = (0, 0);
             let mut numbers = Vec::new();
             let mut lines = Vec::new();
+            let mut send = |numbers: &mut Vec<usize>, lines: &mut Vec<Vec<u8>>| {
+                let answers =
+                    rt.block_on(client::send_lines(&socket.socket, std::mem::take(lines)))?;
+                for (n, a) in numbers.drain(..).zip(&answers) {
+                    match a {
+                        Ok(_) => appended += 1,
+                        Err(e) => {
+                            rejected += 1;
+                            progress.suspend(|| eprintln!("{}:{n}: rejected: {e}", file.display()));
+                        }
+                    }
+                }
+                anyhow::Ok(())
+            };
+            // in chunks: memory stays flat whatever the file's size
             for (i, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {
                 let line = line.with_context(|| format!("reading {}", file.display()))?;
+                progress.inc(line.len() as u64 + 1);
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
                 numbers.push(i + 1);
                 lines.push(cli::ingest_line(&line));
-            }
-            let answers = runtime()?.block_on(client::send_lines(&socket.socket, lines))?;
-            let mut rejected = 0;
-            for (n, a) in numbers.iter().zip(&answers) {
-                if let Err(e) = a {
-                    rejected += 1;
-                    eprintln!("{}:{n}: rejected: {e}", file.display());
+                if lines.len() == INGEST_CHUNK {
+                    send(&mut numbers, &mut lines)?;
                 }
             }
-            println!("{} appended, {rejected} rejected", answers.len() - rejected);
+            if !lines.is_empty() {
+                send(&mut numbers, &mut lines)?;
+            }
+            drop(progress);
+            println!("{appended} appended, {rejected} rejected");
             if rejected > 0 {
                 return Ok(ExitCode::FAILURE);
             }

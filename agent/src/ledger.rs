@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use baton_runtime::db::{self, Opener, Reopenable};
+use baton_runtime::progress::Progress;
 
 use baton_shared::entry::{self, AppendError, AppendRequest, ClockInfo, Entry, Seq, Stamp};
 use baton_shared::json::{Object, Value};
@@ -622,7 +623,20 @@ impl Ledger {
     /// signature under `key`. Returns the number of entries checked, or the
     /// first problem with its seq.
     pub fn verify(&self, agent: &AgentId, key: &PublicKey, head: &Head, from: Seq) -> Result<u64> {
+        self.verify_showing(agent, key, head, from, &Progress::hidden())
+    }
+
+    /// As [`Ledger::verify`], advancing `progress` (one step an entry).
+    pub fn verify_showing(
+        &self,
+        agent: &AgentId,
+        key: &PublicKey,
+        head: &Head,
+        from: Seq,
+        progress: &Progress,
+    ) -> Result<u64> {
         let from = from.max(head.oldest);
+        progress.set_total((head.seq.0 + 1).saturating_sub(from.0));
         // The link into the first checked entry: known unless the entries
         // before it were pruned (then its `prev` is taken as given).
         let mut prev: Option<Hash> = if from > head.oldest {
@@ -651,6 +665,9 @@ impl Ledger {
             prev = Some(e.hash);
             expect = seq.next();
             checked += 1;
+            if checked % 1024 == 0 {
+                progress.inc(1024);
+            }
             Ok(())
         })?;
         if expect != head.seq.next() {

@@ -160,7 +160,13 @@ pub fn verify(
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<bool> {
     let mut all_ok = true;
+    let mut total = 0;
     for agent in agents {
+        total += store.head(agent)?.seq.0;
+    }
+    let progress = baton_runtime::progress::Progress::new("verifying", Some(total));
+    for agent in agents {
+        progress.describe(&format!("verifying {agent}"));
         let record = store
             .agent(agent)?
             .with_context(|| format!("unknown agent {agent}"))?;
@@ -184,6 +190,7 @@ pub fn verify(
                 let _ = verifier.push_line(e.to_jsonl().as_bytes());
                 last = Some(*seq);
             }
+            progress.inc(rows.len() as u64);
             from = last.map_or(Seq(1), Seq::next);
         }
         report.push(verifier.finish());
@@ -196,7 +203,7 @@ pub fn verify(
             } else {
                 String::new()
             };
-            writeln!(out, "{agent}{run}: {v}")?;
+            progress.suspend(|| writeln!(out, "{agent}{run}: {v}"))?;
         }
     }
     Ok(all_ok)

@@ -13,6 +13,7 @@ use crate::cli;
 use crate::config::{Config, DEFAULT_CONFIG, RawConfig};
 use crate::operator::Command as Operation;
 use anyhow::Context;
+use baton_runtime::progress::Progress;
 use baton_shared::{AgentId, ClusterId, Seq};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write as _;
@@ -743,9 +744,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     })
                     .collect(),
             };
+            let progress = Progress::new(&format!("exporting {agent}"), None);
             if format == "daily" {
                 let out = out.context("--format daily needs --out DIR")?;
-                for path in crate::export::export_daily(&store, &agent, &out)? {
+                for path in crate::export::export_daily(&store, &agent, range, &progress, &out)? {
                     println!("{}", path.display());
                 }
                 return Ok(ExitCode::SUCCESS);
@@ -763,14 +765,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .context("this data directory has no gateway id yet (run the gateway once)")?;
                 let gateway = AgentId::new(String::from_utf8_lossy(&id).into_owned())?;
                 let key = baton_runtime::keys::load(&cli::key_path(&dir.data_dir, dir.key))?;
+                let signer = crate::export::Signer {
+                    gateway: &gateway,
+                    key: &key,
+                };
                 crate::export::export_baton(
-                    &store, &agent, &gateway, &key, range, label, &mut sink,
+                    &store, &agent, signer, range, label, &progress, &mut sink,
                 )?;
                 if out.is_none() {
                     sink.write_all(b"\n")?;
                 }
             } else {
-                crate::export::export_jsonl(&store, &agent, range, &mut sink)?;
+                crate::export::export_jsonl(&store, &agent, range, &progress, &mut sink)?;
             }
             sink.flush()?;
         }

@@ -129,6 +129,18 @@ pub enum Console {
         #[command(flatten)]
         gw: Gateway,
     },
+    /// Load a baton document (an agent's exported chain) into a running
+    /// gateway: verified under the key it trusts for the agent and stored
+    /// through the same intake as MQTT, or refused whole with the reason.
+    Load {
+        /// The baton file (`export --format baton`).
+        file: PathBuf,
+        /// Only verify a baton of an agent not enrolled here (never stored).
+        #[arg(long)]
+        unauthenticated: bool,
+        #[command(flatten)]
+        gw: Gateway,
+    },
     /// Freeze the selected agents: every later command but thaw and
     /// observe is answered `frozen` (appends go on) until thawed or the
     /// freeze expires (--ttl).
@@ -518,6 +530,28 @@ pub fn run(c: Console) -> anyhow::Result<()> {
             } else {
                 print_command(&v);
             }
+        }
+        Console::Load {
+            file,
+            unauthenticated,
+            gw,
+        } => {
+            let body = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let path = if unauthenticated {
+                "/api/v1/load?unauthenticated=true"
+            } else {
+                "/api/v1/load"
+            };
+            let waiting = baton_runtime::progress::Progress::spinning(&format!(
+                "loading {} ({} bytes) into {}",
+                file.display(),
+                body.len(),
+                gw.http
+            ));
+            let answer = gw.post(path, &body);
+            drop(waiting);
+            println!("{}", answer?.trim());
         }
         Console::Freeze { when, select, gw } => {
             gw.issue(&order(

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use baton_runtime::progress::Progress;
 use baton_runtime::unix_ms;
 use baton_shared::{AgentId, Entry, Seq};
 
@@ -42,25 +43,19 @@ impl Range {
     }
 }
 
-/// Calls `f` with every entry of the run that contains the head, in order,
-/// up to the head as it was at the call (entries committed meanwhile are
-/// not included). Reads 4,096 entries at a time: memory stays flat.
-pub fn for_each_in_head_run(
-    store: &Store,
-    agent: &AgentId,
-    f: impl FnMut(Seq, &Entry) -> anyhow::Result<()>,
-) -> anyhow::Result<usize> {
-    for_each_in(store, agent, Range::default(), f)
-}
-
-/// As [`for_each_in_head_run`], over `range`.
+/// Calls `f` with every entry of `range` (by default the run that contains
+/// the head), in order, up to the head as it was at the call (entries
+/// committed meanwhile are not included), advancing `progress`. Reads
+/// 4,096 entries at a time: memory stays flat.
 pub fn for_each_in(
     store: &Store,
     agent: &AgentId,
     range: Range,
+    progress: &Progress,
     mut f: impl FnMut(Seq, &Entry) -> anyhow::Result<()>,
 ) -> anyhow::Result<usize> {
     let (mut from, head) = range.bounds(store, agent)?;
+    progress.set_total((head.0 + 1).saturating_sub(from.0));
     let mut n = 0;
     while from <= head {
         let want = usize::try_from(head.0 - from.0 + 1).map_or(4096, |left| left.min(4096));
@@ -73,6 +68,7 @@ pub fn for_each_in(
             n += 1;
             from = seq.next();
         }
+        progress.inc(rows.len() as u64);
     }
     Ok(n)
 }
@@ -82,9 +78,10 @@ pub fn export_jsonl(
     store: &Store,
     agent: &AgentId,
     range: Range,
+    progress: &Progress,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<usize> {
-    let n = for_each_in(store, agent, range, |_, e| {
+    let n = for_each_in(store, agent, range, progress, |_, e| {
         writeln!(out, "{}", e.to_jsonl())?;
         Ok(())
     })?;
@@ -92,11 +89,25 @@ pub fn export_jsonl(
     Ok(n)
 }
 
-/// Writes `<dir>/<agent>/YYYY-MM-DD.jsonl` files (PROTOCOL §5, daily).
-pub fn export_daily(store: &Store, agent: &AgentId, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// Writes `<dir>/<agent>/YYYY-MM-DD.jsonl` files (PROTOCOL §5, daily) of
+/// the run that contains the head (or `range`).
+pub fn export_daily(
+    store: &Store,
+    agent: &AgentId,
+    range: Range,
+    progress: &Progress,
+    dir: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
     let mut daily = baton_runtime::daily::DailyWriter::new(dir, agent)?;
-    for_each_in_head_run(store, agent, |_, e| daily.push(e))?;
+    for_each_in(store, agent, range, progress, |_, e| daily.push(e))?;
     daily.finish()
+}
+
+/// The gateway that receipts a baton's head: its id and key.
+#[derive(Debug, Clone, Copy)]
+pub struct Signer<'a> {
+    pub gateway: &'a AgentId,
+    pub key: &'a baton_shared::SecretKey,
 }
 
 /// What an exporter writes on a baton besides the chain: its `context`
@@ -114,10 +125,10 @@ pub struct Label {
 pub fn export_baton(
     store: &Store,
     agent: &AgentId,
-    gateway: &AgentId,
-    key: &baton_shared::SecretKey,
+    Signer { gateway, key }: Signer<'_>,
     range: Range,
     label: Label,
+    progress: &Progress,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<()> {
     use baton_shared::export::{BatonDoc, BatonReceipt, SignedPoint};
@@ -159,7 +170,7 @@ pub fn export_baton(
     doc.write_streaming(
         |event| {
             // Through the head read above: the receipt and head name it.
-            for_each_in(store, agent, range, |seq, e| {
+            for_each_in(store, agent, range, progress, |seq, e| {
                 if seq <= head.seq {
                     event(e)?;
                 }

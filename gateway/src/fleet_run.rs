@@ -31,6 +31,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use baton_runtime::progress::Progress;
 use baton_shared::json::Value;
 
 use crate::bench::{ChildGuard, GatewayChild, spawn_gateway, start_mosquitto, tempfile_dir};
@@ -309,27 +310,21 @@ impl TierSample {
     }
 }
 
-/// Waits (polling every 500 ms, at most `limit`) until `done` holds.
+/// Waits (polling every 500 ms, at most `limit`) until `done` holds; on a
+/// terminal, what it waits for is shown as it goes.
 async fn until(
     limit: Duration,
     what: &str,
     mut done: impl FnMut() -> anyhow::Result<Option<String>>,
 ) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    let mut told = Instant::now();
+    let progress = Progress::new(&format!("waiting for {what}"), None);
     loop {
         match done()? {
             None => return Ok(start.elapsed()),
             Some(why) if start.elapsed() > limit => bail!("{what}: {why} after {limit:?}"),
             Some(why) => {
-                // progress on long waits, quiet on short ones
-                if told.elapsed() >= Duration::from_secs(10) {
-                    eprintln!(
-                        "simulate: waiting for {what}: {why} ({:.0} s)",
-                        start.elapsed().as_secs_f64()
-                    );
-                    told = Instant::now();
-                }
+                progress.describe(&format!("waiting for {what}: {why}"));
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -368,6 +363,10 @@ pub async fn run(exe: &Path, a: &FleetArgs) -> anyhow::Result<FleetReport> {
         root.display()
     );
     let top_children = if a.sectors > 0 { a.sectors } else { a.clusters };
+    let starting = Progress::new(
+        "starting gateways",
+        Some(1 + a.sectors as u64 + a.clusters as u64),
+    );
     let top = start_node(
         exe,
         &root,
@@ -380,6 +379,7 @@ pub async fn run(exe: &Path, a: &FleetArgs) -> anyhow::Result<FleetReport> {
             flags: &[],
         },
     )?;
+    starting.inc(1);
     let mut sectors = Vec::new();
     for s in 0..a.sectors {
         sectors.push(start_node(
@@ -394,6 +394,7 @@ pub async fn run(exe: &Path, a: &FleetArgs) -> anyhow::Result<FleetReport> {
                 flags: &[],
             },
         )?);
+        starting.inc(1);
     }
     // below a sector a cluster relays the top's commands, not only its
     // parent's own
@@ -425,7 +426,9 @@ pub async fn run(exe: &Path, a: &FleetArgs) -> anyhow::Result<FleetReport> {
                 flags: &relay,
             },
         )?);
+        starting.inc(1);
     }
+    drop(starting);
     eprintln!(
         "simulate: {} gateways up",
         1 + sectors.len() + clusters.len()
@@ -461,12 +464,16 @@ pub async fn run(exe: &Path, a: &FleetArgs) -> anyhow::Result<FleetReport> {
     // a wait that runs out is a problem reported with the table, not an
     // end without figures
     let mut problems = Vec::new();
+    let active_bar = Progress::new("agents active at the top", Some(n as u64));
     let active = until(Duration::from_secs(600), "agents active at the top", || {
         let s = http_json(top.gw.http, "/api/v1/status")?;
         let got = num(&s, "active");
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        active_bar.set(got as u64);
         Ok((got < n as f64).then(|| format!("{got} of {n} active")))
     })
     .await;
+    drop(active_bar);
     let active_s = seconds(active, &mut problems).max(started.elapsed().as_secs_f64());
     eprintln!("simulate: {n} agents started, active at the top after {active_s:.1} s");
 

@@ -16,6 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use baton_runtime::progress::Progress;
 use baton_shared::json::{Object, Value};
 use baton_shared::{AgentId, ClusterId, Seq};
 use serde::Deserialize;
@@ -64,6 +65,11 @@ pub struct AppState {
 /// Exports and loads produced at once; more wait their turn.
 pub const HEAVY: usize = 2;
 
+/// The largest baton `/api/v1/load` takes (about 150,000 entries of ~400
+/// bytes): it is parsed whole, in memory. Longer chains load in parts
+/// (`export --from/--to`), each continuing the stored head.
+pub const LOAD_MAX_BYTES: usize = 64 * 1024 * 1024;
+
 impl AppState {
     fn registry(&self) -> std::sync::MutexGuard<'_, crate::registry::Registry> {
         self.registry
@@ -80,7 +86,10 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     let writes = Router::new()
-        .route("/api/v1/load", post(load))
+        .route(
+            "/api/v1/load",
+            post(load).layer(axum::extract::DefaultBodyLimit::max(LOAD_MAX_BYTES)),
+        )
         .route("/api/v1/enroll", post(enroll))
         .route("/api/v1/unenroll", post(unenroll))
         .route("/api/v1/resolve", post(resolve))
@@ -650,17 +659,23 @@ async fn export(
                 notes: Vec::new(),
             };
             streamed(&s, "application/json", move |out| {
-                crate::export::export_baton(&store, &agent, &gateway, &key, range, label, out)
+                let hidden = Progress::hidden();
+                let signer = crate::export::Signer {
+                    gateway: &gateway,
+                    key: &key,
+                };
+                crate::export::export_baton(&store, &agent, signer, range, label, &hidden, out)
             })
             .await
         }
         "daily" => {
-            let day = day.unwrap_or_default();
+            let day = format!("{}T", day.unwrap_or_default());
             streamed(&s, "application/x-ndjson", move |out| {
                 // the day's file: the entries whose own `ts` falls on it
-                crate::export::for_each_in(&store, &agent, range, |seq, e| {
+                let hidden = Progress::hidden();
+                crate::export::for_each_in(&store, &agent, range, &hidden, |seq, e| {
                     if crate::report::Item::of(seq, &e.content)
-                        .is_some_and(|i| i.ts.starts_with(&format!("{day}T")))
+                        .is_some_and(|i| i.ts.starts_with(&day))
                     {
                         std::io::Write::write_all(out, e.to_jsonl().as_bytes())?;
                         std::io::Write::write_all(out, b"\n")?;
@@ -673,7 +688,8 @@ async fn export(
         }
         _ => {
             streamed(&s, "application/x-ndjson", move |out| {
-                crate::export::export_jsonl(&store, &agent, range, out).map(|_| ())
+                crate::export::export_jsonl(&store, &agent, range, &Progress::hidden(), out)
+                    .map(|_| ())
             })
             .await
         }

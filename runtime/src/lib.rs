@@ -21,6 +21,7 @@ pub mod keys;
 pub mod logging;
 pub mod mqtt;
 pub mod proc;
+pub mod progress;
 pub mod salvage;
 pub mod service;
 pub mod time;

@@ -592,3 +592,137 @@ async fn the_live_daily_files_follow_the_chains_and_are_written_again_when_lost(
     assert_eq!(http::metric(gw.http, "baton_daily_errors_total"), 0.0);
     agent.stop().await;
 }
+
+/// `cmd` (a shell command) run on a terminal (`script` gives it one):
+/// everything it drew there, stdout and stderr together.
+fn on_a_terminal(cmd: &str) -> String {
+    let out = std::process::Command::new("script")
+        .args(["-qec", cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux) runs a command on a terminal");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{cmd}: {text}");
+    text
+}
+
+/// `args` run with stdout and stderr piped: (stdout, stderr).
+fn piped(bin: &std::path::Path, args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new(bin).args(args).output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{args:?}: {stdout} {stderr}");
+    (stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_work_shows_progress_on_a_terminal_and_is_quiet_otherwise() {
+    use baton_tests::bins;
+    use baton_tests::daemons::{GatewayProc, Via, free_port};
+    let dir = tempfile::tempdir().unwrap();
+    let (gdir, adir) = (dir.path().join("gw"), dir.path().join("pi-p"));
+    let trusted = [(AgentId::new("pi-p").unwrap(), agent_key(&adir))];
+    let mqtt: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut gw = GatewayProc::start(&gdir, &trusted, Via::Embedded(mqtt));
+    let agent = Agent::start("pi-p", &adir, Some(mqtt), Some(gw.key)).await;
+    let (agent_bin, gateway_bin) = (bins::agent(), bins::gateway());
+    let (a, g) = (agent_bin.display(), gateway_bin.display());
+
+    // ingest of a file, on a terminal and piped
+    let file = dir.path().join("log.jsonl");
+    let log: String = (0..3000)
+        .map(|i| format!("{{\"event\":\"note\",\"data\":{{\"n\":{i}}}}}\n"))
+        .collect();
+    std::fs::write(&file, log).unwrap();
+    let socket = agent.ready.socket.display().to_string();
+    let file = file.display().to_string();
+    let shown = on_a_terminal(&format!("{a} ingest --socket {socket} {file}"));
+    assert!(
+        shown.contains("ingesting") && shown.contains("3000 appended, 0 rejected"),
+        "{shown}"
+    );
+    let (out, err) = piped(&agent_bin, &["ingest", "--socket", &socket, &file]);
+    assert_eq!(
+        (out.trim(), err.as_str()),
+        ("3000 appended, 0 rejected", "")
+    );
+    let head = usize::try_from(agent.head()).unwrap();
+    assert!(
+        eventually(WAIT, || http::lines(&http::gateway_chain(gw.http, "pi-p"))
+            == head)
+        .await
+    );
+
+    // load of a baton into the running gateway (all of it held already)
+    agent.stop().await;
+    let adir_s = adir.display().to_string();
+    let baton = dir.path().join("pi-p.baton.json").display().to_string();
+    piped(
+        &agent_bin,
+        &[
+            "export",
+            "--data-dir",
+            &adir_s,
+            "--format",
+            "baton",
+            "--out",
+            &baton,
+        ],
+    );
+    let token = gdir.join("operator.token").display().to_string();
+    let url = format!("http://{}", gw.http);
+    let load = format!("load --http {url} --token-file {token} {baton}");
+    let shown = on_a_terminal(&format!("{g} {load}"));
+    assert!(
+        shown.contains("loading") && shown.contains("already_held"),
+        "{shown}"
+    );
+    let args: Vec<&str> = load.split(' ').collect();
+    let (out, err) = piped(&gateway_bin, &args);
+    assert!(
+        out.contains("already_held") && err.is_empty(),
+        "{out} {err}"
+    );
+
+    // verify and export, the agent's and the stopped gateway's
+    gw.kill();
+    let gdir_s = gdir.display().to_string();
+    let out_file = dir.path().join("out.jsonl").display().to_string();
+    for (bin, args, says) in [
+        (
+            &agent_bin,
+            vec!["verify", "--data-dir", &adir_s],
+            "verifying pi-p",
+        ),
+        (
+            &agent_bin,
+            vec!["export", "--data-dir", &adir_s, "--out", &out_file],
+            "exporting",
+        ),
+        (
+            &gateway_bin,
+            vec!["verify", "--data-dir", &gdir_s],
+            "verifying pi-p",
+        ),
+        (
+            &gateway_bin,
+            vec![
+                "export",
+                "--data-dir",
+                &gdir_s,
+                "--agent",
+                "pi-p",
+                "--out",
+                &out_file,
+            ],
+            "exporting pi-p",
+        ),
+    ] {
+        let shown = on_a_terminal(&format!("{} {}", bin.display(), args.join(" ")));
+        assert!(shown.contains(says), "{args:?} on a terminal: {shown}");
+        let (_, err) = piped(bin, &args);
+        assert_eq!(err, "", "{args:?} piped");
+    }
+}
