@@ -16,11 +16,14 @@
 //! The view is kept in the store (`Write::Fleet…`, committed with the
 //! entries it was learned from), so it survives a restart.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
+use crate::registry::Registry;
 pub use crate::store::{AgentNode, ClusterNode};
 use crate::store::{AgentRecord, EnrolledBy, Write};
-use baton_shared::json::{self, Mode, Value};
+use baton_shared::json::{self, Mode, Object, Value};
 use baton_shared::{AgentId, ClusterId, Entry};
 
 #[derive(Debug, Default)]
@@ -298,6 +301,182 @@ impl FleetView {
     }
 }
 
+/// What the agent list is asked for (`GET /api/v1/fleet/agents`).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct AgentQuery {
+    pub cluster: Option<String>,
+    /// A substring of the id.
+    pub q: Option<String>,
+    pub state: Option<String>,
+    /// One of [`SORTS`] (default `id`).
+    pub sort: Option<String>,
+    /// `asc` (default) or `desc`.
+    pub order: Option<String>,
+    /// From 1.
+    pub page: Option<usize>,
+    /// Rows a page, 1–[`MAX_PER_PAGE`] (default 50).
+    pub per: Option<usize>,
+}
+
+/// Rows a page holds at most.
+pub const MAX_PER_PAGE: usize = 500;
+
+/// The sort keys `GET /api/v1/fleet/agents` takes.
+pub const SORTS: [&str; 7] = [
+    "id",
+    "cluster",
+    "state",
+    "impedance",
+    "last_seen",
+    "backlog",
+    "clock_offset",
+];
+
+/// One agent as the list filters and sorts it: borrowed from the view and
+/// the registry, so the whole fleet is ordered without building a row of
+/// JSON for each (only the page's rows are built).
+struct Row<'a> {
+    id: &'a AgentId,
+    node: &'a AgentNode,
+    /// Live where this gateway hears the agent itself, else as its
+    /// gateway's chain last said.
+    state: &'a str,
+    /// The figure sorted by, where the sort is by one.
+    figure: Option<f64>,
+}
+
+/// One page of the agents this gateway knows (its own live, the rest as
+/// their gateways' chains last said), filtered by cluster, by a substring
+/// of the id and by state, sorted: `{"total", "page", "per", "rows"}`; a
+/// bad parameter is an error naming it.
+pub fn agent_page(
+    view: &FleetView,
+    reg: &Registry,
+    q: &AgentQuery,
+    now: Duration,
+) -> Result<Value, String> {
+    let sort = q.sort.as_deref().unwrap_or("id");
+    if !SORTS.contains(&sort) {
+        return Err(format!("sort: one of {}", SORTS.join(", ")));
+    }
+    let descending = match q.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => return Err("order: asc or desc".into()),
+    };
+    let per = q.per.unwrap_or(50);
+    if per == 0 || per > MAX_PER_PAGE {
+        return Err(format!("per: 1–{MAX_PER_PAGE}"));
+    }
+    let page = q.page.unwrap_or(1);
+    if page == 0 {
+        return Err("page: from 1".into());
+    }
+    if let Some(st) = q.state.as_deref()
+        && !baton_shared::liveness::AgentState::ALL
+            .iter()
+            .any(|a| a.as_str() == st)
+    {
+        return Err(
+            "state: one of active, degraded, clock_skewed, suspect, offline, quarantined".into(),
+        );
+    }
+    let needle = q.q.as_deref().unwrap_or("").to_ascii_lowercase();
+    #[allow(clippy::cast_precision_loss)]
+    let mut rows: Vec<Row<'_>> = view
+        .agents()
+        .iter()
+        .filter(|(id, n)| {
+            q.cluster.as_deref().is_none_or(|c| c == n.cluster)
+                && (needle.is_empty() || id.as_str().contains(&needle))
+        })
+        .map(|(id, node)| {
+            let facts = reg.list_facts(id);
+            let state = facts.map_or_else(
+                || node.state.as_deref().unwrap_or("unknown"),
+                |f| f.state.as_str(),
+            );
+            let figure = facts.and_then(|f| match sort {
+                "impedance" => f.impedance_ms,
+                "last_seen" => f.last_seen_ms.map(|x| x as f64),
+                "backlog" => f.backlog.map(|x| x as f64),
+                "clock_offset" => f.clock_offset_ms.map(|x| x as f64),
+                _ => None,
+            });
+            Row {
+                id,
+                node,
+                state,
+                figure,
+            }
+        })
+        .filter(|r| q.state.as_deref().is_none_or(|st| st == r.state))
+        .collect();
+    let total = rows.len();
+    let skip = (page - 1).saturating_mul(per);
+    let order =
+        |a: &Row<'_>, b: &Row<'_>| compare(sort, descending, a, b).then_with(|| a.id.cmp(b.id));
+    // only what the page needs is put in order
+    if skip < rows.len() {
+        let end = (skip + per).min(rows.len());
+        if end < rows.len() {
+            rows.select_nth_unstable_by(end, order);
+            rows.truncate(end);
+        }
+        rows.sort_unstable_by(order);
+    }
+    let out: Vec<Value> = rows
+        .iter()
+        .skip(skip)
+        .take(per)
+        .map(|r| {
+            let mut o = reg.live_fields(r.id, now);
+            if o.is_empty() {
+                o.insert("state_reason", Value::from(r.node.reason.as_str()));
+                #[allow(clippy::cast_precision_loss)]
+                o.insert("state_since_ms", Value::Number(r.node.since_ms as f64));
+            }
+            o.insert("id", Value::from(r.id.as_str()));
+            o.insert("cluster", Value::from(r.node.cluster.as_str()));
+            o.insert("state", Value::from(r.state));
+            Value::Object(o)
+        })
+        .collect();
+    let mut o = Object::new();
+    o.insert("total", Value::from(total as u64));
+    o.insert("page", Value::from(page as u64));
+    o.insert("per", Value::from(per as u64));
+    o.insert("rows", Value::Array(out));
+    Ok(Value::Object(o))
+}
+
+/// Two rows by sort key `sort`, ascending or `descending`; unknown
+/// figures last whatever the order.
+fn compare(sort: &str, descending: bool, a: &Row<'_>, b: &Row<'_>) -> Ordering {
+    let dir = |o: Ordering| if descending { o.reverse() } else { o };
+    match sort {
+        "cluster" => dir(a.node.cluster.cmp(&b.node.cluster)),
+        "state" => dir(state_rank(a.state).cmp(&state_rank(b.state))),
+        "id" => dir(a.id.cmp(b.id)),
+        _ => match (a.figure, b.figure) {
+            (Some(x), Some(y)) => dir(x.total_cmp(&y)),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
+        },
+    }
+}
+
+/// Most severe first, as [`baton_shared::liveness::AgentState`] orders.
+fn state_rank(s: &str) -> usize {
+    use baton_shared::liveness::AgentState;
+    let mut all = AgentState::ALL;
+    all.sort();
+    all.iter()
+        .position(|a| a.as_str() == s)
+        .unwrap_or(all.len())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -467,5 +646,108 @@ mod tests {
         let rows = v.learn(&[Write::Unenroll { agent: id("pi-1") }]);
         assert!(v.agent(&id("pi-1")).is_none());
         assert!(matches!(&rows[..], [Write::FleetAgent { node: None, .. }]));
+    }
+
+    #[test]
+    fn every_page_in_every_order_holds_each_agent_once_in_order() {
+        // 23 agents in 3 clusters, every other one heard live with its own
+        // figures: the rest sort last (no figure), whatever the order
+        let mut reg = Registry::new(baton_shared::liveness::Thresholds::default());
+        let mut agents = Vec::new();
+        for i in 0..23u32 {
+            let a = id(&format!("pi-{i:02}"));
+            if i % 2 == 0 {
+                reg.enroll(&a, 1_790_000_000_000, false);
+                let mut hb = crate::registry::tests::hb(&a, 1_790_000_000_000, None);
+                hb.impedance.latency_p50_ms = ((i * 7) % 11) as f32;
+                hb.backlog = u64::from(i % 5);
+                reg.heartbeat(Duration::from_secs(1), 1_790_000_000_000, hb);
+            }
+            let node = AgentNode {
+                cluster: format!("c{}", i % 3),
+                state: Some(["offline", "active"][(i % 4 / 2) as usize].into()),
+                reason: String::new(),
+                since_ms: 0,
+            };
+            agents.push((a, node));
+        }
+        let view = FleetView::new(&id("gw"), &cluster("c0"), Vec::new(), agents, &[]);
+        let now = Duration::from_secs(2);
+        for sort in SORTS {
+            for order in ["asc", "desc"] {
+                let mut seen: Vec<Value> = Vec::new();
+                for page in 1..=5 {
+                    let q = AgentQuery {
+                        sort: Some(sort.into()),
+                        order: Some(order.into()),
+                        page: Some(page),
+                        per: Some(6),
+                        ..AgentQuery::default()
+                    };
+                    let v = agent_page(&view, &reg, &q, now).unwrap();
+                    assert_eq!(
+                        v.as_object().unwrap().get("total"),
+                        Some(&Value::from(23u64))
+                    );
+                    let Some(Value::Array(rows)) = v.as_object().unwrap().get("rows") else {
+                        panic!("no rows: {v:?}");
+                    };
+                    assert_eq!(
+                        rows.len(),
+                        if page < 4 {
+                            6
+                        } else if page == 4 {
+                            5
+                        } else {
+                            0
+                        }
+                    );
+                    seen.extend(rows.iter().cloned());
+                }
+                let ids: std::collections::BTreeSet<&str> = seen
+                    .iter()
+                    .map(|r| r.as_object().unwrap().get("id").unwrap().as_str().unwrap())
+                    .collect();
+                assert_eq!(ids.len(), 23, "{sort} {order}");
+                // consecutive rows never out of order (ties by id)
+                let field = match sort {
+                    "impedance" => Some("impedance_ms"),
+                    "backlog" => Some("backlog"),
+                    "last_seen" => Some("last_seen_ms"),
+                    "clock_offset" => Some("clock_offset_ms"),
+                    _ => None,
+                };
+                for w in seen.windows(2) {
+                    let (a, b) = (w[0].as_object().unwrap(), w[1].as_object().unwrap());
+                    let text =
+                        |o: &Object, k: &str| o.get(k).and_then(Value::as_str).unwrap().to_owned();
+                    let ord = match (sort, field) {
+                        ("id", _) => text(a, "id").cmp(&text(b, "id")),
+                        ("cluster", _) => text(a, "cluster").cmp(&text(b, "cluster")),
+                        ("state", _) => {
+                            state_rank(&text(a, "state")).cmp(&state_rank(&text(b, "state")))
+                        }
+                        (_, Some(k)) => match (
+                            a.get(k).and_then(Value::as_f64),
+                            b.get(k).and_then(Value::as_f64),
+                        ) {
+                            (Some(x), Some(y)) => x.total_cmp(&y),
+                            // no figure: last in both orders
+                            (Some(_), None) => continue,
+                            (None, Some(_)) => {
+                                panic!("{sort} {order}: a row without a figure first")
+                            }
+                            (None, None) => Ordering::Equal,
+                        },
+                        _ => unreachable!(),
+                    };
+                    let ord = if order == "desc" { ord.reverse() } else { ord };
+                    assert_ne!(ord, Ordering::Greater, "{sort} {order}: {a:?} before {b:?}");
+                    if ord == Ordering::Equal {
+                        assert!(text(a, "id") < text(b, "id"), "{sort} {order}: ties by id");
+                    }
+                }
+            }
+        }
     }
 }

@@ -60,6 +60,9 @@ pub struct AppState {
     pub clock: Arc<crate::ingest::ParentClock>,
     /// The fleet as this gateway's chains describe it (the web console).
     pub fleet: Arc<std::sync::Mutex<crate::fleet::FleetView>>,
+    /// The recent alerts of the gateway's own chain, read on from where
+    /// the last request stopped (`web::RecentAlerts`).
+    pub alerts: Arc<std::sync::Mutex<web::RecentAlerts>>,
 }
 
 /// Exports and loads produced at once; more wait their turn.

@@ -13,6 +13,8 @@ pub mod command;
 pub mod config;
 pub mod console;
 #[cfg(feature = "tools")]
+pub mod console_bench;
+#[cfg(feature = "tools")]
 pub mod coord_bench;
 pub mod daily;
 #[cfg(feature = "tools")]

@@ -147,6 +147,16 @@ const MAX_INTERVAL_MS: u32 = 3_600_000;
 /// How far ahead of the agent's known clock a session may start.
 const FUTURE_SLACK_MS: i64 = 60_000;
 
+/// An agent's figures the console's list filters and sorts by.
+#[derive(Debug, Clone, Copy)]
+pub struct ListFacts {
+    pub state: AgentState,
+    pub impedance_ms: Option<f64>,
+    pub last_seen_ms: Option<i64>,
+    pub backlog: Option<u64>,
+    pub clock_offset_ms: Option<i64>,
+}
+
 impl Registry {
     pub fn new(thresholds: Thresholds) -> Registry {
         Registry {
@@ -399,6 +409,21 @@ impl Registry {
     /// One agent's state as of the last evaluation.
     pub fn state_of(&self, agent: &AgentId) -> Option<AgentState> {
         self.agents.get(agent).map(|l| l.state)
+    }
+
+    /// What the agent list filters and sorts by, read without building
+    /// the live fields (`None`: not an agent this gateway hears).
+    pub fn list_facts(&self, agent: &AgentId) -> Option<ListFacts> {
+        let l = self.agents.get(agent)?;
+        let hb = l.last.as_ref();
+        Some(ListFacts {
+            state: l.state,
+            // as shown: to a tenth
+            impedance_ms: hb.map(|h| (h.impedance.impedance_ms() * 10.0).round() / 10.0),
+            last_seen_ms: l.last_seen_ms,
+            backlog: hb.map(|h| h.backlog),
+            clock_offset_ms: l.offset_ms,
+        })
     }
 
     /// One agent's live fields as JSON members (`null` where unknown).

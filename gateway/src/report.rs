@@ -748,7 +748,14 @@ pub fn report(
     let (items, cut) = read_items(store, agent, opts.since_ms, at.unwrap_or(head))
         .with_context(|| format!("reading {agent}'s chain"))?;
     let states = match gateway {
-        Some(g) => state_changes(store, g, agent, opts.since_ms)?,
+        // from the report's first entry: earlier changes are outside it,
+        // and the gateway's chain is not read further back than that
+        Some(g) => state_changes(
+            store,
+            g,
+            agent,
+            opts.since_ms.or(items.first().map(|i| i.ts_ms)),
+        )?,
         None => Vec::new(),
     };
     Ok(Report {

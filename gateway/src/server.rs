@@ -725,6 +725,7 @@ pub async fn run(
         coordination,
         clock: Arc::clone(&parent_clock),
         fleet,
+        alerts: Arc::default(),
     });
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(http::serve(

@@ -82,6 +82,17 @@ pub enum Tool {
         #[arg(long)]
         spacing: Option<String>,
     },
+    /// The console's agent list at fleet size: each common query over N
+    /// agents in memory, as the top knows them (from chains) and as a
+    /// cluster does (live); median and worst time, body size.
+    BenchConsole {
+        /// Fleet sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,30000")]
+        agents: Vec<usize>,
+        /// Runs of each query.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+    },
     /// A whole fleet on this box: a top, sectors, cluster gateways (each
     /// on its own Mosquitto) and simulated agents; prints what each tier
     /// stored, the lag to the top, a command to all, CPU and RSS per
@@ -234,6 +245,10 @@ pub fn run(tool: Tool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
                 },
             ))?;
             write!(out, "{}", crate::coord_bench::table(&rows))?;
+        }
+        Tool::BenchConsole { agents, runs } => {
+            let rows = crate::console_bench::run(&agents, runs)?;
+            write!(out, "{}", crate::console_bench::table(&rows))?;
         }
         Tool::Simulate {
             agents,

@@ -456,6 +456,10 @@ async fn a_loaded_baton_is_stored_through_the_intake_or_refused_whole() {
         http::post(http_addr, "/api/v1/load", baton_of(&gap, 400).as_bytes()).unwrap();
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("only through seq 351"), "{body}");
+    // the fleet page's recent alerts: none yet (read now, so the fork's
+    // alert below must be read on from here)
+    let (_, fleet) = http::get(http_addr, "/api/v1/fleet").unwrap();
+    assert!(!fleet.contains("two entries at seq"), "{fleet}");
     // a different history at a held seq (another key can't sign one, so the
     // same key with other content): refused, nothing changes
     let mut other = ledger("pi-load", 40, 300);
@@ -472,6 +476,18 @@ async fn a_loaded_baton_is_stored_through_the_intake_or_refused_whole() {
         http::post(http_addr, "/api/v1/load", baton_of(&other, 1).as_bytes()).unwrap();
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("fork"), "{body}");
+    assert!(
+        baton_tests::eventually(Duration::from_secs(10), || http::get(
+            http_addr,
+            "/api/v1/fleet"
+        )
+        .unwrap()
+        .1
+        .contains("two entries at seq 302"))
+        .await,
+        "{}",
+        http::get(http_addr, "/api/v1/fleet").unwrap().1
+    );
     // nothing of it stored; the fork halts the agent durably, as over MQTT
     let (_, agents) = http::get(http_addr, "/api/v1/agents").unwrap();
     let rows =

@@ -9,7 +9,6 @@
 //! reads, which scripts may use as they are. Writes (commands, re-runs)
 //! go through the operator's API like the CLI's.
 
-use std::cmp::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -70,6 +69,53 @@ impl AppState {
 const ALERTS_SHOWN: usize = 10;
 const ALERT_SCAN: u64 = 2_000;
 
+/// The gateway's recent alerts, kept between requests: each request reads
+/// only the own chain's entries committed since the last one (at most
+/// `ALERT_SCAN`), so the fleet page costs the same however often it is
+/// asked for.
+#[derive(Debug, Default)]
+pub struct RecentAlerts {
+    /// The last own-chain seq read.
+    through: Seq,
+    /// Oldest first, at most [`ALERTS_SHOWN`].
+    alerts: std::collections::VecDeque<Value>,
+}
+
+impl RecentAlerts {
+    /// Reads the own chain on to its head; returns the alerts, newest first.
+    fn catch_up(&mut self, store: &crate::store::Store, own: &AgentId) -> Vec<Value> {
+        if let Ok(head) = store.head(own) {
+            let mut next =
+                Seq((self.through.0 + 1).max(head.seq.0.saturating_sub(ALERT_SCAN).max(1)));
+            while next <= head.seq {
+                let Ok(rows) = store.range(own, next, 256) else {
+                    break;
+                };
+                let Some((last, _)) = rows.last() else {
+                    break;
+                };
+                next = last.next();
+                for (seq, e) in rows.into_iter().filter(|(s, _)| *s <= head.seq) {
+                    self.through = seq;
+                    // (canonical content: the key once, `event` then `seq`)
+                    const ALERT: &[u8] = b"\"event\":\"alert\",";
+                    if !e.content.windows(ALERT.len()).any(|w| w == ALERT) {
+                        continue;
+                    }
+                    if let Ok(Value::Object(mut c)) = json::parse(&e.content, Mode::Verify) {
+                        c.insert("seq", Value::from(seq.0));
+                        if self.alerts.len() == ALERTS_SHOWN {
+                            self.alerts.pop_front();
+                        }
+                        self.alerts.push_back(Value::Object(c));
+                    }
+                }
+            }
+        }
+        self.alerts.iter().rev().cloned().collect()
+    }
+}
+
 /// `GET /api/v1/fleet`: this gateway, its roll-up (live), every cluster it
 /// knows with its gateway, parent and latest summary, how many agents it
 /// knows in each, and its recent alerts.
@@ -126,206 +172,29 @@ pub async fn fleet(State(s): State<AppState>) -> Response {
 
 /// The last alerts in the gateway's own chain, newest first.
 fn recent_alerts(s: &AppState) -> Vec<Value> {
-    let Ok(head) = s.store.head(&s.gateway) else {
-        return Vec::new();
-    };
-    let from = Seq(head.seq.0.saturating_sub(ALERT_SCAN).max(1));
-    let mut out = Vec::new();
-    let mut next = from;
-    while next <= head.seq {
-        let Ok(rows) = s.store.range(&s.gateway, next, 256) else {
-            break;
-        };
-        let Some((last, _)) = rows.last() else {
-            break;
-        };
-        next = last.next();
-        for (seq, e) in rows {
-            if !e
-                .content
-                .windows(17)
-                .any(|w| w == b"\"event\":\"alert\"," || w == b"\"event\":\"alert\"}")
-            {
-                continue;
-            }
-            if let Ok(Value::Object(mut c)) = json::parse(&e.content, Mode::Verify) {
-                c.insert("seq", Value::from(seq.0));
-                out.push(Value::Object(c));
-            }
-        }
-    }
-    out.reverse();
-    out.truncate(ALERTS_SHOWN);
-    out
-}
-
-#[derive(Debug, Deserialize)]
-pub struct AgentsQuery {
-    cluster: Option<String>,
-    q: Option<String>,
-    state: Option<String>,
-    sort: Option<String>,
-    order: Option<String>,
-    page: Option<usize>,
-    per: Option<usize>,
-}
-
-/// Rows a page holds at most.
-const MAX_PER_PAGE: usize = 500;
-
-/// The sort keys `GET /api/v1/fleet/agents` takes.
-const SORTS: [&str; 7] = [
-    "id",
-    "cluster",
-    "state",
-    "impedance",
-    "last_seen",
-    "backlog",
-    "clock_offset",
-];
-
-/// One agent as the list shows it.
-struct Row {
-    id: AgentId,
-    cluster: String,
-    state: String,
-    fields: Object,
-}
-
-impl Row {
-    fn num(&self, k: &str) -> Option<f64> {
-        self.fields.get(k).and_then(Value::as_f64)
-    }
+    s.alerts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .catch_up(&s.store, &s.gateway)
 }
 
 /// `GET /api/v1/fleet/agents?cluster=&q=&state=&sort=&order=&page=&per=`:
-/// the agents this gateway knows (its own live, the rest as their
-/// gateways' chains last said), filtered by cluster, by a substring of
-/// the id and by state, sorted, one page of them: `{"total", "page",
-/// "per", "rows"}`. A bad parameter is a 400 naming it.
-pub async fn agents(State(s): State<AppState>, Query(q): Query<AgentsQuery>) -> Response {
-    match agents_page(&s, q) {
+/// one page of the agents this gateway knows ([`crate::fleet::agent_page`]).
+/// A bad parameter is a 400 naming it.
+pub async fn agents(
+    State(s): State<AppState>,
+    Query(q): Query<crate::fleet::AgentQuery>,
+) -> Response {
+    let now = s.origin.elapsed();
+    let page = {
+        let f = s.fleet();
+        let reg = s.registry();
+        crate::fleet::agent_page(&f, &reg, &q, now)
+    };
+    match page {
         Ok(v) => json_response(StatusCode::OK, &v),
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
-}
-
-fn agents_page(s: &AppState, q: AgentsQuery) -> Result<Value, String> {
-    let sort = q.sort.as_deref().unwrap_or("id");
-    if !SORTS.contains(&sort) {
-        return Err(format!("sort: one of {}", SORTS.join(", ")));
-    }
-    let descending = match q.order.as_deref() {
-        None | Some("asc") => false,
-        Some("desc") => true,
-        Some(_) => return Err("order: asc or desc".into()),
-    };
-    let per = q.per.unwrap_or(50);
-    if per == 0 || per > MAX_PER_PAGE {
-        return Err(format!("per: 1–{MAX_PER_PAGE}"));
-    }
-    let page = q.page.unwrap_or(1);
-    if page == 0 {
-        return Err("page: from 1".into());
-    }
-    if let Some(st) = q.state.as_deref()
-        && !baton_shared::liveness::AgentState::ALL
-            .iter()
-            .any(|a| a.as_str() == st)
-    {
-        return Err(
-            "state: one of active, degraded, clock_skewed, suspect, offline, quarantined".into(),
-        );
-    }
-    let needle = q.q.as_deref().unwrap_or("").to_ascii_lowercase();
-    let now = s.origin.elapsed();
-    let mut rows: Vec<Row> = {
-        let f = s.fleet();
-        let reg = s.registry();
-        f.agents()
-            .iter()
-            .filter(|(id, n)| {
-                q.cluster.as_deref().is_none_or(|c| c == n.cluster)
-                    && (needle.is_empty() || id.as_str().contains(&needle))
-            })
-            .map(|(id, n)| {
-                let fields = reg.live_fields(id, now);
-                // live where this gateway hears the agent itself
-                let state = fields
-                    .get("state")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .or_else(|| n.state.clone())
-                    .unwrap_or_else(|| "unknown".into());
-                Row {
-                    id: id.clone(),
-                    cluster: n.cluster.clone(),
-                    state,
-                    fields: if fields.is_empty() {
-                        let mut o = Object::new();
-                        o.insert("state_reason", Value::from(n.reason.as_str()));
-                        #[allow(clippy::cast_precision_loss)]
-                        o.insert("state_since_ms", Value::Number(n.since_ms as f64));
-                        o
-                    } else {
-                        fields
-                    },
-                }
-            })
-            .filter(|r| q.state.as_deref().is_none_or(|st| st == r.state))
-            .collect()
-    };
-    rows.sort_by(|a, b| compare(sort, descending, a, b).then_with(|| a.id.cmp(&b.id)));
-    let total = rows.len();
-    let out: Vec<Value> = rows
-        .into_iter()
-        .skip((page - 1).saturating_mul(per))
-        .take(per)
-        .map(|r| {
-            let mut o = r.fields;
-            o.insert("id", Value::from(r.id.as_str()));
-            o.insert("cluster", Value::from(r.cluster));
-            o.insert("state", Value::from(r.state));
-            Value::Object(o)
-        })
-        .collect();
-    let mut o = Object::new();
-    o.insert("total", Value::from(total as u64));
-    o.insert("page", Value::from(page as u64));
-    o.insert("per", Value::from(per as u64));
-    o.insert("rows", Value::Array(out));
-    Ok(Value::Object(o))
-}
-
-/// Two rows by sort key `sort`, ascending or `descending`; unknown
-/// figures last whatever the order.
-fn compare(sort: &str, descending: bool, a: &Row, b: &Row) -> Ordering {
-    let dir = |o: Ordering| if descending { o.reverse() } else { o };
-    let by_num = |k: &str| match (a.num(k), b.num(k)) {
-        (Some(x), Some(y)) => dir(x.total_cmp(&y)),
-        (Some(_), None) => Ordering::Less,
-        (None, Some(_)) => Ordering::Greater,
-        (None, None) => Ordering::Equal,
-    };
-    match sort {
-        "cluster" => dir(a.cluster.cmp(&b.cluster)),
-        "state" => dir(state_rank(&a.state).cmp(&state_rank(&b.state))),
-        "impedance" => by_num("impedance_ms"),
-        "last_seen" => by_num("last_seen_ms"),
-        "backlog" => by_num("backlog"),
-        "clock_offset" => by_num("clock_offset_ms"),
-        _ => dir(a.id.cmp(&b.id)),
-    }
-}
-
-/// Most severe first, as [`baton_shared::liveness::AgentState`] orders.
-fn state_rank(s: &str) -> usize {
-    use baton_shared::liveness::AgentState;
-    let mut all = AgentState::ALL;
-    all.sort();
-    all.iter()
-        .position(|a| a.as_str() == s)
-        .unwrap_or(all.len())
 }
 
 /// `GET /api/v1/agents/{id}/detail`: the registry row with the live
