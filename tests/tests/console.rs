@@ -473,6 +473,41 @@ async fn an_operators_rollback_is_recorded_told_to_local_programs_and_applied_by
     }
     assert_eq!(agent.head(), head);
 
+    // another user on the device, let onto the socket (its directory and
+    // mode opened up for the test): refused by its uid, nothing written
+    // (/proc/self belongs to this process's effective user)
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    if root {
+        use std::os::unix::fs::PermissionsExt;
+        let mut p = socket.clone();
+        while let Some(parent) = p.parent().map(std::path::Path::to_path_buf) {
+            if parent == std::path::Path::new("/") {
+                break;
+            }
+            let mode = std::fs::metadata(&parent).unwrap().permissions().mode();
+            std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(mode | 0o011))
+                .unwrap();
+            p = parent;
+        }
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(baton_tests::bins::agent())
+            .args(["pitr", "--to", "3", "--reason", "not mine", "--socket"])
+            .arg(&socket)
+            .output()
+            .expect("setpriv (util-linux) runs the client as another user");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("only root or the agent's own user") && err.contains("uid: 65534"),
+            "{err}"
+        );
+        assert_eq!(agent.head(), head);
+    } else {
+        eprintln!("SKIPPED the other-user attempt: it needs root to act as another user");
+    }
+
     // back to seq 3
     let v = baton_agent::socket::client::pitr(&socket, "3", "bad calibration", Some("test-op"))
         .await
