@@ -45,7 +45,7 @@ fi
 #    listed before it (ARCHITECTURE.md, "Layers"). `lib.rs` and `main.rs`
 #    stand above all of them.
 order=(metrics config auth store broker mosquitto own_chain rebuild registry fleet ingest operator
-  export daily report upstream dispatch http server cli publisher bench fleet_bench tier_bench coord_bench console_bench fleet_sim fleet_run demo tools console command)
+  export daily archive report upstream dispatch http server cli publisher bench fleet_bench tier_bench coord_bench console_bench fleet_sim fleet_run demo tools console command)
 declare -A rank
 for i in "${!order[@]}"; do rank[${order[$i]}]=$i; done
 for f in gateway/src/*.rs gateway/src/*/*.rs; do

@@ -217,6 +217,9 @@ pub struct RunArgs {
     /// Keep every chain held as live daily files, DIR/<agent>/YYYY-MM-DD.jsonl.
     #[arg(long, env = "BATON_GATEWAY_DAILY_DIR")]
     daily_dir: Option<PathBuf>,
+    /// Copy every chain held into PostgreSQL, e.g. postgres://baton@db/baton.
+    #[arg(long, env = "BATON_GATEWAY_ARCHIVE")]
+    archive: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -499,6 +502,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 http_max_connections: a.http_max_connections,
                 http_header_timeout: a.http_header_timeout,
                 daily_dir: a.daily_dir,
+                archive: a.archive,
             };
             let config = Config::validate(file.merge(flags))?;
             let listeners = crate::server::Listeners::bind(&config)?;

@@ -85,6 +85,8 @@ pub struct RawConfig {
     pub http_header_timeout: Option<String>,
     /// Keep every chain as live daily files `<dir>/<agent>/YYYY-MM-DD.jsonl`.
     pub daily_dir: Option<PathBuf>,
+    /// Copy every chain into PostgreSQL (`postgres://user@host/db`).
+    pub archive: Option<String>,
 }
 
 impl RawConfig {
@@ -144,6 +146,7 @@ impl RawConfig {
             http_max_connections: over.http_max_connections.or(self.http_max_connections),
             http_header_timeout: over.http_header_timeout.or(self.http_header_timeout),
             daily_dir: over.daily_dir.or(self.daily_dir),
+            archive: over.archive.or(self.archive),
         }
     }
 }
@@ -199,6 +202,8 @@ pub struct Config {
     pub security: Security,
     /// Live daily files of every chain held (a derived view; none: off).
     pub daily_dir: Option<PathBuf>,
+    /// The PostgreSQL archive's connection string (none: off).
+    pub archive: Option<String>,
 }
 
 /// Who may do what (README, Security).
@@ -616,6 +621,14 @@ impl Config {
             )?,
             max_agents: raw.max_agents.unwrap_or(1000),
             daily_dir: raw.daily_dir,
+            archive: match raw.archive {
+                Some(url)
+                    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) =>
+                {
+                    return Err(invalid("archive", "a postgres:// or postgresql:// URL"));
+                }
+                other => other,
+            },
         })
     }
 
@@ -663,6 +676,10 @@ http_header_timeout = "10s"
 # as `export --format daily` writes them: appended after each commit, off the
 # receipt path; delete the directory and restart to have it written again.
 # daily_dir = "/var/lib/baton-gateway/daily"
+
+# Copy every verified chain into PostgreSQL (append-only; README, "Archiving
+# to PostgreSQL"). Off the receipt path; lags and catches up when it is away.
+# archive = "postgres://baton@db.local/baton"
 
 # Delivery: rate limit of resend nacks (rule 5).
 resend_timeout = "10s"

@@ -117,6 +117,7 @@ pub async fn run(
         upstream: None,
         security: crate::config::Security::defaults(&gw_dir),
         daily_dir: Some(gw_dir.join("daily")),
+        archive: None,
     };
     {
         // Offline commands (`export --format baton`) read the id from the store.

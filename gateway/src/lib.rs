@@ -4,6 +4,7 @@
 //! protocol's `intake` state machine, durable storage in redb, signed
 //! receipts, and the gateway's own chain.
 
+pub mod archive;
 pub mod auth;
 #[cfg(feature = "tools")]
 pub mod bench;

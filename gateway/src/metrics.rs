@@ -179,6 +179,10 @@ pub struct Metrics {
     /// `--daily-dir`: lines written, and writes that failed (each retried).
     pub daily_lines: AtomicU64,
     pub daily_errors: AtomicU64,
+    /// `--archive`: rows copied into PostgreSQL, and failed attempts
+    /// (connections, copies; each retried).
+    pub archive_rows: AtomicU64,
+    pub archive_errors: AtomicU64,
     rejected: RejectCounts,
     bad_input: BadInputCounts,
     commit: Histogram<10>,
@@ -345,6 +349,18 @@ impl Metrics {
             "baton_daily_errors_total",
             "Writes to the live daily files that failed (retried).",
             &self.daily_errors,
+        );
+        counter(
+            &mut out,
+            "baton_archive_rows_total",
+            "Entries copied into the PostgreSQL archive (--archive).",
+            &self.archive_rows,
+        );
+        counter(
+            &mut out,
+            "baton_archive_errors_total",
+            "Archive connections or copies that failed (retried).",
+            &self.archive_errors,
         );
         counter(
             &mut out,

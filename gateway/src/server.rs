@@ -667,6 +667,21 @@ pub async fn run(
         )
     });
 
+    // The PostgreSQL archive, after each commit.
+    let archiver = config.archive.as_ref().map(|url| {
+        info!("archiving every chain to PostgreSQL");
+        crate::archive::Archiver::spawn(
+            crate::archive::ArchiveConfig {
+                url: url.clone(),
+                gateway: config.id.clone(),
+            },
+            Arc::clone(&store),
+            Arc::clone(&fleet),
+            committed_tx.subscribe(),
+            Arc::clone(&metrics),
+        )
+    });
+
     // Upstream: every chain held here, to the parent gateway.
     let forwarder = match &config.upstream {
         Some(up) => {
@@ -769,6 +784,9 @@ pub async fn run(
         .map_err(|_| anyhow::anyhow!("the ingest thread panicked"))?;
     if let Some(d) = daily {
         d.stop().await;
+    }
+    if let Some(a) = archiver {
+        a.stop().await;
     }
     Ok(())
 }

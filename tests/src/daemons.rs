@@ -116,6 +116,7 @@ impl Gateway {
             upstream: None,
             security: baton_gateway::config::Security::defaults(dir),
             daily_dir: None,
+            archive: None,
         };
         adjust(&mut config);
         let token_file = config.security.token_file.clone();

@@ -9,6 +9,7 @@ pub mod browser;
 pub mod daemons;
 pub mod http;
 pub mod mosquitto;
+pub mod postgres;
 pub mod proxy;
 pub mod raw;
 pub mod watch;
