@@ -284,6 +284,28 @@ fn http_request(
 }
 
 /// The registry (`GET /api/v1/agents`) as the table `agents` prints.
+/// The enrolled keys in a running gateway's `/api/v1/agents` answer.
+pub fn keys_from_agents(
+    json: &str,
+) -> anyhow::Result<std::collections::HashMap<AgentId, PublicKey>> {
+    use baton_shared::json::{Mode, Value, parse};
+    let v = parse(json.as_bytes(), Mode::Verify).map_err(|e| anyhow::anyhow!("agents: {e}"))?;
+    let Value::Array(rows) = v else {
+        bail!("agents: not a JSON array");
+    };
+    let mut keys = std::collections::HashMap::new();
+    for row in &rows {
+        let o = row.as_object().context("agents: a row is not an object")?;
+        let text = |k: &str| o.get(k).and_then(Value::as_str);
+        let (Some(id), Some(key)) = (text("id"), text("public_key")) else {
+            bail!("agents: a row without id or public_key");
+        };
+        let key = PublicKey::trusted_hex(key).with_context(|| format!("agents: {id}'s key"))?;
+        keys.insert(AgentId::new(id)?, key);
+    }
+    Ok(keys)
+}
+
 pub fn agents_table(json: &str) -> anyhow::Result<String> {
     use baton_shared::json::{Mode, Value, parse};
     let v = parse(json.as_bytes(), Mode::Verify).map_err(|e| anyhow::anyhow!("agents: {e}"))?;

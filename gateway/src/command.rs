@@ -302,10 +302,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Verify stored chains (all agents, or one).
+    /// Verify stored chains (all agents, or one), or with --archive the
+    /// chains PostgreSQL holds, under this gateway's enrolled keys.
     Verify {
-        #[command(flatten)]
-        dir: DataDir,
+        /// A stopped gateway's state directory: its chains, or with
+        /// --archive its enrolled keys.
+        #[arg(long, env = "BATON_GATEWAY_DATA_DIR", required_unless_present = "http")]
+        data_dir: Option<PathBuf>,
+        /// With --archive: a running gateway's HTTP address, whose enrolled
+        /// keys to verify under (e.g. http://127.0.0.1:8080).
+        #[arg(long, requires = "archive", conflicts_with = "data_dir")]
+        http: Option<String>,
+        /// Verify the chains read back from this archive
+        /// (postgres://USER@HOST/DB) rather than the local store.
+        #[arg(long, value_name = "URL")]
+        archive: Option<String>,
         #[arg(long)]
         agent: Option<String>,
     },
@@ -649,8 +660,41 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Verify { dir, agent } => {
-            let store = cli::open_store(&dir.data_dir)?;
+        Command::Verify {
+            archive: Some(url),
+            data_dir,
+            http,
+            agent,
+        } => {
+            let keys = match (http, data_dir) {
+                (Some(http), _) => cli::keys_from_agents(&cli::http_get(&http, "/api/v1/agents")?)?,
+                (None, Some(dir)) => cli::open_store(&dir)?
+                    .agents()?
+                    .into_iter()
+                    .filter_map(|(id, r)| r.key().map(|k| (id, k)))
+                    .collect(),
+                (None, None) => anyhow::bail!("--data-dir or --http is needed for the keys"),
+            };
+            let agent = agent.map(AgentId::new).transpose()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            let ok = rt.block_on(crate::archive::verify(
+                &url,
+                &keys,
+                agent.as_ref(),
+                &mut std::io::stdout(),
+            ))?;
+            if !ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Verify {
+            data_dir, agent, ..
+        } => {
+            let data_dir = data_dir.context("--data-dir is needed")?;
+            let store = cli::open_store(&data_dir)?;
             let agents = match agent {
                 Some(a) => vec![AgentId::new(a)?],
                 None => store.agents()?.into_iter().map(|(id, _)| id).collect(),

@@ -127,6 +127,17 @@ async fn the_archive_holds_every_entry_once_through_a_postgres_restart_and_refus
         "0"
     );
 
+    // the archive is evidence: it verifies under the keys the running
+    // gateway enrolled, every chain it holds
+    let gw_http = format!("http://{}", gw.http);
+    let (ok, said) = verify_archive(&pg, &["--http", &gw_http]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("pi-a: valid: authenticated through seq"),
+        "{said}"
+    );
+    assert!(said.contains("gw-proc: valid"), "{said}");
+
     // by hand: no change, no deletion, no truncation
     for sql in [
         "UPDATE baton_entries SET event = 'edited' WHERE agent = 'pi-a' AND seq = 2",
@@ -151,4 +162,44 @@ async fn the_archive_holds_every_entry_once_through_a_postgres_restart_and_refus
             >= head
     );
     agent.stop().await;
+
+    // the table's owner turns the trigger off and edits: verification
+    // names both rows — a split-out column that no longer says what the
+    // signed content says, and content that no longer has its hash
+    pg.sql("ALTER TABLE baton_entries DISABLE TRIGGER USER")
+        .unwrap();
+    pg.sql("UPDATE baton_entries SET event = 'edited' WHERE agent = 'pi-a' AND seq = 5")
+        .unwrap();
+    pg.sql(
+        "UPDATE baton_entries SET content = convert_to(replace(convert_from(content, 'UTF8'), \
+         '\"seq\":7', '\"seq\":7,\"x\":1'), 'UTF8') WHERE agent = 'pi-a' AND seq = 7",
+    )
+    .unwrap();
+    let (ok, said) = verify_archive(&pg, &["--http", &gw_http, "--agent", "pi-a"]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("pi-a: invalid at line 6 (seq 7): hash mismatch"),
+        "{said}"
+    );
+    assert!(said.contains("seq 5: event column \"edited\""), "{said}");
+    // the keys can also come from a stopped gateway's data directory
+    drop(gw);
+    let gdir = gdir.display().to_string();
+    let (ok, said) = verify_archive(&pg, &["--data-dir", &gdir, "--agent", "gw-proc"]);
+    assert!(ok, "{said}");
+    let (ok, said) = verify_archive(&pg, &["--data-dir", &gdir, "--agent", "pi-a"]);
+    assert!(!ok && said.contains("hash mismatch"), "{said}");
+}
+
+/// `baton-gateway verify --archive` with `args`: whether it passed, and
+/// what it said.
+fn verify_archive(pg: &Postgres, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(baton_tests::bins::gateway())
+        .args(["verify", "--archive", &pg.url])
+        .args(args)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), said)
 }

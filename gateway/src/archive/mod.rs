@@ -30,8 +30,11 @@ use crate::ingest::Committed;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
+mod verify;
+pub use verify::verify;
+
 /// The schema, applied at every connection (it creates what is missing).
-pub const SCHEMA: &str = include_str!("../sql/archive.sql");
+pub const SCHEMA: &str = include_str!("../../sql/archive.sql");
 
 /// Rows copied in one PostgreSQL transaction at most.
 const BATCH_ROWS: usize = 8192;
@@ -40,6 +43,19 @@ const PAGE: usize = 4096;
 /// The gateway's own chain is committed without a notice: looked at this
 /// often, as are chains that could not be copied.
 const TICK: Duration = Duration::from_secs(1);
+
+/// A connection to the archive at `url`, driven by a task of its own.
+async fn open(url: &str) -> anyhow::Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .context("connecting")?;
+    let connection = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!(error = %e, "archive: the PostgreSQL connection ended");
+        }
+    });
+    Ok((client, connection))
+}
 
 /// The store meta key of `agent`'s archived head.
 pub fn cursor_key(agent: &AgentId) -> String {
@@ -186,14 +202,7 @@ impl Run {
     }
 
     async fn connect(&self) -> anyhow::Result<Session> {
-        let (client, connection) = tokio_postgres::connect(&self.cfg.url, tokio_postgres::NoTls)
-            .await
-            .context("connecting")?;
-        let connection = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                warn!(error = %e, "archive: the PostgreSQL connection ended");
-            }
-        });
+        let (client, connection) = open(&self.cfg.url).await?;
         let mut s = Session {
             client,
             connection,
