@@ -220,6 +220,10 @@ pub struct RunArgs {
     /// Copy every chain held into PostgreSQL, e.g. postgres://baton@db/baton.
     #[arg(long, env = "BATON_GATEWAY_ARCHIVE")]
     archive: Option<String>,
+    /// With --archive: keep only the newest N entries of each chain in the
+    /// store; older ones go once archived (and receipted by the parent).
+    #[arg(long, env = "BATON_GATEWAY_RETAIN_ENTRIES", value_name = "N")]
+    retain_entries: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -514,6 +518,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 http_header_timeout: a.http_header_timeout,
                 daily_dir: a.daily_dir,
                 archive: a.archive,
+                retain_entries: a.retain_entries,
             };
             let config = Config::validate(file.merge(flags))?;
             let listeners = crate::server::Listeners::bind(&config)?;

@@ -87,6 +87,8 @@ pub struct RawConfig {
     pub daily_dir: Option<PathBuf>,
     /// Copy every chain into PostgreSQL (`postgres://user@host/db`).
     pub archive: Option<String>,
+    /// With `archive`: keep only the newest N entries of each chain here.
+    pub retain_entries: Option<u64>,
 }
 
 impl RawConfig {
@@ -147,6 +149,7 @@ impl RawConfig {
             http_header_timeout: over.http_header_timeout.or(self.http_header_timeout),
             daily_dir: over.daily_dir.or(self.daily_dir),
             archive: over.archive.or(self.archive),
+            retain_entries: over.retain_entries.or(self.retain_entries),
         }
     }
 }
@@ -204,6 +207,8 @@ pub struct Config {
     pub daily_dir: Option<PathBuf>,
     /// The PostgreSQL archive's connection string (none: off).
     pub archive: Option<String>,
+    /// Entries of each chain kept in the store once archived (none: all).
+    pub retain_entries: Option<u64>,
 }
 
 /// Who may do what (README, Security).
@@ -598,6 +603,7 @@ impl Config {
                 })
             }
         };
+        let archive_set = raw.archive.is_some();
         Ok(Config {
             upstream,
             liveness,
@@ -628,6 +634,18 @@ impl Config {
                     return Err(invalid("archive", "a postgres:// or postgresql:// URL"));
                 }
                 other => other,
+            },
+            retain_entries: match (raw.retain_entries, archive_set) {
+                (Some(0), _) => {
+                    return Err(invalid("retain_entries", "at least 1 (the head stays)"));
+                }
+                (Some(_), false) => {
+                    return Err(invalid(
+                        "retain_entries",
+                        "set only with archive (entries leave only once PostgreSQL holds them)",
+                    ));
+                }
+                (n, _) => n,
             },
         })
     }
@@ -680,6 +698,11 @@ http_header_timeout = "10s"
 # Copy every verified chain into PostgreSQL (append-only; README, "Archiving
 # to PostgreSQL"). Off the receipt path; lags and catches up when it is away.
 # archive = "postgres://baton@db.local/baton"
+# With archive: keep only the newest N entries of each chain in this store
+# (the gateway's own chain is always kept whole). Older ones go once the
+# archive holds them, the parent (if any) has receipted them and the daily
+# files (if any) hold them; so a top gateway runs for months in fixed disk.
+# retain_entries = 100000
 
 # Delivery: rate limit of resend nacks (rule 5).
 resend_timeout = "10s"
@@ -811,6 +834,34 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("upstream_key"), "{e}");
+    }
+
+    #[test]
+    fn retaining_fewer_entries_needs_the_archive_and_keeps_the_head() {
+        let base = RawConfig {
+            id: Some("gw".into()),
+            cluster: Some("c".into()),
+            data_dir: Some("/tmp".into()),
+            retain_entries: Some(1000),
+            ..Default::default()
+        };
+        let e = Config::validate(base.clone()).unwrap_err().to_string();
+        assert!(e.contains("retain_entries") && e.contains("archive"), "{e}");
+        let archived = RawConfig {
+            archive: Some("postgres://baton@db/baton".into()),
+            ..base
+        };
+        assert_eq!(
+            Config::validate(archived.clone()).unwrap().retain_entries,
+            Some(1000)
+        );
+        let e = Config::validate(RawConfig {
+            retain_entries: Some(0),
+            ..archived
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at least 1"), "{e}");
     }
 
     #[test]

@@ -10,8 +10,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_runtime::daily::{DailyWriter, last_written};
@@ -29,11 +29,16 @@ const PAGE: usize = 4096;
 /// (committed without a notice) is looked at.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
+/// How far each chain's files are written, as far as the view knows (a
+/// chain it has not written yet, or failed to, is absent).
+pub type Written = Arc<Mutex<HashMap<AgentId, Seq>>>;
+
 /// The running writer; [`DailyView::stop`] writes what is committed and ends.
 #[derive(Debug)]
 pub struct DailyView {
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+    written: Written,
 }
 
 impl DailyView {
@@ -48,14 +53,25 @@ impl DailyView {
         metrics: Arc<Metrics>,
     ) -> DailyView {
         let (stop, stopped) = oneshot::channel();
+        let written = Written::default();
         let writer = Writer {
             dir,
             store,
             metrics,
             cursors: HashMap::new(),
+            written: Arc::clone(&written),
         };
         let task = tokio::spawn(writer.run(own, committed, stopped));
-        DailyView { stop, task }
+        DailyView {
+            stop,
+            task,
+            written,
+        }
+    }
+
+    /// How far the files are written (what pruning must leave alone).
+    pub fn written(&self) -> Written {
+        Arc::clone(&self.written)
     }
 
     /// Writes what is committed by now, then ends.
@@ -72,6 +88,8 @@ struct Writer {
     metrics: Arc<Metrics>,
     /// The last seq written per chain, once known.
     cursors: HashMap<AgentId, Seq>,
+    /// The same, for others to read.
+    written: Written,
 }
 
 impl Writer {
@@ -158,12 +176,20 @@ impl Writer {
     fn write(&mut self, chains: BTreeSet<AgentId>) -> Vec<AgentId> {
         let mut failed = Vec::new();
         for agent in chains {
-            if let Err(e) = self.catch_up(&agent) {
+            let result = self.catch_up(&agent);
+            let mut written = self
+                .written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Err(e) = result {
                 self.metrics.daily_errors.fetch_add(1, Relaxed);
                 warn!(%agent, error = %format!("{e:#}"), "daily files: writing failed; tried again shortly");
                 // where the files end is read from them again
                 self.cursors.remove(&agent);
+                written.remove(&agent);
                 failed.push(agent);
+            } else if let Some(s) = self.cursors.get(&agent) {
+                written.insert(agent, *s);
             }
         }
         failed

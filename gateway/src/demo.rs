@@ -118,6 +118,7 @@ pub async fn run(
         security: crate::config::Security::defaults(&gw_dir),
         daily_dir: Some(gw_dir.join("daily")),
         archive: None,
+        retain_entries: None,
     };
     {
         // Offline commands (`export --format baton`) read the id from the store.

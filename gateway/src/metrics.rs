@@ -183,6 +183,8 @@ pub struct Metrics {
     /// (connections, copies; each retried).
     pub archive_rows: AtomicU64,
     pub archive_errors: AtomicU64,
+    /// `--retain-entries`: entries pruned from the store once archived.
+    pub archive_pruned: AtomicU64,
     rejected: RejectCounts,
     bad_input: BadInputCounts,
     commit: Histogram<10>,
@@ -361,6 +363,12 @@ impl Metrics {
             "baton_archive_errors_total",
             "Archive connections or copies that failed (retried).",
             &self.archive_errors,
+        );
+        counter(
+            &mut out,
+            "baton_archive_pruned_total",
+            "Entries pruned from this store once archived and receipted (--retain-entries).",
+            &self.archive_pruned,
         );
         counter(
             &mut out,

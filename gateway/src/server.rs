@@ -674,6 +674,11 @@ pub async fn run(
             crate::archive::ArchiveConfig {
                 url: url.clone(),
                 gateway: config.id.clone(),
+                prune: config.retain_entries.map(|retain| crate::archive::Prune {
+                    retain,
+                    parent: config.upstream.is_some(),
+                    daily: daily.as_ref().map(crate::daily::DailyView::written),
+                }),
             },
             Arc::clone(&store),
             Arc::clone(&fleet),

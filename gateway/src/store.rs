@@ -57,6 +57,12 @@ const FLEET_AGENTS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new
 pub const ID_KEY: &str = "gateway_id";
 pub const CLUSTER_KEY: &str = "cluster";
 
+/// The META key of a chain's upstream cursor: the best receipt its parent
+/// gave for it (postcard [`baton_shared::wire::Receipt`]).
+pub fn upstream_cursor_key(chain: &AgentId) -> String {
+    format!("upstream/{chain}")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("opening store {path}: {source}")]
@@ -542,6 +548,48 @@ impl Store {
         Ok(out)
     }
 
+    /// Removes each `(agent, through)`'s stored entries up to `through`,
+    /// in one durable transaction: runs that end by then go whole, and the
+    /// run holding `through` keeps its later entries (stored again from
+    /// `through + 1`). The caller keeps `through` below the head; heads,
+    /// gaps and the registry are untouched. Returns how many entries went.
+    pub fn prune(&self, cuts: &[(AgentId, Seq)]) -> Result<u64> {
+        let txn = self.begin_write()?;
+        let mut pruned = 0u64;
+        {
+            let mut runs = txn.open_table(RUNS)?;
+            for (agent, through) in cuts {
+                let id = agent.as_str();
+                let mut firsts = Vec::new();
+                for item in runs.range((id, 0)..=(id, through.0))? {
+                    let (k, v) = item?;
+                    firsts.push((k.value().1, run_len(v.value())));
+                }
+                for (first, len) in firsts {
+                    let last = (first + len).saturating_sub(1);
+                    if last <= through.0 {
+                        runs.remove((id, first))?;
+                        pruned += len;
+                        continue;
+                    }
+                    // the run holding `through`: its tail stays
+                    let bytes = runs
+                        .remove((id, first))?
+                        .map(|v| v.value().to_vec())
+                        .unwrap_or_default();
+                    let run: Vec<Entry> = postcard::from_bytes(&bytes)
+                        .map_err(corrupt(format!("entries from {first} of {agent}")))?;
+                    let cut = usize::try_from(through.0 + 1 - first).unwrap_or(run.len());
+                    let tail = run.get(cut..).unwrap_or_default();
+                    runs.insert((id, through.0 + 1), encode(&tail).as_slice())?;
+                    pruned += cut as u64;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(pruned)
+    }
+
     /// Gaps recorded for `agent`: `(from, to)` pairs.
     pub fn gaps(&self, agent: &AgentId) -> Result<Vec<(Seq, Seq)>> {
         let txn = self.begin_read()?;
@@ -885,6 +933,12 @@ fn run_holding(
         .map_or(from.0, |(k, _)| k.value().1))
 }
 
+/// The number of entries in a stored run, from its encoding's length
+/// prefix (postcard writes a sequence's length first, as a varint).
+fn run_len(bytes: &[u8]) -> u64 {
+    postcard::take_from_bytes::<u64>(bytes).map_or(0, |(n, _)| n)
+}
+
 /// One agent's stored chain, as the intake reads it.
 #[derive(Debug)]
 pub struct StoreView<'a> {
@@ -970,6 +1024,41 @@ mod tests {
         assert_eq!(store.gaps(&agent).unwrap(), vec![(Seq(20), Seq(29))]);
         assert_eq!(store.view(&agent).hash_at(Seq(3)), l.hash_at(Seq(3)));
         assert_eq!(store.view(&agent).hash_at(Seq(11)), None);
+    }
+
+    #[test]
+    fn pruning_removes_whole_runs_before_the_cut_and_never_the_heads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("g.redb")).unwrap();
+        let l = ledger(11);
+        let agent = l.agent().clone();
+        let run = |from: u64, to: u64| Write::Entries {
+            agent: agent.clone(),
+            first: Seq(from),
+            entries: l.range(Seq(from), Seq(to)),
+        };
+        store.commit(&[run(1, 4), run(5, 10), run(11, 12)]).unwrap();
+        let head = store.head(&agent).unwrap();
+        // whole runs, and the one holding the cut keeps its tail
+        assert_eq!(store.prune(&[(agent.clone(), Seq(7))]).unwrap(), 7);
+        assert_eq!(store.oldest(&agent).unwrap(), Some(Seq(8)));
+        assert_eq!(store.prune(&[(agent.clone(), Seq(7))]).unwrap(), 0);
+        assert_eq!(store.prune(&[(agent.clone(), Seq(11))]).unwrap(), 4);
+        let held = store.range(&agent, Seq(1), 100).unwrap();
+        assert_eq!(held.iter().map(|(s, _)| s.0).collect::<Vec<_>>(), vec![12]);
+        assert_eq!(held[0].1, l.range(Seq(12), Seq(12))[0]);
+        assert_eq!(store.head(&agent).unwrap(), head);
+        assert_eq!(store.view(&agent).hash_at(Seq(3)), None);
+        // what is held still checks at a start
+        drop(store);
+        let store = Store::open(&dir.path().join("g.redb")).unwrap();
+        assert_eq!(
+            store.check_chain(&agent, Some(&l.key().public())).unwrap(),
+            ChainCheck::Verified {
+                from: Seq(12),
+                head: Seq(12)
+            }
+        );
     }
 
     #[test]

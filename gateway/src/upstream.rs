@@ -57,10 +57,7 @@ const ALERTS_KEPT: usize = 32;
 /// The same kind of alert for the same chain at most this often.
 const ALERT_EVERY: Duration = Duration::from_secs(60);
 
-/// The store's meta key of a chain's cursor.
-pub fn cursor_key(chain: &AgentId) -> String {
-    format!("upstream/{chain}")
-}
+pub use crate::store::upstream_cursor_key as cursor_key;
 
 /// What the forwarder needs to know.
 #[derive(Debug, Clone)]

@@ -117,6 +117,7 @@ impl Gateway {
             security: baton_gateway::config::Security::defaults(dir),
             daily_dir: None,
             archive: None,
+            retain_entries: None,
         };
         adjust(&mut config);
         let token_file = config.security.token_file.clone();

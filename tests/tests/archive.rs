@@ -203,3 +203,90 @@ fn verify_archive(pg: &Postgres, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), said)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pruned_gateway_keeps_what_the_archive_lacks_and_still_answers_and_exports() {
+    let Some(mut pg) = Postgres::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (gdir, adir) = (dir.path().join("gw"), dir.path().join("pi-a"));
+    let trusted = [(AgentId::new("pi-a").unwrap(), agent_key(&adir))];
+    let mqtt: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut gw = GatewayProc::start_as(
+        &gdir,
+        &trusted,
+        Via::Embedded(mqtt),
+        Role::default()
+            .arg("--archive", &pg.url)
+            .arg("--retain-entries", "50"),
+    );
+    let held = |gw: &GatewayProc| http::lines(&http::gateway_chain(gw.http, "pi-a")) as u64;
+    let agent = Agent::start("pi-a", &adir, Some(mqtt), Some(gw.key)).await;
+    agent.append(0, 300).await;
+    let head = agent.head();
+    assert!(eventually(WAIT, || archived(&pg, "pi-a").0 == head).await);
+    // archived (and no parent to wait for): all but the newest runs go
+    assert!(
+        eventually(WAIT, || held(&gw) < 150).await,
+        "{} of {head} still held",
+        held(&gw)
+    );
+    assert!(held(&gw) >= 50);
+    assert!(http::metric(gw.http, "baton_archive_pruned_total") >= 150.0);
+
+    // PostgreSQL away: what it does not hold stays, however long
+    pg.stop();
+    agent.append(300, 300).await;
+    let head = agent.head();
+    assert!(eventually(WAIT, || agent.receipted() == head).await);
+    let kept_from = head - 300;
+    tokio::time::sleep(Duration::from_secs(7)).await; // past a pruning round
+    let chain = http::gateway_chain(gw.http, "pi-a");
+    assert!(
+        String::from_utf8_lossy(&chain).contains(&format!("\"seq\":{},", kept_from + 1)),
+        "an entry the archive lacks was pruned"
+    );
+    pg.restart();
+    assert!(eventually(WAIT, || archived(&pg, "pi-a").0 == head).await);
+    assert!(
+        eventually(WAIT, || held(&gw) < 150).await,
+        "{} still held",
+        held(&gw)
+    );
+
+    // the pruned gateway restarts clean, answers the agent's hello after
+    // the agent restarts too, and takes what it appends next
+    gw.restart();
+    agent.stop().await;
+    let agent = Agent::start("pi-a", &adir, Some(mqtt), Some(gw.key)).await;
+    agent.append(600, 20).await;
+    let head = agent.head();
+    assert!(eventually(WAIT, || agent.receipted() == head).await);
+    assert!(eventually(WAIT, || archived(&pg, "pi-a").0 == head).await);
+    agent.stop().await;
+
+    // what it holds exports and verifies; the archive holds the rest
+    drop(gw);
+    let out = std::process::Command::new(baton_tests::bins::gateway())
+        .args(["export", "--agent", "pi-a", "--data-dir"])
+        .arg(&gdir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported = http::lines(&out.stdout) as u64;
+    assert!((50..150).contains(&exported), "{exported} exported");
+    let verdict = baton_shared::verify::verify_text(&out.stdout, Some(agent_key(&adir)));
+    let summary = verdict.summary().unwrap();
+    assert!(verdict.is_valid(), "{verdict}");
+    assert_eq!(summary.head_seq.0, head);
+    assert_eq!(summary.first_seq.0, head - exported + 1);
+    let gdir = gdir.display().to_string();
+    let (ok, said) = verify_archive(&pg, &["--data-dir", &gdir, "--agent", "pi-a"]);
+    assert!(ok, "{said}");
+    assert!(said.contains(&format!("seq 1..{head}")), "{said}");
+}

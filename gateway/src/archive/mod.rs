@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use baton_shared::json::{self, Mode, Value};
+use baton_shared::wire::{Message, Receipt};
 use baton_shared::{AgentId, Entry, Seq};
 use bytes::BytesMut;
 use tokio::sync::{broadcast, oneshot};
@@ -43,6 +44,8 @@ const PAGE: usize = 4096;
 /// The gateway's own chain is committed without a notice: looked at this
 /// often, as are chains that could not be copied.
 const TICK: Duration = Duration::from_secs(1);
+/// Pruning (one store write) at most this often.
+const PRUNE_EVERY: Duration = Duration::from_secs(5);
 
 /// A connection to the archive at `url`, driven by a task of its own.
 async fn open(url: &str) -> anyhow::Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
@@ -77,6 +80,20 @@ pub struct ArchiveConfig {
     pub url: String,
     /// This gateway (`archived_by`, and its own chain).
     pub gateway: AgentId,
+    /// Pruning the store behind the archive (none: keep everything).
+    pub prune: Option<Prune>,
+}
+
+/// When entries may leave this gateway's store (`--retain-entries`).
+#[derive(Debug, Clone)]
+pub struct Prune {
+    /// The newest entries of each chain kept here whatever else holds them.
+    pub retain: u64,
+    /// This gateway forwards to a parent: what goes must be receipted by
+    /// it too.
+    pub parent: bool,
+    /// The live daily files, when written: what they lack stays.
+    pub daily: Option<crate::daily::Written>,
 }
 
 /// The running archiver; [`Archiver::stop`] ends it.
@@ -138,6 +155,11 @@ impl Run {
         mut stopped: oneshot::Receiver<()>,
     ) {
         let mut dirty: BTreeSet<AgentId> = self.all_chains();
+        // chains that moved (committed here, or archived further) since
+        // the last pruning (all, at first)
+        let mut moved: BTreeSet<AgentId> = dirty.clone();
+        let pruning = self.cfg.prune.is_some();
+        let mut pruned_at = tokio::time::Instant::now();
         let mut session: Option<Session> = None;
         let mut backoff = Duration::from_millis(500);
         let mut tick = tokio::time::interval(TICK);
@@ -160,7 +182,7 @@ impl Run {
             if let Some(s) = session.as_mut()
                 && !dirty.is_empty()
             {
-                match self.copy(s, &mut dirty).await {
+                match self.copy(s, &mut dirty, &mut moved).await {
                     Ok(()) => {}
                     Err(e) => {
                         self.metrics.archive_errors.fetch_add(1, Relaxed);
@@ -168,6 +190,13 @@ impl Run {
                         session = None;
                     }
                 }
+            }
+            if let Some(prune) = &self.cfg.prune
+                && !moved.is_empty()
+                && pruned_at.elapsed() >= PRUNE_EVERY
+            {
+                pruned_at = tokio::time::Instant::now();
+                self.prune(prune, std::mem::take(&mut moved)).await;
             }
             let wait = if session.is_none() {
                 let w = backoff;
@@ -180,8 +209,19 @@ impl Run {
             };
             tokio::select! {
                 c = committed.recv() => match c {
-                    Ok(c) => { dirty.insert(c.agent); }
-                    Err(broadcast::error::RecvError::Lagged(_)) => dirty.extend(self.all_chains()),
+                    Ok(c) => {
+                        if pruning {
+                            moved.insert(c.agent.clone());
+                        }
+                        dirty.insert(c.agent);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let all = self.all_chains();
+                        if pruning {
+                            moved.extend(all.iter().cloned());
+                        }
+                        dirty.extend(all);
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = tick.tick() => { dirty.insert(self.cfg.gateway.clone()); }
@@ -229,7 +269,12 @@ impl Run {
 
     /// Copies what `dirty` chains hold past their archived heads, in
     /// transactions of up to [`BATCH_ROWS`] rows, until all are copied.
-    async fn copy(&self, s: &mut Session, dirty: &mut BTreeSet<AgentId>) -> anyhow::Result<()> {
+    async fn copy(
+        &self,
+        s: &mut Session,
+        dirty: &mut BTreeSet<AgentId>,
+        moved: &mut BTreeSet<AgentId>,
+    ) -> anyhow::Result<()> {
         while !dirty.is_empty() {
             // read a batch (blocking store reads, on the blocking pool)
             let store = Arc::clone(&self.store);
@@ -247,6 +292,9 @@ impl Run {
             }
             let n = self.write_batch(s, &batch).await?;
             self.metrics.archive_rows.fetch_add(n, Relaxed);
+            if self.cfg.prune.is_some() {
+                moved.extend(batch.into_iter().map(|c| c.agent));
+            }
         }
         Ok(())
     }
@@ -361,6 +409,79 @@ impl Run {
             .context("recording the archived heads in the store")?;
         Ok(rows)
     }
+}
+
+impl Run {
+    /// Prunes `chains` behind the archive, as [`prune_cuts`] allows.
+    async fn prune(&self, prune: &Prune, chains: BTreeSet<AgentId>) {
+        let store = Arc::clone(&self.store);
+        let (prune, own) = (prune.clone(), self.cfg.gateway.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let cuts = prune_cuts(&store, &prune, &own, chains)?;
+            store.prune(&cuts).map_err(anyhow::Error::from)
+        })
+        .await;
+        match done {
+            Ok(Ok(n)) => {
+                self.metrics.archive_pruned.fetch_add(n, Relaxed);
+            }
+            Ok(Err(e)) => {
+                warn!(error = %format!("{e:#}"), "archive: pruning the store failed; tried again later")
+            }
+            Err(e) => warn!(error = %e, "archive: pruning panicked"),
+        }
+    }
+}
+
+/// Where each of `chains` may be cut: through the lowest of what the
+/// archive holds (as recorded here after its commits), what the parent
+/// receipted, what the daily files hold and all but the newest
+/// `retain`. Never the gateway's own chain (a rebuild starts from its seq
+/// 1) and never a halted chain (the fork's context stays).
+fn prune_cuts(
+    store: &Store,
+    prune: &Prune,
+    own: &AgentId,
+    chains: BTreeSet<AgentId>,
+) -> anyhow::Result<Vec<(AgentId, Seq)>> {
+    let mut cuts = Vec::new();
+    for agent in chains {
+        if agent == *own || store.halted(&agent)?.is_some() {
+            continue;
+        }
+        let head = store.head(&agent)?.seq;
+        let Some(mut through) = head.0.checked_sub(prune.retain) else {
+            continue;
+        };
+        match archived_through(store, &agent)? {
+            Some(a) => through = through.min(a.0),
+            None => continue,
+        }
+        if prune.parent {
+            let receipted = store
+                .meta(&crate::store::upstream_cursor_key(&agent))?
+                .and_then(|b| Receipt::decode(&b).ok());
+            match receipted {
+                Some(r) => through = through.min(r.seq.0),
+                None => continue,
+            }
+        }
+        if let Some(daily) = &prune.daily {
+            let written = daily
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&agent)
+                .copied();
+            match written {
+                Some(w) => through = through.min(w.0),
+                None => continue,
+            }
+        }
+        if store.oldest(&agent)?.is_some_and(|o| o.0 <= through) {
+            cuts.push((agent, Seq(through)));
+        }
+    }
+    Ok(cuts)
 }
 
 /// One chain's rows in a batch.
