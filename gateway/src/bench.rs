@@ -37,6 +37,9 @@ pub struct BenchArgs {
     pub total_entries: u64,
     /// Also run against Mosquitto, if installed.
     pub mosquitto: bool,
+    /// Also run each ingest with the gateway archiving into this
+    /// PostgreSQL (in a scratch schema, dropped after).
+    pub archive: Option<String>,
 }
 
 /// One row of the report.
@@ -49,6 +52,10 @@ pub struct Row {
     pub ingest_entries_per_s: f64,
     pub ingest_msgs_per_s: f64,
     pub rss_peak_mb: f64,
+    /// With `--archive`, the same ingest again with the gateway archiving:
+    /// its durable ingest entries/s, and the rows/s the archive took
+    /// (every entry, from the first publish until PostgreSQL held all).
+    pub archived: Option<(f64, f64)>,
 }
 
 pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
@@ -226,7 +233,8 @@ async fn ingest(
     exe: &Path,
     external: Option<SocketAddr>,
     ledgers: Vec<MemLedger>,
-) -> anyhow::Result<(f64, f64, f64)> {
+    archive: Option<(&str, &str)>,
+) -> anyhow::Result<Ingest> {
     let dir = tempfile_dir()?;
     let key = baton_runtime::keys::generate(&dir.join("gateway.key"))?;
     let keys_dir = dir.join("agents");
@@ -237,11 +245,15 @@ async fn ingest(
             l.key().public().to_hex(),
         )?;
     }
+    let extra: Vec<String> = match archive {
+        Some((url, _)) => vec!["--archive".to_owned(), url.to_owned()],
+        None => Vec::new(),
+    };
     let GatewayChild {
         child,
         http: _,
         broker,
-    } = spawn_gateway(exe, &dir, "bench", external, ledgers.len(), &[])?;
+    } = spawn_gateway(exe, &dir, "bench", external, ledgers.len(), &extra)?;
     let entries: u64 = ledgers.iter().map(|l| l.head().0).sum();
     let batches: u64 = ledgers
         .iter()
@@ -249,15 +261,39 @@ async fn ingest(
         .sum();
     let start = publish_receipted(broker, ledgers, key.public()).await?;
     let took = start.elapsed().as_secs_f64();
+    // the archive lags the receipts; timed until PostgreSQL holds every entry
+    let archived_after = match archive {
+        Some((url, schema)) => {
+            let limit = Instant::now() + Duration::from_secs(600);
+            while crate::archive::scratch_rows(url, schema, "bench-").await? < entries {
+                if Instant::now() > limit {
+                    bail!("the archive did not take {entries} entries in 600 s");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            start.elapsed().as_secs_f64()
+        }
+        None => f64::NAN,
+    };
     let peak = rss_kb(child.0.id(), "VmHWM:");
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
     #[allow(clippy::cast_precision_loss)]
-    Ok((
-        entries as f64 / took,
-        batches as f64 / took,
-        peak as f64 / 1024.0,
-    ))
+    Ok(Ingest {
+        entries_per_s: entries as f64 / took,
+        batches_per_s: batches as f64 / took,
+        rss_peak_mb: peak as f64 / 1024.0,
+        archived_per_s: entries as f64 / archived_after,
+    })
+}
+
+/// One durable ingest run's figures.
+struct Ingest {
+    entries_per_s: f64,
+    batches_per_s: f64,
+    rss_peak_mb: f64,
+    /// With the archive on: entries / time until PostgreSQL held them all.
+    archived_per_s: f64,
 }
 
 pub(crate) fn tempfile_dir() -> anyhow::Result<PathBuf> {
@@ -400,15 +436,30 @@ pub async fn run(args: &BenchArgs, exe: &Path) -> anyhow::Result<Vec<Row>> {
             let raw_at = external.unwrap_or(raw_embedded);
             let (raw_msgs, delivered) =
                 raw_broker(raw_at, n, per_agent / BATCH as u64, payload).await?;
-            let (eps, mps, rss) = ingest(exe, *external, ledgers).await?;
+            let plain = ingest(exe, *external, ledgers, None).await?;
+            // the same ingest, archiving, in the same run
+            let archived = match &args.archive {
+                Some(url) => {
+                    let ledgers = (0..n)
+                        .map(|i| ledger(i, per_agent))
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    let (scratch_url, schema) = crate::archive::scratch(url).await?;
+                    let run = ingest(exe, *external, ledgers, Some((&scratch_url, &schema))).await;
+                    crate::archive::drop_scratch(url, &schema).await?;
+                    let run = run?;
+                    Some((run.entries_per_s, run.archived_per_s))
+                }
+                None => None,
+            };
             let row = Row {
                 broker: name,
                 agents: n,
                 raw_msgs_per_s: raw_msgs,
                 raw_delivered: delivered,
-                ingest_entries_per_s: eps,
-                ingest_msgs_per_s: mps,
-                rss_peak_mb: rss,
+                ingest_entries_per_s: plain.entries_per_s,
+                ingest_msgs_per_s: plain.batches_per_s,
+                rss_peak_mb: plain.rss_peak_mb,
+                archived,
             };
             eprintln!("{row:?}");
             rows.push(row);
@@ -492,9 +543,33 @@ pub fn table(rows: &[Row]) -> String {
             format!("{:.1} MiB", r.rss_peak_mb),
         ]
     };
-    markdown_table(
+    let mut out = markdown_table(
         header,
         "|---|---|---|---|---|---|---|",
         rows.iter().map(cells),
-    )
+    );
+    if rows.iter().any(|r| r.archived.is_some()) {
+        out.push('\n');
+        out.push_str(&markdown_table(
+            [
+                "broker",
+                "agents",
+                "durable ingest entries/s",
+                "… with --archive",
+                "archived rows/s (first publish → all in PostgreSQL)",
+            ],
+            "|---|---|---|---|---|",
+            rows.iter().filter_map(|r| {
+                let (with, archived) = r.archived?;
+                Some([
+                    r.broker.to_string(),
+                    r.agents.to_string(),
+                    format!("{:.0}", r.ingest_entries_per_s),
+                    format!("{with:.0}"),
+                    format!("{archived:.0}"),
+                ])
+            }),
+        ));
+    }
+    out
 }

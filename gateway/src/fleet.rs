@@ -123,6 +123,11 @@ impl FleetView {
         self.agents.get(id)
     }
 
+    /// The cluster gateway `id` leads, when this view reads its chain.
+    pub fn cluster_of_gateway(&self, id: &AgentId) -> Option<&str> {
+        self.gateways.get(id).map(String::as_str)
+    }
+
     /// Whether `id` is a gateway this view reads the chain of.
     pub fn is_gateway(&self, id: &AgentId) -> bool {
         self.gateways.contains_key(id)

@@ -59,6 +59,9 @@ pub struct FleetArgs {
     pub clock_skew: Duration,
     /// Fail unless every check holds (the reduced run in CI).
     pub check: bool,
+    /// The top archives into this PostgreSQL (`--archive`): its lag is
+    /// measured.
+    pub archive: Option<String>,
 }
 
 /// What one run measured.
@@ -99,8 +102,35 @@ pub struct FleetReport {
     pub entries_total: u64,
     /// With `check`: chains `verify` read back from the top's store.
     pub verified_offline: usize,
+    /// With `archive`: rows/s the top's archive took over the window, the
+    /// entries it lagged the top's store by (largest sample, and at the
+    /// window's end), and the time after every chain reached the top
+    /// until the archive held the top's whole store.
+    pub archive: Option<ArchiveLag>,
     /// What did not hold (`check` fails on any).
     pub problems: Vec<String>,
+}
+
+/// The top's archive behind its store (`simulate --archive`).
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveLag {
+    pub rows_per_s: f64,
+    pub lag_max: f64,
+    pub lag_end: f64,
+    pub drained_s: f64,
+}
+
+/// Entries the top's store holds that its archive does not yet: entries
+/// accepted + its own chain − rows archived (one sample).
+fn archive_lag(top: &GatewayChild) -> anyhow::Result<(f64, f64)> {
+    let text = crate::cli::http_get(&format!("http://{}", top.http), "/metrics")?;
+    let own = http_json(top.http, "/api/v1/agents/gw-top")?;
+    let own_head = field(&own, "head_seq")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.0);
+    let archived = metric(&text, "baton_archive_rows_total");
+    let held = metric(&text, "baton_entries_accepted_total") + own_head;
+    Ok(((held - archived).max(0.0), archived))
 }
 
 /// A running gateway of the tree, with its name and parent.
@@ -367,6 +397,11 @@ pub async fn run(exe: &Path, a: &FleetArgs) -> anyhow::Result<FleetReport> {
         "starting gateways",
         Some(1 + a.sectors as u64 + a.clusters as u64),
     );
+    let top_flags: Vec<String> = a
+        .archive
+        .iter()
+        .flat_map(|url| ["--archive".to_owned(), url.clone()])
+        .collect();
     let top = start_node(
         exe,
         &root,
@@ -376,7 +411,7 @@ pub async fn run(exe: &Path, a: &FleetArgs) -> anyhow::Result<FleetReport> {
             agents: &[],
             mosquitto: !a.embedded,
             children: top_children,
-            flags: &[],
+            flags: &top_flags,
         },
     )?;
     starting.inc(1);
@@ -504,7 +539,22 @@ pub async fn run(exe: &Path, a: &FleetArgs) -> anyhow::Result<FleetReport> {
         .iter()
         .map(|(_, g)| TierSample::take(g))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    tokio::time::sleep(a.window).await;
+    // the archive's lag, sampled each second (else just the window)
+    let mut lag: Option<ArchiveLag> = None;
+    if a.archive.is_some() {
+        let (_, archived0) = archive_lag(&top.gw)?;
+        let mut l = ArchiveLag::default();
+        while t0.elapsed() < a.window {
+            tokio::time::sleep(Duration::from_secs(1).min(a.window)).await;
+            let (behind, archived) = archive_lag(&top.gw)?;
+            l.lag_max = l.lag_max.max(behind);
+            l.lag_end = behind;
+            l.rows_per_s = (archived - archived0) / t0.elapsed().as_secs_f64();
+        }
+        lag = Some(l);
+    } else {
+        tokio::time::sleep(a.window).await;
+    }
     let over = t0.elapsed().as_secs_f64();
     let cpu1: Vec<u64> = kinds.iter().map(|(_, p)| ticks(p)).collect();
     let after = tiers
@@ -631,6 +681,15 @@ pub async fn run(exe: &Path, a: &FleetArgs) -> anyhow::Result<FleetReport> {
     })
     .await;
     report.drained_s = seconds(drained, &mut report.problems);
+    if let Some(mut l) = lag {
+        let caught_up = until(Duration::from_secs(300), "the top's archive", || {
+            let (behind, _) = archive_lag(&top.gw)?;
+            Ok((behind > 0.0).then(|| format!("{behind:.0} entries behind")))
+        })
+        .await;
+        l.drained_s = seconds(caught_up, &mut report.problems);
+        report.archive = Some(l);
+    }
     report.chains_checked = heads.len();
     drop(clusters);
     drop(sectors);
@@ -827,6 +886,19 @@ pub fn table(r: &FleetReport) -> String {
         ),
     ];
     let mut rows = rows;
+    if let Some(l) = &r.archive {
+        rows.push((
+            "the top's archive: rows/s over the window; lag max / at the end".into(),
+            format!(
+                "{:.0}/s; {:.0} / {:.0} entries",
+                l.rows_per_s, l.lag_max, l.lag_end
+            ),
+        ));
+        rows.push((
+            "every chain at the top → all in its archive".into(),
+            format!("{:.1} s", l.drained_s),
+        ));
+    }
     if r.verified_offline > 0 {
         rows.push((
             "chains verify read back from the top's store".into(),

@@ -39,6 +39,10 @@ pub enum Tool {
         /// Skip the Mosquitto runs.
         #[arg(long)]
         no_mosquitto: bool,
+        /// Also run each ingest archiving into this PostgreSQL (a scratch
+        /// schema, dropped after): archived rows/s beside durable ingest.
+        #[arg(long, value_name = "URL")]
+        archive: Option<String>,
     },
     /// Liveness cost: N simulated agents (real MQTT, 5 s heartbeats) against
     /// a gateway child; prints its CPU and RSS and the time to offline.
@@ -127,6 +131,9 @@ pub enum Tool {
         /// head and its store verifies.
         #[arg(long)]
         check: bool,
+        /// The top archives into this PostgreSQL: its lag is measured.
+        #[arg(long, value_name = "URL")]
+        archive: Option<String>,
     },
     /// Simulated agents for `simulate` (one process of many): agent i
     /// joins the i-th cluster modulo their number; they append until
@@ -187,12 +194,14 @@ pub fn run(tool: Tool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
             agents,
             entries,
             no_mosquitto,
+            archive,
         } => {
             let exe = std::env::current_exe().context("locating this binary")?;
             let args = crate::bench::BenchArgs {
                 agents,
                 total_entries: entries,
                 mosquitto: !no_mosquitto,
+                archive,
             };
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
             let rows = rt.block_on(crate::bench::run(&args, &exe))?;
@@ -260,6 +269,7 @@ pub fn run(tool: Tool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
             per_process,
             clock_skew,
             check,
+            archive,
         } => {
             let exe = std::env::current_exe().context("locating this binary")?;
             let window = humantime::parse_duration(&window)
@@ -285,6 +295,7 @@ pub fn run(tool: Tool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
                 clock_skew: humantime::parse_duration(&clock_skew)
                     .with_context(|| format!("--clock-skew {clock_skew:?}"))?,
                 check,
+                archive,
             };
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
             let report = rt.block_on(crate::fleet_run::run(&exe, &args))?;

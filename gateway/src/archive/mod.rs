@@ -60,6 +60,56 @@ async fn open(url: &str) -> anyhow::Result<(tokio_postgres::Client, tokio::task:
     Ok((client, connection))
 }
 
+/// A schema of its own in the database at `url`, for a benchmark run: the
+/// connection string that works in it (its `search_path`), and its name.
+/// [`drop_scratch`] removes it.
+pub async fn scratch(url: &str) -> anyhow::Result<(String, String)> {
+    let mut n = [0u8; 4];
+    getrandom::fill(&mut n).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let schema = format!("baton_bench_{}", u32::from_le_bytes(n));
+    let (client, connection) = open(url).await?;
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .with_context(|| format!("creating schema {schema}"))?;
+    drop(client);
+    let _ = connection.await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Ok((
+        format!("{url}{sep}options=-csearch_path%3D{schema}"),
+        schema,
+    ))
+}
+
+/// Rows of the scratch `schema` whose agent starts with `prefix`.
+pub async fn scratch_rows(url: &str, schema: &str, prefix: &str) -> anyhow::Result<u64> {
+    let (client, connection) = open(url).await?;
+    let n: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.baton_entries WHERE agent LIKE $1"),
+            &[&format!("{prefix}%")],
+        )
+        .await
+        .map_or(0, |r| r.get(0));
+    drop(client);
+    let _ = connection.await;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Drops a schema [`scratch`] made, with what is in it.
+pub async fn drop_scratch(url: &str, schema: &str) -> anyhow::Result<()> {
+    let (client, connection) = open(url).await?;
+    client
+        .batch_execute(&format!(
+            "SET client_min_messages = warning; DROP SCHEMA {schema} CASCADE"
+        ))
+        .await
+        .with_context(|| format!("dropping schema {schema}"))?;
+    drop(client);
+    let _ = connection.await;
+    Ok(())
+}
+
 /// The store meta key of `agent`'s archived head.
 pub fn cursor_key(agent: &AgentId) -> String {
     format!("archive:{agent}")
@@ -309,12 +359,9 @@ impl Run {
             batch
                 .iter()
                 .map(|c| {
-                    f.agent(&c.agent).map(|n| n.cluster.clone()).or_else(|| {
-                        f.clusters()
-                            .iter()
-                            .find(|(_, n)| n.gateway == c.agent.as_str())
-                            .map(|(k, _)| k.clone())
-                    })
+                    f.agent(&c.agent)
+                        .map(|n| n.cluster.clone())
+                        .or_else(|| f.cluster_of_gateway(&c.agent).map(str::to_owned))
                 })
                 .collect()
         };
