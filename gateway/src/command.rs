@@ -224,6 +224,10 @@ pub struct RunArgs {
     /// store; older ones go once archived (and receipted by the parent).
     #[arg(long, env = "BATON_GATEWAY_RETAIN_ENTRIES", value_name = "N")]
     retain_entries: Option<u64>,
+    /// With --archive: the CA of the PostgreSQL server's certificate (PEM);
+    /// default: the system's roots. sslmode=require in the URL requires TLS.
+    #[arg(long, env = "BATON_GATEWAY_ARCHIVE_CA", value_name = "FILE")]
+    archive_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -321,6 +325,9 @@ pub enum Command {
         /// (postgres://USER@HOST/DB) rather than the local store.
         #[arg(long, value_name = "URL")]
         archive: Option<String>,
+        /// With --archive: the CA of the server's certificate (PEM).
+        #[arg(long, requires = "archive", value_name = "FILE")]
+        archive_ca: Option<PathBuf>,
         #[arg(long)]
         agent: Option<String>,
     },
@@ -519,6 +526,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 daily_dir: a.daily_dir,
                 archive: a.archive,
                 retain_entries: a.retain_entries,
+                archive_ca: a.archive_ca,
             };
             let config = Config::validate(file.merge(flags))?;
             let listeners = crate::server::Listeners::bind(&config)?;
@@ -667,6 +675,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify {
             archive: Some(url),
+            archive_ca,
             data_dir,
             http,
             agent,
@@ -687,6 +696,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("starting the runtime")?;
             let ok = rt.block_on(crate::archive::verify(
                 &url,
+                archive_ca.as_deref(),
                 &keys,
                 agent.as_ref(),
                 &mut std::io::stdout(),

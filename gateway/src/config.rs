@@ -89,6 +89,8 @@ pub struct RawConfig {
     pub archive: Option<String>,
     /// With `archive`: keep only the newest N entries of each chain here.
     pub retain_entries: Option<u64>,
+    /// With `archive`: the CA of the server's certificate (PEM).
+    pub archive_ca: Option<PathBuf>,
 }
 
 impl RawConfig {
@@ -150,6 +152,7 @@ impl RawConfig {
             daily_dir: over.daily_dir.or(self.daily_dir),
             archive: over.archive.or(self.archive),
             retain_entries: over.retain_entries.or(self.retain_entries),
+            archive_ca: over.archive_ca.or(self.archive_ca),
         }
     }
 }
@@ -209,6 +212,8 @@ pub struct Config {
     pub archive: Option<String>,
     /// Entries of each chain kept in the store once archived (none: all).
     pub retain_entries: Option<u64>,
+    /// The archive server's CA (PEM; none: the system's roots).
+    pub archive_ca: Option<PathBuf>,
 }
 
 /// Who may do what (README, Security).
@@ -647,6 +652,12 @@ impl Config {
                 }
                 (n, _) => n,
             },
+            archive_ca: match (raw.archive_ca, archive_set) {
+                (Some(_), false) => {
+                    return Err(invalid("archive_ca", "set only with archive"));
+                }
+                (ca, _) => ca,
+            },
         })
     }
 
@@ -703,6 +714,10 @@ http_header_timeout = "10s"
 # archive holds them, the parent (if any) has receipted them and the daily
 # files (if any) hold them; so a top gateway runs for months in fixed disk.
 # retain_entries = 100000
+# TLS to the archive: the connection string's sslmode (require, prefer — the
+# default — or disable); the server's certificate and host name are verified
+# against this CA (PEM; a managed PostgreSQL's bundle), else the system's roots.
+# archive_ca = "/etc/baton/archive-ca.pem"
 
 # Delivery: rate limit of resend nacks (rule 5).
 resend_timeout = "10s"

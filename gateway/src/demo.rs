@@ -119,6 +119,7 @@ pub async fn run(
         daily_dir: Some(gw_dir.join("daily")),
         archive: None,
         retain_entries: None,
+        archive_ca: None,
     };
     {
         // Offline commands (`export --format baton`) read the id from the store.

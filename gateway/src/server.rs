@@ -673,6 +673,7 @@ pub async fn run(
         crate::archive::Archiver::spawn(
             crate::archive::ArchiveConfig {
                 url: url.clone(),
+                ca: config.archive_ca.clone(),
                 gateway: config.id.clone(),
                 prune: config.retain_entries.map(|retain| crate::archive::Prune {
                     retain,

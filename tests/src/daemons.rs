@@ -118,6 +118,7 @@ impl Gateway {
             daily_dir: None,
             archive: None,
             retain_entries: None,
+            archive_ca: None,
         };
         adjust(&mut config);
         let token_file = config.security.token_file.clone();

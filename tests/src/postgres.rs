@@ -20,6 +20,8 @@ pub struct Postgres {
     /// `Some((uid, gid))` when run as another user than the tests'.
     user: Option<(u32, u32)>,
     child: Option<Child>,
+    /// The certificates' directory when it serves TLS.
+    tls: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -54,6 +56,19 @@ impl Postgres {
     /// PostgreSQL is not installed. With `BATON_REQUIRE_POSTGRES=1` (CI) a
     /// missing server fails the test instead.
     pub fn start() -> Option<Postgres> {
+        Postgres::make(false)
+    }
+
+    /// As [`Postgres::start`], serving TLS too (`ssl = on`) under a
+    /// certificate for 127.0.0.1 and localhost that a CA made for the test
+    /// signed; returns the CA file too.
+    pub fn start_tls() -> Option<(Postgres, PathBuf)> {
+        let pg = Postgres::make(true)?;
+        let ca = pg.tls.as_ref().map(|d| d.join("ca.pem"))?;
+        Some((pg, ca))
+    }
+
+    fn make(tls: bool) -> Option<Postgres> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var("BATON_REQUIRE_POSTGRES").as_deref() != Ok("1"),
@@ -80,7 +95,24 @@ impl Postgres {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
         }
         let port = crate::daemons::free_port();
+        let tls = tls.then(|| {
+            let certs = dir.path().join("certs");
+            std::fs::create_dir(&certs).unwrap();
+            crate::mosquitto::test_certificates(&certs);
+            // the server reads its key only when no one else may
+            let key = certs.join("server.key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            if let Some((uid, gid)) = user {
+                for f in ["server.key", "server.pem", "ca.pem"] {
+                    std::os::unix::fs::chown(certs.join(f), Some(uid), Some(gid)).unwrap();
+                }
+                std::os::unix::fs::chown(&certs, Some(uid), Some(gid)).unwrap();
+            }
+            certs
+        });
         let mut pg = Postgres {
+            tls,
             url: format!("postgres://baton@127.0.0.1:{port}/baton"),
             bin,
             data,
@@ -153,6 +185,16 @@ impl Postgres {
             .arg(format!("unix_socket_directories={}", self.data.display()))
             // the tests measure Baton, not the disk
             .args(["-c", "fsync=off"])
+            .args(self.tls.iter().flat_map(|d| {
+                [
+                    "-c".to_owned(),
+                    "ssl=on".to_owned(),
+                    "-c".to_owned(),
+                    format!("ssl_cert_file={}", d.join("server.pem").display()),
+                    "-c".to_owned(),
+                    format!("ssl_key_file={}", d.join("server.key").display()),
+                ]
+            }))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

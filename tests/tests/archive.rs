@@ -194,8 +194,13 @@ async fn the_archive_holds_every_entry_once_through_a_postgres_restart_and_refus
 /// `baton-gateway verify --archive` with `args`: whether it passed, and
 /// what it said.
 fn verify_archive(pg: &Postgres, args: &[&str]) -> (bool, String) {
+    verify_archive_at(&pg.url, args)
+}
+
+/// As [`verify_archive`], of the archive at `url`.
+fn verify_archive_at(url: &str, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(baton_tests::bins::gateway())
-        .args(["verify", "--archive", &pg.url])
+        .args(["verify", "--archive", url])
         .args(args)
         .output()
         .unwrap();
@@ -289,4 +294,64 @@ async fn a_pruned_gateway_keeps_what_the_archive_lacks_and_still_answers_and_exp
     let (ok, said) = verify_archive(&pg, &["--data-dir", &gdir, "--agent", "pi-a"]);
     assert!(ok, "{said}");
     assert!(said.contains(&format!("seq 1..{head}")), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_over_tls_trusts_only_the_ca_it_is_given() {
+    let Some((pg, ca)) = Postgres::start_tls() else {
+        return;
+    };
+    let url = format!("{}?sslmode=require", pg.url);
+    let ca = ca.display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let adir = dir.path().join("pi-a");
+    let trusted = [(AgentId::new("pi-a").unwrap(), agent_key(&adir))];
+    let gateway = |name: &str, role: Role| {
+        let mqtt: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let gw = GatewayProc::start_as(&dir.path().join(name), &trusted, Via::Embedded(mqtt), role);
+        (gw, mqtt)
+    };
+
+    // without the test's CA the server's certificate is not trusted:
+    // nothing reaches PostgreSQL, not even the schema
+    let (gw, _) = gateway("gw-roots", Role::default().arg("--archive", &url));
+    assert!(
+        eventually(WAIT, || http::metric(gw.http, "baton_archive_errors_total")
+            >= 2.0)
+        .await
+    );
+    assert_eq!(
+        pg.sql("SELECT count(*) FROM pg_tables WHERE tablename = 'baton_entries'")
+            .unwrap(),
+        "0"
+    );
+    drop(gw);
+
+    // with it: archived over TLS
+    let (gw, mqtt) = gateway(
+        "gw-ca",
+        Role::default()
+            .arg("--archive", &url)
+            .arg("--archive-ca", &ca),
+    );
+    let agent = Agent::start("pi-a", &adir, Some(mqtt), Some(gw.key)).await;
+    agent.append(0, 50).await;
+    let head = agent.head();
+    assert!(eventually(WAIT, || archived(&pg, "pi-a").0 == head).await);
+    assert_eq!(archived(&pg, "pi-a").1, stored_hashes(gw.http, "pi-a"));
+    // the gateway's session is encrypted (psql's own is named "psql")
+    assert_ne!(
+        pg.sql(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE s.ssl AND a.application_name = ''"
+        )
+        .unwrap(),
+        "0"
+    );
+    agent.stop().await;
+    let gw_http = format!("http://{}", gw.http);
+    let (ok, said) = verify_archive_at(&url, &["--http", &gw_http, "--archive-ca", &ca]);
+    assert!(ok, "{said}");
+    let (ok, said) = verify_archive_at(&url, &["--http", &gw_http]);
+    assert!(!ok && said.contains("connecting"), "{said}");
 }

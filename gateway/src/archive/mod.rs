@@ -13,6 +13,7 @@
 //! the archive is known to hold.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
@@ -47,9 +48,49 @@ const TICK: Duration = Duration::from_secs(1);
 /// Pruning (one store write) at most this often.
 const PRUNE_EVERY: Duration = Duration::from_secs(5);
 
-/// A connection to the archive at `url`, driven by a task of its own.
-async fn open(url: &str) -> anyhow::Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+/// The TLS every archive connection offers: rustls (ring), the server's
+/// certificate verified against `ca` (PEM; a managed PostgreSQL's bundle)
+/// or else the system's roots, with its host name. The connection string's
+/// `sslmode` says whether TLS is required (`require`), used when the
+/// server offers it (`prefer`, the default) or off (`disable`).
+fn tls(ca: Option<&Path>) -> anyhow::Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("reading the archive CA {}", path.display()))?
+            {
+                let cert =
+                    cert.with_context(|| format!("reading the archive CA {}", path.display()))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("a certificate of {}", path.display()))?;
+            }
+            anyhow::ensure!(!roots.is_empty(), "no certificate in {}", path.display());
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// A connection to the archive at `url` (TLS verified against `ca`, see
+/// [`tls`]), driven by a task of its own.
+async fn open(
+    url: &str,
+    ca: Option<&Path>,
+) -> anyhow::Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
+    let (client, connection) = tokio_postgres::connect(url, tls(ca)?)
         .await
         .context("connecting")?;
     let connection = tokio::spawn(async move {
@@ -67,7 +108,7 @@ pub async fn scratch(url: &str) -> anyhow::Result<(String, String)> {
     let mut n = [0u8; 4];
     getrandom::fill(&mut n).map_err(|e| anyhow::anyhow!("random: {e}"))?;
     let schema = format!("baton_bench_{}", u32::from_le_bytes(n));
-    let (client, connection) = open(url).await?;
+    let (client, connection) = open(url, None).await?;
     client
         .batch_execute(&format!("CREATE SCHEMA {schema}"))
         .await
@@ -83,7 +124,7 @@ pub async fn scratch(url: &str) -> anyhow::Result<(String, String)> {
 
 /// Rows of the scratch `schema` whose agent starts with `prefix`.
 pub async fn scratch_rows(url: &str, schema: &str, prefix: &str) -> anyhow::Result<u64> {
-    let (client, connection) = open(url).await?;
+    let (client, connection) = open(url, None).await?;
     let n: i64 = client
         .query_one(
             &format!("SELECT count(*) FROM {schema}.baton_entries WHERE agent LIKE $1"),
@@ -98,7 +139,7 @@ pub async fn scratch_rows(url: &str, schema: &str, prefix: &str) -> anyhow::Resu
 
 /// Drops a schema [`scratch`] made, with what is in it.
 pub async fn drop_scratch(url: &str, schema: &str) -> anyhow::Result<()> {
-    let (client, connection) = open(url).await?;
+    let (client, connection) = open(url, None).await?;
     client
         .batch_execute(&format!(
             "SET client_min_messages = warning; DROP SCHEMA {schema} CASCADE"
@@ -128,6 +169,9 @@ pub fn archived_through(store: &Store, agent: &AgentId) -> anyhow::Result<Option
 pub struct ArchiveConfig {
     /// `postgres://…` (or any libpq-style connection string).
     pub url: String,
+    /// The CA that signed the server's certificate (PEM; none: the
+    /// system's roots).
+    pub ca: Option<PathBuf>,
     /// This gateway (`archived_by`, and its own chain).
     pub gateway: AgentId,
     /// Pruning the store behind the archive (none: keep everything).
@@ -292,7 +336,7 @@ impl Run {
     }
 
     async fn connect(&self) -> anyhow::Result<Session> {
-        let (client, connection) = open(&self.cfg.url).await?;
+        let (client, connection) = open(&self.cfg.url, self.cfg.ca.as_deref()).await?;
         let mut s = Session {
             client,
             connection,

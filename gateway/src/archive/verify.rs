@@ -22,17 +22,19 @@ use baton_shared::{AgentId, Entry, Hash, PublicKey, Seq, Sig};
 /// Rows read per query.
 const PAGE: i64 = 4096;
 
-/// Verifies `only` (or every chain the archive at `url` holds) under
+/// Verifies `only` (or every chain the archive at `url` holds; TLS as
+/// the gateway's, against `ca`) under
 /// `keys`; writes one line per run and per problem to `out`. Returns
 /// whether every chain verified, with every row's columns agreeing with
 /// its content and every archived head with its rows.
 pub async fn verify(
     url: &str,
+    ca: Option<&std::path::Path>,
     keys: &HashMap<AgentId, PublicKey>,
     only: Option<&AgentId>,
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
-    let (mut client, connection) = super::open(url).await?;
+    let (mut client, connection) = super::open(url, ca).await?;
     // one snapshot: the heads and the rows as of one moment, while
     // gateways go on archiving
     let tx = client
