@@ -41,6 +41,19 @@ fn stored_hashes(addr: std::net::SocketAddr, agent: &str) -> String {
         .join(",")
 }
 
+/// A gateway in `dir/NAME` on its own embedded broker, as `role`, trusting
+/// pi-a (whose files are in `dir/pi-a`): the gateway and its broker.
+fn gateway_for_pi_a(
+    dir: &std::path::Path,
+    name: &str,
+    role: Role,
+) -> (GatewayProc, std::net::SocketAddr) {
+    let trusted = [(AgentId::new("pi-a").unwrap(), agent_key(&dir.join("pi-a")))];
+    let mqtt: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw = GatewayProc::start_as(&dir.join(name), &trusted, Via::Embedded(mqtt), role);
+    (gw, mqtt)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_archive_holds_every_entry_once_through_a_postgres_restart_and_refuses_changes() {
     let Some(mut pg) = Postgres::start() else {
@@ -48,14 +61,7 @@ async fn the_archive_holds_every_entry_once_through_a_postgres_restart_and_refus
     };
     let dir = tempfile::tempdir().unwrap();
     let (gdir, adir) = (dir.path().join("gw"), dir.path().join("pi-a"));
-    let trusted = [(AgentId::new("pi-a").unwrap(), agent_key(&adir))];
-    let mqtt: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let gw = GatewayProc::start_as(
-        &gdir,
-        &trusted,
-        Via::Embedded(mqtt),
-        Role::default().arg("--archive", &pg.url),
-    );
+    let (gw, mqtt) = gateway_for_pi_a(dir.path(), "gw", Role::default().arg("--archive", &pg.url));
     let agent = Agent::start("pi-a", &adir, Some(mqtt), Some(gw.key)).await;
     agent.append(0, 300).await;
 
@@ -216,12 +222,9 @@ async fn a_pruned_gateway_keeps_what_the_archive_lacks_and_still_answers_and_exp
     };
     let dir = tempfile::tempdir().unwrap();
     let (gdir, adir) = (dir.path().join("gw"), dir.path().join("pi-a"));
-    let trusted = [(AgentId::new("pi-a").unwrap(), agent_key(&adir))];
-    let mqtt: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut gw = GatewayProc::start_as(
-        &gdir,
-        &trusted,
-        Via::Embedded(mqtt),
+    let (mut gw, mqtt) = gateway_for_pi_a(
+        dir.path(),
+        "gw",
         Role::default()
             .arg("--archive", &pg.url)
             .arg("--retain-entries", "50"),
@@ -305,12 +308,7 @@ async fn the_archive_over_tls_trusts_only_the_ca_it_is_given() {
     let ca = ca.display().to_string();
     let dir = tempfile::tempdir().unwrap();
     let adir = dir.path().join("pi-a");
-    let trusted = [(AgentId::new("pi-a").unwrap(), agent_key(&adir))];
-    let gateway = |name: &str, role: Role| {
-        let mqtt: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let gw = GatewayProc::start_as(&dir.path().join(name), &trusted, Via::Embedded(mqtt), role);
-        (gw, mqtt)
-    };
+    let gateway = |name: &str, role: Role| gateway_for_pi_a(dir.path(), name, role);
 
     // without the test's CA the server's certificate is not trusted:
     // nothing reaches PostgreSQL, not even the schema
