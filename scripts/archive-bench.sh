@@ -7,7 +7,8 @@
 #   2. `baton-gateway simulate --archive` (unless SIMULATE=0): the archive's
 #      lag behind the top of a whole fleet, of the shape given (default:
 #      the largest that holds here, BENCHMARKS.md "The fleet at full size").
-# Usage: [BENCH=0] [SIMULATE=0] scripts/archive-bench.sh [simulate flags…]
+# Usage: [BENCH=0] [SIMULATE=0] [BENCH_AGENTS=10,100,1000] [BENCH_ENTRIES=262144]
+#        scripts/archive-bench.sh [simulate flags…]
 # Needs PostgreSQL's server programs (Debian: postgresql) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,7 @@ until "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; do sleep 0.2; done
 url="postgres://baton@127.0.0.1:$port/baton"
 if [ "${BENCH:-1}" != 0 ]; then
   echo "== bench --archive (PostgreSQL $("$bin/postgres" --version | awk '{print $3}'), fsync on)"
-  target/release/baton-gateway bench --agents 10,100,1000 --no-mosquitto --archive "$url"
+  target/release/baton-gateway bench --agents ${BENCH_AGENTS:-10,100,1000} --entries ${BENCH_ENTRIES:-262144} --no-mosquitto --archive "$url"
 fi
 if [ "${SIMULATE:-1}" != 0 ]; then
   echo "== simulate ${sim[*]} --archive"

@@ -233,7 +233,7 @@ async fn ingest(
     exe: &Path,
     external: Option<SocketAddr>,
     ledgers: Vec<MemLedger>,
-    archive: Option<(&str, &str)>,
+    archive: Option<&crate::archive::Scratch>,
 ) -> anyhow::Result<Ingest> {
     let dir = tempfile_dir()?;
     let key = baton_runtime::keys::generate(&dir.join("gateway.key"))?;
@@ -246,7 +246,7 @@ async fn ingest(
         )?;
     }
     let extra: Vec<String> = match archive {
-        Some((url, _)) => vec!["--archive".to_owned(), url.to_owned()],
+        Some(scratch) => vec!["--archive".to_owned(), scratch.url.clone()],
         None => Vec::new(),
     };
     let GatewayChild {
@@ -263,9 +263,9 @@ async fn ingest(
     let took = start.elapsed().as_secs_f64();
     // the archive lags the receipts; timed until PostgreSQL holds every entry
     let archived_after = match archive {
-        Some((url, schema)) => {
+        Some(scratch) => {
             let limit = Instant::now() + Duration::from_secs(600);
-            while crate::archive::scratch_rows(url, schema, "bench-").await? < entries {
+            while scratch.rows("bench-").await? < entries {
                 if Instant::now() > limit {
                     bail!("the archive did not take {entries} entries in 600 s");
                 }
@@ -443,9 +443,9 @@ pub async fn run(args: &BenchArgs, exe: &Path) -> anyhow::Result<Vec<Row>> {
                     let ledgers = (0..n)
                         .map(|i| ledger(i, per_agent))
                         .collect::<anyhow::Result<Vec<_>>>()?;
-                    let (scratch_url, schema) = crate::archive::scratch(url).await?;
-                    let run = ingest(exe, *external, ledgers, Some((&scratch_url, &schema))).await;
-                    crate::archive::drop_scratch(url, &schema).await?;
+                    let scratch = crate::archive::Scratch::create(url).await?;
+                    let run = ingest(exe, *external, ledgers, Some(&scratch)).await;
+                    scratch.remove().await?;
                     let run = run?;
                     Some((run.entries_per_s, run.archived_per_s))
                 }

@@ -101,54 +101,74 @@ async fn open(
     Ok((client, connection))
 }
 
-/// A schema of its own in the database at `url`, for a benchmark run: the
-/// connection string that works in it (its `search_path`), and its name.
-/// [`drop_scratch`] removes it.
-pub async fn scratch(url: &str) -> anyhow::Result<(String, String)> {
-    let mut n = [0u8; 4];
-    getrandom::fill(&mut n).map_err(|e| anyhow::anyhow!("random: {e}"))?;
-    let schema = format!("baton_bench_{}", u32::from_le_bytes(n));
-    let (client, connection) = open(url, None).await?;
-    client
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .with_context(|| format!("creating schema {schema}"))?;
-    drop(client);
-    let _ = connection.await;
-    let sep = if url.contains('?') { '&' } else { '?' };
-    Ok((
-        format!("{url}{sep}options=-csearch_path%3D{schema}"),
-        schema,
-    ))
+/// A schema of its own in a database, for a benchmark run: one connection
+/// kept for the run's questions, and the connection string a gateway
+/// archives into it with (its `search_path`). [`Scratch::remove`] drops it.
+pub struct Scratch {
+    /// The connection string that works in the schema.
+    pub url: String,
+    schema: String,
+    client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<()>,
 }
 
-/// Rows of the scratch `schema` whose agent starts with `prefix`.
-pub async fn scratch_rows(url: &str, schema: &str, prefix: &str) -> anyhow::Result<u64> {
-    let (client, connection) = open(url, None).await?;
-    let n: i64 = client
-        .query_one(
-            &format!("SELECT count(*) FROM {schema}.baton_entries WHERE agent LIKE $1"),
-            &[&format!("{prefix}%")],
-        )
-        .await
-        .map_or(0, |r| r.get(0));
-    drop(client);
-    let _ = connection.await;
-    Ok(u64::try_from(n).unwrap_or(0))
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scratch")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
 }
 
-/// Drops a schema [`scratch`] made, with what is in it.
-pub async fn drop_scratch(url: &str, schema: &str) -> anyhow::Result<()> {
-    let (client, connection) = open(url, None).await?;
-    client
-        .batch_execute(&format!(
-            "SET client_min_messages = warning; DROP SCHEMA {schema} CASCADE"
-        ))
-        .await
-        .with_context(|| format!("dropping schema {schema}"))?;
-    drop(client);
-    let _ = connection.await;
-    Ok(())
+impl Scratch {
+    /// Makes a schema named at random in the database at `url`.
+    pub async fn create(url: &str) -> anyhow::Result<Scratch> {
+        let mut n = [0u8; 4];
+        getrandom::fill(&mut n).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+        let schema = format!("baton_bench_{}", u32::from_le_bytes(n));
+        let (client, connection) = open(url, None).await?;
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .with_context(|| format!("creating schema {schema}"))?;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        Ok(Scratch {
+            url: format!("{url}{sep}options=-csearch_path%3D{schema}"),
+            schema,
+            client,
+            connection,
+        })
+    }
+
+    /// Rows archived into it whose agent starts with `prefix`.
+    pub async fn rows(&self, prefix: &str) -> anyhow::Result<u64> {
+        let n: i64 = self
+            .client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {}.baton_entries WHERE agent LIKE $1",
+                    self.schema
+                ),
+                &[&format!("{prefix}%")],
+            )
+            .await
+            .map_or(0, |r| r.get(0));
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Drops the schema, with what is in it.
+    pub async fn remove(self) -> anyhow::Result<()> {
+        self.client
+            .batch_execute(&format!(
+                "SET client_min_messages = warning; DROP SCHEMA {} CASCADE",
+                self.schema
+            ))
+            .await
+            .with_context(|| format!("dropping schema {}", self.schema))?;
+        drop(self.client);
+        let _ = self.connection.await;
+        Ok(())
+    }
 }
 
 /// The store meta key of `agent`'s archived head.
